@@ -1,0 +1,104 @@
+"""Experiment configs: one typed structure per task, YAML files for the setups, dotted overrides.
+
+    cfg = load_config("configs/chirodiff_kanjivg_cpu.yaml", ["sparse.method=rigl", "train.steps=500"])
+
+The YAML names its `task`; the task's schema (below) gives every key its type and default, so an unknown key
+or a value of the wrong type is rejected with a one-line message.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .data.strokes.config import StrokeDataConfig
+from .diffusion.config import DiffusionConfig
+from .errors import UserError
+from .models.chirodiff import ChiroDiffConfig
+from .sparse.config import SparseConfig
+from .train.config import DistConfig, SampleConfig, TrainConfig
+
+
+@dataclass
+class ChiroDiffExperiment:
+    task: str = "chirodiff"  # the paper's sequence half: a BiGRU denoiser over pen strokes
+    seed: int = 0  # seeds weights, data order and noise
+    data: StrokeDataConfig = field(default_factory=StrokeDataConfig)
+    model: ChiroDiffConfig = field(default_factory=ChiroDiffConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)  # T = 1000, linear β 1e-4 → 2e-2
+    sparse: SparseConfig = field(default_factory=SparseConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+
+
+SCHEMAS = {"chirodiff": ChiroDiffExperiment}
+
+
+def _schema(task: str):
+    if task not in SCHEMAS:
+        raise UserError(f"task={task!r} is unknown; use one of {', '.join(SCHEMAS)}")
+    return SCHEMAS[task]
+
+
+def _merge(*parts) -> DictConfig:
+    try:
+        return OmegaConf.merge(*parts)
+    except OmegaConfBaseException as exc:
+        # OmegaConf's messages span several lines (key, value, type): keep the first, which says it all
+        raise UserError(f"bad config: {str(exc).splitlines()[0]}") from None
+
+
+def load_config(path: Optional[str] = None, overrides: List[str] = (), task: Optional[str] = None) -> DictConfig:
+    """Schema defaults <- YAML file <- `key=value` overrides, validated; returns a typed DictConfig."""
+    file_cfg = OmegaConf.create()
+    if path is not None:
+        if not Path(path).is_file():
+            raise UserError(f"config file {path} does not exist; see configs/ for the shipped setups")
+        try:
+            file_cfg = OmegaConf.load(path)
+        except Exception as exc:
+            raise UserError(f"config file {path} is not valid YAML ({type(exc).__name__})") from None
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override {item!r} is not key=value, e.g. sparse.sparsity=0.5")
+    try:
+        override_cfg = OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as exc:
+        raise UserError(f"bad override: {str(exc).splitlines()[0]}") from None
+    task = task or override_cfg.get("task") or file_cfg.get("task") or "chirodiff"
+    cfg = _merge(OmegaConf.structured(_schema(task)), file_cfg, override_cfg)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: DictConfig) -> None:
+    """Range checks that types alone cannot express; each failure is one line saying what to change."""
+    SparseConfig(**OmegaConf.to_container(cfg.sparse)).validate()
+    train = cfg.train
+    if train.steps < 1 and not train.epochs:
+        raise UserError(f"train.steps={train.steps} must be >= 1")
+    if train.epochs is not None and train.epochs < 1:
+        raise UserError(f"train.epochs={train.epochs} must be >= 1 (or null to use train.steps)")
+    if train.batch_size < 1:
+        raise UserError(f"train.batch_size={train.batch_size} must be >= 1")
+    if train.lr <= 0:
+        raise UserError(f"train.lr={train.lr} must be > 0")
+    if train.weight_decay < 0:
+        raise UserError(f"train.weight_decay={train.weight_decay} must be >= 0")
+    if not 0 <= train.ema_decay < 1:
+        raise UserError(f"train.ema_decay={train.ema_decay} must be in [0, 1)")
+    if train.precision not in ("fp32", "bf16", "fp16"):
+        raise UserError(f"train.precision={train.precision!r} is unknown; use fp32, bf16 or fp16")
+    if train.checkpoint_every < 1 or train.log_every < 1 or train.keep_checkpoints < 1:
+        raise UserError("train.checkpoint_every, train.log_every and train.keep_checkpoints must be >= 1")
+    if cfg.sample.sampler not in ("ddpm", "ddim"):
+        raise UserError(f"sample.sampler={cfg.sample.sampler!r} is unknown; use ddpm or ddim")
+    if cfg.sample.steps < 1 or cfg.sample.num < 1:
+        raise UserError("sample.steps and sample.num must be >= 1")
+
+
+def sparse_config(cfg: DictConfig) -> SparseConfig:
+    return SparseConfig(**OmegaConf.to_container(cfg.sparse))

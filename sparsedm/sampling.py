@@ -1,0 +1,43 @@
+"""Sampling from a trained run: the EMA weights of its newest checkpoint, written as samples.npz and a PNG."""
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .tasks import build_task
+from .train.checkpoint import latest_checkpoint, load_checkpoint
+from .train.distributed import DistInfo, resolve_device
+from .train.run_dir import RunDir
+from .errors import UserError
+
+
+def load_run_model(run: RunDir, checkpoint: Optional[str] = None, device: str = "auto"):
+    """(cfg, task, EMA denoiser on device, device) of a run."""
+    cfg = run.read_config()
+    path = Path(checkpoint) if checkpoint else latest_checkpoint(run.checkpoints)
+    if path is None:
+        raise UserError(f"{run.path} has no checkpoint yet; train it first")
+    state = load_checkpoint(path)
+    task = build_task(cfg)
+    task.load_state_dict(state.get("task", {}))
+    model = task.build_model()
+    model.load_state_dict(state["ema"]["module"])
+    target = resolve_device(device if device != "auto" else cfg.train.device, DistInfo())
+    return cfg, task, model.to(target).eval(), target
+
+
+def sample_run(run_path: str, num: Optional[int] = None, steps: Optional[int] = None, sampler: Optional[str] = None,
+               eta: Optional[float] = None, seed: int = 0, checkpoint: Optional[str] = None, progress: bool = True) -> Path:
+    run = RunDir(run_path)
+    cfg, task, model, device = load_run_model(run, checkpoint)
+    for key, value in (("steps", steps), ("sampler", sampler), ("eta", eta)):
+        if value is not None:
+            cfg.sample[key] = value
+    num = num or cfg.sample.num
+    samples = task.sample(model, num, torch.Generator().manual_seed(seed), device, progress=progress)
+    run.samples.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(run.samples / "samples.npz", **samples)
+    task.save_picture(samples, run.samples / "samples.png")
+    return run.samples

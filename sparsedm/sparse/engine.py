@@ -1,0 +1,218 @@
+"""The sparse-to-sparse training engine: any PyTorch loop becomes Static-, RigL- or MagRan-sparse.
+
+    engine = SparseEngine(model, optimizer, SparseConfig(method="rigl", sparsity=0.5), total_steps=T, ema=ema)
+    for batch in loader:
+        loss(model, batch).backward()
+        engine.after_backward()        # dense gradient for RigL (update steps only), then mask the gradients
+        optimizer.step()
+        engine.after_optimizer_step()  # keep masked weights at zero; every ΔT steps drop and grow
+        ema.update(model)
+
+The engine knows nothing about diffusion. With mixed precision call `after_backward` after
+`scaler.unscale_(optimizer)`; an update whose gradients are not finite is skipped.
+"""
+
+import logging
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from .config import SparseConfig
+from .density import allocate_densities, nonzero_counts
+from .drop import drop_by_magnitude
+from .ema import EMA
+from .grow import grow_by_gradient, grow_random
+from .masks import apply_masks_, masks_fingerprint, random_mask
+from .optim_state import check_supported, mask_moments_, zero_moments_
+from .schedule import UpdateSchedule
+from .selection import select_sparse_parameters
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TensorReport:
+    name: str
+    shape: Tuple[int, ...]
+    target_density: float
+    density: float
+    nonzero: int
+    numel: int
+
+
+class SparseEngine:
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        config: SparseConfig,
+        total_steps: Optional[int] = None,
+        ema: Optional[EMA] = None,
+    ):
+        self.config = config.validate()
+        self.method = config.canonical_method
+        self.model, self.optimizer, self.ema = model, optimizer, ema
+        self.step = 0  # optimiser steps taken; update steps are counted from 1
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.params: Dict[str, nn.Parameter] = {}
+        self.masks: Dict[str, torch.Tensor] = {}
+        self.densities: Dict[str, float] = {}
+        self.nonzeros: Dict[str, int] = {}
+        self.schedule: Optional[UpdateSchedule] = None
+        self.last_update: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (dropped, grown) flat indices
+        self._dense_grads: Dict[str, torch.Tensor] = {}  # RigL: only inside the window before an update
+        self._grads_finite = True
+        if self.method == "dense":
+            return
+
+        check_supported(optimizer)
+        self.params = select_sparse_parameters(model, config.include, config.exclude, config.exclude_time_embedding)
+        shapes = {n: tuple(p.shape) for n, p in self.params.items()}
+        self.densities = allocate_densities(shapes, config.sparsity, config.distribution, config.custom_densities)
+        self.nonzeros = nonzero_counts(self.densities, shapes)
+        self.masks = {n: random_mask(p.shape, self.nonzeros[n], self.generator, p.device) for n, p in self.params.items()}
+        if config.is_dynamic:
+            self.schedule = UpdateSchedule(config.update_interval, config.end_step(total_steps), config.prune_rate, config.prune_rate_decay)
+        self.apply_masks()
+
+    # -- the two calls of a training step -----------------------------------------------------------
+
+    @torch.no_grad()
+    def after_backward(self) -> None:
+        """Capture RigL's dense gradient when an update is near, then zero the masked gradients (NaN-safe)."""
+        if not self.masks:
+            return
+        t = self.step + 1
+        if self.method == "rigl" and self._in_accumulation_window(t):
+            for name, param in self.params.items():
+                grad = param.grad if param.grad is not None else torch.zeros_like(param)
+                acc = self._dense_grads.get(name)
+                self._dense_grads[name] = grad.clone() if acc is None else acc.add_(grad)
+        if self.schedule is not None and self.schedule.is_update_step(t):
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None] + list(self._dense_grads.values())
+            self._grads_finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
+        for name, param in self.params.items():
+            if param.grad is not None:
+                param.grad.masked_fill_(~self.masks[name], 0)
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> Optional[dict]:
+        """Re-zero masked weights, advance the step and, on an update step, drop and grow.
+
+        Returns the update's statistics on an update step (with `skipped: True` when gradients were not
+        finite), else None.
+        """
+        if not self.masks:
+            self.step += 1
+            return None
+        for name, param in self.params.items():
+            param.masked_fill_(~self.masks[name], 0)
+        self.step += 1
+        if self.schedule is None or not self.schedule.is_update_step(self.step):
+            return None
+        if not self._grads_finite:
+            log.warning("step %d: non-finite gradients, mask update skipped", self.step)
+            self._dense_grads = {}
+            self._grads_finite = True
+            return {"step": self.step, "skipped": True}
+        stats = self._update_masks(self.step)
+        self._dense_grads = {}
+        return stats
+
+    # -- the topology update ------------------------------------------------------------------------
+
+    def _in_accumulation_window(self, t: int) -> bool:
+        upcoming = self.schedule.next_update_step(t)
+        return upcoming > 0 and upcoming - t < self.config.grad_accumulation
+
+    def _update_masks(self, t: int) -> dict:
+        """Drop the k smallest-|W| active weights and grow k inactive ones, per tensor (k = round(p_t · n))."""
+        fraction = self.schedule.prune_fraction(t)
+        ema_params = dict(self.ema.named_parameters()) if self.ema is not None else {}
+        replaced = 0
+        self.last_update = {}
+        for name, param in self.params.items():
+            mask, n_active = self.masks[name], self.nonzeros[name]
+            k = min(round(fraction * n_active), n_active, mask.numel() - n_active)
+            if k == 0:
+                continue
+            dropped = drop_by_magnitude(param, mask, k)
+            if self.method == "rigl":
+                grown = grow_by_gradient(self._dense_grads[name], mask, k)
+            else:
+                grown = grow_random(mask, k, self.generator)
+            new_mask = mask.clone().view(-1)
+            new_mask[dropped] = False
+            new_mask[grown] = True
+            self.masks[name] = new_mask.view_as(mask)
+            flat = param.data.view(-1)
+            flat[dropped] = 0
+            flat[grown] = 0  # a grown connection starts at zero
+            zero_moments_(self.optimizer, param, (dropped, grown))
+            if name in ema_params:
+                ema_flat = ema_params[name].data.view(-1)
+                ema_flat[dropped] = 0
+                ema_flat[grown] = flat[grown]
+            self.last_update[name] = (dropped, grown)
+            replaced += k
+        return {"step": t, "prune_fraction": fraction, "replaced": replaced, "sparsity": self.sparsity()}
+
+    # -- masks applied elsewhere ----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def apply_masks(self) -> None:
+        """Zero masked weights, their optimiser moments and the EMA's entries (after init or a load)."""
+        apply_masks_(self.params, self.masks)
+        for name, param in self.params.items():
+            mask_moments_(self.optimizer, param, self.masks[name])
+        if self.ema is not None:
+            apply_masks_(dict(self.ema.named_parameters()), self.masks)
+
+    def apply_masks_to(self, module: nn.Module) -> None:
+        """Zero the masked entries of another module with the same parameter names (an export, a copy)."""
+        apply_masks_(dict(module.named_parameters()), self.masks)
+
+    # -- state and reporting ------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {
+            "method": self.method,
+            "step": self.step,
+            "masks": {n: m.cpu() for n, m in self.masks.items()},
+            "generator": self.generator.get_state(),
+            "dense_grads": {n: g.cpu() for n, g in self._dense_grads.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["method"] != self.method:
+            raise UserError(f"the checkpoint was trained with sparse.method={state['method']}, not {self.method}; use the run's config")
+        if set(state["masks"]) != set(self.masks) or any(state["masks"][n].shape != m.shape for n, m in self.masks.items()):
+            raise UserError("the checkpoint's masks do not match this model's sparse tensors; use the run's config")
+        for name, mask in state["masks"].items():
+            if int(mask.sum()) != self.nonzeros[name]:
+                raise UserError(f"the checkpoint's mask for {name} has {int(mask.sum())} non-zeros, not {self.nonzeros[name]}; use the run's config")
+        self.step = state["step"]
+        self.masks = {n: state["masks"][n].to(p.device) for n, p in self.params.items()}
+        self.generator.set_state(state["generator"])
+        self._dense_grads = {n: g.to(self.params[n].device) for n, g in state["dense_grads"].items()}
+        self.apply_masks()
+
+    def sparsity(self) -> float:
+        """Actual fraction of zeros over the sparse tensors (masked, so it counts the topology)."""
+        if not self.masks:
+            return 0.0
+        total = sum(m.numel() for m in self.masks.values())
+        return 1.0 - sum(int(m.sum()) for m in self.masks.values()) / total
+
+    def masks_fingerprint(self) -> str:
+        return masks_fingerprint(self.masks)
+
+    def report(self) -> List[TensorReport]:
+        rows = []
+        for name, mask in self.masks.items():
+            nonzero = int(mask.sum())
+            rows.append(TensorReport(name, tuple(mask.shape), self.densities[name], nonzero / mask.numel(), nonzero, mask.numel()))
+        return rows

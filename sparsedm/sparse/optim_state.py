@@ -1,0 +1,52 @@
+"""Optimiser-state surgery: zero the moments of weights whose connection was dropped or grown.
+
+A grown weight starts at zero and must not inherit a stale Adam moment or SGD momentum; a dropped weight's
+moments are zeroed so that a later regrowth starts clean too. Only optimisers whose state layout is known
+are accepted.
+"""
+
+from typing import Iterable
+
+import torch
+
+from ..errors import UserError
+
+# per-parameter state tensors shaped like the parameter, by optimiser class
+MOMENT_KEYS = {
+    torch.optim.Adam: ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+    torch.optim.AdamW: ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+    torch.optim.SGD: ("momentum_buffer",),
+}
+
+
+def check_supported(optimizer: torch.optim.Optimizer) -> None:
+    if type(optimizer) not in MOMENT_KEYS:
+        supported = ", ".join(cls.__name__ for cls in MOMENT_KEYS)
+        raise UserError(f"optimiser {type(optimizer).__name__} is not supported by the sparse engine; use one of {supported}")
+
+
+@torch.no_grad()
+def zero_moments_(optimizer: torch.optim.Optimizer, param: torch.Tensor, flat_indices: Iterable[torch.Tensor]) -> None:
+    """Set every moment of `param` to zero at the given flat positions."""
+    state = optimizer.state.get(param)
+    if not state:
+        return
+    for key in MOMENT_KEYS[type(optimizer)]:
+        moment = state.get(key)
+        if moment is None:
+            continue
+        flat = moment.view(-1)
+        for idx in flat_indices:
+            flat[idx] = 0
+
+
+@torch.no_grad()
+def mask_moments_(optimizer: torch.optim.Optimizer, param: torch.Tensor, mask: torch.Tensor) -> None:
+    """Zero every moment of `param` wherever `mask` is False."""
+    state = optimizer.state.get(param)
+    if not state:
+        return
+    for key in MOMENT_KEYS[type(optimizer)]:
+        moment = state.get(key)
+        if moment is not None:
+            moment.masked_fill_(~mask, 0)

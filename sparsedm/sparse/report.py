@@ -1,0 +1,19 @@
+"""The per-tensor table: name, shape, target density, actual density, non-zeros."""
+
+from typing import Iterable
+
+from .engine import TensorReport
+
+
+def format_report(rows: Iterable[TensorReport]) -> str:
+    rows = list(rows)
+    if not rows:
+        return "dense: no sparse tensors"
+    width = max(len(r.name) for r in rows)
+    lines = [f"{'tensor':<{width}}  {'shape':<20} {'target':>7} {'actual':>7} {'non-zeros':>12}"]
+    for r in rows:
+        shape = "x".join(map(str, r.shape))
+        lines.append(f"{r.name:<{width}}  {shape:<20} {r.target_density:>7.4f} {r.density:>7.4f} {r.nonzero:>12,}")
+    nonzero, numel = sum(r.nonzero for r in rows), sum(r.numel for r in rows)
+    lines.append(f"{'total':<{width}}  {'':<20} {'':>7} {nonzero / numel:>7.4f} {nonzero:>12,}")
+    return "\n".join(lines)

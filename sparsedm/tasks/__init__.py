@@ -1,0 +1,17 @@
+"""Tasks: each pairs a denoiser, a data layer and the diffusion process (ChiroDiff; Latent Diffusion)."""
+
+from omegaconf import DictConfig
+
+from ..errors import UserError
+from .base import Task
+
+
+def build_task(cfg: DictConfig) -> Task:
+    if cfg.task == "chirodiff":
+        from .chirodiff import ChiroDiffTask
+
+        return ChiroDiffTask(cfg)
+    raise UserError(f"task={cfg.task!r} is unknown; use chirodiff")
+
+
+__all__ = ["Task", "build_task"]

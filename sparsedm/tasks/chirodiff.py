@@ -1,0 +1,89 @@
+"""ChiroDiff (Das et al. 2023) as the paper trains it: a BiGRU denoiser over pen-stroke sequences.
+
+Data points are (dx, dy, pen) per point (see sparsedm.data.strokes); the loss is ε-prediction MSE over real
+points only; samples take their lengths from the training set's length distribution.
+"""
+
+from typing import Dict
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.strokes import (
+    StrokeDataset,
+    collate_strokes,
+    display_name,
+    features_to_sketches,
+    load_stroke_splits,
+    save_sketch_grid,
+    sequence_lengths,
+)
+from ..diffusion import DiffusionConfig, GaussianDiffusion
+from ..models.chirodiff import ChiroDiffConfig, ChiroDiffDenoiser
+from .base import Task
+
+
+class ChiroDiffTask(Task):
+    name = "chirodiff"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.diffusion = GaussianDiffusion(DiffusionConfig(**cfg.diffusion))
+        self.lengths = np.array([], dtype=np.int64)  # training-set sequence lengths, for sampling
+
+    def build_model(self) -> nn.Module:
+        model_cfg = ChiroDiffConfig(**self.cfg.model)
+        model_cfg.num_train_timesteps = self.cfg.diffusion.num_train_timesteps
+        return ChiroDiffDenoiser(model_cfg)
+
+    def load_data(self):
+        train, val = load_stroke_splits(self.cfg.data)
+        self.lengths = sequence_lengths(train)
+        d = self.cfg.data
+        return StrokeDataset(train, d.representation, d.feature_scale), StrokeDataset(val, d.representation, d.feature_scale)
+
+    def collate(self, items):
+        return collate_strokes(items)
+
+    def loss(self, model, batch, generator):
+        mask = batch["mask"]
+        return self.diffusion.loss(lambda x_t, t: model(x_t, t, mask), batch["x"], mask=mask, generator=generator)
+
+    def flops_inputs(self, batch):
+        return (batch["x"], torch.zeros(batch["x"].shape[0], dtype=torch.long, device=batch["x"].device), batch["mask"])
+
+    @torch.no_grad()
+    def sample(self, model, num, generator, device, progress=True) -> Dict[str, np.ndarray]:
+        if len(self.lengths) == 0:
+            raise RuntimeError("the length distribution is unknown: load the data or a checkpoint's task state first")
+        sc = self.cfg.sample
+        picks = torch.randint(0, len(self.lengths), (num,), generator=generator)
+        lengths = torch.as_tensor(self.lengths)[picks]
+        features = np.zeros((num, int(lengths.max()), self.cfg.model.in_channels), dtype=np.float32)
+        for start in range(0, num, sc.batch_size):
+            chunk = lengths[start : start + sc.batch_size]
+            width = int(chunk.max())
+            mask = (torch.arange(width)[None, :] < chunk[:, None]).to(device)
+            x = self.diffusion.sample(
+                lambda x_t, t: model(x_t, t, mask), (len(chunk), width, self.cfg.model.in_channels),
+                sampler=sc.sampler, steps=sc.steps, eta=sc.eta, mask=mask, generator=generator, device=device, progress=progress,
+            )
+            features[start : start + len(chunk), :width] = x.float().cpu().numpy()
+        return {"features": features, "lengths": lengths.numpy()}
+
+    def sketches(self, samples: Dict[str, np.ndarray]):
+        d = self.cfg.data
+        return features_to_sketches(samples["features"], samples["lengths"], d.representation, d.feature_scale)
+
+    def save_picture(self, samples, path) -> None:
+        save_sketch_grid(self.sketches(samples), path)
+
+    def data_name(self) -> str:
+        return display_name(self.cfg.data)
+
+    def state_dict(self) -> dict:
+        return {"lengths": self.lengths}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.lengths = np.asarray(state.get("lengths", []), dtype=np.int64)

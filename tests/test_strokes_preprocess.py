@@ -1,0 +1,128 @@
+"""The Sketch representation and ChiroDiff preprocessing: invariants that training relies on."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from sparsedm.data.strokes.preprocess import preprocess_sketch, preprocess_sketches, resample_stroke
+from sparsedm.data.strokes.sketch import Sketch
+
+PARAMS = dict(spacing=0.05, max_strokes=25, max_points=300, overflow="drop", min_stroke_length=0.01)
+
+
+def _random_sketch(rng, n_strokes=3):
+    """Smooth random strokes far from the origin, in QuickDraw-like pixel units."""
+    strokes = []
+    for _ in range(n_strokes):
+        t = np.linspace(0, 1, rng.integers(30, 60))[:, None]
+        centre, radius = rng.uniform(100, 200, size=2), rng.uniform(10, 60)
+        angle = rng.uniform(0, 2 * np.pi) + rng.uniform(1, 4) * t
+        strokes.append(centre + radius * np.concatenate([np.cos(angle), np.sin(angle)], axis=1))
+    return Sketch.from_strokes(strokes)
+
+
+def test_sketch_strokes_and_deltas_round_trip():
+    a, b = np.array([[0.0, 0.0], [1.0, 2.0], [3.0, 1.0]]), np.array([[5.0, 5.0], [6.0, 7.0]])
+    sketch = Sketch.from_strokes([a, np.zeros((0, 2)), b])
+    assert sketch.points.dtype == np.float32 and sketch.points.shape == (5, 3)
+    assert sketch.points[:, 2].tolist() == [0, 0, 1, 0, 1]
+    assert [s.tolist() for s in sketch.strokes()] == [a.tolist(), b.tolist()]
+    deltas = sketch.to_deltas()
+    assert deltas[0, :2].tolist() == [0, 0] and deltas[3, :2].tolist() == [2, 4]
+    np.testing.assert_array_equal(Sketch.from_deltas(deltas).points, sketch.points)
+
+
+def test_preprocessed_sketch_starts_at_origin_with_unit_radius():
+    rng = np.random.default_rng(0)
+    sketches = [_random_sketch(rng) for _ in range(20)]
+    out, counts = preprocess_sketches(sketches, **PARAMS)
+    assert len(out) == 20 and not counts
+    for sketch in out:
+        np.testing.assert_allclose(sketch.points[0, :2], 0.0, atol=1e-6)
+        assert np.linalg.norm(sketch.points[:, :2], axis=1).max() == pytest.approx(1.0, abs=1e-5)
+        assert sketch.points[-1, 2] == 1
+
+
+def test_resampling_keeps_the_spacing_and_both_ends():
+    spacing = 0.05
+    line = np.array([[0.0, 0.0], [0.3, 0.4], [0.6, 0.8]])  # 1.0 long, kink-free, 20 steps of exactly 0.05
+    steps = np.linalg.norm(np.diff(resample_stroke(line, spacing), axis=0), axis=1)
+    np.testing.assert_allclose(steps, spacing, rtol=1e-9)
+
+    # a circle arc of length 0.93 sampled densely: 19 steps of 0.0489, chords within 0.1% of the arc step
+    angle = np.linspace(0, 0.93 / 0.5, 400)
+    arc = 0.5 * np.stack([np.cos(angle), np.sin(angle)], axis=1)
+    resampled = resample_stroke(arc, spacing)
+    n = len(resampled) - 1
+    assert n == round(0.93 / spacing)
+    chords = np.linalg.norm(np.diff(resampled, axis=0), axis=1)
+    assert np.all(np.abs(chords - spacing) <= spacing / (2 * n) + 1e-3 * spacing)
+    np.testing.assert_allclose(resampled[[0, -1]], arc[[0, -1]], atol=1e-12)
+
+
+def test_spacing_holds_inside_every_preprocessed_stroke():
+    rng = np.random.default_rng(1)
+    out, _ = preprocess_sketches([_random_sketch(rng) for _ in range(10)], **PARAMS)
+    for sketch in out:
+        for stroke in sketch.strokes():
+            steps = np.linalg.norm(np.diff(stroke, axis=0), axis=1)
+            # arc steps are equal per stroke and within [2/3, 2] x spacing; chords of smooth curves barely shorter
+            assert np.ptp(steps) < 0.02 * PARAMS["spacing"]
+            assert np.all((steps > 0.6 * PARAMS["spacing"]) & (steps <= 2 * PARAMS["spacing"]))
+
+
+def test_degenerate_strokes_are_dropped_and_counted():
+    good = np.array([[10.0, 10.0], [20.0, 10.0], [30.0, 20.0]])
+    dot, repeated_tap = np.array([[50.0, 50.0]]), np.array([[5.0, 5.0], [5.0, 5.0], [5.0, 5.0]])
+    tiny = np.array([[40.0, 40.0], [40.01, 40.0]])  # 0.01 px: far below min_stroke_length once unit-scaled
+    counts = Counter()
+    out = preprocess_sketch(Sketch.from_strokes([repeated_tap, good, dot, tiny]), **PARAMS, counts=counts)
+    assert out.num_strokes == 1
+    assert counts == {"strokes dropped: single point": 2, "strokes dropped: shorter than min_stroke_length": 1}
+    # the kept stroke now defines the origin and the scale
+    np.testing.assert_allclose(out.points[0, :2], 0.0, atol=1e-6)
+    assert np.linalg.norm(out.points[:, :2], axis=1).max() == pytest.approx(1.0, abs=1e-5)
+
+    counts = Counter()
+    assert preprocess_sketch(Sketch.from_strokes([dot, repeated_tap]), **PARAMS, counts=counts) is None
+    assert counts["rejected: no stroke with two distinct points"] == 1
+
+
+def test_stroke_cap_drop_and_truncate():
+    rng = np.random.default_rng(2)
+    sketch = _random_sketch(rng, n_strokes=6)
+    counts = Counter()
+    params = {**PARAMS, "max_strokes": 4}
+    assert preprocess_sketch(sketch, **params, counts=counts) is None
+    assert counts == {"rejected: more than max_strokes strokes": 1}
+
+    counts = Counter()
+    out = preprocess_sketch(sketch, **{**params, "overflow": "truncate"}, counts=counts)
+    assert out.num_strokes == 4 and counts == {"truncated: more than max_strokes strokes": 1}
+    np.testing.assert_allclose(out.points[0, :2], 0.0, atol=1e-6)
+    assert np.linalg.norm(out.points[:, :2], axis=1).max() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_point_cap_drop_and_truncate():
+    sketch = Sketch.from_strokes([np.array([[0.0, 0.0], [100.0, 0.0]]), np.array([[0.0, 10.0], [100.0, 10.0]])])
+    full = preprocess_sketch(sketch, **PARAMS, counts=Counter())
+    assert len(full) == 42  # two strokes of unit length: 20 steps, 21 points each
+
+    counts = Counter()
+    assert preprocess_sketch(sketch, **{**PARAMS, "max_points": 30}, counts=counts) is None
+    assert counts == {"rejected: more than max_points points": 1}
+
+    for cap, n_strokes in ((30, 2), (22, 1)):  # 22 = 21 + 1: a one-point remainder is left out
+        counts = Counter()
+        out = preprocess_sketch(sketch, **{**PARAMS, "max_points": cap, "overflow": "truncate"}, counts=counts)
+        assert len(out) == min(cap, 21 * n_strokes) and out.num_strokes == n_strokes
+        assert out.points[-1, 2] == 1 and counts == {"truncated: more than max_points points": 1}
+        np.testing.assert_array_equal(out.points[:21], full.points[:21])
+
+
+def test_non_finite_sketch_is_rejected():
+    counts = Counter()
+    sketch = Sketch.from_strokes([np.array([[0.0, 0.0], [np.nan, 1.0], [2.0, 2.0]])])
+    assert preprocess_sketch(sketch, **PARAMS, counts=counts) is None
+    assert counts == {"rejected: non-finite coordinates": 1}

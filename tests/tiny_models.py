@@ -1,0 +1,47 @@
+"""Tiny models for engine tests: a few-channel diffusers UNet with attention and a small bidirectional GRU."""
+
+import torch
+from torch import nn
+
+
+def tiny_unet():
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+        attention_head_dim=8,
+    )
+
+
+class TinyGRU(nn.Module):
+    """A bidirectional GRU regressor with a `time_embedding` layer, like the ChiroDiff denoiser."""
+
+    def __init__(self, dim=3, hidden=16, layers=2):
+        super().__init__()
+        self.time_embedding = nn.Sequential(nn.Linear(1, hidden), nn.SiLU())
+        self.proj_in = nn.Linear(dim, hidden)
+        self.gru = nn.GRU(hidden, hidden, num_layers=layers, bidirectional=True, batch_first=True)
+        self.proj_out = nn.Linear(2 * hidden, dim)
+
+    def forward(self, x, t):
+        h = self.proj_in(x) + self.time_embedding(t.float()[:, None, None] / 1000)
+        return self.proj_out(self.gru(h)[0])
+
+
+def unet_loss(model, generator):
+    x = torch.randn(4, 3, 8, 8, generator=generator)
+    t = torch.randint(0, 1000, (4,), generator=generator)
+    return (model(x, t).sample - x).pow(2).mean()
+
+
+def gru_loss(model, generator):
+    x = torch.randn(4, 6, 3, generator=generator)
+    t = torch.randint(0, 1000, (4,), generator=generator)
+    return (model(x, t) - x.flip(1)).pow(2).mean()
