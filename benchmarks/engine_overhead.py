@@ -2,124 +2,116 @@
 
     python benchmarks/engine_overhead.py [--cycles 2] [--interval 100] [--device cpu]
 
-Each method runs in its own process (dense, then static, magran and rigl at S = 0.5) for `cycles` full ΔT
-cycles, mask updates included. Printed: time per step / dense's, one mask update / one step, and peak memory
-/ dense's (CUDA: max allocated; CPU: bytes held by parameters, gradients, optimiser state, EMA and masks,
-plus the process's peak RSS). Masks simulate sparsity: no speed-up is expected from them, only the cost of
-keeping them; the savings are in FLOPs and non-zero parameters.
+Four copies of one UNet2DModel train side by side: dense, then static, magran and rigl at S = 0.5, over
+`cycles` full ΔT cycles, mask updates included. The methods take turns in blocks of `--block` steps, so a
+busy machine slows them alike and the ratios stay fair. Printed: time per step / dense's, one mask update /
+one step, and memory / dense's (CUDA: peak allocated during the method's own steps; CPU: bytes held by
+parameters, gradients, optimiser state, EMA and masks). Masks simulate sparsity: no speed-up is expected,
+only the cost of keeping them; the savings are in FLOPs and non-zero parameters.
 """
 
 import argparse
-import json
 import os
-import resource
-import subprocess
-import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import torch  # noqa: E402
+from diffusers import UNet2DModel  # noqa: E402
 
-def build(device):
-    import torch
-    from diffusers import UNet2DModel
+from sparsedm.sparse import EMA, SparseConfig, SparseEngine  # noqa: E402
 
-    torch.manual_seed(0)
-    model = UNet2DModel(
-        sample_size=16, in_channels=4, out_channels=4, block_out_channels=(64, 128), layers_per_block=2,
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-    ).to(device)
-    return model
+METHODS = ("dense", "static", "magran", "rigl")
 
 
-def state_bytes(model, optimizer, ema, engine):
-    tensors = list(model.parameters()) + [p.grad for p in model.parameters() if p.grad is not None]
-    tensors += [t for s in optimizer.state.values() for t in s.values() if hasattr(t, "numel")]
-    tensors += list(ema.module.parameters()) + list(engine.masks.values())
-    return sum(t.numel() * t.element_size() for t in tensors)
+class Run:
+    def __init__(self, method, steps, interval, device, batch):
+        torch.manual_seed(0)
+        self.model = UNet2DModel(
+            sample_size=16, in_channels=4, out_channels=4, block_out_channels=(64, 128), layers_per_block=2,
+            down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        ).to(device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        self.ema = EMA(self.model)
+        config = SparseConfig(method=method, sparsity=0.5, update_interval=interval, t_end=1.0, prune_rate=0.3)
+        self.engine = SparseEngine(self.model, self.optimizer, config, total_steps=steps, ema=self.ema)
+        self.x = torch.randn(batch, 4, 16, 16, device=device)
+        self.t = torch.randint(0, 1000, (batch,), device=device)
+        self.step_time, self.steps, self.update_times, self.peak = 0.0, 0, [], 0
 
-
-def run_one(method, cycles, interval, device, batch):
-    import torch
-
-    from sparsedm.sparse import EMA, SparseConfig, SparseEngine
-
-    model = build(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    ema = EMA(model)
-    steps = cycles * interval
-    config = SparseConfig(method=method, sparsity=0.5, update_interval=interval, t_end=1.0, prune_rate=0.3)
-    engine = SparseEngine(model, optimizer, config, total_steps=steps + 10, ema=ema)
-    x = torch.randn(batch, 4, 16, 16, device=device)
-    t = torch.randint(0, 1000, (batch,), device=device)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        model(x, t).sample.pow(2).mean().backward()
-        engine.after_backward()
-        optimizer.step()
-        update = engine.after_optimizer_step()
-        ema.update(model)
+    def step(self):
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model(self.x, self.t).sample.pow(2).mean().backward()
+        self.engine.after_backward()
+        self.optimizer.step()
+        update = self.engine.after_optimizer_step()
+        self.ema.update(self.model)
         return update
 
-    update_times = []
-    for _ in range(5):  # warm-up (not an update step: the schedule starts at ΔT)
-        step()
-    engine.step = 0
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    sync()
-    start = time.perf_counter()
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        update = step()
-        sync()
-        if update is not None:
-            update_times.append(time.perf_counter() - t0)
-    elapsed = time.perf_counter() - start
-
-    # one mask update on its own: the drop/grow of every tensor, after a normal step
-    update_only = None
-    if engine.schedule is not None:
-        step()
-        engine._dense_grads = {n: p.grad.clone() if p.grad is not None else torch.zeros_like(p) for n, p in engine.params.items()}
-        sync()
-        t0 = time.perf_counter()
-        engine._update_masks(interval)
-        sync()
-        update_only = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else state_bytes(model, optimizer, ema, engine)
-    return {"method": method, "step_s": elapsed / steps, "update_only_s": update_only, "updates": len(update_times),
-            "peak_bytes": peak, "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+    def state_bytes(self):
+        model = self.model
+        tensors = list(model.parameters()) + [p.grad for p in model.parameters() if p.grad is not None]
+        tensors += [t for s in self.optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
+        tensors += list(self.ema.module.parameters()) + list(self.engine.masks.values())
+        return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cycles", type=int, default=2, help="ΔT cycles timed per method")
     parser.add_argument("--interval", type=int, default=100, help="ΔT")
+    parser.add_argument("--block", type=int, default=10, help="steps a method runs before the next takes its turn")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        print(json.dumps(run_one(args.child, args.cycles, args.interval, args.device, args.batch)))
-        return
+    cuda = args.device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    steps = args.cycles * args.interval
+    runs = {m: Run(m, steps, args.interval, args.device, args.batch) for m in METHODS}
+    for run in runs.values():  # warm-up, then restart the schedule so every update is timed
+        for _ in range(3):
+            run.step()
+        run.engine.step = 0
 
-    results = {}
-    for method in ("dense", "static", "magran", "rigl"):
-        cmd = [sys.executable, __file__, "--child", method, "--cycles", str(args.cycles), "--interval", str(args.interval),
-               "--device", args.device, "--batch", str(args.batch)]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        results[method] = json.loads(out.strip().splitlines()[-1])
-        r = results[method]
-        print(f"{method:>7}: {r['step_s'] * 1000:7.1f} ms/step over {args.cycles} x ΔT={args.interval} ({r['updates']} updates)", flush=True)
+    while any(r.steps < steps for r in runs.values()):
+        for run in runs.values():
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            for _ in range(min(args.block, steps - run.steps)):
+                sync()
+                t0 = time.perf_counter()
+                update = run.step()
+                sync()
+                elapsed = time.perf_counter() - t0
+                run.step_time += elapsed
+                run.steps += 1
+                if update is not None:
+                    run.update_times.append(elapsed)
+            run.peak = max(run.peak, torch.cuda.max_memory_allocated() if cuda else run.state_bytes())
+        done = min(r.steps for r in runs.values())
+        print(f"\r{done}/{steps} steps per method", end="", flush=True)
+    print()
 
-    dense = results["dense"]
-    print(f"\nmethod   step/dense  update/step  memory/dense  (S = 0.5, device {args.device}; masks simulate sparsity, no speed-up expected)")
-    for method, r in results.items():
-        update = f"{r['update_only_s'] / r['step_s']:.3f}" if r["update_only_s"] is not None else "-"
-        print(f"{method:>7}  {r['step_s'] / dense['step_s']:10.3f}  {update:>11}  {r['peak_bytes'] / dense['peak_bytes']:12.3f}")
+    update_only = {}
+    for method, run in runs.items():  # one mask update on its own, after an ordinary step
+        if run.engine.schedule is None:
+            continue
+        run.step()
+        run.engine._dense_grads = {n: p.grad.clone() for n, p in run.engine.params.items()}
+        sync()
+        t0 = time.perf_counter()
+        run.engine._update_masks(args.interval)
+        sync()
+        update_only[method] = time.perf_counter() - t0
+
+    dense = runs["dense"]
+    dense_step = dense.step_time / dense.steps
+    print(f"method   ms/step  step/dense  update/step  memory/dense   (S = 0.5, ΔT = {args.interval}, {args.cycles} cycles, {args.device})")
+    for method, run in runs.items():
+        per_step = run.step_time / run.steps
+        update = f"{update_only[method] / per_step:.3f}" if method in update_only else "-"
+        print(f"{method:>7}  {per_step * 1000:7.1f}  {per_step / dense_step:10.3f}  {update:>11}  {run.peak / dense.peak:12.3f}")
+    print("masks simulate sparsity: dense kernels do the same work, so no speed-up is expected")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """The `sparsedm` command line: train and sample (more commands join as the project grows)."""
 
 import argparse
+import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from .errors import UserError
 
@@ -14,7 +16,9 @@ def _train(args) -> None:
 
     cfg = load_config(args.config, args.overrides)
     summary = Trainer(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress).fit()
-    if summary:
+    if summary is None:
+        print(f"stopped early with a checkpoint; continue with: sparsedm train {args.config} --out {args.out} --resume")
+    elif summary:
         print(
             f"{summary['method']}: steps {summary['steps']}, loss {summary['loss_final']:.4f}, val loss {summary['val_loss_final']:.4f}, "
             f"non-zero params {summary['params_nonzero']:,}/{summary['params_total']:,}, "
@@ -28,6 +32,91 @@ def _sample(args) -> None:
     out = sample_run(args.run, num=args.num, steps=args.steps, sampler=args.sampler, eta=args.eta, seed=args.seed,
                      checkpoint=args.checkpoint, progress=not args.no_progress)
     print(f"samples -> {out / 'samples.npz'}, {out / 'samples.png'}")
+
+
+def _train_autoencoder(args) -> None:
+    from .autoencoder import load_autoencoder_config, train_autoencoder
+
+    cfg = load_autoencoder_config(args.config, args.overrides)
+    m = train_autoencoder(cfg, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+    print(
+        f"{m['kind']} autoencoder, f={m['downsampling_factor']}, latents {'x'.join(map(str, m['latent_shape']))}: steps {m['steps']}, "
+        f"validation L1 {m['val_l1_before']:.4f} -> {m['val_l1_after']:.4f}, PSNR {m['val_psnr_before']:.2f} -> {m['val_psnr_after']:.2f} dB, "
+        f"scaling factor {m['scaling_factor']:.4f} -> {args.out}"
+    )
+
+
+def _export(args) -> None:
+    from .export import export_run
+
+    info = export_run(args.run, args.out, checkpoint=args.checkpoint, overwrite=args.overwrite)
+    print(f"LDMPipeline (step {info['step']}, non-zero {info['nonzero']:,}/{info['total']:,} in the sparse tensors) -> {info['out']}")
+
+
+def _fid(args) -> None:
+    from .eval.fid import fid_between
+    from .experiments.run_images import samples_npz_to_images
+    from .train.distributed import DistInfo, resolve_device
+
+    result = fid_between(args.path_a, args.path_b, backend=args.backend, batch_size=args.batch_size,
+                         device=resolve_device(args.device, DistInfo()), progress=not args.no_progress,
+                         npz_to_images=samples_npz_to_images)
+    print(json.dumps(result) if args.json else f"fid: {result['fid']:.4f} ({result['n_a']} vs {result['n_b']} images)")
+
+
+def _eval_settings(args):
+    from .experiments.evaluate import EvalSettings
+
+    return EvalSettings(num=args.num, sampler=args.sampler, steps=args.sample_steps, eta=args.eta, split=args.split, seed=args.seed)
+
+
+def _evaluate(args) -> None:
+    from .experiments.evaluate import EVAL, evaluate_run
+
+    r = evaluate_run(args.run, _eval_settings(args), overwrite=args.overwrite, progress=not args.no_progress)
+    print(f"{r['method']}: FID {r['fid']:.2f} ({r['n_samples']} samples, {r['sampler']} {r['steps']} steps, against "
+          f"{r['reference_size']} {r['reference_split']} images), EMA sparsity {r['ema_sparsity']:.3f} -> {Path(args.run) / EVAL}")
+
+
+def _print_report(report) -> None:
+    print(report.markdown)
+    print("\n".join(f"-> {path}" for path in report.files))
+
+
+def _sweep(args) -> None:
+    from .experiments.grid import SweepGrid
+    from .experiments.sweep import run_sweep
+
+    defaults = SweepGrid()
+    grid = SweepGrid(args.methods or defaults.methods, args.sparsities or defaults.sparsities,
+                     args.prune_rates or defaults.prune_rates, args.seeds)
+    outcomes, report = run_sweep(args.config, args.out, grid, args.overrides, _eval_settings(args), progress=not args.no_progress)
+    counts = {kind: sum(o == kind for o in outcomes.values()) for kind in ("trained", "evaluated", "done")}
+    print(f"{len(outcomes)} runs: {counts['trained']} trained, {counts['evaluated']} evaluated, {counts['done']} finished before")
+    _print_report(report)
+
+
+def _report(args) -> None:
+    from .experiments.report import build_report
+
+    _print_report(build_report(args.sweep))
+
+
+def _demo(args) -> None:
+    from .experiments.demo import DemoSettings, run_demo
+
+    settings = DemoSettings(out=args.out, steps=args.steps, num=args.num, overrides=args.overrides)
+    _print_report(run_demo(settings, progress=not args.no_progress))
+
+
+def _add_eval_options(parser, steps_flag: str) -> None:
+    parser.add_argument("--num", type=int, help="generated samples for FID (default: as many as the reference split)")
+    parser.add_argument(steps_flag, dest="sample_steps", type=int, help="denoising steps (default: sample.steps)")
+    parser.add_argument("--sampler", choices=["ddpm", "ddim"], help="default: sample.sampler")
+    parser.add_argument("--eta", type=float, help="DDIM's eta (default: sample.eta)")
+    parser.add_argument("--split", choices=["val", "train"], default="val", help="real split FID compares with")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +143,61 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--checkpoint", help="a checkpoint file instead of the newest")
     sample.add_argument("--no-progress", action="store_true")
     sample.set_defaults(func=_sample)
+
+    fid = sub.add_parser("fid", help="FID between two image sets (folders, .npz, or a run's samples .npz)")
+    fid.add_argument("path_a", help="a folder of images, a .npz with uint8 'images', or RUN/samples/*.npz")
+    fid.add_argument("path_b", help="the same kinds as path_a")
+    fid.add_argument("--backend", choices=["sparsedm", "torch-fidelity"], default="sparsedm",
+                     help="sparsedm: offline, equal to torch-fidelity; torch-fidelity: the tool itself (needs torchvision)")
+    fid.add_argument("--json", action="store_true", help="print a JSON object: fid, n_a, n_b")
+    fid.add_argument("--batch-size", type=int, default=50, help="images per Inception pass")
+    fid.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda")
+    fid.add_argument("--no-progress", action="store_true")
+    fid.set_defaults(func=_fid)
+
+    evaluate = sub.add_parser("evaluate", help="FID of a trained run's sparse EMA weights -> RUN/eval.json")
+    evaluate.add_argument("run", help="run folder with a finished training (summary.json)")
+    _add_eval_options(evaluate, "--steps")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an existing RUN/eval.json")
+    evaluate.set_defaults(func=_evaluate)
+
+    sweep = sub.add_parser("sweep", help="train and evaluate methods x S x p x seeds; table and plots")
+    sweep.add_argument("config", help="YAML config, e.g. configs/chirodiff_kanjivg_cpu.yaml")
+    sweep.add_argument("overrides", nargs="*", help="dotted overrides for every run, e.g. train.steps=2000")
+    sweep.add_argument("--out", required=True, help="sweep folder; running again continues it")
+    sweep.add_argument("--methods", nargs="+", help="default: dense static rigl magran")
+    sweep.add_argument("--sparsities", nargs="+", type=float, help="S values (default: 0.1 0.25 0.5 0.75 0.9)")
+    sweep.add_argument("--prune-rates", nargs="+", type=float, help="p values of RigL-DM and MagRan-DM (default: 0.05 0.1 0.5)")
+    sweep.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 per grid point")
+    _add_eval_options(sweep, "--sample-steps")
+    sweep.set_defaults(func=_sweep)
+
+    report = sub.add_parser("report", help="rebuild a sweep's results.csv, results.md and plots from its finished runs")
+    report.add_argument("sweep", help="sweep folder")
+    report.set_defaults(func=_report)
+
+    demo = sub.add_parser("demo", help="Dense, Static-DM, RigL-DM and MagRan-DM at S = 0.5 on KanjiVG, compared by FID")
+    demo.add_argument("--out", default="reports/demo", help="report folder (runs in OUT/runs); running again skips finished runs")
+    demo.add_argument("--steps", type=int, help="training steps per run (default: the config's)")
+    demo.add_argument("overrides", nargs="*", help="more config overrides, e.g. data.cache_dir=/scratch")
+    demo.add_argument("--num", type=int, default=200, help="generated samples per run for FID")
+    demo.add_argument("--no-progress", action="store_true")
+    demo.set_defaults(func=_demo)
+
+    autoencoder = sub.add_parser("train-autoencoder", help="train Latent Diffusion's autoencoder (VQ or KL), dense")
+    autoencoder.add_argument("config", help="YAML config, e.g. configs/autoencoder_openmoji_cpu.yaml")
+    autoencoder.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=500 model.kind=kl")
+    autoencoder.add_argument("--out", required=True, help="folder for the diffusers autoencoder (autoencoder.path of an ldm config)")
+    autoencoder.add_argument("--overwrite", action="store_true", help="replace the autoencoder in --out")
+    autoencoder.add_argument("--no-progress", action="store_true", help="no progress bar")
+    autoencoder.set_defaults(func=_train_autoencoder)
+
+    export = sub.add_parser("export", help="write a Latent Diffusion run as a diffusers LDMPipeline folder (+ masks)")
+    export.add_argument("run", help="run folder of a task=ldm run")
+    export.add_argument("--out", required=True, help="pipeline folder to write")
+    export.add_argument("--checkpoint", help="a checkpoint file instead of the newest")
+    export.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    export.set_defaults(func=_export)
     return parser
 
 
@@ -63,7 +207,7 @@ def main(argv=None) -> int:
     # overrides may come after options (`train CFG --out RUN a.b=1`): argparse leaves those over
     args, extra = parser.parse_known_args(argv)
     overrides = [e for e in extra if "=" in e and not e.startswith("-")]
-    if len(overrides) != len(extra) or (overrides and args.command != "train"):
+    if len(overrides) != len(extra) or (overrides and not hasattr(args, "overrides")):
         parser.error(f"unrecognized arguments: {' '.join(e for e in extra if e not in overrides) or ' '.join(extra)}")
     if overrides:
         args.overrides = list(args.overrides) + overrides

@@ -189,3 +189,18 @@ def test_report_lists_every_sparse_tensor():
     for row in rows:
         assert row.nonzero == engine.nonzeros[row.name] and row.numel == engine.params[row.name].numel()
         assert abs(row.density - 0.5) <= 1 / row.numel
+
+
+def test_conv1d_lstm_and_linear_weights_are_sparsified():
+    class Mixed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv1d(4, 8, 3)
+            self.lstm = torch.nn.LSTM(8, 8, batch_first=True)
+            self.head = torch.nn.Linear(8, 2)
+
+    model = Mixed()
+    engine = SparseEngine(model, torch.optim.Adam(model.parameters()), SparseConfig(method="static", sparsity=0.5, distribution="uniform"))
+    assert set(engine.params) == {"conv.weight", "lstm.weight_ih_l0", "lstm.weight_hh_l0", "head.weight"}
+    for name, param in engine.params.items():
+        assert int((param != 0).sum()) <= engine.nonzeros[name] == round(0.5 * param.numel())

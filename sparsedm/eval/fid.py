@@ -190,6 +190,14 @@ def load_images(
     return ImageBatches(len(array), lambda: iter(torch.from_numpy(array).split(batch_size)))
 
 
+def array_batches(images: np.ndarray, *, batch_size: int = 50) -> ImageBatches:
+    """uint8 images N x H x W x C (C = 1 or 3) held in memory, e.g. a task's renderings, as `ImageBatches`."""
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] not in (1, 3):
+        raise ValueError(f"expected uint8 images N x H x W x C, C = 1 or 3; got {images.dtype} {images.shape}")
+    channels_first = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    return ImageBatches(len(images), lambda: iter(channels_first.split(batch_size)))
+
+
 def _is_folder(path: Path) -> bool:
     """True for a folder, False for a .npz file; UserError for anything else."""
     if path.is_dir():

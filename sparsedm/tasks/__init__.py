@@ -11,7 +11,11 @@ def build_task(cfg: DictConfig) -> Task:
         from .chirodiff import ChiroDiffTask
 
         return ChiroDiffTask(cfg)
-    raise UserError(f"task={cfg.task!r} is unknown; use chirodiff")
+    if cfg.task == "ldm":
+        from .ldm import LatentDiffusionTask
+
+        return LatentDiffusionTask(cfg)
+    raise UserError(f"task={cfg.task!r} is unknown; use chirodiff or ldm")
 
 
 __all__ = ["Task", "build_task"]

@@ -4,11 +4,13 @@ A task owns its model, data and diffusion process; the loop owns optimisation, s
 checkpoints. Neither knows how the other works.
 """
 
+import hashlib
+import json
 from typing import Any, Dict, Sequence, Tuple
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 
@@ -44,6 +46,24 @@ class Task:
     def save_picture(self, samples: Dict[str, np.ndarray], path) -> None:
         """A PNG grid of the samples."""
         raise NotImplementedError
+
+    def to_images(self, samples: Dict[str, np.ndarray]) -> np.ndarray:
+        """uint8 N x H x W x C pictures of generated samples, exactly as FID sees them."""
+        raise NotImplementedError
+
+    def reference_images(self, split: str = "val") -> np.ndarray:
+        """uint8 N x H x W x C pictures of a real data split, made the same way as `to_images`."""
+        raise NotImplementedError
+
+    def reference_key(self, split: str = "val") -> str:
+        """Names the FID statistics of `reference_images(split)` in a cache: it must change whenever they would.
+
+        Here the task, the split and a hash of the data config less its cache folder; a task whose pictures
+        depend on more (a rendering size) appends it.
+        """
+        data = {k: v for k, v in OmegaConf.to_container(self.cfg.data).items() if k != "cache_dir"}
+        digest = hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+        return f"{self.name}/{self.cfg.data.name}/{split}/{digest}"
 
     def data_name(self) -> str:
         """The data set's honest display name (a stand-in says so)."""

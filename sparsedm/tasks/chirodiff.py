@@ -16,12 +16,16 @@ from ..data.strokes import (
     display_name,
     features_to_sketches,
     load_stroke_splits,
+    render_sketches,
     save_sketch_grid,
     sequence_lengths,
 )
+from ..data.strokes.render import default_line_width
 from ..diffusion import DiffusionConfig, GaussianDiffusion
 from ..models.chirodiff import ChiroDiffConfig, ChiroDiffDenoiser
 from .base import Task
+
+RENDER_SIZE = 64  # sketches are rasterised at 64 px (line width 2 px) for pictures and FID
 
 
 class ChiroDiffTask(Task):
@@ -78,6 +82,17 @@ class ChiroDiffTask(Task):
 
     def save_picture(self, samples, path) -> None:
         save_sketch_grid(self.sketches(samples), path)
+
+    def to_images(self, samples) -> np.ndarray:
+        return render_sketches(self.sketches(samples), size=RENDER_SIZE)[..., None]
+
+    def reference_images(self, split: str = "val") -> np.ndarray:
+        train, val = load_stroke_splits(self.cfg.data)
+        sketches = {"train": train, "val": val}[split]
+        return render_sketches(sketches, size=RENDER_SIZE)[..., None]
+
+    def reference_key(self, split: str = "val") -> str:
+        return f"{super().reference_key(split)}/render-{RENDER_SIZE}px-line-{default_line_width(RENDER_SIZE):g}px"
 
     def data_name(self) -> str:
         return display_name(self.cfg.data)

@@ -2,14 +2,20 @@
 
 One step: loss -> backward -> engine.after_backward (dense gradient for RigL, mask gradients) -> clip ->
 optimiser step -> engine.after_optimizer_step (re-mask, drop/grow every ΔT) -> EMA update.
+
+Everything a step reads is a function of (seed, step): the batch (`BatchSchedule`) and the noise (a generator
+seeded per step), so a resumed run needs only the checkpoint to continue bit-identically.
 """
 
 import hashlib
 import logging
 import math
 import shutil
+import signal
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
+from typing import Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -26,8 +32,11 @@ from .run_dir import CONFIG, RunDir
 
 log = logging.getLogger(__name__)
 
+RESUMABLE_CHANGES = ("steps", "stop_at")  # train.* keys a resumed run may change
+
 
 def weights_fingerprint(module: torch.nn.Module) -> str:
+    """sha256 over the raw bytes of every tensor in the state dict, in name order."""
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
@@ -36,7 +45,7 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
 
 
 def prepare_run_dir(run: RunDir, cfg: DictConfig, resume: bool, overwrite: bool) -> None:
-    """Refuse to mix two runs in one folder; on resume the config must be the run's (train.steps may grow)."""
+    """Refuse to mix two runs in one folder; on resume the config must be the run's."""
     if not run.exists():
         if resume:
             raise UserError(f"--resume: {run.path} holds no run to resume; drop --resume to start one")
@@ -49,32 +58,86 @@ def prepare_run_dir(run: RunDir, cfg: DictConfig, resume: bool, overwrite: bool)
         return
     if not resume:
         raise UserError(f"{run.path} already holds a run; pass --resume to continue it or --overwrite to replace it")
-    old = OmegaConf.to_container(run.read_config())
-    new = OmegaConf.to_container(cfg)
-    old["train"].pop("steps", None), new["train"].pop("steps", None)
+    old, new = OmegaConf.to_container(run.read_config()), OmegaConf.to_container(cfg)
+    for key in RESUMABLE_CHANGES:
+        old["train"].pop(key, None), new["train"].pop(key, None)
     if old != new:
-        raise UserError(f"--resume: the config differs from the one in {run.path / CONFIG}; resume with the run's config (only train.steps may change)")
+        raise UserError(f"--resume: the config differs from the one in {run.path / CONFIG}; resume with the run's config (only train.steps and train.stop_at may change)")
 
 
-def _autocast(precision: str, device: torch.device):
+def autocast(precision: str, device: torch.device):
     if precision == "fp32":
         return nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 class Trainer:
     def __init__(self, cfg: DictConfig, out: str, resume: bool = False, overwrite: bool = False, progress: bool = True):
-        self.cfg = cfg
+        self.cfg, self.tc = cfg, cfg.train
         self.dist: DistInfo = init_distributed(cfg.dist.backend, cfg.train.device)
         self.device = resolve_device(cfg.train.device, self.dist)
-        if cfg.train.precision == "fp16" and self.device.type != "cuda":
+        if self.tc.precision == "fp16" and self.device.type != "cuda":
             raise UserError("train.precision=fp16 needs a GPU; use bf16 on CPU")
         self.run = RunDir(out)
+        self.resume = resume
         self.progress = progress and self.dist.is_main
+        self.stop_requested = False
         if self.dist.is_main:
             prepare_run_dir(self.run, cfg, resume, overwrite)
-        self.resume = resume
+
+    # -- set-up ---------------------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        cfg, tc = self.cfg, self.tc
+        torch.manual_seed(cfg.seed)
+        self.task = build_task(cfg)
+        self.train_set, self.val_set = self.task.load_data()
+        self.model = self.task.build_model().to(self.device)
+        self.batches = BatchSchedule(len(self.train_set), tc.batch_size, cfg.seed)
+        self.total_steps = tc.epochs * self.batches.batches_per_epoch if tc.epochs else tc.steps
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        self.ema = EMA(self.model, decay=tc.ema_decay)
+        self.engine = SparseEngine(self.model, self.optimizer, sparse_config(cfg), total_steps=self.total_steps, ema=self.ema)
+        self.scaler = torch.amp.GradScaler(self.device.type) if tc.precision == "fp16" else None
+        self.forward_model = self.model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.step, self.wall_before = 0, 0.0
+
+    def _restore(self) -> None:
+        path = latest_checkpoint(self.run.checkpoints)
+        if path is None:
+            raise UserError(f"--resume: {self.run.checkpoints} has no checkpoint; start again with --overwrite")
+        state = load_checkpoint(path, map_location=self.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.ema.load_state_dict(state["ema"])
+        self.engine.load_state_dict(state["engine"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.step, self.wall_before = state["step"], state.get("wall_time_s", 0.0)
+        if self.dist.is_main:
+            self.run.truncate_metrics(self.step)
+        log.info("resumed from %s at step %d", path, self.step)
+
+    def _checkpoint(self, elapsed: float) -> None:
+        if not self.dist.is_main:
+            return
+        state = {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema.state_dict(),
+            "engine": self.engine.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "task": self.task.state_dict(),
+            "config": OmegaConf.to_container(self.cfg),
+            "wall_time_s": elapsed,
+        }
+        save_checkpoint(state, self.run.checkpoints, self.step, self.tc.keep_checkpoints)
+
+    # -- one step -------------------------------------------------------------------------------------
 
     def _batch(self, dataset, indices):
         batch = self.task.collate([dataset[i] for i in indices])
@@ -84,129 +147,114 @@ class Trainer:
         # noise and timesteps of step s depend only on (seed, s, rank): resume needs no RNG state
         return torch.Generator(self.device).manual_seed(self.cfg.seed * 1_000_003 + step * 1009 + self.dist.rank)
 
+    def train_step(self):
+        """One optimiser step; returns (loss, the engine's update statistics or None)."""
+        batch = self._batch(self.train_set, self.batches.indices(self.step, self.dist.rank, self.dist.world_size))
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.tc.precision, self.device):
+            loss = self.task.loss(self.forward_model, batch, self._generator(self.step))
+        if not torch.isfinite(loss):
+            kept = latest_checkpoint(self.run.checkpoints)
+            raise UserError(f"non-finite loss at step {self.step + 1}; last good checkpoint: {kept or 'none'}. Lower train.lr or use train.precision=fp32")
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        self.engine.after_backward()
+        if self.tc.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skipped on overflow; the engine skipped its update too
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        update = self.engine.after_optimizer_step()
+        self.ema.update(self.model)
+        self.step += 1
+        return float(loss.detach()), update
+
     @torch.no_grad()
     def validation_loss(self) -> float:
-        model = self.ema.module
-        total, count = 0.0, 0
-        bs = self.cfg.train.batch_size
-        for b in range(min(self.cfg.train.val_batches, math.ceil(len(self.val_set) / bs))):
-            indices = list(range(b * bs, min((b + 1) * bs, len(self.val_set))))
-            batch = self._batch(self.val_set, indices)
-            with _autocast(self.cfg.train.precision, self.device):
-                total += float(self.task.loss(model, batch, torch.Generator(self.device).manual_seed(10_000 + b)))
+        """Mean loss of the EMA model on the first `val_batches` validation batches, with fixed noise."""
+        bs, total, count = self.tc.batch_size, 0.0, 0
+        for b in range(min(self.tc.val_batches, math.ceil(len(self.val_set) / bs))):
+            batch = self._batch(self.val_set, range(b * bs, min((b + 1) * bs, len(self.val_set))))
+            with autocast(self.tc.precision, self.device):
+                total += float(self.task.loss(self.ema.module, batch, torch.Generator(self.device).manual_seed(10_000 + b)))
             count += 1
         return total / max(count, 1)
 
-    def fit(self) -> dict:
-        cfg, tc = self.cfg, self.cfg.train
-        torch.manual_seed(cfg.seed)
-        self.task = build_task(cfg)
-        train_set, self.val_set = self.task.load_data()
-        model = self.task.build_model().to(self.device)
-        batches = BatchSchedule(len(train_set), tc.batch_size, cfg.seed)
-        total_steps = tc.epochs * batches.batches_per_epoch if tc.epochs else tc.steps
-        optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-        self.ema = EMA(model, decay=tc.ema_decay)
-        engine = SparseEngine(model, optimizer, sparse_config(cfg), total_steps=total_steps, ema=self.ema)
-        scaler = torch.amp.GradScaler(self.device.type) if tc.precision == "fp16" else None
-        ddp_model = model
-        if self.dist.enabled:
-            ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+    # -- the loop -------------------------------------------------------------------------------------
 
-        step, wall_before = 0, 0.0
+    @contextmanager
+    def _graceful_interrupt(self):
+        """First Ctrl-C: finish the step, write a checkpoint, stop. A second one stops at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum, frame):
+            if self.stop_requested:
+                raise KeyboardInterrupt
+            self.stop_requested = True
+            log.warning("stopping after this step (Ctrl-C again to stop at once)")
+
+        previous = signal.signal(signal.SIGINT, request_stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def fit(self) -> Optional[dict]:
+        """Train to train.steps (or epochs); returns the summary, or None when stopped early with a checkpoint."""
+        self._build()
         if self.resume:
-            path = latest_checkpoint(self.run.checkpoints)
-            if path is None:
-                raise UserError(f"--resume: {self.run.checkpoints} has no checkpoint; start again with --overwrite")
-            state = load_checkpoint(path, map_location=self.device)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            self.ema.load_state_dict(state["ema"])
-            engine.load_state_dict(state["engine"])
-            if scaler is not None and state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
-            step, wall_before = state["step"], state.get("wall_time_s", 0.0)
-            if self.dist.is_main:
-                self.run.truncate_metrics(step)
-                log.info("resumed from %s at step %d", path, step)
+            self._restore()
         elif self.dist.is_main:
-            self.run.write_config(cfg)
+            self.run.write_config(self.cfg)
             self.run.log({"step": 0, "val_loss": self.validation_loss()})  # the baseline the final one is compared with
-
-        def checkpoint(at_step: int, elapsed: float) -> None:
-            if not self.dist.is_main:
-                return
-            state = {
-                "step": at_step,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "ema": self.ema.state_dict(),
-                "engine": engine.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "task": self.task.state_dict(),
-                "config": OmegaConf.to_container(cfg),
-                "wall_time_s": elapsed,
-            }
-            save_checkpoint(state, self.run.checkpoints, at_step, tc.keep_checkpoints)
+        stop_at = min(self.total_steps, self.tc.stop_at) if self.tc.stop_at else self.total_steps
 
         start = time.time()
-        bar = tqdm(total=total_steps, initial=step, desc=f"train {engine.method}", disable=not self.progress, dynamic_ncols=True)
-        window_loss, window_n, last_loss = 0.0, 0, float("nan")
-        model.train()
-        while step < total_steps:
-            batch = self._batch(train_set, batches.indices(step, self.dist.rank, self.dist.world_size))
-            optimizer.zero_grad(set_to_none=True)
-            with _autocast(tc.precision, self.device):
-                loss = self.task.loss(ddp_model, batch, self._generator(step))
-            if not torch.isfinite(loss):
-                kept = latest_checkpoint(self.run.checkpoints)
-                raise UserError(f"non-finite loss at step {step + 1}; last good checkpoint: {kept or 'none'}. Lower train.lr or use train.precision=fp32")
-            (scaler.scale(loss) if scaler else loss).backward()
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            engine.after_backward()
-            if tc.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            update = engine.after_optimizer_step()
-            self.ema.update(model)
-            step += 1
-
-            window_loss += float(loss.detach())
-            window_n += 1
-            if self.dist.is_main:
-                if update is not None:
-                    if cfg.dist.check_masks and self.dist.enabled:
-                        check_masks_agree(engine, step, self.device)
-                    self.run.log({"event": "mask_update", **update})
-                if step % tc.log_every == 0 or step == total_steps:
-                    last_loss = window_loss / window_n
-                    self.run.log({"step": step, "loss": last_loss, "lr": tc.lr, "sparsity": engine.sparsity(), "elapsed_s": wall_before + time.time() - start})
-                    bar.set_postfix(loss=f"{last_loss:.4f}")
-                    window_loss, window_n = 0.0, 0
-                if tc.val_every and step % tc.val_every == 0 and step < total_steps:
-                    self.run.log({"step": step, "val_loss": self.validation_loss()})
-            elif cfg.dist.check_masks and update is not None:
-                check_masks_agree(engine, step, self.device)
-            if step % tc.checkpoint_every == 0 and step < total_steps:
-                checkpoint(step, wall_before + time.time() - start)
-            bar.update(1)
+        elapsed = lambda: self.wall_before + time.time() - start  # noqa: E731
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.engine.method}", disable=not self.progress, dynamic_ncols=True)
+        window, self.last_loss = [], float("nan")
+        self.model.train()
+        with self._graceful_interrupt():
+            while self.step < stop_at and not self.stop_requested:
+                loss, update = self.train_step()
+                window.append(loss)
+                self._after_step(update, window, bar, elapsed)
+                if self.step % self.tc.checkpoint_every == 0 and self.step < self.total_steps:
+                    self._checkpoint(elapsed())
+                bar.update(1)
         bar.close()
+        self._checkpoint(elapsed())
+        if self.step < self.total_steps:
+            log.warning("stopped at step %d of %d; continue with `sparsedm train ... --out %s --resume`", self.step, self.total_steps, self.run.path)
+            return None
+        return self._summary(elapsed()) if self.dist.is_main else {}
 
-        wall = wall_before + time.time() - start
-        checkpoint(step, wall)
+    def _after_step(self, update, window, bar, elapsed) -> None:
+        if update is not None and self.cfg.dist.check_masks and self.dist.enabled:
+            check_masks_agree(self.engine, self.step, self.device)
         if not self.dist.is_main:
-            return {}
+            return
+        if update is not None:
+            self.run.log({"event": "mask_update", **update})
+        if self.step % self.tc.log_every == 0 or self.step == self.total_steps:
+            self.last_loss = sum(window) / len(window)
+            self.run.log({"step": self.step, "loss": self.last_loss, "lr": self.tc.lr, "sparsity": self.engine.sparsity(), "elapsed_s": elapsed()})
+            bar.set_postfix(loss=f"{self.last_loss:.4f}")
+            window.clear()
+        if self.tc.val_every and self.step % self.tc.val_every == 0 and self.step < self.total_steps:
+            self.run.log({"step": self.step, "val_loss": self.validation_loss()})
+
+    def _summary(self, wall: float) -> dict:
+        cfg, engine = self.cfg, self.engine
         val_loss = self.validation_loss()
-        self.run.log({"step": step, "val_loss": val_loss})
-        example = self._batch(train_set, batches.indices(0)[:1])
-        densities = masked_densities(engine.masks)
-        flops = forward_flops(model.eval(), self.task.flops_inputs(example), densities)
-        params = count_parameters(model, engine.masks)
+        self.run.log({"step": self.step, "val_loss": val_loss})
+        example = self._batch(self.train_set, self.batches.indices(0)[:1])
+        flops = forward_flops(self.model.eval(), self.task.flops_inputs(example), masked_densities(engine.masks))
         summary = {
             "task": cfg.task,
             "data": self.task.data_name(),
@@ -215,16 +263,16 @@ class Trainer:
             "distribution": cfg.sparse.distribution,
             "prune_rate": cfg.sparse.prune_rate,
             "update_interval": cfg.sparse.update_interval,
-            "steps": step,
+            "steps": self.step,
             "seed": cfg.seed,
-            **params,
+            **count_parameters(self.model, engine.masks),
             "sparsity_actual": engine.sparsity(),
             **flops,
             "flops_train_step": train_flops_per_step(engine.method, flops["flops_forward_sparse"], flops["flops_forward_dense"], cfg.sparse.update_interval),
-            "loss_final": last_loss,
+            "loss_final": self.last_loss,
             "val_loss_final": val_loss,
             "wall_time_s": wall,
-            "weights_sha256": weights_fingerprint(model),
+            "weights_sha256": weights_fingerprint(self.model),
             "masks_sha256": engine.masks_fingerprint(),
         }
         self.run.write_summary(summary)
@@ -235,8 +283,7 @@ def check_masks_agree(engine: SparseEngine, step: int, device: torch.device) -> 
     """All-gather a hash of the masks; a mismatch means the ranks' topologies diverged."""
     import torch.distributed as dist
 
-    digest = int(engine.masks_fingerprint()[:15], 16)
-    mine = torch.tensor([digest], dtype=torch.int64, device=device)
+    mine = torch.tensor([int(engine.masks_fingerprint()[:15], 16)], dtype=torch.int64, device=device)
     gathered = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, mine)
     if len({int(g) for g in gathered}) != 1:

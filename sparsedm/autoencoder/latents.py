@@ -1,0 +1,98 @@
+"""Latents of an image data set under a frozen autoencoder, encoded once and cached on disk.
+
+The cache file is named by a hash of the autoencoder's identity (its config and weights) and of the data
+settings that choose and size the images, so any change to either encodes again, and every run and epoch
+after the first reads the file instead of running the encoder. Latents are stored unscaled (the scaling
+factor is the run's choice). Change the image files under an unchanged config and the cache is stale:
+delete `<data.cache_dir>/latents/`. Under torchrun every rank encodes; the atomic rename keeps the file whole.
+"""
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from ..data.images import ImageDataset, load_image_splits
+from .model import FirstStage, encode
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1  # bump when the stored arrays change meaning
+DATA_KEYS = ("name", "path", "image_size", "train_size", "val_size", "split_seed", "max_items")
+
+
+class LatentDataset(Dataset):
+    """Item i: {"mean": C x h x w} and, for a KL autoencoder, {"std": C x h x w} of the posterior."""
+
+    def __init__(self, mean: torch.Tensor, std: Optional[torch.Tensor] = None):
+        self.mean, self.std = mean, std
+
+    def __len__(self) -> int:
+        return len(self.mean)
+
+    def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
+        if self.std is None:
+            return {"mean": self.mean[index]}
+        return {"mean": self.mean[index], "std": self.std[index]}
+
+
+def cache_path(data_cfg, first_stage: FirstStage) -> Path:
+    data = {key: data_cfg[key] for key in DATA_KEYS}
+    if data["path"]:
+        data["path"] = str(Path(data["path"]).expanduser().resolve())
+    key = json.dumps({"version": CACHE_VERSION, "autoencoder": first_stage.identity, "data": data}, sort_keys=True)
+    return Path(data_cfg.cache_dir).expanduser() / "latents" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz"
+
+
+@torch.no_grad()
+def encode_images(first_stage: FirstStage, images: ImageDataset, device, batch_size: int, progress: bool = True):
+    """(mean, std or None) as float32 CPU tensors for every image of the split."""
+    model = first_stage.load(device)
+    means, stds = [], []
+    for start in tqdm(range(0, len(images), batch_size), desc=f"encode {images.name}", disable=not progress, dynamic_ncols=True):
+        x = torch.stack([images[i] for i in range(start, min(start + batch_size, len(images)))]).to(device)
+        mean, std = encode(model, x)
+        means.append(mean.float().cpu())
+        stds.append(std.float().cpu() if std is not None else None)
+    return torch.cat(means), (torch.cat(stds) if stds[0] is not None else None)
+
+
+def cached_latents(data_cfg, first_stage: FirstStage, device, batch_size: int, progress: bool = True) -> Tuple[LatentDataset, LatentDataset]:
+    """(train, val) latents of `data_cfg` under `first_stage`: from the cache, or encoded now and cached."""
+    path = cache_path(data_cfg, first_stage)
+    if not path.is_file():
+        arrays = {}
+        for split, images in zip(("train", "val"), load_image_splits(data_cfg)):
+            mean, std = encode_images(first_stage, images, device, batch_size, progress)
+            arrays[f"{split}_mean"] = mean.numpy()
+            if std is not None:
+                arrays[f"{split}_std"] = std.numpy()
+        first_stage.release()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        with open(scratch, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(scratch, path)
+        log.info("latents cached in %s", path)
+    else:
+        log.info("latents read from %s", path)
+    with np.load(path) as arrays:
+        return tuple(
+            LatentDataset(torch.from_numpy(arrays[f"{split}_mean"]), torch.from_numpy(arrays[f"{split}_std"]) if f"{split}_std" in arrays else None)
+            for split in ("train", "val")
+        )
+
+
+def latent_std(latents: LatentDataset) -> float:
+    """Standard deviation of z over all entries; for a KL posterior, of its samples (var of mean + mean var)."""
+    variance = latents.mean.double().var()
+    if latents.std is not None:
+        variance = variance + latents.std.double().pow(2).mean()
+    return float(variance.sqrt())

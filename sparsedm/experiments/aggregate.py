@@ -1,0 +1,150 @@
+"""The paper's table from finished runs: FID mean ± std over seeds per method, S and p, with the costs.
+
+Each run's eval.json carries its FID and cost figures. Runs are grouped by (method, S, p): Dense has no S
+or p, Static-DM no p. The std is the sample standard deviation (n - 1), absent with a single seed. Costs
+are each also given relative to the dense model, from the run's own figures (the dense FLOPs and parameter
+count of the same network), so the table needs no Dense run to say it. FLOPs are those the trainer
+measured for one training sample: forward FLOPs per denoiser call, training FLOPs for the whole run
+(per-sample step cost x batch size x steps).
+"""
+
+import csv
+import json
+import math
+from collections import defaultdict
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import List, Optional
+
+from ..errors import UserError
+from .evaluate import EVAL
+from .grid import DISPLAY, METHODS
+
+RUNS = "runs"  # SWEEP/runs/NAME/
+# What every run of one table must share; a difference would put incomparable numbers side by side.
+PROTOCOL = (
+    "data", "train_steps", "train_batch_size", "distribution", "update_interval",
+    "n_samples", "sampler", "steps", "eta", "sample_seed", "reference_split", "reference_key", "reference_size",
+)
+
+
+@dataclass
+class Row:
+    method: str
+    sparsity: Optional[float]  # S; None for Dense
+    prune_rate: Optional[float]  # p; None for Dense and Static-DM
+    seeds: int  # runs averaged
+    fid_mean: float
+    fid_std: Optional[float]  # sample std over seeds; None with one seed
+    params_nonzero: float
+    params_rel: float  # non-zero / all parameters of the network
+    flops_forward: float  # sparse FLOPs of one forward pass (one sample)
+    flops_forward_rel: float
+    flops_train: float  # the whole run's training FLOPs
+    flops_train_rel: float
+
+
+def read_runs(sweep_dir) -> List[dict]:
+    """eval.json of every evaluated run in SWEEP/runs/, with its folder name as `run`."""
+    records = []
+    for path in sorted((Path(sweep_dir) / RUNS).glob(f"*/{EVAL}")):
+        try:
+            record = json.loads(path.read_text())
+        except ValueError as error:
+            raise UserError(f"{path} is not valid JSON ({error}); delete it to evaluate that run again") from None
+        records.append({**record, "run": path.parent.name})
+    return records
+
+
+def common_protocol(records: List[dict]) -> dict:
+    """The settings all runs share; UserError naming the first run that differs."""
+    first = records[0]
+    for record in records[1:]:
+        for key in PROTOCOL:
+            if record.get(key) != first.get(key):
+                raise UserError(
+                    f"runs {first['run']} and {record['run']} differ in {key} ({first.get(key)!r} vs {record.get(key)!r}); "
+                    "one table needs one setup: move one of them to another sweep folder"
+                )
+    return {key: first.get(key) for key in PROTOCOL}
+
+
+def _group_key(record: dict) -> tuple:
+    method = record["method"]
+    sparsity = None if method == "dense" else record["sparsity"]
+    prune_rate = record["prune_rate"] if method in ("rigl", "magran") else None
+    return method, sparsity, prune_rate
+
+
+def _mean(values: List[float]) -> float:
+    return sum(values) / len(values)
+
+
+def aggregate(records: List[dict]) -> List[Row]:
+    """One row per (method, S, p), Dense first, then by S and p."""
+    groups = defaultdict(list)
+    for record in records:
+        groups[_group_key(record)].append(record)
+    rows = []
+    for (method, sparsity, prune_rate), runs in groups.items():
+        fids = [r["fid"] for r in runs]
+        mean = _mean(fids)
+        std = math.sqrt(sum((f - mean) ** 2 for f in fids) / (len(fids) - 1)) if len(fids) > 1 else None
+        rows.append(Row(
+            method=method,
+            sparsity=sparsity,
+            prune_rate=prune_rate,
+            seeds=len(runs),
+            fid_mean=mean,
+            fid_std=std,
+            params_nonzero=_mean([r["params_nonzero"] for r in runs]),
+            params_rel=_mean([r["params_nonzero"] / r["params_total"] for r in runs]),
+            flops_forward=_mean([r["flops_forward_sparse"] for r in runs]),
+            flops_forward_rel=_mean([r["flops_forward_sparse"] / r["flops_forward_dense"] for r in runs]),
+            flops_train=_mean([r["flops_train_total"] for r in runs]),
+            flops_train_rel=_mean([r["flops_train_step"] / r["flops_train_step_dense"] for r in runs]),
+        ))
+    return sorted(rows, key=lambda r: (METHODS.index(r.method), r.sparsity or 0.0, r.prune_rate or 0.0))
+
+
+def write_csv(rows: List[Row], path: Path) -> None:
+    with open(path, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=[f.name for f in fields(Row)])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if v is None else v for k, v in asdict(row).items()})
+
+
+def human(number: float) -> str:
+    """1234567 -> 1.23M: three significant digits and an SI prefix."""
+    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(number) >= factor:
+            return f"{number / factor:.3g}{prefix}"
+    return f"{number:.3g}"
+
+
+def markdown_table(rows: List[Row]) -> str:
+    lines = [
+        "| Method | S | p | FID ↓ | Seeds | Non-zero params | Forward FLOPs | Training FLOPs |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        fid = f"{r.fid_mean:.2f}" + (f" ± {r.fid_std:.2f}" if r.fid_std is not None else "")
+        lines.append(
+            f"| {DISPLAY[r.method]} | {'–' if r.sparsity is None else f'{r.sparsity:g}'} "
+            f"| {'–' if r.prune_rate is None else f'{r.prune_rate:g}'} | {fid} | {r.seeds} "
+            f"| {human(r.params_nonzero)} ({r.params_rel:.1%}) | {human(r.flops_forward)} ({r.flops_forward_rel:.1%}) "
+            f"| {human(r.flops_train)} ({r.flops_train_rel:.1%}) |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def protocol_note(protocol: dict) -> str:
+    """The lines under the table that say what its numbers are."""
+    return (
+        f"{protocol['data']}; {protocol['train_steps']} training steps of batch {protocol['train_batch_size']}. "
+        f"FID: {protocol['n_samples']} samples ({protocol['sampler'].upper()}, {protocol['steps']} steps) against the "
+        f"{protocol['reference_size']} images of the {protocol['reference_split']} split; mean ± sample std over seeds. "
+        "Percentages are relative to the dense network. Masks simulate sparsity: the savings are in FLOPs and "
+        "non-zero parameters, not in wall-clock time.\n"
+    )

@@ -1,0 +1,77 @@
+"""The paper's experiment grid: methods x sparsity S x prune rate p x seeds, one run per point.
+
+Dense has neither S nor p, so it runs once per seed; Static-DM never changes its mask, so it has no p and
+runs once per S and seed. Only RigL-DM and MagRan-DM span the whole S x p grid.
+"""
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from ..errors import UserError
+
+METHODS = ("dense", "static", "rigl", "magran")
+DISPLAY = {"dense": "Dense", "static": "Static-DM", "rigl": "RigL-DM", "magran": "MagRan-DM"}
+ALIASES = {"set": "magran"}
+# Keys each run's overrides set; the sweep refuses them as user overrides.
+GRID_KEYS = ("sparse.method", "sparse.sparsity", "sparse.prune_rate", "seed", "sparse.seed")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    method: str
+    sparsity: Optional[float]  # S; None for Dense
+    prune_rate: Optional[float]  # p; None for Dense and Static-DM
+    seed: int  # seeds the weights, data order and noise (`seed`) and the masks (`sparse.seed`)
+
+    @property
+    def name(self) -> str:
+        parts = [self.method]
+        if self.sparsity is not None:
+            parts.append(f"S{self.sparsity:g}")
+        if self.prune_rate is not None:
+            parts.append(f"p{self.prune_rate:g}")
+        return "-".join(parts + [f"seed{self.seed}"])
+
+    def overrides(self) -> List[str]:
+        out = [f"sparse.method={self.method}", f"seed={self.seed}", f"sparse.seed={self.seed}"]
+        if self.sparsity is not None:
+            out.append(f"sparse.sparsity={self.sparsity}")
+        if self.prune_rate is not None:
+            out.append(f"sparse.prune_rate={self.prune_rate}")
+        return out
+
+
+@dataclass
+class SweepGrid:
+    methods: List[str] = field(default_factory=lambda: list(METHODS))  # dense | static | rigl | magran (alias set)
+    sparsities: List[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 0.75, 0.9])  # S values
+    prune_rates: List[float] = field(default_factory=lambda: [0.05, 0.1, 0.5])  # p values (RigL-DM, MagRan-DM)
+    seeds: int = 3  # seeds 0 .. seeds-1 for every grid point
+
+    def validate(self) -> "SweepGrid":
+        self.methods = list(dict.fromkeys(ALIASES.get(m, m) for m in self.methods))
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise UserError(f"--methods {' '.join(unknown)}: use some of {', '.join(METHODS)}")
+        if self.seeds < 1:
+            raise UserError(f"--seeds {self.seeds} must be >= 1")
+        if not self.sparsities or not all(0 < s < 1 for s in self.sparsities):
+            raise UserError(f"--sparsities {self.sparsities}: each S must be in (0, 1)")
+        if not self.prune_rates or not all(0 < p <= 1 for p in self.prune_rates):
+            raise UserError(f"--prune-rates {self.prune_rates}: each p must be in (0, 1]")
+        return self
+
+    def runs(self) -> List[RunSpec]:
+        """Every run of the grid, seed by seed (a partial sweep then covers whole seeds), Dense first."""
+        self.validate()
+        sparsities, prune_rates = sorted(set(self.sparsities)), sorted(set(self.prune_rates))
+        out = []
+        for seed in range(self.seeds):
+            for method in sorted(self.methods, key=METHODS.index):
+                if method == "dense":
+                    out.append(RunSpec(method, None, None, seed))
+                elif method == "static":
+                    out += [RunSpec(method, s, None, seed) for s in sparsities]
+                else:
+                    out += [RunSpec(method, s, p, seed) for s in sparsities for p in prune_rates]
+        return out

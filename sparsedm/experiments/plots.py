@@ -1,0 +1,85 @@
+"""PNG figures of a sweep: FID against sparsity and against training FLOPs, and samples side by side.
+
+Matplotlib's object API with the Agg canvas (`Figure.savefig`), so no display and no global backend.
+"""
+
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from .aggregate import Row
+from .grid import DISPLAY
+
+COLOURS = {"static": "tab:blue", "rigl": "tab:red", "magran": "tab:green", "dense": "black"}
+LINESTYLES = ("-", "--", ":", "-.")  # one per prune rate of a method
+
+
+def _series(rows: List[Row]) -> Dict[tuple, List[Row]]:
+    """Sparse rows by (method, p), each sorted by S."""
+    series: Dict[tuple, List[Row]] = {}
+    for row in rows:
+        if row.method != "dense":
+            series.setdefault((row.method, row.prune_rate), []).append(row)
+    return {key: sorted(points, key=lambda r: r.sparsity) for key, points in series.items()}
+
+
+def _label(method: str, prune_rate) -> str:
+    return DISPLAY[method] + (f", p = {prune_rate:g}" if prune_rate is not None else "")
+
+
+def _style(rows: List[Row], method: str, prune_rate) -> str:
+    rates = sorted({r.prune_rate for r in rows if r.method == method and r.prune_rate is not None})
+    return LINESTYLES[rates.index(prune_rate) % len(LINESTYLES)] if prune_rate is not None else "-"
+
+
+def _dense_level(axes, rows: List[Row]) -> None:
+    """Dense FID as a horizontal line, with a ± std band when there are several seeds."""
+    for row in rows:
+        if row.method == "dense":
+            axes.axhline(row.fid_mean, color="black", linewidth=1, label="Dense")
+            if row.fid_std is not None:
+                axes.axhspan(row.fid_mean - row.fid_std, row.fid_mean + row.fid_std, color="black", alpha=0.1)
+
+
+def _fid_against(rows: List[Row], x_of: Callable[[Row], float], xlabel: str, path: Path) -> Path:
+    """FID (mean ± std over seeds) against one figure of each row, a line per method and p."""
+    figure = Figure(figsize=(6, 4))
+    axes = figure.add_subplot()
+    _dense_level(axes, rows)
+    for (method, prune_rate), points in _series(rows).items():
+        axes.errorbar(
+            [x_of(r) for r in points], [r.fid_mean for r in points], yerr=[r.fid_std or 0.0 for r in points],
+            color=COLOURS[method], linestyle=_style(rows, method, prune_rate), marker="o", capsize=3,
+            label=_label(method, prune_rate),
+        )
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel("FID (lower is better)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def fid_vs_sparsity(rows: List[Row], path: Path) -> Path:
+    return _fid_against(rows, lambda r: r.sparsity, "sparsity S", path)
+
+
+def fid_vs_train_flops(rows: List[Row], path: Path) -> Path:
+    return _fid_against(rows, lambda r: r.flops_train_rel, "training FLOPs (fraction of dense)", path)
+
+
+def sample_rows(images: Dict[str, np.ndarray], path: Path) -> Path:
+    """One labelled row of pictures per name (uint8 N x H x W x C each), e.g. a few samples per method."""
+    figure = Figure(figsize=(8, 1.1 * len(images)))
+    for i, (name, batch) in enumerate(images.items()):
+        axes = figure.add_subplot(len(images), 1, i + 1)
+        strip = np.concatenate(list(batch), axis=1)
+        axes.imshow(strip[..., 0] if strip.shape[-1] == 1 else strip, cmap="gray", vmin=0, vmax=255)
+        axes.set_xticks([]), axes.set_yticks([])
+        axes.set_ylabel(name, rotation=0, ha="right", va="center")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    return path

@@ -1,0 +1,35 @@
+"""The pictures FID sees for a run's samples: a stroke run's `samples.npz` is rasterised by the run's own task.
+
+Such a file holds `features` and `lengths`, no `images`. It sits in RUN/samples/, so the run's config, and
+with it the task and its rendering, is at RUN/config.yaml.
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from ..tasks import build_task
+from ..train.run_dir import CONFIG, RunDir
+
+
+def run_of_samples(npz_path: Path) -> RunDir:
+    """The run a samples file belongs to (RUN/samples/FILE.npz -> RUN); UserError if there is none."""
+    run = RunDir(Path(npz_path).resolve().parent.parent)
+    if not run.exists():
+        raise UserError(
+            f"{npz_path} has no 'images' array and {run.path / CONFIG} does not exist, so nothing says how to draw "
+            "it; give a run's RUN/samples/*.npz, a folder of images, or a .npz with uint8 'images'"
+        )
+    return run
+
+
+def samples_npz_to_images(npz: np.lib.npyio.NpzFile) -> np.ndarray:
+    """`fid.load_images`'s hook: uint8 N x H x W x C images of a run's samples file, drawn by its task."""
+    # numpy keeps the path it opened in the archive's ZipFile; load_images always opens by path
+    path = Path(npz.zip.filename)
+    task = build_task(run_of_samples(path).read_config())
+    try:
+        return task.to_images({name: npz[name] for name in npz.files})
+    except KeyError as error:
+        raise UserError(f"{path} lacks the array {error} of a {task.name} run's samples; is it a `sparsedm sample` file?") from None

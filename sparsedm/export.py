@@ -1,0 +1,91 @@
+"""`sparsedm export RUN --out DIR`: a Latent Diffusion run as a diffusers `LDMPipeline` folder.
+
+    DIR/model_index.json        LDMPipeline: vqvae + unet + scheduler
+    DIR/unet/                   UNet2DModel: the run's EMA weights, masked entries exactly zero
+    DIR/vqvae/                  the run's autoencoder, its config's scaling_factor set to the run's s
+    DIR/scheduler/              DDIMScheduler with the run's noise schedule
+    DIR/masks.safetensors       {UNet parameter name: bool mask}; metadata: the sparse config, step, sparsity
+
+It loads with diffusers alone: `LDMPipeline.from_pretrained(DIR)(batch_size=4).images`. To continue sparse
+training from it, load `unet/` with `UNet2DModel.from_pretrained` and the masks with `load_masks(DIR)`.
+"""
+
+import json
+import shutil
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+from diffusers import DDIMScheduler, LDMPipeline
+from omegaconf import OmegaConf
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .errors import UserError
+from .sparse.masks import apply_masks_
+from .tasks import build_task
+from .train.checkpoint import latest_checkpoint, load_checkpoint
+from .train.run_dir import RunDir
+
+MASKS = "masks.safetensors"
+
+
+def ddim_scheduler(diffusion_cfg) -> DDIMScheduler:
+    """The sampler `sparsedm sample` uses for ddim (GaussianDiffusion's settings), as a standalone scheduler."""
+    return DDIMScheduler(
+        num_train_timesteps=diffusion_cfg.num_train_timesteps,
+        beta_start=diffusion_cfg.beta_start,
+        beta_end=diffusion_cfg.beta_end,
+        beta_schedule=diffusion_cfg.beta_schedule,
+        prediction_type=diffusion_cfg.prediction_type,
+        clip_sample=diffusion_cfg.clip_sample,
+        timestep_spacing=diffusion_cfg.timestep_spacing,
+        set_alpha_to_one=True,
+    )
+
+
+def export_run(run_path, out, checkpoint: Optional[str] = None, overwrite: bool = False) -> dict:
+    """Write the pipeline folder; returns what was written (non-zeros of the sparse tensors, scaling factor)."""
+    run, out = RunDir(run_path), Path(out)
+    cfg = run.read_config()
+    if cfg.task != "ldm":
+        raise UserError(f"{run.path} is a task={cfg.task} run; export writes diffusers pipelines of Latent Diffusion (task=ldm) runs")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"{out} is not empty; pass --overwrite to replace it or choose another --out")
+    path = Path(checkpoint) if checkpoint else latest_checkpoint(run.checkpoints)
+    if path is None:
+        raise UserError(f"{run.path} has no checkpoint yet; train it first")
+    state = load_checkpoint(path)
+
+    task = build_task(cfg)
+    task.load_state_dict(state.get("task", {}))
+    task.check_autoencoder()
+    unet = task.build_model()
+    unet.load_state_dict(state["ema"]["module"])
+    masks = state["engine"]["masks"]
+    apply_masks_(dict(unet.named_parameters()), masks)  # the EMA keeps them already; exact zeros either way
+    vqvae = task.first_stage.load("cpu")
+    vqvae.register_to_config(scaling_factor=task.scaling_factor)
+
+    if overwrite:
+        shutil.rmtree(out, ignore_errors=True)
+    LDMPipeline(vqvae=vqvae, unet=unet, scheduler=ddim_scheduler(cfg.diffusion)).save_pretrained(out)
+    nonzero = sum(int(m.sum()) for m in masks.values())
+    total = sum(m.numel() for m in masks.values())
+    metadata = {
+        "sparse": json.dumps(OmegaConf.to_container(cfg.sparse)),
+        "step": str(state["step"]),
+        "sparsity": str(1 - nonzero / total if total else 0.0),
+    }
+    save_file({name: mask.contiguous() for name, mask in masks.items()}, out / MASKS, metadata=metadata)
+    return {"out": str(out), "step": state["step"], "scaling_factor": task.scaling_factor, "masked_tensors": len(masks),
+            "nonzero": nonzero, "total": total}
+
+
+def load_masks(folder) -> Dict[str, torch.Tensor]:
+    """{parameter name: bool mask} of an exported UNet (empty for a dense run)."""
+    path = Path(folder) / MASKS
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; export the run with `sparsedm export RUN --out {folder}`")
+    with safe_open(path, framework="pt") as f:
+        return {name: f.get_tensor(name) for name in f.keys()}

@@ -1,0 +1,134 @@
+"""Latent Diffusion (Rombach et al. 2022) as the paper trains it: a UNet denoiser over the latents of a
+frozen, dense autoencoder (LDM-VQ-4: f = 4, 256 px images -> 3 x 64 x 64 latents).
+
+Data points are latents z (encoded once and cached, see sparsedm.autoencoder.latents) times the scaling
+factor s; the loss is ε-prediction MSE on s·z; samples are decoded with the autoencoder from z = x_0 / s.
+Only the UNet is handed to the training loop, so only it is sparse, optimised and EMA-averaged.
+"""
+
+import logging
+import os
+from typing import Dict
+
+import numpy as np
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+from torch import nn
+
+from ..autoencoder import FirstStage, cached_latents, decode, latent_std
+from ..data.images import check_config, display_name, load_image_splits, to_uint8_images
+from ..data.images.grid import save_image_grid
+from ..diffusion import DiffusionConfig, GaussianDiffusion
+from ..errors import UserError
+from ..models.unet import UNetConfig, build_unet, check_unet_config
+from ..train.distributed import DistInfo, resolve_device
+from .base import Task
+
+log = logging.getLogger(__name__)
+
+
+class LatentDiffusionTask(Task):
+    name = "ldm"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        check_config(cfg.data)
+        if cfg.autoencoder.encode_batch_size < 1:
+            raise UserError(f"autoencoder.encode_batch_size={cfg.autoencoder.encode_batch_size} must be >= 1")
+        if cfg.autoencoder.scaling_factor is not None and not cfg.autoencoder.scaling_factor > 0:
+            raise UserError(f"autoencoder.scaling_factor={cfg.autoencoder.scaling_factor} must be > 0 (or null: the autoencoder's own)")
+        self.diffusion = GaussianDiffusion(DiffusionConfig(**cfg.diffusion))
+        self.first_stage = FirstStage(cfg.autoencoder.path)  # reads only its config.json
+        if cfg.data.image_size % self.first_stage.factor:
+            raise UserError(f"data.image_size={cfg.data.image_size} is not divisible by the autoencoder's downsampling factor f={self.first_stage.factor}")
+        self.latent_size = cfg.data.image_size // self.first_stage.factor
+        check_unet_config(UNetConfig(**cfg.model), self.latent_size)
+        self.scaling_factor: float | None = None  # s: the UNet sees s·z; set by load_data or a checkpoint
+        self.autoencoder_sha256: str | None = None  # the autoencoder the run was trained in
+
+    @property
+    def latent_shape(self) -> tuple:
+        return (self.first_stage.latent_channels, self.latent_size, self.latent_size)
+
+    def build_model(self) -> nn.Module:
+        return build_unet(UNetConfig(**self.cfg.model), self.latent_size, self.first_stage.latent_channels)
+
+    def load_data(self):
+        train, val = cached_latents(self.cfg.data, self.first_stage, _encode_device(self.cfg), self.cfg.autoencoder.encode_batch_size)
+        self.autoencoder_sha256 = self.first_stage.identity
+        self.scaling_factor = self._scaling_factor(train)
+        log.info("latents %s, scaling factor %.5f", "x".join(map(str, self.latent_shape)), self.scaling_factor)
+        return train, val
+
+    def _scaling_factor(self, train) -> float:
+        """The config's value, else the autoencoder's own, else 1/std of the training latents (LDM's rule)."""
+        for value in (self.cfg.autoencoder.scaling_factor, self.first_stage.scaling_factor):
+            if value is not None:
+                return float(value)
+        return 1.0 / latent_std(train)
+
+    def collate(self, items):
+        return {key: torch.stack([item[key] for item in items]) for key in items[0]}
+
+    def loss(self, model, batch, generator):
+        z = batch["mean"]
+        if "std" in batch:  # a KL posterior: a fresh sample z ~ N(mean, std²) each time, as LDM-KL
+            z = z + batch["std"] * randn_tensor(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+        return self.diffusion.loss(lambda x_t, t: model(x_t, t, return_dict=False)[0], z * self.scaling_factor, generator=generator)
+
+    def flops_inputs(self, batch):
+        x = batch["mean"]
+        return (x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device))
+
+    @torch.no_grad()
+    def sample(self, model, num, generator, device, progress=True) -> Dict[str, np.ndarray]:
+        if self.scaling_factor is None:
+            raise RuntimeError("the scaling factor is unknown: load the data or a checkpoint's task state first")
+        self.check_autoencoder()
+        sc = self.cfg.sample
+        autoencoder = self.first_stage.load(device)
+        latents, images = [], []
+        for start in range(0, num, sc.batch_size):
+            count = min(sc.batch_size, num - start)
+            x0 = self.diffusion.sample(
+                lambda x_t, t: model(x_t, t, return_dict=False)[0], (count, *self.latent_shape),
+                sampler=sc.sampler, steps=sc.steps, eta=sc.eta, generator=generator, device=device, progress=progress,
+            )
+            z = x0 / self.scaling_factor
+            latents.append(z.float().cpu().numpy())
+            images.append(to_uint8_images(decode(autoencoder, z)))
+        return {"images": np.concatenate(images), "latents": np.concatenate(latents)}
+
+    def check_autoencoder(self) -> None:
+        """Decoding with another autoencoder than the run's gives noise: refuse it."""
+        if self.autoencoder_sha256 is not None and self.first_stage.identity != self.autoencoder_sha256:
+            raise UserError(
+                f"the autoencoder in {self.first_stage.folder} is not the one this run was trained with; "
+                "set autoencoder.path in the run's config.yaml to that one"
+            )
+
+    def save_picture(self, samples, path) -> None:
+        save_image_grid(samples["images"], path)
+
+    def to_images(self, samples) -> np.ndarray:
+        return samples["images"]
+
+    def reference_images(self, split: str = "val") -> np.ndarray:
+        train, val = load_image_splits(self.cfg.data)
+        return {"train": train, "val": val}[split].images
+
+    def data_name(self) -> str:
+        return display_name(self.cfg.data)
+
+    def state_dict(self) -> dict:
+        return {"scaling_factor": self.scaling_factor, "autoencoder_sha256": self.autoencoder_sha256}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scaling_factor = state.get("scaling_factor")
+        self.autoencoder_sha256 = state.get("autoencoder_sha256")
+
+
+def _encode_device(cfg) -> torch.device:
+    """This process's device for encoding (under torchrun, the rank's own GPU)."""
+    world = DistInfo(local_rank=int(os.environ.get("LOCAL_RANK", "0")), world_size=int(os.environ.get("WORLD_SIZE", "1")))
+    return resolve_device(cfg.train.device, world)

@@ -1,0 +1,104 @@
+"""Runs are never lost: resume continues bit-identically, checkpoints survive a SIGKILL mid-write, and a
+non-finite loss stops with the step named and the last good checkpoint kept."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from sparsedm.cli import main
+from sparsedm.train.checkpoint import list_checkpoints, load_checkpoint
+
+TINY = [
+    "data.max_items=200", "data.max_points=50", "data.max_strokes=8", "data.spacing=0.1", "model.hidden_size=16",
+    "model.num_layers=1", "train.batch_size=16", "train.log_every=5", "train.val_batches=1", "sparse.update_interval=4",
+    "sparse.prune_rate=0.3", "sparse.t_end=1.0", "train.keep_checkpoints=5",
+]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return f"data.cache_dir={tmp_path_factory.mktemp('cache')}"
+
+
+def train(out, *overrides, flags=()):
+    return main(["train", "configs/chirodiff_kanjivg_cpu.yaml", "--out", str(out), "--no-progress", *TINY, *overrides, *flags])
+
+
+@pytest.mark.parametrize("method", ["rigl", "magran"])
+def test_resume_is_bit_identical(tmp_path, cache, method):
+    assert train(tmp_path / "full", cache, f"sparse.method={method}", "train.steps=14", "train.checkpoint_every=100", "sparse.grad_accumulation=2") == 0
+    # the same 14-step run, stopped after step 7 (inside RigL's window before the update at 8), then resumed
+    assert train(tmp_path / "split", cache, f"sparse.method={method}", "train.steps=14", "train.stop_at=7", "train.checkpoint_every=100", "sparse.grad_accumulation=2") == 0
+    assert not (tmp_path / "split" / "summary.json").exists()
+    assert train(tmp_path / "split", cache, f"sparse.method={method}", "train.steps=14", "train.checkpoint_every=100", "sparse.grad_accumulation=2", flags=["--resume"]) == 0
+    full = json.loads((tmp_path / "full" / "summary.json").read_text())
+    split = json.loads((tmp_path / "split" / "summary.json").read_text())
+    assert full["weights_sha256"] == split["weights_sha256"]
+    assert full["masks_sha256"] == split["masks_sha256"]
+    a = load_checkpoint(list_checkpoints(tmp_path / "full" / "checkpoints")[-1])
+    b = load_checkpoint(list_checkpoints(tmp_path / "split" / "checkpoints")[-1])
+    for name, tensor in a["ema"]["module"].items():
+        assert torch.equal(tensor, b["ema"]["module"][name]), name
+    # metrics of the resumed run are not duplicated
+    steps = [r["step"] for r in map(json.loads, (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert steps == sorted(set(steps)) and steps[-1] == 14
+
+
+def test_resume_refuses_a_different_config(tmp_path, cache, capsys):
+    assert train(tmp_path / "run", cache, "train.steps=4") == 0
+    assert train(tmp_path / "run", cache, "train.steps=8", "sparse.sparsity=0.9", flags=["--resume"]) == 2
+    assert "config differs" in capsys.readouterr().err
+    assert train(tmp_path / "empty", cache, "train.steps=4", flags=["--resume"]) == 2
+
+
+def test_non_finite_loss_names_the_step_and_keeps_the_checkpoint(tmp_path, cache, capsys):
+    # a learning rate this large blows the weights up within a few steps
+    code = train(tmp_path / "run", cache, "train.steps=200", "train.lr=1e30", "train.grad_clip=null", "train.checkpoint_every=1")
+    err = capsys.readouterr().err
+    assert code == 2 and "non-finite loss at step" in err and "last good checkpoint" in err
+    kept = list_checkpoints(tmp_path / "run" / "checkpoints")
+    assert kept and all(torch.isfinite(t).all() for t in load_checkpoint(kept[-1])["model"].values() if t.is_floating_point())
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path, cache):
+    assert train(tmp_path / "run", cache, "train.steps=6", "train.precision=bf16") == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 6 and summary["loss_final"] < 10
+
+
+def test_fp16_needs_a_gpu(tmp_path, cache, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("fp16 is allowed on a GPU")
+    assert train(tmp_path / "run", cache, "train.steps=2", "train.precision=fp16") == 2
+    assert "fp16 needs a GPU" in capsys.readouterr().err
+
+
+def test_sigkill_while_checkpointing_leaves_a_loadable_checkpoint(tmp_path, cache):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "sparsedm", "train", "configs/chirodiff_kanjivg_cpu.yaml", "--out", str(out), "--no-progress",
+           *TINY, cache, "train.steps=100000", "train.checkpoint_every=1", "model.hidden_size=64", "model.num_layers=2"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = out / "checkpoints"
+    try:
+        deadline = time.time() + 120
+        while len(list_checkpoints(ckpts)) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        assert len(list_checkpoints(ckpts)) >= 2, "training did not start"
+        # kill as soon as a temporary checkpoint file appears: the process is mid-write
+        while not any(p.name.startswith(".step_") for p in ckpts.iterdir()) and time.time() < deadline:
+            pass
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    state = load_checkpoint(list_checkpoints(ckpts)[-1])
+    assert state["step"] >= 2
+    assert train(out, cache, f"train.steps={state['step'] + 2}", "train.checkpoint_every=1", "model.hidden_size=64", "model.num_layers=2", flags=["--resume"]) == 0
+    assert json.loads((out / "summary.json").read_text())["steps"] == state["step"] + 2
