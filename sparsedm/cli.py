@@ -83,6 +83,19 @@ def _print_report(report) -> None:
     print("\n".join(f"-> {path}" for path in report.files))
 
 
+def _print_sweep(outcomes, report) -> None:
+    """The sweep's table, then a UserError if any run failed (the log above says why)."""
+    counts = {kind: sum(o == kind for o in outcomes.values()) for kind in ("trained", "evaluated", "done", "failed")}
+    print(f"{len(outcomes)} runs: {counts['trained']} trained, {counts['evaluated']} evaluated, {counts['done']} finished before"
+          + (f", {counts['failed']} failed" if counts["failed"] else ""))
+    if report is not None:
+        _print_report(report)
+    failed = [name for name, outcome in outcomes.items() if outcome == "failed"]
+    if failed:
+        raise UserError(f"{len(failed)} of {len(outcomes)} runs failed ({', '.join(failed)}); the log above says why; "
+                        "the same command retries them")
+
+
 def _sweep(args) -> None:
     from .experiments.grid import SweepGrid
     from .experiments.sweep import run_sweep
@@ -91,9 +104,7 @@ def _sweep(args) -> None:
     grid = SweepGrid(args.methods or defaults.methods, args.sparsities or defaults.sparsities,
                      args.prune_rates or defaults.prune_rates, args.seeds)
     outcomes, report = run_sweep(args.config, args.out, grid, args.overrides, _eval_settings(args), progress=not args.no_progress)
-    counts = {kind: sum(o == kind for o in outcomes.values()) for kind in ("trained", "evaluated", "done")}
-    print(f"{len(outcomes)} runs: {counts['trained']} trained, {counts['evaluated']} evaluated, {counts['done']} finished before")
-    _print_report(report)
+    _print_sweep(outcomes, report)
 
 
 def _report(args) -> None:
@@ -106,7 +117,7 @@ def _demo(args) -> None:
     from .experiments.demo import DemoSettings, run_demo
 
     settings = DemoSettings(out=args.out, steps=args.steps, num=args.num, overrides=args.overrides)
-    _print_report(run_demo(settings, progress=not args.no_progress))
+    _print_sweep(*run_demo(settings, progress=not args.no_progress))
 
 
 def _add_eval_options(parser, steps_flag: str) -> None:

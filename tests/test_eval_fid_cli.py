@@ -61,7 +61,7 @@ def test_fid_prints_the_value_and_json(tmp_path, capsys):
     assert result["fid"] == pytest.approx(expected, rel=1e-6)
 
     code, out, _ = run_fid(capsys, tmp_path / "a.npz", tmp_path / "b.npz")
-    assert code == 0 and out == f"fid: {expected:.4f} (24 vs 20 images)"
+    assert code == 0 and out == f"fid: {result['fid']:.4f} (24 vs 20 images)"
 
 
 def stroke_run(tmp_path, name: str, representation: str) -> RunDir:

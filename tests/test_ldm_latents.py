@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from ldm_helpers import ldm_overrides, train_tiny_autoencoder, write_shapes
+from ldm_helpers import ldm_overrides, single_thread, train_tiny_autoencoder, write_shapes
 
 import sparsedm.autoencoder.latents as latents_module
 from sparsedm.autoencoder import FirstStage, cached_latents, latent_std
@@ -18,12 +18,9 @@ from sparsedm.tasks import build_task
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("ldm_latents")
     images = write_shapes(root / "shapes")
-    torch.set_num_threads(1)
-    try:
+    with single_thread():
         train_tiny_autoencoder(images, root / "cache", root / "vq", kind="vq", steps=3)
         train_tiny_autoencoder(images, root / "cache", root / "kl", kind="kl", steps=3)
-    finally:
-        torch.set_num_threads(2)
     return root, images
 
 
@@ -92,7 +89,7 @@ def test_a_kl_posterior_is_cached_with_its_std_and_sampled_in_the_loss(tmp_path,
     assert set(item) == {"mean", "std"} and (item["std"] > 0).all()
     batch = task.collate([train[i] for i in range(64)])
     seen = []
-    task.diffusion.loss = lambda model_fn, x0, generator: seen.append(x0)  # what the diffusion loss is given
+    task.diffusion.loss = lambda model_fn, x0, **kw: seen.append(x0)  # what the diffusion loss is given
     for seed in (0, 0, 1):
         task.loss(None, batch, torch.Generator().manual_seed(seed))
     assert torch.equal(seen[0], seen[1]) and not torch.equal(seen[0], seen[2])

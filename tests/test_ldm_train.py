@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import VQModel
-from ldm_helpers import SIZE, data_overrides, ldm_overrides, write_shapes
+from ldm_helpers import SIZE, data_overrides, ldm_overrides, single_thread, write_shapes
 from PIL import Image
 from test_chirodiff_train import SUMMARY_KEYS
 
@@ -22,9 +22,10 @@ def setup(tmp_path_factory):
     """Images and an autoencoder made with the CLI, as a user would."""
     root = tmp_path_factory.mktemp("ldm_train")
     images = write_shapes(root / "shapes")
-    code = main(["train-autoencoder", "configs/autoencoder_openmoji_cpu.yaml", "--out", str(root / "ae"), "--no-progress",
-                 *data_overrides(images, root / "cache"), "model.block_out_channels=[8,16,16]", "model.norm_num_groups=4",
-                 "model.num_vq_embeddings=64", "train.steps=40", "train.batch_size=16", "train.lr=3e-3"])
+    with single_thread():
+        code = main(["train-autoencoder", "configs/autoencoder_openmoji_cpu.yaml", "--out", str(root / "ae"), "--no-progress",
+                     *data_overrides(images, root / "cache"), "model.block_out_channels=[8,16,16]", "model.norm_num_groups=4",
+                     "model.num_vq_embeddings=64", "train.steps=40", "train.batch_size=16", "train.lr=3e-3"])
     assert code == 0
     return root, images
 
@@ -93,7 +94,7 @@ def test_train_autoencoder_train_sample_writes_the_run_contract(tmp_path, setup,
         decoded = VQModel.from_pretrained(ae).decode(torch.from_numpy(samples["latents"])).sample
     expected = ((decoded.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     assert np.abs(expected.astype(int) - samples["images"]).max() <= 1
-    assert Image.open(run / "samples" / "samples.png").size == (3 * (SIZE + 2) + 2,) * 2  # a 3 x 3 grid
+    assert Image.open(run / "samples" / "samples.png").size == (3 * (SIZE + 2) + 2, 2 * (SIZE + 2) + 2)  # 3 columns, 2 rows
 
 
 def test_sampling_with_another_autoencoder_is_refused(tmp_path, setup, capsys, one_thread):

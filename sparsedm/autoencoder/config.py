@@ -39,6 +39,7 @@ class AutoencoderTrainConfig:
     betas: List[float] = field(default_factory=lambda: [0.5, 0.9])  # Adam's (β1, β2), as taming/LDM
     recon_loss: str = "l1"  # pixel loss on [-1, 1] images: l1 | mse
     codebook_weight: float = 1.0  # vq: weight of the VQ loss (codebook term + 0.25 x commitment), taming's 1.0
+    codebook_restart_every: int = 100  # vq: steps between restarts of codes unused since the last (0 = off)
     kl_weight: float = 1e-6  # kl: weight of KL(q(z|x) || N(0, I)) (LDM-KL: 1e-6)
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
     log_every: int = 50  # steps between lines of metrics.jsonl
@@ -99,5 +100,5 @@ def validate_autoencoder_experiment(cfg) -> None:
         raise UserError(f"train.betas={list(train.betas)} must be two numbers in [0, 1), e.g. [0.5, 0.9]")
     if train.recon_loss not in RECON_LOSSES:
         raise UserError(f"train.recon_loss={train.recon_loss!r} is unknown; use l1 or mse")
-    if train.codebook_weight < 0 or train.kl_weight < 0:
-        raise UserError("train.codebook_weight and train.kl_weight must be >= 0")
+    if train.codebook_weight < 0 or train.kl_weight < 0 or train.codebook_restart_every < 0:
+        raise UserError("train.codebook_weight, train.kl_weight and train.codebook_restart_every must be >= 0")

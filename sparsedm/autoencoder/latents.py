@@ -52,11 +52,11 @@ def cache_path(data_cfg, first_stage: FirstStage) -> Path:
 
 
 @torch.no_grad()
-def encode_images(first_stage: FirstStage, images: ImageDataset, device, batch_size: int, progress: bool = True):
-    """(mean, std or None) as float32 CPU tensors for every image of the split."""
+def encode_images(first_stage: FirstStage, images: ImageDataset, device, batch_size: int, progress: bool | None = None):
+    """(mean, std or None) as float32 CPU tensors for every image of the split; progress None: on a terminal."""
     model = first_stage.load(device)
     means, stds = [], []
-    for start in tqdm(range(0, len(images), batch_size), desc=f"encode {images.name}", disable=not progress, dynamic_ncols=True):
+    for start in tqdm(range(0, len(images), batch_size), desc=f"encode {images.name}", disable=None if progress is None else not progress, dynamic_ncols=True):
         x = torch.stack([images[i] for i in range(start, min(start + batch_size, len(images)))]).to(device)
         mean, std = encode(model, x)
         means.append(mean.float().cpu())
@@ -64,7 +64,7 @@ def encode_images(first_stage: FirstStage, images: ImageDataset, device, batch_s
     return torch.cat(means), (torch.cat(stds) if stds[0] is not None else None)
 
 
-def cached_latents(data_cfg, first_stage: FirstStage, device, batch_size: int, progress: bool = True) -> Tuple[LatentDataset, LatentDataset]:
+def cached_latents(data_cfg, first_stage: FirstStage, device, batch_size: int, progress: bool | None = None) -> Tuple[LatentDataset, LatentDataset]:
     """(train, val) latents of `data_cfg` under `first_stage`: from the cache, or encoded now and cached."""
     path = cache_path(data_cfg, first_stage)
     if not path.is_file():

@@ -125,7 +125,8 @@ class FirstStage:
         """The model on `device`, in eval mode with gradients off (loaded once)."""
         if self._model is None:
             try:
-                self._model = CLASSES[self.class_name].from_pretrained(self.folder).eval().requires_grad_(False)
+                model = CLASSES[self.class_name].from_pretrained(self.folder, low_cpu_mem_usage=False)  # no accelerate here
+                self._model = model.eval().requires_grad_(False)
             except (OSError, ValueError, RuntimeError) as exc:
                 first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
                 raise UserError(f"cannot load the autoencoder in {self.folder}: {first_line}") from None

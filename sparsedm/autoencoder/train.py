@@ -30,6 +30,7 @@ from ..data.images.grid import save_image_grid
 from ..errors import UserError
 from ..train.batches import BatchSchedule
 from ..train.distributed import DistInfo, resolve_device
+from .codebook import CodebookRestarts
 from .latents import LatentDataset, latent_std
 from .model import build_autoencoder, decode, encode
 
@@ -44,9 +45,8 @@ def _batch(images: ImageDataset, indices, device) -> torch.Tensor:
     return torch.stack([images[i] for i in indices]).to(device)
 
 
-def _losses(model, x: torch.Tensor, cfg: DictConfig, generator: torch.Generator):
-    """(reconstruction loss, regulariser) of a batch: VQ loss for vq, KL(q(z|x) || N(0, I)) per image for kl."""
-    mean, std = encode(model, x)
+def _losses(model, x: torch.Tensor, mean: torch.Tensor, std, cfg: DictConfig, generator: torch.Generator):
+    """(reconstruction loss, regulariser) of a batch encoded as (mean, std): the VQ loss for vq, the KL for kl."""
     if std is None:
         out = model.decode(mean)  # quantises; commit_loss is the VQ loss
         reconstruction, regulariser = out.sample, out.commit_loss.mean()
@@ -115,6 +115,11 @@ def train_autoencoder(cfg: DictConfig, out, overwrite: bool = False, progress: b
     batches = BatchSchedule(len(train_set), tc.batch_size, cfg.seed)
     total_steps = tc.epochs * batches.batches_per_epoch if tc.epochs else tc.steps
     generator = torch.Generator(device).manual_seed(cfg.seed)
+    restarts = None
+    if cfg.model.kind == "vq" and tc.codebook_restart_every:
+        restarts = CodebookRestarts(model, tc.codebook_restart_every, generator)
+        with torch.no_grad():
+            restarts.initialize(encode(model, _batch(train_set, batches.indices(0), device))[0])
 
     out.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, out / "train_config.yaml")
@@ -123,16 +128,22 @@ def train_autoencoder(cfg: DictConfig, out, overwrite: bool = False, progress: b
     start = time.time()
     model.train()
     window = {"recon": 0.0, "reg": 0.0, "n": 0}
-    with open(out / "metrics.jsonl", "w") as log_file, tqdm(total=total_steps, desc=f"train {cfg.model.kind} autoencoder", disable=not progress, dynamic_ncols=True) as bar:
+    with open(out / "metrics.jsonl", "w", buffering=1) as log_file, tqdm(total=total_steps, desc=f"train {cfg.model.kind} autoencoder", disable=not progress, dynamic_ncols=True) as bar:
         for step in range(1, total_steps + 1):
             x = _batch(train_set, batches.indices(step - 1), device)
-            recon, regulariser = _losses(model, x, cfg, generator)
+            mean, std = encode(model, x)
+            if restarts is not None:
+                restarts.observe(mean)
+            recon, regulariser = _losses(model, x, mean, std, cfg, generator)
             loss = recon + regulariser
             if not torch.isfinite(loss):
                 raise UserError(f"non-finite autoencoder loss at step {step}; lower train.lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            restarted = restarts.after_step(step) if restarts is not None else None
+            if restarted:
+                log_file.write(json.dumps({"step": step, "event": "codebook_restart", **restarted}) + "\n")
             window["recon"] += float(recon.detach())
             window["reg"] += float(regulariser.detach())
             window["n"] += 1

@@ -57,25 +57,45 @@ class GaussianDiffusion:
         # set_alpha_to_one: the last step lands on x_0 itself (ᾱ = 1), not on x at t = 0.
         return DDIMScheduler(set_alpha_to_one=True, **common)
 
+    def draw(self, shape: tuple[int, ...], seeds: torch.Tensor, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(t, ε) for a batch of `shape`, sample i drawn from its own generator seeded with seeds[i].
+
+        Each sample's noise depends only on its seed, not on the batch it sits in, so a global batch split
+        over ranks (or padded to another length) gets exactly the noise it would get in one process.
+        Noise is drawn on the CPU for `shape[1:]` and moved to `device`.
+        """
+        ts, noises = [], []
+        for seed in seeds.tolist():
+            generator = torch.Generator().manual_seed(int(seed))
+            ts.append(torch.randint(0, self.num_train_timesteps, (1,), generator=generator))
+            noises.append(torch.randn(tuple(shape[1:]), generator=generator))
+        return torch.cat(ts).to(device), torch.stack(noises).to(device)
+
     def loss(
         self,
         model_fn: ModelFn,
         x0: torch.Tensor,
         mask: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        t: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Simple DDPM loss E_{t, ε} |target - model_fn(x_t, t)|², target = ε for ε-prediction.
 
-        t ~ U{0, ..., T-1}, ε ~ N(0, I), x_t = sqrt(ᾱ_t) x_0 + sqrt(1 - ᾱ_t) ε. With `mask`, padded
-        entries of x_t are zeroed before the model sees them and the mean runs over real points only,
-        so padding changes neither the input nor the loss.
+        t ~ U{0, ..., T-1}, ε ~ N(0, I) (drawn from `generator` unless given, e.g. by `draw`),
+        x_t = sqrt(ᾱ_t) x_0 + sqrt(1 - ᾱ_t) ε. The squared error is averaged within each sample, then over
+        the batch, so every sample weighs the same (ChiroDiff's reduction) and equal shards of a batch
+        average to the whole batch's loss. With `mask`, padded entries of x_t are zeroed before the model
+        sees them and each sample's mean runs over its real points only.
         """
         batch_size = x0.shape[0]
-        rng_device = generator.device if generator is not None else x0.device
-        t = torch.randint(
-            0, self.num_train_timesteps, (batch_size,), generator=generator, device=rng_device
-        ).to(x0.device)
-        noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)  # ε
+        if t is None:
+            rng_device = generator.device if generator is not None else x0.device
+            t = torch.randint(0, self.num_train_timesteps, (batch_size,), generator=generator, device=rng_device)
+        t = t.to(x0.device)
+        if noise is None:
+            noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)  # ε
+        noise = noise.to(device=x0.device, dtype=x0.dtype)
         x_t = self._train_scheduler.add_noise(x0, noise, t)
         keep = None if mask is None else _broadcast_mask(mask, x0.shape)
         if keep is not None:
@@ -89,13 +109,13 @@ class GaussianDiffusion:
         else:
             target = self._train_scheduler.get_velocity(x0, noise, t)
 
-        squared_error = (prediction.float() - target.float()) ** 2
+        squared_error = ((prediction.float() - target.float()) ** 2).flatten(1)
         if keep is None:
-            return squared_error.mean()
+            return squared_error.mean(dim=1).mean()
         # where, not multiply: a NaN or inf at a padded point must not leak into the sum.
+        keep = keep.expand(x0.shape).flatten(1)
         squared_error = torch.where(keep, squared_error, torch.zeros_like(squared_error))
-        values_per_point = x0[(0,) * mask.ndim].numel()
-        return squared_error.sum() / (mask.sum() * values_per_point)
+        return (squared_error.sum(dim=1) / keep.sum(dim=1)).mean()
 
     @torch.no_grad()
     def sample(

@@ -96,9 +96,9 @@ def write_json_atomically(path: Path, record: dict) -> None:
     os.replace(temporary, path)
 
 
-def evaluate_run(run_path, settings: EvalSettings = EvalSettings(), overwrite: bool = False, progress: bool = True) -> dict:
+def evaluate_run(run_path, settings: Optional[EvalSettings] = None, overwrite: bool = False, progress: bool = True) -> dict:
     """Sample the run's EMA weights, FID against `settings.split`; writes and returns RUN/eval.json."""
-    settings.validate()
+    settings = (settings or EvalSettings()).validate()
     run = RunDir(run_path)
     summary = run.read_summary()  # a UserError until training has finished
     if (run.path / EVAL).exists() and not overwrite:

@@ -54,6 +54,7 @@ def _fid_against(rows: List[Row], x_of: Callable[[Row], float], xlabel: str, pat
             color=COLOURS[method], linestyle=_style(rows, method, prune_rate), marker="o", capsize=3,
             label=_label(method, prune_rate),
         )
+    axes.set_xlim(0, 1.02)  # both axes are fractions: S, and FLOPs as a share of dense
     axes.set_xlabel(xlabel)
     axes.set_ylabel("FID (lower is better)")
     axes.grid(alpha=0.3)

@@ -23,7 +23,7 @@ from ..errors import UserError
 from ..train.checkpoint import latest_checkpoint
 from ..train.run_dir import SUMMARY, RunDir
 from ..train.trainer import Trainer
-from .aggregate import RUNS
+from .aggregate import RUNS, read_runs
 from .evaluate import EVAL, EvalSettings, evaluate_run, settings_record, write_json_atomically
 from .grid import GRID_KEYS, RunSpec, SweepGrid
 from .report import Report, build_report
@@ -97,7 +97,8 @@ def run_sweep(
 ) -> Tuple[Dict[str, str], Report]:
     """Train and evaluate every run of `grid` not finished yet, then rebuild the report (report.py).
 
-    Returns what each run took (done before, evaluated, trained), by name, and the report.
+    Returns what each run took (done before, evaluated, trained or failed), by name, and the report (None
+    while no run has finished). A run that fails (a diverging loss, say) is logged and the sweep goes on.
     """
     grid, settings, out = grid or SweepGrid(), (settings or EvalSettings()).validate(), Path(out)
     clashes = [o for o in overrides if o.split("=", 1)[0] in GRID_KEYS]
@@ -108,7 +109,11 @@ def run_sweep(
     outcomes = {}
     for i, spec in enumerate(specs, 1):
         log.info("sweep [%d/%d] %s", i, len(specs), spec.name)
-        outcomes[spec.name] = run_one(spec, config, list(overrides), out, settings, progress)
+        try:
+            outcomes[spec.name] = run_one(spec, config, list(overrides), out, settings, progress)
+        except UserError as error:
+            log.error("sweep [%d/%d] %s failed: %s", i, len(specs), spec.name, error)
+            outcomes[spec.name] = "failed"
         if outcomes[spec.name] == "done":
             log.info("sweep [%d/%d] %s: finished before, skipped", i, len(specs), spec.name)
-    return outcomes, build_report(out)
+    return outcomes, build_report(out) if read_runs(out) else None

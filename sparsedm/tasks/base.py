@@ -31,7 +31,9 @@ class Task:
     def collate(self, items: Sequence[Any]) -> Dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def loss(self, model: nn.Module, batch: Dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+    def loss(self, model: nn.Module, batch: Dict[str, torch.Tensor], seeds: torch.Tensor) -> torch.Tensor:
+        """The diffusion loss of a batch; sample i draws its timestep and noise from seeds[i] only
+        (`GaussianDiffusion.draw`), so a batch split over ranks sees the noise of the unsplit batch."""
         raise NotImplementedError
 
     def flops_inputs(self, batch: Dict[str, torch.Tensor]) -> tuple:

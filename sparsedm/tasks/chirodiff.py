@@ -50,9 +50,12 @@ class ChiroDiffTask(Task):
     def collate(self, items):
         return collate_strokes(items)
 
-    def loss(self, model, batch, generator):
-        mask = batch["mask"]
-        return self.diffusion.loss(lambda x_t, t: model(x_t, t, mask), batch["x"], mask=mask, generator=generator)
+    def loss(self, model, batch, seeds):
+        x, mask = batch["x"], batch["mask"]
+        # noise for the longest possible sequence, cropped: a sample's noise must not depend on how far
+        # its batch happens to be padded
+        t, noise = self.diffusion.draw((len(x), self.cfg.data.max_points, x.shape[2]), seeds, x.device)
+        return self.diffusion.loss(lambda x_t, t_: model(x_t, t_, mask), x, mask=mask, t=t, noise=noise[:, : x.shape[1]])
 
     def flops_inputs(self, batch):
         return (batch["x"], torch.zeros(batch["x"].shape[0], dtype=torch.long, device=batch["x"].device), batch["mask"])

@@ -84,6 +84,8 @@ class Trainer:
         self.stop_requested = False
         if self.dist.is_main:
             prepare_run_dir(self.run, cfg, resume, overwrite)
+        else:
+            logging.getLogger("sparsedm").setLevel(logging.WARNING)  # rank 0 speaks for all
 
     # -- set-up ---------------------------------------------------------------------------------------
 
@@ -143,16 +145,21 @@ class Trainer:
         batch = self.task.collate([dataset[i] for i in indices])
         return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
-    def _generator(self, step: int) -> torch.Generator:
-        # noise and timesteps of step s depend only on (seed, s, rank): resume needs no RNG state
-        return torch.Generator(self.device).manual_seed(self.cfg.seed * 1_000_003 + step * 1009 + self.dist.rank)
+    def _seeds(self, step: int) -> torch.Tensor:
+        """Per-sample noise seeds of this rank's share of step `step`'s global batch.
+
+        They depend only on (seed, step, position in the global batch): resume needs no RNG state, and
+        N ranks draw exactly the noise one process would draw for the whole batch.
+        """
+        positions = torch.arange(self.tc.batch_size)[self.dist.rank :: self.dist.world_size]
+        return (self.cfg.seed * 1_000_003 + step) * 100_003 + positions
 
     def train_step(self):
         """One optimiser step; returns (loss, the engine's update statistics or None)."""
         batch = self._batch(self.train_set, self.batches.indices(self.step, self.dist.rank, self.dist.world_size))
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.tc.precision, self.device):
-            loss = self.task.loss(self.forward_model, batch, self._generator(self.step))
+            loss = self.task.loss(self.forward_model, batch, self._seeds(self.step))
         if not torch.isfinite(loss):
             kept = latest_checkpoint(self.run.checkpoints)
             raise UserError(f"non-finite loss at step {self.step + 1}; last good checkpoint: {kept or 'none'}. Lower train.lr or use train.precision=fp32")
@@ -177,9 +184,10 @@ class Trainer:
         """Mean loss of the EMA model on the first `val_batches` validation batches, with fixed noise."""
         bs, total, count = self.tc.batch_size, 0.0, 0
         for b in range(min(self.tc.val_batches, math.ceil(len(self.val_set) / bs))):
-            batch = self._batch(self.val_set, range(b * bs, min((b + 1) * bs, len(self.val_set))))
+            indices = range(b * bs, min((b + 1) * bs, len(self.val_set)))
+            batch = self._batch(self.val_set, indices)
             with autocast(self.tc.precision, self.device):
-                total += float(self.task.loss(self.ema.module, batch, torch.Generator(self.device).manual_seed(10_000 + b)))
+                total += float(self.task.loss(self.ema.module, batch, -1 - torch.tensor(list(indices))))  # fixed noise: negative seeds are never used in training
             count += 1
         return total / max(count, 1)
 

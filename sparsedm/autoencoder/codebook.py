@@ -1,0 +1,49 @@
+"""Keeping a VQ codebook alive: data-dependent initialisation and dead-code restarts.
+
+diffusers' VectorQuantizer starts its codes in a tiny box around 0; a code that is never the nearest gets no
+gradient and stays dead, so a short run on a small data set ends up using a handful of colours (measured
+here: flags decoded in shades of brown). As in Jukebox (Dhariwal et al. 2020), codes start on random encoder
+outputs, and every `every` steps the codes no batch selected since the last restart move onto random encoder
+outputs of the current batch. Not part of LDM, which trains for far longer with LPIPS and a GAN.
+"""
+
+import torch
+from diffusers import VQModel
+
+
+class CodebookRestarts:
+    def __init__(self, model: VQModel, every: int, generator: torch.Generator):
+        self.codebook = model.quantize.embedding.weight  # e_j, Z x d
+        self.every = every
+        self.generator = generator
+        self.used = torch.zeros(len(self.codebook), dtype=torch.bool, device=self.codebook.device)
+        self.latents = None  # the latest batch's encoder outputs, N x d
+
+    @torch.no_grad()
+    def observe(self, h: torch.Tensor) -> None:
+        """Record which codes the encoder outputs h (B x d x H x W) select."""
+        self.latents = h.detach().permute(0, 2, 3, 1).reshape(-1, h.shape[1])
+        self.used[torch.cdist(self.latents, self.codebook).argmin(dim=1)] = True
+
+    @torch.no_grad()
+    def restart(self, codes: torch.Tensor) -> int:
+        """Move the codes flagged in `codes` onto random latents of the last observed batch."""
+        count = int(codes.sum())
+        if count:
+            picks = torch.randint(0, len(self.latents), (count,), generator=self.generator, device=self.generator.device)
+            self.codebook[codes] = self.latents[picks.to(self.latents.device)]
+        return count
+
+    def initialize(self, h: torch.Tensor) -> None:
+        self.observe(h)
+        self.restart(torch.ones_like(self.used))
+        self.used.zero_()
+
+    def after_step(self, step: int) -> dict | None:
+        """On every `every`-th step: restart the dead codes; returns {codes_used, codes_restarted}."""
+        if not self.every or step % self.every:
+            return None
+        used = int(self.used.sum())
+        restarted = self.restart(~self.used)
+        self.used.zero_()
+        return {"codes_used": used, "codes_restarted": restarted}

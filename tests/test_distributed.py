@@ -1,0 +1,90 @@
+"""torchrun with 2 CPU processes on gloo: identical masks on every rank, and a 2-rank run with per-rank batch
+B matches a 1-process run with batch 2B."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sparsedm.train.checkpoint import list_checkpoints, load_checkpoint
+
+pytestmark = pytest.mark.slow
+
+TINY = [
+    "data.max_items=200", "data.max_points=50", "data.max_strokes=8", "data.spacing=0.1", "model.hidden_size=16",
+    "model.num_layers=1", "train.log_every=4", "train.val_batches=1", "sparse.update_interval=3", "sparse.prune_rate=0.3",
+    "sparse.t_end=1.0", "train.steps=12", "train.batch_size=16", "train.checkpoint_every=100",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(out, nproc, *overrides):
+    prefix = [sys.executable, "-m", "sparsedm"]
+    if nproc > 1:
+        prefix = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1",
+                  "--master-port", str(free_port()), "-m", "sparsedm"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    return subprocess.run([*prefix, "train", "configs/chirodiff_kanjivg_cpu.yaml", "--out", str(out), "--no-progress", *TINY, *overrides],
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return f"data.cache_dir={tmp_path_factory.mktemp('cache')}"
+
+
+@pytest.mark.parametrize("method", ["rigl", "magran"])
+def test_two_ranks_match_one_process_with_the_whole_batch(tmp_path, cache, method):
+    two = launch(tmp_path / "two", 2, cache, f"sparse.method={method}", "dist.check_masks=true")
+    assert two.returncode == 0, two.stderr[-2000:]
+    one = launch(tmp_path / "one", 1, cache, f"sparse.method={method}")
+    assert one.returncode == 0, one.stderr[-2000:]
+    a = load_checkpoint(list_checkpoints(tmp_path / "two" / "checkpoints")[-1])
+    b = load_checkpoint(list_checkpoints(tmp_path / "one" / "checkpoints")[-1])
+    updates = [r for r in map(json.loads, (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()) if r.get("event") == "mask_update"]
+    assert len(updates) == 4 and sum(u["replaced"] for u in updates) > 0
+    for name, mask in b["engine"]["masks"].items():
+        assert torch.equal(mask, a["engine"]["masks"][name]), name
+    for name, weight in b["model"].items():
+        torch.testing.assert_close(a["model"][name], weight, rtol=1e-4, atol=1e-5, msg=name)
+    # only rank 0 wrote files: one metrics line per logged step
+    steps = [r["step"] for r in map(json.loads, (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert steps == [4, 8, 12]
+
+
+def _mismatch_worker(rank, port, result_file):
+    import torch.distributed as dist
+
+    from sparsedm.errors import UserError
+    from sparsedm.sparse import SparseConfig, SparseEngine
+    from sparsedm.train.trainer import check_masks_agree
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    model = torch.nn.Linear(8, 8)
+    engine = SparseEngine(model, torch.optim.AdamW(model.parameters()), SparseConfig(method="static", sparsity=0.5))
+    check_masks_agree(engine, 1, torch.device("cpu"))  # identical seeds: identical masks, no error
+    if rank == 1:
+        engine.masks["weight"] = engine.masks["weight"].roll(1, 0)
+    try:
+        check_masks_agree(engine, 2, torch.device("cpu"))
+        outcome = "no error"
+    except UserError as exc:
+        outcome = str(exc)
+    with open(f"{result_file}.{rank}", "w") as f:
+        f.write(outcome)
+    dist.destroy_process_group()
+
+
+def test_check_masks_stops_on_a_mismatch(tmp_path):
+    torch.multiprocessing.spawn(_mismatch_worker, args=(free_port(), str(tmp_path / "out")), nprocs=2)
+    for rank in (0, 1):
+        assert "masks differ across ranks at step 2" in (tmp_path / f"out.{rank}").read_text()

@@ -1,0 +1,111 @@
+"""`sparsedm evaluate RUN` on a tiny trained run with the real FID Inception network: eval.json's keys and
+numbers, the cached reference statistics, the EMA sparsity check, and never replacing a result by accident.
+
+Inception runs 6-12 images/s here: the reference split holds 9 sketches and 6 samples are drawn.
+"""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from sparsedm.cli import main
+from sparsedm.tasks.chirodiff import ChiroDiffTask
+
+EVAL_KEYS = {
+    "fid", "n_samples", "sampler", "steps", "eta", "sample_seed", "reference_split", "reference_size", "reference_key",
+    "data", "ema_sparsity", "method", "sparsity", "sparsity_actual", "prune_rate", "update_interval", "train_steps",
+    "seed", "params_total", "params_nonzero", "flops_forward_dense", "flops_forward_sparse", "train_batch_size",
+    "flops_train_step", "flops_train_step_dense", "flops_train_total", "flops_sample", "eval_time_s", "fid_features",
+}
+COPIED_FROM_SUMMARY = (
+    "method", "sparsity", "sparsity_actual", "prune_rate", "update_interval", "params_total", "params_nonzero",
+    "flops_forward_dense", "flops_forward_sparse", "flops_train_step",
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A RigL run at S = 0.5 on 50 training / 9 validation sketches, 12 steps of batch 16."""
+    root = tmp_path_factory.mktemp("evaluate")
+    run = root / "run"
+    code = main([
+        "train", "configs/chirodiff_kanjivg_cpu.yaml", "--out", str(run), "--no-progress",
+        f"data.cache_dir={root / 'cache'}", "data.max_items=240", "data.max_points=60", "data.max_strokes=8",
+        "data.spacing=0.1", "model.hidden_size=16", "train.batch_size=16", "train.steps=12", "train.val_batches=1",
+        "sparse.method=rigl", "sparse.sparsity=0.5", "sparse.update_interval=5",
+    ])
+    assert code == 0
+    return run
+
+
+@pytest.fixture
+def run(trained, tmp_path):
+    """A copy each test may change; the reference cache is shared (it sits in data.cache_dir)."""
+    return shutil.copytree(trained, tmp_path / "run")
+
+
+def evaluate(run, capsys, *options):
+    code = main(["evaluate", str(run), "--no-progress", *options])
+    return code, capsys.readouterr()
+
+
+def test_evaluate_writes_eval_json_and_reuses_the_reference_statistics(trained, run, capsys, monkeypatch):
+    code, out = evaluate(run, capsys, "--num", "6", "--steps", "3")
+    assert code == 0, out.err
+    result = json.loads((run / "eval.json").read_text())
+    summary = json.loads((run / "summary.json").read_text())
+    assert EVAL_KEYS <= set(result)
+    assert (result["n_samples"], result["steps"], result["sampler"]) == (6, 3, "ddim")
+    assert (result["reference_split"], result["reference_size"]) == ("val", 9)
+    assert np.isfinite(result["fid"]) and result["fid"] > 0
+    assert result["ema_sparsity"] == pytest.approx(summary["sparsity_actual"], abs=1e-3)
+    assert {k: result[k] for k in COPIED_FROM_SUMMARY} == {k: summary[k] for k in COPIED_FROM_SUMMARY}
+    assert result["train_steps"] == 12 and result["flops_train_total"] == summary["flops_train_step"] * 16 * 12
+    assert result["flops_sample"] == summary["flops_forward_sparse"] * 3
+    assert f"FID {result['fid']:.2f} (6 samples" in out.out
+    with np.load(run / "samples" / "eval_samples.npz") as samples:
+        assert samples["features"].shape[0] == 6
+    assert (run / "samples" / "eval_samples.png").is_file()
+    assert len(list((trained.parent / "cache" / "fid").glob("*.npz"))) == 1
+
+    # a finished evaluation is kept unless asked
+    code, out = evaluate(run, capsys, "--num", "6", "--steps", "3")
+    assert code == 2 and "eval.json exists" in out.err and "--overwrite" in out.err
+
+    # the second evaluation reads the cached reference statistics, and the same seed gives the same FID
+    def no_rendering(self, split="val"):
+        raise AssertionError("the reference split was drawn again instead of read from the cache")
+
+    monkeypatch.setattr(ChiroDiffTask, "reference_images", no_rendering)
+    code, out = evaluate(run, capsys, "--num", "6", "--steps", "3", "--overwrite")
+    assert code == 0, out.err
+    assert json.loads((run / "eval.json").read_text())["fid"] == result["fid"]
+
+
+def test_evaluate_refuses_an_ema_without_the_run_sparsity(run, capsys):
+    checkpoint = sorted((run / "checkpoints").iterdir())[-1]
+    state = torch.load(checkpoint, weights_only=False)
+    name = next(iter(state["engine"]["masks"]))
+    state["ema"]["module"][name].fill_(0.5)  # a dense tensor where the mask has zeros
+    torch.save(state, checkpoint)
+    code, out = evaluate(run, capsys, "--num", "6")
+    err = out.err.strip()
+    assert code == 2 and "is not the sparse model" in err and "\n" not in err, err
+    assert not (run / "eval.json").exists()
+
+
+def test_evaluate_needs_a_finished_training(run, capsys):
+    (run / "summary.json").unlink()
+    code, out = evaluate(run, capsys)
+    assert code == 2 and "its training did not finish" in out.err

@@ -1,0 +1,96 @@
+"""`sparsedm export`: the run becomes a diffusers LDMPipeline that loads with diffusers alone, samples what
+`sparsedm sample` samples, keeps the run's sparsity in its UNet weights, and carries the masks beside it."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import LDMPipeline
+from ldm_helpers import ldm_overrides, single_thread, train_tiny_autoencoder, write_shapes
+from safetensors import safe_open
+
+from sparsedm.cli import main
+from sparsedm.config import sparse_config
+from sparsedm.export import load_masks
+from sparsedm.sparse import SparseEngine
+from sparsedm.train.run_dir import RunDir
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ldm_export")
+    images = write_shapes(root / "shapes")
+    with single_thread():
+        train_tiny_autoencoder(images, root / "cache", root / "ae", steps=20)
+        args = ["train", "configs/ldm_openmoji_cpu.yaml", "--out", str(root / "run"), "--no-progress",
+                *ldm_overrides(images, root / "cache", root / "ae"), "train.steps=20", "sparse.method=rigl",
+                "sparse.sparsity=0.6", "sparse.update_interval=5"]
+        assert main(args) == 0
+        assert main(["export", str(root / "run"), "--out", str(root / "pipeline")]) == 0
+    return root
+
+
+def test_the_folder_is_an_ldm_pipeline(exported):
+    pipeline = exported / "pipeline"
+    assert sorted(p.name for p in pipeline.iterdir()) == ["masks.safetensors", "model_index.json", "scheduler", "unet", "vqvae"]
+    index = json.loads((pipeline / "model_index.json").read_text())
+    assert index["_class_name"] == "LDMPipeline"
+    assert index["vqvae"] == ["diffusers", "VQModel"] and index["unet"] == ["diffusers", "UNet2DModel"]
+    scheduler = json.loads((pipeline / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["_class_name"] == "DDIMScheduler" and scheduler["beta_schedule"] == "scaled_linear"
+    assert (scheduler["beta_start"], scheduler["beta_end"], scheduler["num_train_timesteps"]) == (0.0015, 0.0195, 1000)
+
+
+def test_diffusers_samples_what_sparsedm_samples(exported, one_thread):
+    pipe = LDMPipeline.from_pretrained(exported / "pipeline")
+    state = torch.load(sorted((exported / "run" / "checkpoints").iterdir())[-1], weights_only=False)
+    assert pipe.vqvae.config.scaling_factor == pytest.approx(state["task"]["scaling_factor"])
+    images = pipe(batch_size=3, num_inference_steps=5, generator=torch.Generator().manual_seed(7), output_type="np").images
+    assert images.shape == (3, 16, 16, 3) and np.isfinite(images).all()
+
+    assert main(["sample", str(exported / "run"), "--num", "3", "--steps", "5", "--sampler", "ddim", "--eta", "0", "--seed", "7", "--no-progress"]) == 0
+    ours = np.load(exported / "run" / "samples" / "samples.npz")["images"]
+    assert np.abs(np.round(images * 255).astype(int) - ours).max() <= 1
+
+
+def test_the_exported_unet_has_the_run_sparsity(exported):
+    pipeline, run = exported / "pipeline", RunDir(exported / "run")
+    summary = run.read_summary()
+    state = torch.load(sorted(run.checkpoints.iterdir())[-1], weights_only=False)
+    masks = load_masks(pipeline)
+    assert set(masks) == set(state["engine"]["masks"]) and all(torch.equal(masks[n], state["engine"]["masks"][n]) for n in masks)
+
+    weights = LDMPipeline.from_pretrained(pipeline).unet.state_dict()
+    zeros = sum(int((weights[n] == 0).sum()) for n in masks)
+    total = sum(m.numel() for m in masks.values())
+    assert zeros / total == pytest.approx(summary["sparsity_actual"], abs=0.01)  # 0.6: the masked entries, a few active zeros
+    for name, mask in masks.items():
+        assert (weights[name][~mask] == 0).all()
+        assert torch.equal(weights[name], state["ema"]["module"][name])
+    with safe_open(pipeline / "masks.safetensors", framework="pt") as f:
+        metadata = f.metadata()
+    assert json.loads(metadata["sparse"])["method"] == "rigl" and float(metadata["sparsity"]) == pytest.approx(summary["sparsity_actual"])
+
+
+def test_the_masks_fit_an_engine_built_from_the_exported_unet(exported):
+    """What continuing sparse training needs: the same tensors, each with its allotted number of non-zeros."""
+    unet = LDMPipeline.from_pretrained(exported / "pipeline").unet
+    cfg = RunDir(exported / "run").read_config()
+    engine = SparseEngine(unet, torch.optim.AdamW(unet.parameters()), sparse_config(cfg), total_steps=20)
+    masks = load_masks(exported / "pipeline")
+    assert set(masks) == set(engine.masks)
+    assert all(int(masks[n].sum()) == engine.nonzeros[n] for n in masks)
+
+
+def test_export_refuses_bad_input(exported, tmp_path, capsys):
+    assert main(["export", str(exported / "run"), "--out", str(exported / "pipeline")]) == 2
+    assert "is not empty; pass --overwrite" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "p")]) == 2
+    assert "is not a run folder" in capsys.readouterr().err
+    chiro = tmp_path / "chiro"
+    chiro.mkdir()
+    (chiro / "config.yaml").write_text("task: chirodiff\n")
+    assert main(["export", str(chiro), "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is a task=chirodiff run; export writes diffusers pipelines of Latent Diffusion" in err and "\n" not in err

@@ -1,0 +1,117 @@
+"""`sparsedm sweep` on a tiny grid: the runs it makes, the files it writes, and how it continues: finished runs
+are never redone, an interrupted run resumes, a trained but unevaluated run is only evaluated, and a sweep
+folder refuses another setup. FID uses pooled pixels (fid_stub) instead of Inception."""
+
+import json
+import logging
+import shutil
+
+import pytest
+
+from fid_stub import use_pooled_pixels
+from sparsedm.cli import main
+from sparsedm.config import load_config
+from sparsedm.experiments import sweep as sweep_module
+from sparsedm.experiments.grid import RunSpec
+from sparsedm.train.run_dir import RunDir
+
+RUNS = ["dense-seed0", "static-S0.5-seed0", "rigl-S0.5-p0.1-seed0", "rigl-S0.5-p0.5-seed0"]
+
+
+@pytest.fixture(autouse=True)
+def _stub_and_one_thread(monkeypatch, one_thread):
+    use_pooled_pixels(monkeypatch)
+
+
+def tiny(cache):
+    return [
+        f"data.cache_dir={cache}", "data.max_items=240", "data.max_points=60", "data.max_strokes=8", "data.spacing=0.1",
+        "model.hidden_size=16", "train.batch_size=16", "train.steps=6", "train.checkpoint_every=3", "train.val_batches=1",
+        "sparse.update_interval=2",
+    ]
+
+
+def sweep(out, capsys, *extra, cache=None):
+    code = main([
+        "sweep", "configs/chirodiff_kanjivg_cpu.yaml", *tiny(cache or out.parent / "cache"), "--out", str(out),
+        "--methods", "dense", "static", "rigl", "--sparsities", "0.5", "--prune-rates", "0.1", "0.5", "--seeds", "1",
+        "--num", "4", "--sample-steps", "2", "--no-progress", *extra,
+    ])
+    return code, capsys.readouterr()
+
+
+def mtimes(out):
+    return {p.relative_to(out): p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()}
+
+
+def test_sweep_runs_the_grid_writes_every_file_and_continues_without_redoing(tmp_path, capsys, monkeypatch, caplog):
+    out = tmp_path / "sweep"
+    code, captured = sweep(out, capsys)
+    assert code == 0, captured.err
+    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(RUNS)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "fid_vs_sparsity.png", "fid_vs_train_flops.png", "results.csv", "results.md", "runs", "sweep.json",
+    ]
+    for name in RUNS:
+        run = out / "runs" / name
+        assert {"summary.json", "eval.json", "config.yaml"} <= {p.name for p in run.iterdir()}
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["method"] == name.split("-")[0] and summary["steps"] == 6 and summary["seed"] == 0
+    assert "4 runs: 4 trained, 0 evaluated, 0 finished before" in captured.out
+    assert "| RigL-DM | 0.5 | 0.5 |" in (out / "results.md").read_text()
+
+    # again: nothing is redone, nothing is rewritten
+    before = mtimes(out)
+    calls = []
+    monkeypatch.setattr(sweep_module.Trainer, "fit", lambda self: calls.append(self) or {})
+    code, captured = sweep(out, capsys)
+    assert code == 0 and calls == [] and mtimes(out) == before
+    assert "4 runs: 0 trained, 0 evaluated, 4 finished before" in captured.out
+    monkeypatch.undo()
+    use_pooled_pixels(monkeypatch)
+
+    # interrupted runs: one stopped after its step-3 checkpoint, one before any checkpoint, one before evaluation
+    resumed, restarted, unevaluated = (out / "runs" / name for name in RUNS[1:])
+    (resumed / "summary.json").unlink(), (resumed / "eval.json").unlink()
+    (resumed / "checkpoints" / "step_00000006.pt").unlink()
+    shutil.rmtree(restarted / "checkpoints")
+    (restarted / "summary.json").unlink(), (restarted / "eval.json").unlink()
+    (unevaluated / "eval.json").unlink()
+    unevaluated_summary = (unevaluated / "summary.json").read_text()
+    with caplog.at_level(logging.INFO, logger="sparsedm.train.trainer"):
+        code, captured = sweep(out, capsys)
+    assert code == 0, captured.err
+    assert "4 runs: 2 trained, 1 evaluated, 1 finished before" in captured.out
+    assert all((out / "runs" / name / "eval.json").is_file() for name in RUNS)
+    resumes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resumed from")]
+    assert resumes == [f"resumed from {resumed / 'checkpoints' / 'step_00000003.pt'} at step 3"]
+    assert json.loads((restarted / "summary.json").read_text())["steps"] == 6
+    assert (unevaluated / "summary.json").read_text() == unevaluated_summary  # not trained again
+
+
+def test_a_sweep_folder_keeps_one_setup(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    code, captured = sweep(out, capsys, "--methods", "dense")
+    assert code == 0, captured.err
+    code, captured = sweep(out, capsys, "train.steps=7", "--methods", "dense")
+    err = captured.err.strip()
+    assert code == 2 and "config.train.steps=6, not 7" in err and "\n" not in err, err
+    code, captured = sweep(out, capsys, "--methods", "dense", "--num", "5")
+    assert code == 2 and "eval.num=4, not 5" in captured.err
+    code, captured = sweep(out, capsys, "seed=3", "--methods", "dense")
+    assert code == 2 and "the grid sets these" in captured.err
+
+
+def test_a_failing_run_is_reported_and_the_others_go_on(tmp_path, capsys, caplog):
+    out = tmp_path / "sweep"
+    broken = RunDir(out / "runs" / "dense-seed0")  # interrupted, and its only checkpoint is truncated
+    broken.write_config(load_config("configs/chirodiff_kanjivg_cpu.yaml", tiny(tmp_path / "cache") + RunSpec("dense", None, None, 0).overrides()))
+    broken.checkpoints.mkdir()
+    (broken.checkpoints / "step_00000003.pt").write_bytes(b"not a checkpoint")
+    with caplog.at_level(logging.ERROR, logger="sparsedm.experiments.sweep"):
+        code, captured = sweep(out, capsys, "--methods", "dense", "--seeds", "2")
+    assert code == 2
+    assert "2 runs: 1 trained, 0 evaluated, 0 finished before, 1 failed" in captured.out
+    assert "1 of 2 runs failed (dense-seed0)" in captured.err
+    assert any("dense-seed0 failed: checkpoint" in r.getMessage() and "is corrupt" in r.getMessage() for r in caplog.records)
+    assert "| Dense | – | – |" in (out / "results.md").read_text()  # the table of the run that finished
