@@ -4,6 +4,7 @@ Masks are applied with `masked_fill` (a `where`), never by multiplication, so a 
 position becomes an exact zero instead of propagating.
 """
 
+import hashlib
 from typing import Dict
 
 import torch
@@ -27,8 +28,6 @@ def apply_masks_(tensors: Dict[str, torch.Tensor], masks: Dict[str, torch.Tensor
 
 def masks_fingerprint(masks: Dict[str, torch.Tensor]) -> str:
     """A sha256 over the masks in name order: equal on two ranks iff the topologies are equal."""
-    import hashlib
-
     digest = hashlib.sha256()
     for name in sorted(masks):
         digest.update(name.encode())
