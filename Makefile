@@ -21,9 +21,9 @@ $(STAMP): pyproject.toml Makefile
 
 setup: $(STAMP)
 
+# Dense, Static-DM, RigL-DM and MagRan-DM at S = 0.5, compared by FID; a second call skips finished runs
 demo: $(STAMP)
-	$(PY) -m sparsedm train configs/chirodiff_kanjivg_cpu.yaml --out runs/demo --overwrite
-	$(PY) -m sparsedm sample runs/demo --num 64
+	$(PY) -m sparsedm demo --out reports/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

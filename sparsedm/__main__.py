@@ -2,4 +2,6 @@ import sys
 
 from .cli import main
 
-sys.exit(main())
+# guarded: sweep workers are spawned processes, which import the parent's main module again
+if __name__ == "__main__":
+    sys.exit(main())

@@ -67,7 +67,7 @@ def _fid(args) -> None:
 def _eval_settings(args):
     from .experiments.evaluate import EvalSettings
 
-    return EvalSettings(num=args.num, sampler=args.sampler, steps=args.sample_steps, eta=args.eta, split=args.split, seed=args.seed)
+    return EvalSettings(num=args.num, sampler=args.sampler, steps=args.sample_steps, eta=args.eta, split=args.split, seed=args.sample_seed)
 
 
 def _evaluate(args) -> None:
@@ -85,9 +85,9 @@ def _print_report(report) -> None:
 
 def _print_sweep(outcomes, report) -> None:
     """The sweep's table, then a UserError if any run failed (the log above says why)."""
-    counts = {kind: sum(o == kind for o in outcomes.values()) for kind in ("trained", "evaluated", "done", "failed")}
+    counts = {kind: sum(o == kind for o in outcomes.values()) for kind in ("trained", "evaluated", "done", "stopped", "failed")}
     print(f"{len(outcomes)} runs: {counts['trained']} trained, {counts['evaluated']} evaluated, {counts['done']} finished before"
-          + (f", {counts['failed']} failed" if counts["failed"] else ""))
+          + "".join(f", {counts[kind]} {kind}" for kind in ("stopped", "failed") if counts[kind]))
     if report is not None:
         _print_report(report)
     failed = [name for name, outcome in outcomes.items() if outcome == "failed"]
@@ -103,7 +103,8 @@ def _sweep(args) -> None:
     defaults = SweepGrid()
     grid = SweepGrid(args.methods or defaults.methods, args.sparsities or defaults.sparsities,
                      args.prune_rates or defaults.prune_rates, args.seeds)
-    outcomes, report = run_sweep(args.config, args.out, grid, args.overrides, _eval_settings(args), progress=not args.no_progress)
+    outcomes, report = run_sweep(args.config, args.out, grid, args.overrides, _eval_settings(args), progress=not args.no_progress,
+                                 workers=args.workers)
     _print_sweep(outcomes, report)
 
 
@@ -116,17 +117,18 @@ def _report(args) -> None:
 def _demo(args) -> None:
     from .experiments.demo import DemoSettings, run_demo
 
-    settings = DemoSettings(out=args.out, steps=args.steps, num=args.num, overrides=args.overrides)
+    settings = DemoSettings(out=args.out, steps=args.steps, num=args.num, overrides=args.overrides, workers=args.workers)
     _print_sweep(*run_demo(settings, progress=not args.no_progress))
 
 
-def _add_eval_options(parser, steps_flag: str) -> None:
+def _add_eval_options(parser, prefix: str) -> None:
+    """The evaluation options; `prefix` ("--" or "--sample-") names the steps and seed options."""
     parser.add_argument("--num", type=int, help="generated samples for FID (default: as many as the reference split)")
-    parser.add_argument(steps_flag, dest="sample_steps", type=int, help="denoising steps (default: sample.steps)")
+    parser.add_argument(f"{prefix}steps", dest="sample_steps", type=int, help="denoising steps (default: sample.steps)")
     parser.add_argument("--sampler", choices=["ddpm", "ddim"], help="default: sample.sampler")
     parser.add_argument("--eta", type=float, help="DDIM's eta (default: sample.eta)")
     parser.add_argument("--split", choices=["val", "train"], default="val", help="real split FID compares with")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
+    parser.add_argument(f"{prefix}seed", dest="sample_seed", type=int, default=0, help="seed of the sampling noise")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -168,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="FID of a trained run's sparse EMA weights -> RUN/eval.json")
     evaluate.add_argument("run", help="run folder with a finished training (summary.json)")
-    _add_eval_options(evaluate, "--steps")
+    _add_eval_options(evaluate, "--")
     evaluate.add_argument("--overwrite", action="store_true", help="replace an existing RUN/eval.json")
     evaluate.set_defaults(func=_evaluate)
 
@@ -180,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--sparsities", nargs="+", type=float, help="S values (default: 0.1 0.25 0.5 0.75 0.9)")
     sweep.add_argument("--prune-rates", nargs="+", type=float, help="p values of RigL-DM and MagRan-DM (default: 0.05 0.1 0.5)")
     sweep.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 per grid point")
-    _add_eval_options(sweep, "--sample-steps")
+    sweep.add_argument("--workers", type=int, default=1, help="runs at a time, each in a single-threaded process (CPU)")
+    _add_eval_options(sweep, "--sample-")
     sweep.set_defaults(func=_sweep)
 
     report = sub.add_parser("report", help="rebuild a sweep's results.csv, results.md and plots from its finished runs")
@@ -192,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, help="training steps per run (default: the config's)")
     demo.add_argument("overrides", nargs="*", help="more config overrides, e.g. data.cache_dir=/scratch")
     demo.add_argument("--num", type=int, default=200, help="generated samples per run for FID")
+    demo.add_argument("--workers", type=int, default=2, help="runs trained side by side, one thread each")
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(func=_demo)
 

@@ -39,7 +39,7 @@ def write_shapes(folder, count: int = 72, size: int = SIZE, seed: int = 0):
 
 
 def data_overrides(images, cache) -> list:
-    return [f"data.name=folder", f"data.path={images}", f"data.image_size={SIZE}", f"data.cache_dir={cache}"]
+    return ["data.name=folder", f"data.path={images}", f"data.image_size={SIZE}", f"data.cache_dir={cache}"]
 
 
 def train_tiny_autoencoder(images, cache, out, kind: str = "vq", steps: int = 60, extra=()) -> dict:

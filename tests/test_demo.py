@@ -19,7 +19,7 @@ def _stub_and_one_thread(monkeypatch, one_thread):
 def test_short_demo_writes_its_report_and_skips_finished_runs(tmp_path, capsys):
     out = tmp_path / "demo"
     args = [
-        "demo", "--out", str(out), "--steps", "4", "--num", "6", "--no-progress",
+        "demo", "--out", str(out), "--steps", "4", "--num", "6", "--workers", "1", "--no-progress",
         f"data.cache_dir={tmp_path / 'cache'}", "data.max_items=240", "data.max_points=60", "data.max_strokes=8",
         "data.spacing=0.1", "model.hidden_size=16", "train.batch_size=16", "train.val_batches=1", "sample.steps=2",
     ]

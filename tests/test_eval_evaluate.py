@@ -16,12 +16,12 @@ from sparsedm.tasks.chirodiff import ChiroDiffTask
 
 EVAL_KEYS = {
     "fid", "n_samples", "sampler", "steps", "eta", "sample_seed", "reference_split", "reference_size", "reference_key",
-    "data", "ema_sparsity", "method", "sparsity", "sparsity_actual", "prune_rate", "update_interval", "train_steps",
+    "data", "ema_sparsity", "method", "sparsity", "sparsity_actual", "distribution", "prune_rate", "update_interval", "train_steps",
     "seed", "params_total", "params_nonzero", "flops_forward_dense", "flops_forward_sparse", "train_batch_size",
     "flops_train_step", "flops_train_step_dense", "flops_train_total", "flops_sample", "eval_time_s", "fid_features",
 }
 COPIED_FROM_SUMMARY = (
-    "method", "sparsity", "sparsity_actual", "prune_rate", "update_interval", "params_total", "params_nonzero",
+    "method", "sparsity", "sparsity_actual", "distribution", "prune_rate", "update_interval", "params_total", "params_nonzero",
     "flops_forward_dense", "flops_forward_sparse", "flops_train_step",
 )
 

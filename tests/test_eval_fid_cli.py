@@ -10,7 +10,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from fid_stub import POOLED_SIDE, use_pooled_pixels
+from fid_stub import POOLED_SIDE, PooledPixels, use_pooled_pixels
 from sparsedm.cli import main
 from sparsedm.config import load_config
 from sparsedm.data.strokes import features_to_sketches, render_sketches
@@ -106,7 +106,5 @@ def test_bad_paths_give_one_line_errors(tmp_path, capsys):
 
 def test_the_stub_matches_its_numpy_twin():
     images = np.random.default_rng(2).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
-    from fid_stub import PooledPixels
-
     torch_features = PooledPixels()(torch.from_numpy(images).permute(0, 3, 1, 2)).double().numpy()
     assert np.allclose(torch_features, pooled_features(images))

@@ -56,8 +56,8 @@ def test_unet_training_lowers_the_loss(tmp_path, setup, one_thread, method):
                  "train.ema_decay=0.9") == 0
     metrics = read_metrics(run)
     val = [r["val_loss"] for r in metrics if "val_loss" in r]
-    # measured here: about 1.0 -> 0.35; an unlearnt or unscaled latent stays near 1
-    assert len(val) == 2 and val[-1] < 0.6 * val[0], val
+    # measured here: 1.1 -> 0.2 under each method; an unlearnt or unscaled latent stays near 1
+    assert len(val) == 2 and val[-1] < 0.4 * val[0], val
     summary = json.loads((run / "summary.json").read_text())
     assert summary["sparsity_actual"] == (0 if method == "dense" else pytest.approx(0.5, abs=1e-3))
     assert len([r for r in metrics if r.get("event") == "mask_update"]) == (4 if method in ("rigl", "magran") else 0)

@@ -102,6 +102,16 @@ def test_a_sweep_folder_keeps_one_setup(tmp_path, capsys):
     assert code == 2 and "the grid sets these" in captured.err
 
 
+def test_runs_paused_at_stop_at_continue_in_a_later_call(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    code, captured = sweep(out, capsys, "train.stop_at=3", "--methods", "dense", "rigl", "--prune-rates", "0.1")
+    assert code == 0 and "2 runs: 0 trained, 0 evaluated, 0 finished before, 2 stopped" in captured.out
+    assert not list(out.glob("runs/*/eval.json")) and not (out / "results.md").exists()
+    code, captured = sweep(out, capsys, "--methods", "dense", "rigl", "--prune-rates", "0.1")
+    assert code == 0 and "2 runs: 2 trained, 0 evaluated, 0 finished before" in captured.out
+    assert len(list(out.glob("runs/*/eval.json"))) == 2
+
+
 def test_a_failing_run_is_reported_and_the_others_go_on(tmp_path, capsys, caplog):
     out = tmp_path / "sweep"
     broken = RunDir(out / "runs" / "dense-seed0")  # interrupted, and its only checkpoint is truncated
@@ -115,3 +125,31 @@ def test_a_failing_run_is_reported_and_the_others_go_on(tmp_path, capsys, caplog
     assert "1 of 2 runs failed (dense-seed0)" in captured.err
     assert any("dense-seed0 failed: checkpoint" in r.getMessage() and "is corrupt" in r.getMessage() for r in caplog.records)
     assert "| Dense | – | – |" in (out / "results.md").read_text()  # the table of the run that finished
+
+
+
+def test_with_workers_the_reference_comes_first_and_every_run_is_handed_out(tmp_path, capsys, monkeypatch):
+    """The hand-off to worker processes, run in this process (test_sweep_parallel spawns real workers)."""
+    cache = tmp_path / "cache"
+
+    def in_process(fn, jobs, workers, progress_count, total, **options):
+        assert workers == 2 and list((cache / "fid").iterdir())  # the reference statistics exist already
+        assert total == 6 * len(jobs) and progress_count() == 0
+        results = {}
+        for name, args in jobs.items():
+            try:
+                results[name] = fn(*args)
+            except Exception as error:  # as the pool reports it
+                results[name] = error
+        assert progress_count() == 6 * 2  # the broken run never logs a step
+        return results
+
+    monkeypatch.setattr(sweep_module, "run_in_workers", in_process)
+    out = tmp_path / "sweep"
+    broken = RunDir(out / "runs" / "static-S0.5-seed0")
+    broken.write_config(load_config("configs/chirodiff_kanjivg_cpu.yaml", tiny(cache) + RunSpec("static", 0.5, None, 0).overrides()))
+    broken.checkpoints.mkdir()
+    (broken.checkpoints / "step_00000003.pt").write_bytes(b"not a checkpoint")
+    code, captured = sweep(out, capsys, "--methods", "dense", "static", "rigl", "--prune-rates", "0.1", "--workers", "2")
+    assert code == 2 and "3 runs: 2 trained, 0 evaluated, 0 finished before, 1 failed" in captured.out
+    assert "1 of 3 runs failed (static-S0.5-seed0)" in captured.err

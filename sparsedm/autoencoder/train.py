@@ -1,7 +1,8 @@
 """`sparsedm train-autoencoder`: the first stage of Latent Diffusion, trained on reconstruction alone.
 
 Loss: L1 (or MSE) between image and reconstruction, plus the VQ loss (codebook + commitment, through
-diffusers' VectorQuantizer with its straight-through gradient) for `vq`, or the weighted KL term for `kl`.
+diffusers' VectorQuantizer with its straight-through gradient, its dead codes restarted: codebook.py) for
+`vq`, or the weighted KL term for `kl`.
 LDM also uses LPIPS and a patch GAN; without them reconstructions are blurrier, which is why the paper-scale
 configs suggest a pretrained LDM autoencoder where one can be downloaded.
 
@@ -9,7 +10,7 @@ The folder written is a diffusers model folder (`VQModel.from_pretrained(AE)` / 
 its `scaling_factor` set to 1/std of the training latents (LDM's scale_by_std), plus:
 
     AE/metrics.json        validation reconstruction error before and after training, the scaling factor, ...
-    AE/metrics.jsonl       the training loss every `train.log_every` steps
+    AE/metrics.jsonl       the training loss every `train.log_every` steps; codebook restarts (vq)
     AE/train_config.yaml   the resolved config
     AE/reconstructions.png validation images (odd rows) over their reconstructions (even rows)
 """

@@ -33,23 +33,24 @@ ROW_SAMPLES = 8  # samples per method in samples.png
 class DemoSettings:
     config: str = "configs/chirodiff_kanjivg_cpu.yaml"  # small ChiroDiff on 2,000 built-in KanjiVG characters
     out: str = "reports/demo"  # report folder; its runs go to OUT/runs/
-    steps: Optional[int] = None  # training steps per run; None = the config's train.steps (600)
+    steps: Optional[int] = None  # training steps per run; None = the config's train.steps
     num: int = 200  # generated samples per run for FID (against the 170 validation sketches)
     sparsity: float = 0.5  # S of the three sparse methods; p is the config's sparse.prune_rate
     overrides: List[str] = field(default_factory=list)  # more config overrides, e.g. data.cache_dir=/scratch
-    # torch intra-op threads: this small GRU gains nothing from more, and on a busy 2-core machine a second
-    # thread spins at every barrier (measured: 0.29 s/step on 1 thread, 2.4 s/step on 2)
-    threads: int = 1
+    # runs trained side by side, one torch thread each: this small GRU barely uses a second thread, and on a
+    # busy 2-core machine a second thread spins at every barrier (measured there: 0.29 s/step on 1 thread, 2.4 on 2)
+    workers: int = 2
 
 
 def run_demo(settings: Optional[DemoSettings] = None, progress: bool = True) -> Tuple[Dict[str, str], Optional[Report]]:
     """Run (or continue) the demo; returns what each run took and the report, as `run_sweep` does."""
     settings = settings or DemoSettings()
-    torch.set_num_threads(settings.threads)
+    torch.set_num_threads(1)  # this process's share: the reference statistics, and the runs when workers=1
     overrides = list(settings.overrides) + ([f"train.steps={settings.steps}"] if settings.steps is not None else [])
     prune_rate = load_config(settings.config, overrides).sparse.prune_rate
     grid = SweepGrid(methods=list(METHODS), sparsities=[settings.sparsity], prune_rates=[prune_rate], seeds=1)
-    outcomes, report = run_sweep(settings.config, settings.out, grid, overrides, EvalSettings(num=settings.num), progress)
+    outcomes, report = run_sweep(settings.config, settings.out, grid, overrides, EvalSettings(num=settings.num), progress,
+                                 workers=settings.workers)
     if report is not None:
         report.files += _sample_pictures(Path(settings.out))
     return outcomes, report

@@ -100,10 +100,10 @@ def evaluate_run(run_path, settings: Optional[EvalSettings] = None, overwrite: b
     """Sample the run's EMA weights, FID against `settings.split`; writes and returns RUN/eval.json."""
     settings = (settings or EvalSettings()).validate()
     run = RunDir(run_path)
+    run.read_config()  # a UserError if it is no run folder
     summary = run.read_summary()  # a UserError until training has finished
     if (run.path / EVAL).exists() and not overwrite:
-        old = json.loads((run.path / EVAL).read_text())
-        raise UserError(f"{run.path / EVAL} exists (FID {old.get('fid')} on {old.get('n_samples')} samples); pass --overwrite to replace it")
+        raise UserError(f"{run.path / EVAL} exists; pass --overwrite to replace it")
     start = time.time()
     cfg, task, model, device = load_run_model(run)
     measured = check_ema_sparsity(model, cfg, summary, run)
@@ -137,6 +137,7 @@ def evaluate_run(run_path, settings: Optional[EvalSettings] = None, overwrite: b
         "method": summary["method"],
         "sparsity": summary["sparsity"],
         "sparsity_actual": summary["sparsity_actual"],
+        "distribution": summary["distribution"],
         "prune_rate": summary["prune_rate"],
         "update_interval": summary["update_interval"],
         "train_steps": summary["steps"],

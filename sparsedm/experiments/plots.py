@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from .aggregate import Row
 from .grid import DISPLAY
 
-COLOURS = {"static": "tab:blue", "rigl": "tab:red", "magran": "tab:green", "dense": "black"}
+COLOURS = {"static": "tab:blue", "rigl": "tab:red", "magran": "tab:green"}
 LINESTYLES = ("-", "--", ":", "-.")  # one per prune rate of a method
 
 
@@ -72,15 +72,16 @@ def fid_vs_train_flops(rows: List[Row], path: Path) -> Path:
     return _fid_against(rows, lambda r: r.flops_train_rel, "training FLOPs (fraction of dense)", path)
 
 
-def sample_rows(images: Dict[str, np.ndarray], path: Path) -> Path:
-    """One labelled row of pictures per name (uint8 N x H x W x C each), e.g. a few samples per method."""
-    figure = Figure(figsize=(8, 1.1 * len(images)))
+def sample_rows(images: Dict[str, np.ndarray], path: Path, gap: int = 2) -> Path:
+    """One titled row of pictures per name (uint8 N x H x W x C each), e.g. a few samples per method."""
+    figure = Figure(figsize=(8, 1.3 * len(images)))
     for i, (name, batch) in enumerate(images.items()):
         axes = figure.add_subplot(len(images), 1, i + 1)
-        strip = np.concatenate(list(batch), axis=1)
+        separator = np.full((batch.shape[1], gap, batch.shape[3]), 128, dtype=np.uint8)
+        strip = np.concatenate([part for picture in batch for part in (picture, separator)][:-1], axis=1)
         axes.imshow(strip[..., 0] if strip.shape[-1] == 1 else strip, cmap="gray", vmin=0, vmax=255)
-        axes.set_xticks([]), axes.set_yticks([])
-        axes.set_ylabel(name, rotation=0, ha="right", va="center")
+        axes.set_axis_off()
+        axes.set_title(name, loc="left", fontsize="medium")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     return path

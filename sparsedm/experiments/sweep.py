@@ -20,12 +20,15 @@ from omegaconf import OmegaConf
 
 from ..config import load_config
 from ..errors import UserError
+from ..tasks import build_task
 from ..train.checkpoint import latest_checkpoint
-from ..train.run_dir import SUMMARY, RunDir
+from ..train.distributed import DistInfo, resolve_device
+from ..train.run_dir import METRICS, SUMMARY, RunDir
 from ..train.trainer import Trainer
 from .aggregate import RUNS, read_runs
-from .evaluate import EVAL, EvalSettings, evaluate_run, settings_record, write_json_atomically
+from .evaluate import EVAL, EvalSettings, evaluate_run, reference_statistics, settings_record, write_json_atomically
 from .grid import GRID_KEYS, RunSpec, SweepGrid
+from .parallel import run_in_workers
 from .report import Report, build_report
 
 log = logging.getLogger(__name__)
@@ -51,6 +54,7 @@ def _setup(config: str, overrides: List[str], settings: EvalSettings) -> dict:
         for parent in parents:
             node = node[parent]
         del node[leaf]
+    del cfg["train"]["stop_at"]  # where runs pause does not change them: a later call may go further
     return {"config": cfg, "eval": settings_record(settings)}
 
 
@@ -71,20 +75,42 @@ def pin_setup(out: Path, setup: dict) -> None:
 
 
 def run_one(spec: RunSpec, config: str, overrides: List[str], out: Path, settings: EvalSettings, progress: bool) -> str:
-    """Bring one grid point to a finished evaluation; returns what it took: done, evaluated or trained."""
+    """Bring one grid point to a finished evaluation; returns what it took: done, evaluated, trained, or
+    stopped (at train.stop_at, with a checkpoint). A Ctrl-C that stopped training stops the sweep too."""
     path = out / RUNS / spec.name
     if (path / EVAL).exists():
         return "done"
-    if (path / SUMMARY).exists():
+    if not (path / SUMMARY).exists():
+        cfg = load_config(config, [*overrides, *spec.overrides()])
+        run = RunDir(path)
+        resume = run.exists() and latest_checkpoint(run.checkpoints) is not None
+        # without a checkpoint an interrupted run has nothing worth keeping: it starts again cleanly
+        trainer = Trainer(cfg, str(path), resume=resume, overwrite=not resume, progress=progress)
+        if trainer.fit() is None:
+            if trainer.stop_requested:
+                raise KeyboardInterrupt
+            return "stopped"
         evaluate_run(path, settings, progress=progress)
-        return "evaluated"
-    cfg = load_config(config, [*overrides, *spec.overrides()])
-    run = RunDir(path)
-    resume = run.exists() and latest_checkpoint(run.checkpoints) is not None
-    # without a checkpoint an interrupted run has nothing worth keeping: it starts again cleanly
-    Trainer(cfg, str(path), resume=resume, overwrite=not resume, progress=progress).fit()
+        return "trained"
     evaluate_run(path, settings, progress=progress)
-    return "trained"
+    return "evaluated"
+
+
+def steps_done(run_path: Path) -> int:
+    """The last training step a run logged (0 before its first log line)."""
+    try:
+        lines = (run_path / METRICS).read_text().splitlines()
+    except FileNotFoundError:
+        return 0
+    step = 0
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line being written by a worker right now
+            continue
+        if "loss" in record:
+            step = max(step, record["step"])
+    return step
 
 
 def run_sweep(
@@ -94,26 +120,67 @@ def run_sweep(
     overrides: List[str] = (),
     settings: Optional[EvalSettings] = None,
     progress: bool = True,
-) -> Tuple[Dict[str, str], Report]:
+    workers: int = 1,
+) -> Tuple[Dict[str, str], Optional[Report]]:
     """Train and evaluate every run of `grid` not finished yet, then rebuild the report (report.py).
 
-    Returns what each run took (done before, evaluated, trained or failed), by name, and the report (None
-    while no run has finished). A run that fails (a diverging loss, say) is logged and the sweep goes on.
+    `workers` > 1 runs that many at a time, each in its own single-threaded process (parallel.py). Returns
+    what each run took (done, evaluated, trained, stopped or failed; see `run_one`), by name, and the report
+    (None while no run has finished). A run that fails (a diverging loss, say) is logged and the sweep goes on.
     """
     grid, settings, out = grid or SweepGrid(), (settings or EvalSettings()).validate(), Path(out)
+    if workers < 1:
+        raise UserError(f"--workers {workers} must be >= 1")
     clashes = [o for o in overrides if o.split("=", 1)[0] in GRID_KEYS]
     if clashes:
         raise UserError(f"{' '.join(clashes)}: the grid sets these; use --methods, --sparsities, --prune-rates and --seeds")
-    specs = grid.runs()
-    pin_setup(out, _setup(config, list(overrides), settings))
-    outcomes = {}
-    for i, spec in enumerate(specs, 1):
-        log.info("sweep [%d/%d] %s", i, len(specs), spec.name)
-        try:
-            outcomes[spec.name] = run_one(spec, config, list(overrides), out, settings, progress)
-        except UserError as error:
-            log.error("sweep [%d/%d] %s failed: %s", i, len(specs), spec.name, error)
-            outcomes[spec.name] = "failed"
-        if outcomes[spec.name] == "done":
-            log.info("sweep [%d/%d] %s: finished before, skipped", i, len(specs), spec.name)
+    overrides, specs = list(overrides), grid.runs()
+    pin_setup(out, _setup(config, overrides, settings))
+    outcomes = {spec.name: "done" for spec in specs if (out / RUNS / spec.name / EVAL).exists()}
+    todo = [spec for spec in specs if spec.name not in outcomes]
+    log.info("sweep %s: %d runs, %d finished before", out, len(specs), len(outcomes))
+    if workers > 1 and len(todo) > 1:
+        outcomes.update(_run_in_workers(todo, config, overrides, out, settings, progress, workers))
+    else:
+        outcomes.update(_run_in_turn(todo, config, overrides, out, settings, progress))
+    outcomes = {spec.name: outcomes[spec.name] for spec in specs}
     return outcomes, build_report(out) if read_runs(out) else None
+
+
+def _run_in_turn(todo: List[RunSpec], config: str, overrides: List[str], out: Path, settings: EvalSettings,
+                 progress: bool) -> Dict[str, str]:
+    outcomes = {}
+    for i, spec in enumerate(todo, 1):
+        log.info("sweep [%d/%d] %s", i, len(todo), spec.name)
+        try:
+            outcomes[spec.name] = run_one(spec, config, overrides, out, settings, progress)
+        except UserError as error:
+            log.error("sweep: %s failed: %s", spec.name, error)
+            outcomes[spec.name] = "failed"
+    return outcomes
+
+
+def _run_in_workers(todo: List[RunSpec], config: str, overrides: List[str], out: Path, settings: EvalSettings,
+                    progress: bool, workers: int) -> Dict[str, str]:
+    cfg = load_config(config, overrides)
+    # the reference statistics first, or every worker would compute them at once
+    reference_statistics(build_task(cfg), settings, resolve_device(cfg.train.device, DistInfo()), progress)
+    results = run_in_workers(
+        run_one,
+        {spec.name: (spec, config, overrides, out, settings, False) for spec in todo},
+        workers,
+        progress_count=lambda: sum(steps_done(out / RUNS / spec.name) for spec in todo),
+        total=None if cfg.train.epochs else cfg.train.steps * len(todo),
+        desc=f"train {len(todo)} runs, {workers} at a time (steps)",
+        progress=progress,
+    )
+    outcomes = {}
+    for name, result in results.items():
+        if isinstance(result, UserError):
+            log.error("sweep: %s failed: %s", name, result)
+            outcomes[name] = "failed"
+        elif isinstance(result, BaseException):
+            raise result
+        else:
+            outcomes[name] = result
+    return outcomes

@@ -12,7 +12,6 @@ from typing import Dict
 
 import numpy as np
 import torch
-from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from ..autoencoder import FirstStage, cached_latents, decode, latent_std
@@ -70,11 +69,14 @@ class LatentDiffusionTask(Task):
     def collate(self, items):
         return {key: torch.stack([item[key] for item in items]) for key in items[0]}
 
-    def loss(self, model, batch, generator):
+    def loss(self, model, batch, seeds):
         z = batch["mean"]
-        if "std" in batch:  # a KL posterior: a fresh sample z ~ N(mean, std²) each time, as LDM-KL
-            z = z + batch["std"] * randn_tensor(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-        return self.diffusion.loss(lambda x_t, t: model(x_t, t, return_dict=False)[0], z * self.scaling_factor, generator=generator)
+        posterior = "std" in batch  # a KL autoencoder: a fresh z ~ N(mean, std²) per sample and step, as LDM-KL
+        t, noise = self.diffusion.draw((len(z), 2 if posterior else 1, *z.shape[1:]), seeds, z.device)
+        if posterior:
+            z = z + batch["std"] * noise[:, 1]
+        x0 = z * self.scaling_factor
+        return self.diffusion.loss(lambda x_t, t_: model(x_t, t_, return_dict=False)[0], x0, t=t, noise=noise[:, 0])
 
     def flops_inputs(self, batch):
         x = batch["mean"]
