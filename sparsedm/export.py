@@ -23,8 +23,7 @@ from safetensors.torch import save_file
 
 from .errors import UserError
 from .sparse.masks import apply_masks_
-from .tasks import build_task
-from .train.checkpoint import latest_checkpoint, load_checkpoint
+from .sampling import load_run_ema
 from .train.run_dir import RunDir
 
 MASKS = "masks.safetensors"
@@ -52,16 +51,8 @@ def export_run(run_path, out, checkpoint: Optional[str] = None, overwrite: bool 
         raise UserError(f"{run.path} is a task={cfg.task} run; export writes diffusers pipelines of Latent Diffusion (task=ldm) runs")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out} is not empty; pass --overwrite to replace it or choose another --out")
-    path = Path(checkpoint) if checkpoint else latest_checkpoint(run.checkpoints)
-    if path is None:
-        raise UserError(f"{run.path} has no checkpoint yet; train it first")
-    state = load_checkpoint(path)
-
-    task = build_task(cfg)
-    task.load_state_dict(state.get("task", {}))
+    cfg, state, task, unet = load_run_ema(run, checkpoint)
     task.check_autoencoder()
-    unet = task.build_model()
-    unet.load_state_dict(state["ema"]["module"])
     masks = state["engine"]["masks"]
     apply_masks_(dict(unet.named_parameters()), masks)  # the EMA keeps them already; exact zeros either way
     vqvae = task.first_stage.load("cpu")

@@ -13,8 +13,8 @@ from .train.run_dir import RunDir
 from .errors import UserError
 
 
-def load_run_model(run: RunDir, checkpoint: Optional[str] = None, device: str = "auto"):
-    """(cfg, task, EMA denoiser on device, device) of a run."""
+def load_run_ema(run: RunDir, checkpoint: Optional[str] = None):
+    """(cfg, checkpoint state, task with its state, EMA denoiser on the CPU) of a run's newest (or given) checkpoint."""
     cfg = run.read_config()
     path = Path(checkpoint) if checkpoint else latest_checkpoint(run.checkpoints)
     if path is None:
@@ -24,6 +24,12 @@ def load_run_model(run: RunDir, checkpoint: Optional[str] = None, device: str = 
     task.load_state_dict(state.get("task", {}))
     model = task.build_model()
     model.load_state_dict(state["ema"]["module"])
+    return cfg, state, task, model
+
+
+def load_run_model(run: RunDir, checkpoint: Optional[str] = None, device: str = "auto"):
+    """(cfg, task, EMA denoiser on device, device) of a run."""
+    cfg, _, task, model = load_run_ema(run, checkpoint)
     target = resolve_device(device if device != "auto" else cfg.train.device, DistInfo())
     return cfg, task, model.to(target).eval(), target
 
