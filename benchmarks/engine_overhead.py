@@ -6,7 +6,8 @@ Four copies of one UNet2DModel train side by side: dense, then static, magran an
 `cycles` full ΔT cycles, mask updates included. The methods take turns in blocks of `--block` steps, so a
 busy machine slows them alike and the ratios stay fair. Printed: time per step / dense's, one mask update /
 one step, and memory / dense's (CUDA: peak allocated during the method's own steps; CPU: bytes held by
-parameters, gradients, optimiser state, EMA and masks). Masks simulate sparsity: no speed-up is expected,
+parameters, gradients, optimiser state, EMA and masks). AdamW is fused, as in `sparsedm train`; `--no-fused`
+shows torch's per-tensor AdamW, whose CPU sqrt is slow on the zeros masked weights keep. Masks simulate sparsity: no speed-up is expected,
 only the cost of keeping them; the savings are in FLOPs and non-zero parameters.
 """
 
@@ -25,19 +26,21 @@ METHODS = ("dense", "static", "magran", "rigl")
 
 
 class Run:
-    def __init__(self, method, steps, interval, device, batch):
+    def __init__(self, method, steps, interval, device, batch, fused):
         torch.manual_seed(0)
         self.model = UNet2DModel(
             sample_size=16, in_channels=4, out_channels=4, block_out_channels=(64, 128), layers_per_block=2,
             down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
         ).to(device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=fused)
         self.ema = EMA(self.model)
         config = SparseConfig(method=method, sparsity=0.5, update_interval=interval, t_end=1.0, prune_rate=0.3)
-        self.engine = SparseEngine(self.model, self.optimizer, config, total_steps=steps, ema=self.ema)
+        # t_end past the timed steps: every timed update replaces weights (cosine p_t from p down to ~p/2);
+        # with t_end at the last timed step, that last update would have p_t = 0 and cost nothing
+        self.engine = SparseEngine(self.model, self.optimizer, config, total_steps=2 * steps, ema=self.ema)
         self.x = torch.randn(batch, 4, 16, 16, device=device)
         self.t = torch.randint(0, 1000, (batch,), device=device)
-        self.step_time, self.steps, self.update_times, self.peak = 0.0, 0, [], 0
+        self.step_time, self.steps, self.peak = 0.0, 0, 0
 
     def step(self):
         self.optimizer.zero_grad(set_to_none=True)
@@ -63,11 +66,13 @@ def main():
     parser.add_argument("--block", type=int, default=10, help="steps a method runs before the next takes its turn")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-fused", dest="fused", action="store_false",
+                        help="per-tensor AdamW, torch's default on CPU (slow on the zeros of masked weights)")
     args = parser.parse_args()
     cuda = args.device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     steps = args.cycles * args.interval
-    runs = {m: Run(m, steps, args.interval, args.device, args.batch) for m in METHODS}
+    runs = {m: Run(m, steps, args.interval, args.device, args.batch, args.fused) for m in METHODS}
     for run in runs.values():  # warm-up, then restart the schedule so every update is timed
         for _ in range(3):
             run.step()
@@ -80,33 +85,31 @@ def main():
             for _ in range(min(args.block, steps - run.steps)):
                 sync()
                 t0 = time.perf_counter()
-                update = run.step()
+                run.step()
                 sync()
-                elapsed = time.perf_counter() - t0
-                run.step_time += elapsed
+                run.step_time += time.perf_counter() - t0
                 run.steps += 1
-                if update is not None:
-                    run.update_times.append(elapsed)
             run.peak = max(run.peak, torch.cuda.max_memory_allocated() if cuda else run.state_bytes())
         done = min(r.steps for r in runs.values())
         print(f"\r{done}/{steps} steps per method", end="", flush=True)
     print()
 
     update_only = {}
-    for method, run in runs.items():  # one mask update on its own, after an ordinary step
+    for method, run in runs.items():  # one mask update on its own, after an ordinary step, at t = ΔT (p_t ≈ p)
         if run.engine.schedule is None:
             continue
         run.step()
         run.engine._dense_grads = {n: p.grad.clone() for n, p in run.engine.params.items()}
         sync()
         t0 = time.perf_counter()
-        run.engine._update_masks(args.interval)
+        stats = run.engine._update_masks(args.interval)
         sync()
         update_only[method] = time.perf_counter() - t0
+        assert stats["replaced"] > 0, "the timed update must replace weights"
 
     dense = runs["dense"]
     dense_step = dense.step_time / dense.steps
-    print(f"method   ms/step  step/dense  update/step  memory/dense   (S = 0.5, ΔT = {args.interval}, {args.cycles} cycles, {args.device})")
+    print(f"method   ms/step  step/dense  update/step  memory/dense   (S = 0.5, ΔT = {args.interval}, {args.cycles} cycles, {args.device}, AdamW {'fused' if args.fused else 'per-tensor'})")
     for method, run in runs.items():
         per_step = run.step_time / run.steps
         update = f"{update_only[method] / per_step:.3f}" if method in update_only else "-"

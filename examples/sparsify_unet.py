@@ -31,7 +31,7 @@ def main(steps: int = 200, batch_size: int = 32, update_interval: int = 50) -> S
         down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
     )
     scheduler = DDPMScheduler(num_train_timesteps=1000)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2, fused=True)
     ema = EMA(model, decay=0.999)
     config = SparseConfig(method="rigl", sparsity=0.5, prune_rate=0.3, update_interval=update_interval)
     engine = SparseEngine(model, optimizer, config, total_steps=steps, ema=ema)  # sparse
@@ -46,7 +46,7 @@ def main(steps: int = 200, batch_size: int = 32, update_interval: int = 50) -> S
         loss.backward()
         engine.after_backward()  # sparse: RigL's dense gradient, then masked gradients
         optimizer.step()
-        update = engine.after_optimizer_step()  # sparse: masked weights stay zero; drop/grow every ΔT
+        update = engine.after_optimizer_step()  # sparse: drop/grow every ΔT
         ema.update(model)  # sparse: the EMA keeps the masks too
         if update or step % update_interval == 0:
             print(f"step {step:4d} loss {loss.item():.4f} sparsity {engine.sparsity():.3f}" + (f" replaced {update['replaced']}" if update else ""))

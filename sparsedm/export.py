@@ -7,7 +7,8 @@
     DIR/masks.safetensors       {UNet parameter name: bool mask}; metadata: the sparse config, step, sparsity
 
 It loads with diffusers alone: `LDMPipeline.from_pretrained(DIR)(batch_size=4).images`. To continue sparse
-training from it, load `unet/` with `UNet2DModel.from_pretrained` and the masks with `load_masks(DIR)`.
+training from it, load `unet/` with `UNet2DModel.from_pretrained`, build a `SparseEngine` with the run's sparse
+config, and give it the masks: `engine.load_masks(load_masks(DIR))`.
 """
 
 import json

@@ -81,6 +81,9 @@ def test_the_masks_fit_an_engine_built_from_the_exported_unet(exported):
     masks = load_masks(exported / "pipeline")
     assert set(masks) == set(engine.masks)
     assert all(int(masks[n].sum()) == engine.nonzeros[n] for n in masks)
+    engine.load_masks(masks)
+    assert all(torch.equal(engine.masks[n], masks[n]) for n in masks)
+    assert all((engine.params[n][~masks[n]] == 0).all() for n in masks)
 
 
 def test_export_refuses_bad_input(exported, tmp_path, capsys):

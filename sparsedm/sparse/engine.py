@@ -5,7 +5,7 @@
         loss(model, batch).backward()
         engine.after_backward()        # dense gradient for RigL (update steps only), then mask the gradients
         optimizer.step()
-        engine.after_optimizer_step()  # keep masked weights at zero; every ΔT steps drop and grow
+        engine.after_optimizer_step()  # every ΔT steps: drop and grow
         ema.update(model)
 
 The engine knows nothing about diffusion. With mixed precision call `after_backward` after
@@ -25,8 +25,8 @@ from .density import allocate_densities, nonzero_counts
 from .drop import drop_by_magnitude
 from .ema import EMA
 from .grow import grow_by_gradient, grow_random
-from .masks import apply_masks_, masks_fingerprint, random_mask
-from .optim_state import check_supported, mask_moments_, zero_moments_
+from .masks import all_finite, apply_masks_, mask_gradients_, masks_fingerprint, random_mask
+from .optim_state import check_supported, mask_moments_, warn_if_slow_on_zeros, zero_moments_
 from .schedule import UpdateSchedule
 from .selection import select_sparse_parameters
 
@@ -69,6 +69,7 @@ class SparseEngine:
             return
 
         check_supported(optimizer)
+        warn_if_slow_on_zeros(optimizer)
         self.params = select_sparse_parameters(model, config.include, config.exclude, config.exclude_time_embedding)
         shapes = {n: tuple(p.shape) for n, p in self.params.items()}
         self.densities = allocate_densities(shapes, config.sparsity, config.distribution, config.custom_densities)
@@ -93,26 +94,24 @@ class SparseEngine:
                 self._dense_grads[name] = grad.clone() if acc is None else acc.add_(grad)
         if self.schedule is not None and self.schedule.is_update_step(t):
             grads = [p.grad for p in self.model.parameters() if p.grad is not None] + list(self._dense_grads.values())
-            self._grads_finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
-        for name, param in self.params.items():
-            if param.grad is not None:
-                param.grad.masked_fill_(~self.masks[name], 0)
+            self._grads_finite = all_finite(grads)
+        mask_gradients_(self.params, self.masks)
 
     @torch.no_grad()
     def after_optimizer_step(self) -> Optional[dict]:
-        """Re-zero masked weights, advance the step and, on an update step, drop and grow.
+        """Advance the step and, on an update step, drop and grow.
+
+        Masked weights need no re-zeroing between updates: their gradient and optimiser moments are zero, so
+        Adam, AdamW and SGD (the optimisers the engine accepts) leave them at exactly zero. An update step
+        re-applies the masks anyway, as a guard against changes made outside the optimiser.
 
         Returns the update's statistics on an update step (with `skipped: True` when gradients were not
         finite), else None.
         """
-        if not self.masks:
-            self.step += 1
-            return None
-        for name, param in self.params.items():
-            param.masked_fill_(~self.masks[name], 0)
         self.step += 1
         if self.schedule is None or not self.schedule.is_update_step(self.step):
             return None
+        apply_masks_(self.params, self.masks)
         if not self._grads_finite:
             log.warning("step %d: non-finite gradients, mask update skipped", self.step)
             self._dense_grads = {}
@@ -189,16 +188,32 @@ class SparseEngine:
     def load_state_dict(self, state: dict) -> None:
         if state["method"] != self.method:
             raise UserError(f"the checkpoint was trained with sparse.method={state['method']}, not {self.method}; use the run's config")
-        if set(state["masks"]) != set(self.masks) or any(state["masks"][n].shape != m.shape for n, m in self.masks.items()):
-            raise UserError("the checkpoint's masks do not match this model's sparse tensors; use the run's config")
-        for name, mask in state["masks"].items():
-            if int(mask.sum()) != self.nonzeros[name]:
-                raise UserError(f"the checkpoint's mask for {name} has {int(mask.sum())} non-zeros, not {self.nonzeros[name]}; use the run's config")
+        self._check_masks(state["masks"], "the checkpoint's masks", "use the run's config")
         self.step = state["step"]
-        self.masks = {n: state["masks"][n].to(p.device) for n, p in self.params.items()}
+        self.masks = {n: state["masks"][n].to(device=p.device, dtype=torch.bool) for n, p in self.params.items()}
         self.generator.set_state(state["generator"])
         self._dense_grads = {n: g.to(self.params[n].device) for n, g in state["dense_grads"].items()}
         self.apply_masks()
+
+    def load_masks(self, masks: Dict[str, torch.Tensor]) -> None:
+        """Take a topology from elsewhere (an export's `masks.safetensors`, another run) and apply it.
+
+        The masks must cover exactly this engine's sparse tensors, with their shapes and non-zero counts;
+        the step, schedule and RNG are left as they are.
+        """
+        self._check_masks(masks, "the masks", "build the engine with the config they were trained with")
+        self.masks = {n: masks[n].to(device=p.device, dtype=torch.bool) for n, p in self.params.items()}
+        self.apply_masks()
+
+    def _check_masks(self, masks: Dict[str, torch.Tensor], what: str, fix: str) -> None:
+        if set(masks) != set(self.masks):
+            missing, extra = sorted(set(self.masks) - set(masks)), sorted(set(masks) - set(self.masks))
+            raise UserError(f"{what} do not match this model's sparse tensors (missing: {missing[:3]}, unexpected: {extra[:3]}); {fix}")
+        for name, mask in masks.items():
+            if tuple(mask.shape) != tuple(self.masks[name].shape):
+                raise UserError(f"{what} for {name} have shape {tuple(mask.shape)}, not {tuple(self.masks[name].shape)}; {fix}")
+            if int(mask.sum()) != self.nonzeros[name]:
+                raise UserError(f"{what} for {name} have {int(mask.sum())} non-zeros, not {self.nonzeros[name]}; {fix}")
 
     def sparsity(self) -> float:
         """Actual fraction of zeros over the sparse tensors (masked, so it counts the topology)."""

@@ -1,7 +1,7 @@
 """The training loop: a task's diffusion loss, sparse-trained with the engine, with EMA and checkpoints.
 
 One step: loss -> backward -> engine.after_backward (dense gradient for RigL, mask gradients) -> clip ->
-optimiser step -> engine.after_optimizer_step (re-mask, drop/grow every ΔT) -> EMA update.
+optimiser step -> engine.after_optimizer_step (drop/grow every ΔT) -> EMA update.
 
 Everything a step reads is a function of (seed, step): the batch (`BatchSchedule`) and the noise (a generator
 seeded per step), so a resumed run needs only the checkpoint to continue bit-identically.
@@ -97,7 +97,9 @@ class Trainer:
         self.model = self.task.build_model().to(self.device)
         self.batches = BatchSchedule(len(self.train_set), tc.batch_size, cfg.seed)
         self.total_steps = tc.epochs * self.batches.batches_per_epoch if tc.epochs else tc.steps
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        # fused: one kernel per step, and no slow path on the zeros of masked weights (see sparse/optim_state.py)
+        fused = self.device.type in ("cpu", "cuda")
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=fused)
         self.ema = EMA(self.model, decay=tc.ema_decay)
         self.engine = SparseEngine(self.model, self.optimizer, sparse_config(cfg), total_steps=self.total_steps, ema=self.ema)
         self.scaler = torch.amp.GradScaler(self.device.type) if tc.precision == "fp16" else None
