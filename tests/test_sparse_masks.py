@@ -9,7 +9,7 @@ import torch
 from sparsedm.sparse import SparseConfig, SparseEngine
 from sparsedm.sparse import optim_state
 from sparsedm.sparse.masks import all_finite, mask_gradients_
-from tiny_models import TinyGRU, gru_loss
+from tiny_models import TinyGRU, gru_loss, sparse_step
 
 OPTIMIZERS = {
     "adam": lambda ps: torch.optim.Adam(ps, lr=1e-2),
@@ -81,11 +81,7 @@ def test_masked_weights_stay_exactly_zero_at_every_step(name, method):
     engine = SparseEngine(model, optimizer, SparseConfig(method=method, sparsity=0.7, update_interval=4, prune_rate=0.5), total_steps=40)
     gen = torch.Generator().manual_seed(0)
     for step in range(13):
-        optimizer.zero_grad()
-        gru_loss(model, gen).backward()
-        engine.after_backward()
-        optimizer.step()
-        engine.after_optimizer_step()
+        sparse_step(model, gru_loss, engine, optimizer, gen)
         for n, p in engine.params.items():
             masked = ~engine.masks[n]
             assert (p[masked] == 0).all(), f"{name}: {n} non-zero at a masked position after step {step + 1}"
@@ -103,12 +99,7 @@ def test_a_weight_changed_outside_the_optimizer_is_zeroed_at_the_next_update():
     with torch.no_grad():
         param[~engine.masks[name]] = 5.0  # e.g. a user edit between steps
     gen = torch.Generator().manual_seed(0)
-    for _ in range(2):
-        optimizer.zero_grad()
-        gru_loss(model, gen).backward()
-        engine.after_backward()
-        optimizer.step()
-        stats = engine.after_optimizer_step()
+    stats = [sparse_step(model, gru_loss, engine, optimizer, gen) for _ in range(2)][-1]
     assert stats is not None and stats["step"] == 2
     assert (param[~engine.masks[name]] == 0).all()
     assert int((param != 0).sum()) <= engine.nonzeros[name]
@@ -139,11 +130,7 @@ def _static_engine(seed):
 def test_load_masks_takes_another_topology_and_zeroes_what_it_masks():
     source, _, _ = _static_engine(seed=1)
     engine, model, optimizer = _static_engine(seed=2)
-    gen = torch.Generator().manual_seed(0)
-    optimizer.zero_grad()
-    gru_loss(model, gen).backward()
-    engine.after_backward()
-    optimizer.step()  # moments exist now, under the old topology
+    sparse_step(model, gru_loss, engine, optimizer, torch.Generator().manual_seed(0))  # moments under the old topology
     assert any(not torch.equal(source.masks[n], engine.masks[n]) for n in engine.masks)
     engine.load_masks({n: m.to(torch.uint8) for n, m in source.masks.items()})  # any 0/1 dtype is accepted
     for name, param in engine.params.items():

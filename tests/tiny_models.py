@@ -45,3 +45,12 @@ def gru_loss(model, generator):
     x = torch.randn(4, 6, 3, generator=generator)
     t = torch.randint(0, 1000, (4,), generator=generator)
     return (model(x, t) - x.flip(1)).pow(2).mean()
+
+
+def sparse_step(model, loss_fn, engine, optimizer, generator):
+    """One training step with the engine's two calls; returns the engine's update statistics or None."""
+    optimizer.zero_grad()
+    loss_fn(model, generator).backward()
+    engine.after_backward()
+    optimizer.step()
+    return engine.after_optimizer_step()
