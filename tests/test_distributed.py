@@ -88,3 +88,28 @@ def test_check_masks_stops_on_a_mismatch(tmp_path):
     torch.multiprocessing.spawn(_mismatch_worker, args=(free_port(), str(tmp_path / "out")), nprocs=2)
     for rank in (0, 1):
         assert "masks differ across ranks at step 2" in (tmp_path / f"out.{rank}").read_text()
+
+
+def _first_worker(rank, port, folder):
+    import time
+
+    import torch.distributed as dist
+
+    from sparsedm.train.distributed import DistInfo, main_process_first
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    cache = folder / "cache"
+    with main_process_first(DistInfo(rank=rank, world_size=2), torch.device("cpu")):
+        if rank == 0:
+            time.sleep(1.0)  # a slow encoding: rank 1 must not start before it is done
+        seen = cache.exists()
+        if not seen:
+            cache.write_text(f"filled by rank {rank}")
+    (folder / f"rank{rank}").write_text(f"{seen} {cache.read_text()}")
+    dist.destroy_process_group()
+
+
+def test_rank_zero_fills_the_data_cache_before_the_others_read_it(tmp_path):
+    torch.multiprocessing.spawn(_first_worker, args=(free_port(), tmp_path), nprocs=2)
+    assert (tmp_path / "rank0").read_text() == "False filled by rank 0"
+    assert (tmp_path / "rank1").read_text() == "True filled by rank 0"

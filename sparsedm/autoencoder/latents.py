@@ -4,7 +4,8 @@ The cache file is named by a hash of the autoencoder's identity (its config and 
 settings that choose and size the images, so any change to either encodes again, and every run and epoch
 after the first reads the file instead of running the encoder. Latents are stored unscaled (the scaling
 factor is the run's choice). Change the image files under an unchanged config and the cache is stale:
-delete `<data.cache_dir>/latents/`. Under torchrun every rank encodes; the atomic rename keeps the file whole.
+delete `<data.cache_dir>/latents/`. Under torchrun rank 0 encodes while the other ranks wait (the trainer's
+`main_process_first`); the atomic rename keeps the file whole where several nodes fill their own caches.
 """
 
 import hashlib

@@ -1,6 +1,7 @@
 """torch.distributed set-up from the environment torchrun provides (RANK, WORLD_SIZE, LOCAL_RANK)."""
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -41,3 +42,20 @@ def init_distributed(backend: str, device_name: str) -> DistInfo:
             backend = "nccl" if uses_cuda else "gloo"
         dist.init_process_group(backend)
     return info
+
+
+def barrier(info: DistInfo, device: torch.device) -> None:
+    if info.enabled:
+        dist.barrier(device_ids=[device.index]) if device.type == "cuda" else dist.barrier()
+
+
+@contextmanager
+def main_process_first(info: DistInfo, device: torch.device):
+    """Run the block on rank 0 first, then on the other ranks: rank 0 fills the caches (preprocessed strokes,
+    encoded latents) and the others read them, instead of every rank doing the work. If rank 0 fails inside
+    the block, torchrun stops the waiting ranks."""
+    if info.enabled and not info.is_main:
+        barrier(info, device)
+    yield
+    if info.enabled and info.is_main:
+        barrier(info, device)

@@ -27,7 +27,7 @@ from ..sparse import EMA, SparseEngine, count_parameters, forward_flops, masked_
 from ..tasks import build_task
 from .batches import BatchSchedule
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .distributed import DistInfo, init_distributed, resolve_device
+from .distributed import DistInfo, init_distributed, main_process_first, resolve_device
 from .run_dir import CONFIG, RunDir
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,8 @@ class Trainer:
         cfg, tc = self.cfg, self.tc
         torch.manual_seed(cfg.seed)
         self.task = build_task(cfg)
-        self.train_set, self.val_set = self.task.load_data()
+        with main_process_first(self.dist, self.device):  # one rank fills the data caches
+            self.train_set, self.val_set = self.task.load_data()
         self.model = self.task.build_model().to(self.device)
         self.batches = BatchSchedule(len(self.train_set), tc.batch_size, cfg.seed)
         self.total_steps = tc.epochs * self.batches.batches_per_epoch if tc.epochs else tc.steps
