@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from sparsedm.cli import main
 from sparsedm.data.strokes import features_to_sketches
@@ -119,3 +120,23 @@ def test_corrupt_checkpoint_gives_clear_error(tmp_path, tiny, capsys):
     assert main(["sample", str(run), "--num", "2", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "is corrupt or truncated" in err and "\n" not in err.strip()
+
+
+def test_flops_are_those_of_a_mean_length_sketch_whichever_comes_first(tiny):
+    from sparsedm.config import load_config
+    from sparsedm.sparse import forward_flops
+    from sparsedm.tasks import build_task
+
+    task = build_task(load_config("configs/chirodiff_kanjivg_cpu.yaml", tiny))
+    train_set, _ = task.load_data()
+    lengths = np.array([len(train_set[i]) for i in range(len(train_set))])
+    short, long = int(lengths.argmin()), int(lengths.argmax())
+    assert lengths[short] < lengths[long]
+    model = task.build_model()
+    per_batch = [forward_flops(model, task.flops_inputs(task.collate([train_set[i]])), {}) for i in (short, long)]
+    assert per_batch[0] == per_batch[1]
+    x, _, mask = task.flops_inputs(task.collate([train_set[short]]))
+    assert x.shape[:2] == (1, round(lengths.mean())) and mask.all()
+    # a GRU's FLOPs are linear in the length: the mean-length figure sits between the shortest and longest sketch
+    shortest = forward_flops(model, (train_set[short][None], torch.zeros(1, dtype=torch.long)), {})
+    assert shortest["flops_forward_dense"] < per_batch[0]["flops_forward_dense"]
