@@ -1,14 +1,16 @@
 """Cost of the sparse engine on a training step, relative to dense training of the same model.
 
-    python benchmarks/engine_overhead.py [--cycles 2] [--interval 100] [--device cpu]
+    python benchmarks/engine_overhead.py [--cycles 2] [--interval 100] [--batch 32] [--device cpu] [--no-fused]
 
 Four copies of one UNet2DModel train side by side: dense, then static, magran and rigl at S = 0.5, over
-`cycles` full ΔT cycles, mask updates included. The methods take turns in blocks of `--block` steps, so a
-busy machine slows them alike and the ratios stay fair. Printed: time per step / dense's, one mask update /
-one step, and memory / dense's (CUDA: peak allocated during the method's own steps; CPU: bytes held by
-parameters, gradients, optimiser state, EMA and masks). AdamW is fused, as in `sparsedm train`; `--no-fused`
-shows torch's per-tensor AdamW, whose CPU sqrt is slow on the zeros masked weights keep. Masks simulate sparsity: no speed-up is expected,
-only the cost of keeping them; the savings are in FLOPs and non-zero parameters.
+`cycles` full ΔT cycles, mask updates included (t_end lies past the timed steps, so every timed update
+replaces weights). The methods take turns in blocks of `--block` steps, so a busy machine slows them alike
+and the ratios stay fair. Printed: time per step / dense's; one mask update on its own (at t = ΔT, p_t ≈ p)
+/ one step; memory / dense's (CUDA: peak allocated during the method's own steps; CPU: bytes held by
+parameters, gradients, optimiser state, EMA and masks). AdamW is fused, as in `sparsedm train`;
+`--no-fused` shows torch's per-tensor AdamW, whose CPU sqrt is slow on the zeros that masked weights keep
+in Adam's second moment. Masks simulate sparsity: no speed-up is expected, only the cost of keeping them;
+the savings are in FLOPs and non-zero parameters.
 """
 
 import argparse
