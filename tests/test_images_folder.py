@@ -63,3 +63,13 @@ def test_a_flat_folder_loads_to_model_tensors(tmp_path):
     assert -1.0 <= x.min() and x.max() <= 1.0
     assert train.images.shape == (9, 16, 16, 3) and train.images.dtype == np.uint8
     assert train.name == "image folder train"
+
+
+def test_decoding_shows_a_bar_only_when_asked(tmp_path, capsys):
+    for i in range(4):
+        _write(tmp_path / f"{i}.png", (i * 60, 0, 0))
+    load_image_splits(ImageDataConfig(name="folder", path=str(tmp_path), image_size=8), progress=False)
+    assert "decode image folder" not in capsys.readouterr().err
+    load_image_splits(ImageDataConfig(name="folder", path=str(tmp_path), image_size=8), progress=True)
+    err = capsys.readouterr().err
+    assert "decode image folder train" in err and "decode image folder val" in err

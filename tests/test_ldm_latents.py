@@ -33,9 +33,9 @@ def counted(monkeypatch):
         calls["encode"] += 1
         return real_encode(model, x)
 
-    def load_images(cfg):
+    def load_images(cfg, progress=None):
         calls["load_images"] += 1
-        return real_load(cfg)
+        return real_load(cfg, progress)
 
     real_encode, real_load = latents_module.encode, latents_module.load_image_splits
     monkeypatch.setattr(latents_module, "encode", encode)

@@ -126,3 +126,12 @@ def test_non_finite_sketch_is_rejected():
     sketch = Sketch.from_strokes([np.array([[0.0, 0.0], [np.nan, 1.0], [2.0, 2.0]])])
     assert preprocess_sketch(sketch, **PARAMS, counts=counts) is None
     assert counts == {"rejected: non-finite coordinates": 1}
+
+
+def test_preprocessing_shows_a_bar_only_when_asked(capsys):
+    rng = np.random.default_rng(0)
+    sketches = [_random_sketch(rng) for _ in range(5)]
+    preprocess_sketches(sketches, **PARAMS, progress=False)
+    assert "preprocess strokes" not in capsys.readouterr().err
+    preprocess_sketches(sketches, **PARAMS, progress=True)
+    assert "preprocess strokes" in capsys.readouterr().err

@@ -70,7 +70,7 @@ def cached_latents(data_cfg, first_stage: FirstStage, device, batch_size: int, p
     path = cache_path(data_cfg, first_stage)
     if not path.is_file():
         arrays = {}
-        for split, images in zip(("train", "val"), load_image_splits(data_cfg)):
+        for split, images in zip(("train", "val"), load_image_splits(data_cfg, progress)):
             mean, std = encode_images(first_stage, images, device, batch_size, progress)
             arrays[f"{split}_mean"] = mean.numpy()
             if std is not None:

@@ -110,7 +110,7 @@ def train_autoencoder(cfg: DictConfig, out, overwrite: bool = False, progress: b
     tc = cfg.train
     device = resolve_device(tc.device, DistInfo())
     torch.manual_seed(cfg.seed)
-    train_set, val_set = load_image_splits(cfg.data)
+    train_set, val_set = load_image_splits(cfg.data, progress)
     model = build_autoencoder(cfg.model, cfg.data.image_size).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=tuple(tc.betas))
     batches = BatchSchedule(len(train_set), tc.batch_size, cfg.seed)

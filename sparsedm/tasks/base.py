@@ -24,8 +24,9 @@ class Task:
         """The denoiser, the only part that is sparse-trained."""
         raise NotImplementedError
 
-    def load_data(self) -> Tuple[Sequence[Any], Sequence[Any]]:
-        """(train, val) indexable data sets of items for `collate`."""
+    def load_data(self, progress: bool | None = None) -> Tuple[Sequence[Any], Sequence[Any]]:
+        """(train, val) indexable data sets of items for `collate`; progress: bars for slow first loads
+        (preprocessing, decoding, encoding), None: on a terminal only."""
         raise NotImplementedError
 
     def collate(self, items: Sequence[Any]) -> Dict[str, torch.Tensor]:

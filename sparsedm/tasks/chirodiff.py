@@ -41,8 +41,8 @@ class ChiroDiffTask(Task):
         model_cfg.num_train_timesteps = self.cfg.diffusion.num_train_timesteps
         return ChiroDiffDenoiser(model_cfg)
 
-    def load_data(self):
-        train, val = load_stroke_splits(self.cfg.data)
+    def load_data(self, progress=None):
+        train, val = load_stroke_splits(self.cfg.data, progress)
         self.lengths = sequence_lengths(train)
         d = self.cfg.data
         return StrokeDataset(train, d.representation, d.feature_scale), StrokeDataset(val, d.representation, d.feature_scale)

@@ -52,8 +52,8 @@ class LatentDiffusionTask(Task):
     def build_model(self) -> nn.Module:
         return build_unet(UNetConfig(**self.cfg.model), self.latent_size, self.first_stage.latent_channels)
 
-    def load_data(self):
-        train, val = cached_latents(self.cfg.data, self.first_stage, _encode_device(self.cfg), self.cfg.autoencoder.encode_batch_size)
+    def load_data(self, progress=None):
+        train, val = cached_latents(self.cfg.data, self.first_stage, _encode_device(self.cfg), self.cfg.autoencoder.encode_batch_size, progress)
         self.autoencoder_sha256 = self.first_stage.identity
         self.scaling_factor = self._scaling_factor(train)
         log.info("latents %s, scaling factor %.5f", "x".join(map(str, self.latent_shape)), self.scaling_factor)

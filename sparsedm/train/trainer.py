@@ -94,7 +94,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.task = build_task(cfg)
         with main_process_first(self.dist, self.device):  # one rank fills the data caches
-            self.train_set, self.val_set = self.task.load_data()
+            self.train_set, self.val_set = self.task.load_data(progress=self.progress)
         self.model = self.task.build_model().to(self.device)
         self.batches = BatchSchedule(len(self.train_set), tc.batch_size, cfg.seed)
         self.total_steps = tc.epochs * self.batches.batches_per_epoch if tc.epochs else tc.steps

@@ -14,6 +14,7 @@ from typing import Optional, Protocol
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from sparsedm.data.images import celebahq, lsun
 from sparsedm.data.images.config import CONFIG_KEY, check_config, display_name
@@ -54,8 +55,9 @@ class ImageDataset(Dataset):
         return to_model_tensor(self.images[index])
 
 
-def load_image_splits(cfg) -> tuple[ImageDataset, ImageDataset]:
-    """The (train, val) datasets `cfg` describes, decoded and resized to cfg.image_size."""
+def load_image_splits(cfg, progress: bool | None = None) -> tuple[ImageDataset, ImageDataset]:
+    """The (train, val) datasets `cfg` describes, decoded and resized to cfg.image_size; progress: a bar
+    while decoding (None: on a terminal only)."""
     check_config(cfg)
     name = display_name(cfg)
     if cfg.name == "imagenette":
@@ -70,8 +72,8 @@ def load_image_splits(cfg) -> tuple[ImageDataset, ImageDataset]:
     if cfg.max_items is not None:
         # Index arrays are still in random order here, so a prefix is a random subset of the split.
         train_index, val_index = train_index[: cfg.max_items], val_index[: cfg.max_items]
-    train = _decode(train_source, np.sort(train_index), cfg.image_size, f"{name} train")
-    val = _decode(val_source, np.sort(val_index), cfg.image_size, f"{name} val")
+    train = _decode(train_source, np.sort(train_index), cfg.image_size, f"{name} train", progress)
+    val = _decode(val_source, np.sort(val_index), cfg.image_size, f"{name} val", progress)
     log.info("%s: %d train / %d val images at %d px", name, len(train), len(val), cfg.image_size)
     return train, val
 
@@ -130,7 +132,7 @@ def _subset(available: int, size: Optional[int], seed: int, key: str, what: str)
     return np.random.default_rng(seed).permutation(available)[:size]
 
 
-def _decode(source: ImageSource, indices: np.ndarray, size: int, name: str) -> ImageDataset:
+def _decode(source: ImageSource, indices: np.ndarray, size: int, name: str, progress: bool | None) -> ImageDataset:
     def load(index: int) -> Optional[np.ndarray]:
         try:
             return source.load(int(index), size)
@@ -143,7 +145,8 @@ def _decode(source: ImageSource, indices: np.ndarray, size: int, name: str) -> I
     loaded = 0
     # Pillow decodes and resizes with the GIL released, so threads use every core.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for image in pool.map(load, indices):
+        disable = None if progress is None else not progress
+        for image in tqdm(pool.map(load, indices), total=len(indices), desc=f"decode {name}", unit="img", disable=disable, dynamic_ncols=True):
             if image is not None:
                 images[loaded] = image
                 loaded += 1

@@ -87,7 +87,7 @@ def _load(path: Path) -> list[Sketch]:
     return [Sketch(p) for p in np.split(points, np.cumsum(lengths)[:-1])]
 
 
-def load_sketches(cfg) -> list[Sketch]:
+def load_sketches(cfg, progress: bool | None = None) -> list[Sketch]:
     """All preprocessed sketches of the configured source, from the cache when it is there."""
     check_stroke_config(cfg)
     path = cache_path(cfg)
@@ -95,7 +95,7 @@ def load_sketches(cfg) -> list[Sketch]:
         log.info("using cached preprocessed strokes %s", path)
         return _load(path)
     raw = _read_source(cfg)
-    sketches, counts = preprocess_sketches(raw, **{k: getattr(cfg, k) for k in _PREPROCESS_KEYS})
+    sketches, counts = preprocess_sketches(raw, **{k: getattr(cfg, k) for k in _PREPROCESS_KEYS}, progress=progress)
     if not sketches:
         raise UserError(
             f"preprocessing dropped all {len(raw)} drawings ({dict(counts)}); "
@@ -119,9 +119,10 @@ def split_sketches(sketches: list[Sketch], val_fraction: float, seed: int) -> tu
     return train, val
 
 
-def load_stroke_splits(cfg: StrokeDataConfig) -> tuple[list[Sketch], list[Sketch]]:
-    """(train, val) preprocessed sketches for `cfg` (a StrokeDataConfig or an OmegaConf node of one)."""
-    sketches = load_sketches(cfg)
+def load_stroke_splits(cfg: StrokeDataConfig, progress: bool | None = None) -> tuple[list[Sketch], list[Sketch]]:
+    """(train, val) preprocessed sketches for `cfg` (a StrokeDataConfig or an OmegaConf node of one);
+    progress: a bar while preprocessing (None: on a terminal only)."""
+    sketches = load_sketches(cfg, progress)
     train, val = split_sketches(sketches, cfg.val_fraction, cfg.split_seed)
     log.info("strokes %s: %d train, %d validation sketches", cfg.name, len(train), len(val))
     return train, val

@@ -25,6 +25,7 @@ import logging
 from collections import Counter
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from sparsedm.data.strokes.sketch import Sketch
 
@@ -137,11 +138,14 @@ def preprocess_sketches(
     max_points: int,
     overflow: str,
     min_stroke_length: float,
+    progress: bool | None = None,
 ) -> tuple[list[Sketch], Counter]:
-    """All sketches through `preprocess_sketch`; returns the survivors (in order) and the counts."""
+    """All sketches through `preprocess_sketch`; returns the survivors (in order) and the counts.
+    progress: a bar; None shows one on a terminal only."""
     counts: Counter = Counter()
     out = []
-    for sketch in sketches:
+    bar = tqdm(sketches, desc="preprocess strokes", unit="sketch", disable=None if progress is None else not progress, dynamic_ncols=True)
+    for sketch in bar:
         done = preprocess_sketch(
             sketch,
             spacing=spacing,
