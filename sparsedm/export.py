@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Dict, Optional
 
 import torch
-from diffusers import DDIMScheduler, LDMPipeline
+from diffusers import LDMPipeline
 from omegaconf import OmegaConf
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -28,20 +28,6 @@ from .sampling import load_run_ema
 from .train.run_dir import RunDir
 
 MASKS = "masks.safetensors"
-
-
-def ddim_scheduler(diffusion_cfg) -> DDIMScheduler:
-    """The sampler `sparsedm sample` uses for ddim (GaussianDiffusion's settings), as a standalone scheduler."""
-    return DDIMScheduler(
-        num_train_timesteps=diffusion_cfg.num_train_timesteps,
-        beta_start=diffusion_cfg.beta_start,
-        beta_end=diffusion_cfg.beta_end,
-        beta_schedule=diffusion_cfg.beta_schedule,
-        prediction_type=diffusion_cfg.prediction_type,
-        clip_sample=diffusion_cfg.clip_sample,
-        timestep_spacing=diffusion_cfg.timestep_spacing,
-        set_alpha_to_one=True,
-    )
 
 
 def export_run(run_path, out, checkpoint: Optional[str] = None, overwrite: bool = False) -> dict:
@@ -61,7 +47,7 @@ def export_run(run_path, out, checkpoint: Optional[str] = None, overwrite: bool 
 
     if overwrite:
         shutil.rmtree(out, ignore_errors=True)
-    LDMPipeline(vqvae=vqvae, unet=unet, scheduler=ddim_scheduler(cfg.diffusion)).save_pretrained(out)
+    LDMPipeline(vqvae=vqvae, unet=unet, scheduler=task.diffusion.scheduler("ddim")).save_pretrained(out)
     nonzero = sum(int(m.sum()) for m in masks.values())
     total = sum(m.numel() for m in masks.values())
     metadata = {

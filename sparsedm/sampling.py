@@ -38,12 +38,19 @@ def sample_run(run_path: str, num: Optional[int] = None, steps: Optional[int] = 
                eta: Optional[float] = None, seed: int = 0, checkpoint: Optional[str] = None, progress: bool = True) -> Path:
     run = RunDir(run_path)
     cfg, task, model, device = load_run_model(run, checkpoint)
-    for key, value in (("steps", steps), ("sampler", sampler), ("eta", eta)):
+    draw_samples(run, cfg, task, model, device, num, seed, "samples", progress, steps=steps, sampler=sampler, eta=eta)
+    return run.samples
+
+
+def draw_samples(run: RunDir, cfg, task, model, device, num: Optional[int], seed: int, name: str, progress: bool = True,
+                 preview: Optional[int] = None, **sample_overrides) -> dict:
+    """Sample `num` (default: sample.num) with cfg.sample, whose keys `sample_overrides` (steps, sampler, eta)
+    replace unless None; writes RUN/samples/NAME.npz and NAME.png (of the first `preview` samples)."""
+    for key, value in sample_overrides.items():
         if value is not None:
             cfg.sample[key] = value
-    num = num or cfg.sample.num
-    samples = task.sample(model, num, torch.Generator().manual_seed(seed), device, progress=progress)
+    samples = task.sample(model, num or cfg.sample.num, torch.Generator().manual_seed(seed), device, progress=progress)
     run.samples.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(run.samples / "samples.npz", **samples)
-    task.save_picture(samples, run.samples / "samples.png")
-    return run.samples
+    np.savez_compressed(run.samples / f"{name}.npz", **samples)
+    task.save_picture({key: array[:preview] for key, array in samples.items()}, run.samples / f"{name}.png")
+    return samples

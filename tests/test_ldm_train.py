@@ -10,7 +10,7 @@ import torch
 from diffusers import VQModel
 from ldm_helpers import SIZE, data_overrides, ldm_overrides, single_thread, write_shapes
 from PIL import Image
-from test_chirodiff_train import SUMMARY_KEYS
+from test_chirodiff_train import SUMMARY_KEYS, read_metrics
 
 from sparsedm.autoencoder import FirstStage
 from sparsedm.cli import main
@@ -33,10 +33,6 @@ def setup(tmp_path_factory):
 def train(root, images, out, *overrides):
     args = ["train", "configs/ldm_openmoji_cpu.yaml", "--out", str(out), "--no-progress", *ldm_overrides(images, root / "cache", root / "ae")]
     return main([*args, *overrides])
-
-
-def read_metrics(run):
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_the_default_unet_is_ldm4():

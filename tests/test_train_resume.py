@@ -21,6 +21,11 @@ TINY = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    yield
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     return f"data.cache_dir={tmp_path_factory.mktemp('cache')}"
@@ -83,7 +88,7 @@ def test_sigkill_while_checkpointing_leaves_a_loadable_checkpoint(tmp_path, cach
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "sparsedm", "train", "configs/chirodiff_kanjivg_cpu.yaml", "--out", str(out), "--no-progress",
            *TINY, cache, "train.steps=100000", "train.checkpoint_every=1", "model.hidden_size=64", "model.num_layers=2"]
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpts = out / "checkpoints"
     try:

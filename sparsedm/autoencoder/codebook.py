@@ -20,10 +20,13 @@ class CodebookRestarts:
         self.latents = None  # the latest batch's encoder outputs, N x d
 
     @torch.no_grad()
-    def observe(self, h: torch.Tensor) -> None:
-        """Record which codes the encoder outputs h (B x d x H x W) select."""
+    def observe(self, h: torch.Tensor, codes: torch.Tensor | None = None) -> None:
+        """Record which codes the encoder outputs h (B x d x H x W) select; `codes`: their indices when the
+        quantiser has found them already (a training step), else they are searched here."""
         self.latents = h.detach().permute(0, 2, 3, 1).reshape(-1, h.shape[1])
-        self.used[torch.cdist(self.latents, self.codebook).argmin(dim=1)] = True
+        if codes is None:
+            codes = torch.cdist(self.latents, self.codebook).argmin(dim=1)
+        self.used[codes.reshape(-1)] = True
 
     @torch.no_grad()
     def restart(self, codes: torch.Tensor) -> int:

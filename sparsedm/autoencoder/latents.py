@@ -53,9 +53,9 @@ def cache_path(data_cfg, first_stage: FirstStage) -> Path:
 
 
 @torch.no_grad()
-def encode_images(first_stage: FirstStage, images: ImageDataset, device, batch_size: int, progress: bool | None = None):
-    """(mean, std or None) as float32 CPU tensors for every image of the split; progress None: on a terminal."""
-    model = first_stage.load(device)
+def encode_images(model, images: ImageDataset, device, batch_size: int, progress: bool | None = None):
+    """(mean, std or None) of `model`'s latents as float32 CPU tensors for every image of the split; progress
+    None: on a terminal."""
     means, stds = [], []
     for start in tqdm(range(0, len(images), batch_size), desc=f"encode {images.name}", disable=None if progress is None else not progress, dynamic_ncols=True):
         x = torch.stack([images[i] for i in range(start, min(start + batch_size, len(images)))]).to(device)
@@ -71,7 +71,7 @@ def cached_latents(data_cfg, first_stage: FirstStage, device, batch_size: int, p
     if not path.is_file():
         arrays = {}
         for split, images in zip(("train", "val"), load_image_splits(data_cfg, progress)):
-            mean, std = encode_images(first_stage, images, device, batch_size, progress)
+            mean, std = encode_images(first_stage.load(device), images, device, batch_size, progress)
             arrays[f"{split}_mean"] = mean.numpy()
             if std is not None:
                 arrays[f"{split}_std"] = std.numpy()

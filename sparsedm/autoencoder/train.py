@@ -32,7 +32,7 @@ from ..errors import UserError
 from ..train.batches import BatchSchedule
 from ..train.distributed import DistInfo, resolve_device
 from .codebook import CodebookRestarts
-from .latents import LatentDataset, latent_std
+from .latents import LatentDataset, encode_images, latent_std
 from .model import build_autoencoder, decode, encode
 
 log = logging.getLogger(__name__)
@@ -46,11 +46,14 @@ def _batch(images: ImageDataset, indices, device) -> torch.Tensor:
     return torch.stack([images[i] for i in indices]).to(device)
 
 
-def _losses(model, x: torch.Tensor, mean: torch.Tensor, std, cfg: DictConfig, generator: torch.Generator):
-    """(reconstruction loss, regulariser) of a batch encoded as (mean, std): the VQ loss for vq, the KL for kl."""
+def _losses(model, x: torch.Tensor, mean: torch.Tensor, std, cfg: DictConfig, generator: torch.Generator, restarts=None):
+    """(reconstruction loss, regulariser) of a batch encoded as (mean, std): the VQ loss for vq, the KL for kl.
+    A VQ step tells `restarts` which codes the quantiser chose (one nearest-code search per step)."""
     if std is None:
-        out = model.decode(mean)  # quantises; commit_loss is the VQ loss
-        reconstruction, regulariser = out.sample, out.commit_loss.mean()
+        quant, regulariser, (_, _, codes) = model.quantize(mean)  # regulariser: the VQ (commitment) loss
+        if restarts is not None:
+            restarts.observe(mean, codes)
+        reconstruction = model.decode(quant, force_not_quantize=True).sample
     else:
         z = mean + std * torch.randn(mean.shape, generator=generator, device=generator.device).to(mean.device)
         reconstruction = decode(model, z)
@@ -81,16 +84,6 @@ def reconstruction_error(model, images: ImageDataset, device) -> dict:
     values = len(images) * images[0].numel()
     mse_01 = mse / values / 4  # [-1, 1] -> [0, 1] halves the error, quarters its square
     return {"l1": l1 / values, "mse": mse / values, "psnr": 10 * math.log10(1 / max(mse_01, 1e-12))}
-
-
-@torch.no_grad()
-def training_latents(model, images: ImageDataset, device) -> LatentDataset:
-    means, stds = [], []
-    for start in range(0, len(images), EVAL_BATCH):
-        mean, std = encode(model, _batch(images, range(start, min(start + EVAL_BATCH, len(images))), device))
-        means.append(mean.cpu())
-        stds.append(None if std is None else std.cpu())
-    return LatentDataset(torch.cat(means), None if stds[0] is None else torch.cat(stds))
 
 
 def prepare_out_dir(out: Path, overwrite: bool) -> None:
@@ -133,9 +126,7 @@ def train_autoencoder(cfg: DictConfig, out, overwrite: bool = False, progress: b
         for step in range(1, total_steps + 1):
             x = _batch(train_set, batches.indices(step - 1), device)
             mean, std = encode(model, x)
-            if restarts is not None:
-                restarts.observe(mean)
-            recon, regulariser = _losses(model, x, mean, std, cfg, generator)
+            recon, regulariser = _losses(model, x, mean, std, cfg, generator, restarts)
             loss = recon + regulariser
             if not torch.isfinite(loss):
                 raise UserError(f"non-finite autoencoder loss at step {step}; lower train.lr")
@@ -158,7 +149,7 @@ def train_autoencoder(cfg: DictConfig, out, overwrite: bool = False, progress: b
 
     after = reconstruction_error(model, val_set, device)
     log.info("validation reconstruction after training: L1 %.4f, PSNR %.2f dB", after["l1"], after["psnr"])
-    scaling_factor = 1.0 / latent_std(training_latents(model, train_set, device))
+    scaling_factor = 1.0 / latent_std(LatentDataset(*encode_images(model, train_set, device, EVAL_BATCH, progress=False)))
     model.register_to_config(scaling_factor=scaling_factor)
     model.save_pretrained(out)
     _save_reconstructions(model, val_set, device, out / "reconstructions.png")

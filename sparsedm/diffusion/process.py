@@ -37,11 +37,12 @@ class GaussianDiffusion:
         self.num_train_timesteps = cfg.num_train_timesteps  # T
         # Only add_noise / get_velocity are used from this one; samplers get fresh instances because
         # set_timesteps mutates a scheduler.
-        self._train_scheduler = self._scheduler("ddpm")
+        self._train_scheduler = self.scheduler("ddpm")
         self.betas = self._train_scheduler.betas  # β_t
         self.alphas_cumprod = self._train_scheduler.alphas_cumprod  # ᾱ_t
 
-    def _scheduler(self, sampler: str) -> DDPMScheduler | DDIMScheduler:
+    def scheduler(self, sampler: str) -> DDPMScheduler | DDIMScheduler:
+        """A diffusers scheduler (ddpm | ddim) with this process's noise schedule; `sparsedm export` ships the ddim one."""
         common = dict(
             num_train_timesteps=self.cfg.num_train_timesteps,
             beta_start=self.cfg.beta_start,
@@ -153,7 +154,7 @@ class GaussianDiffusion:
         if device is None:
             device = mask.device if mask is not None else torch.device("cpu")
         keep = None if mask is None else _broadcast_mask(mask.to(device), tuple(shape))
-        scheduler = self._scheduler(sampler)
+        scheduler = self.scheduler(sampler)
         scheduler.set_timesteps(steps, device=device)
         step_kwargs = {"eta": eta} if sampler == "ddim" else {}
 

@@ -8,26 +8,22 @@ if it were. Reference statistics are cached per data set, split and rendering (`
 `data.cache_dir`/fid, so a sweep computes them once.
 """
 
-import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..errors import UserError
 from ..eval.fid import Statistics, array_batches, cached_reference_statistics, compute_statistics, fid_from_statistics
-from ..sampling import load_run_model
+from ..sampling import draw_samples, load_run_model
 from ..sparse.cost import sampling_flops, train_flops_per_step
 from ..sparse.selection import select_sparse_parameters
 from ..tasks import Task
-from ..train.run_dir import RunDir
+from ..train.run_dir import EVAL, RunDir, write_json_atomically
 
-EVAL = "eval.json"  # RUN/eval.json
 EVAL_SAMPLES = "eval_samples"  # RUN/samples/eval_samples.npz (all) and .png (the first PREVIEW)
 PREVIEW = 64  # samples drawn in the PNG grid
 SPLITS = ("val", "train")
@@ -90,12 +86,6 @@ def reference_statistics(task: Task, settings: EvalSettings, device: torch.devic
     )
 
 
-def write_json_atomically(path: Path, record: dict) -> None:
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(temporary, path)
-
-
 def evaluate_run(run_path, settings: Optional[EvalSettings] = None, overwrite: bool = False, progress: bool = True) -> dict:
     """Sample the run's EMA weights, FID against `settings.split`; writes and returns RUN/eval.json."""
     settings = (settings or EvalSettings()).validate()
@@ -109,14 +99,9 @@ def evaluate_run(run_path, settings: Optional[EvalSettings] = None, overwrite: b
     measured = check_ema_sparsity(model, cfg, summary, run)
     reference = reference_statistics(task, settings, device, progress)
 
-    for key in ("sampler", "steps", "eta"):
-        if getattr(settings, key) is not None:
-            cfg.sample[key] = getattr(settings, key)
     num = settings.num or reference.n
-    samples = task.sample(model, num, torch.Generator().manual_seed(settings.seed), device, progress=progress)
-    run.samples.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(run.samples / f"{EVAL_SAMPLES}.npz", **samples)
-    task.save_picture({name: array[:PREVIEW] for name, array in samples.items()}, run.samples / f"{EVAL_SAMPLES}.png")
+    samples = draw_samples(run, cfg, task, model, device, num, settings.seed, EVAL_SAMPLES, progress, preview=PREVIEW,
+                           sampler=settings.sampler, steps=settings.steps, eta=settings.eta)
     images = array_batches(task.to_images(samples), batch_size=settings.batch_size)
     generated = compute_statistics(images, batch_size=settings.batch_size, device=device, progress=progress)
 

@@ -24,9 +24,10 @@ class Task:
         """The denoiser, the only part that is sparse-trained."""
         raise NotImplementedError
 
-    def load_data(self, progress: bool | None = None) -> Tuple[Sequence[Any], Sequence[Any]]:
+    def load_data(self, progress: bool | None = None, device: torch.device | None = None) -> Tuple[Sequence[Any], Sequence[Any]]:
         """(train, val) indexable data sets of items for `collate`; progress: bars for slow first loads
-        (preprocessing, decoding, encoding), None: on a terminal only."""
+        (preprocessing, decoding, encoding), None: on a terminal only; device: where to do heavy preparation
+        such as encoding latents (None: the config's train.device)."""
         raise NotImplementedError
 
     def collate(self, items: Sequence[Any]) -> Dict[str, torch.Tensor]:

@@ -41,7 +41,7 @@ class ChiroDiffTask(Task):
         model_cfg.num_train_timesteps = self.cfg.diffusion.num_train_timesteps
         return ChiroDiffDenoiser(model_cfg)
 
-    def load_data(self, progress=None):
+    def load_data(self, progress=None, device=None):
         train, val = load_stroke_splits(self.cfg.data, progress)
         self.lengths = sequence_lengths(train)
         d = self.cfg.data

@@ -7,7 +7,6 @@ Only the UNet is handed to the training loop, so only it is sparse, optimised an
 """
 
 import logging
-import os
 from typing import Dict
 
 import numpy as np
@@ -52,8 +51,9 @@ class LatentDiffusionTask(Task):
     def build_model(self) -> nn.Module:
         return build_unet(UNetConfig(**self.cfg.model), self.latent_size, self.first_stage.latent_channels)
 
-    def load_data(self, progress=None):
-        train, val = cached_latents(self.cfg.data, self.first_stage, _encode_device(self.cfg), self.cfg.autoencoder.encode_batch_size, progress)
+    def load_data(self, progress=None, device=None):
+        device = device or resolve_device(self.cfg.train.device, DistInfo())
+        train, val = cached_latents(self.cfg.data, self.first_stage, device, self.cfg.autoencoder.encode_batch_size, progress)
         self.autoencoder_sha256 = self.first_stage.identity
         self.scaling_factor = self._scaling_factor(train)
         log.info("latents %s, scaling factor %.5f", "x".join(map(str, self.latent_shape)), self.scaling_factor)
@@ -129,8 +129,3 @@ class LatentDiffusionTask(Task):
         self.scaling_factor = state.get("scaling_factor")
         self.autoencoder_sha256 = state.get("autoencoder_sha256")
 
-
-def _encode_device(cfg) -> torch.device:
-    """This process's device for encoding (under torchrun, the rank's own GPU)."""
-    world = DistInfo(local_rank=int(os.environ.get("LOCAL_RANK", "0")), world_size=int(os.environ.get("WORLD_SIZE", "1")))
-    return resolve_device(cfg.train.device, world)

@@ -9,6 +9,7 @@
 
 import json
 import math
+import os
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -18,6 +19,7 @@ from ..errors import UserError
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
+EVAL = "eval.json"  # written by `sparsedm evaluate`
 CHECKPOINTS = "checkpoints"
 SAMPLES = "samples"
 
@@ -27,6 +29,13 @@ def _plain(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def write_json_atomically(path: Path, record: dict) -> None:
+    """A temporary file renamed into place: a reader never sees half a file, a crash never leaves one."""
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(temporary, path)
 
 
 class RunDir:
@@ -69,9 +78,7 @@ class RunDir:
         (self.path / METRICS).write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def write_summary(self, summary: dict) -> None:
-        tmp = self.path / (SUMMARY + ".tmp")
-        tmp.write_text(json.dumps({k: _plain(v) for k, v in summary.items()}, indent=2) + "\n")
-        tmp.replace(self.path / SUMMARY)
+        write_json_atomically(self.path / SUMMARY, {k: _plain(v) for k, v in summary.items()})
 
     def read_summary(self) -> dict:
         path = self.path / SUMMARY

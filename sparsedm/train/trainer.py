@@ -28,7 +28,7 @@ from ..tasks import build_task
 from .batches import BatchSchedule
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .distributed import DistInfo, init_distributed, main_process_first, resolve_device
-from .run_dir import CONFIG, RunDir
+from .run_dir import CHECKPOINTS, CONFIG, EVAL, METRICS, SAMPLES, SUMMARY, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,9 @@ def prepare_run_dir(run: RunDir, cfg: DictConfig, resume: bool, overwrite: bool)
             raise UserError(f"--resume: {run.path} holds no run to resume; drop --resume to start one")
         return
     if overwrite:
-        for name in ("checkpoints", "samples"):
+        for name in (CHECKPOINTS, SAMPLES):
             shutil.rmtree(run.path / name, ignore_errors=True)
-        for name in (CONFIG, "metrics.jsonl", "summary.json", "eval.json"):
+        for name in (CONFIG, METRICS, SUMMARY, EVAL):
             (run.path / name).unlink(missing_ok=True)
         return
     if not resume:
@@ -94,7 +94,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.task = build_task(cfg)
         with main_process_first(self.dist, self.device):  # one rank fills the data caches
-            self.train_set, self.val_set = self.task.load_data(progress=self.progress)
+            self.train_set, self.val_set = self.task.load_data(self.progress, self.device)
         self.model = self.task.build_model().to(self.device)
         self.batches = BatchSchedule(len(self.train_set), tc.batch_size, cfg.seed)
         self.total_steps = tc.epochs * self.batches.batches_per_epoch if tc.epochs else tc.steps
