@@ -131,8 +131,10 @@ def test_a_failing_run_is_reported_and_the_others_go_on(tmp_path, capsys, caplog
 def test_with_workers_the_reference_comes_first_and_every_run_is_handed_out(tmp_path, capsys, monkeypatch):
     """The hand-off to worker processes, run in this process (test_sweep_parallel spawns real workers)."""
     cache = tmp_path / "cache"
+    handed = []
 
     def in_process(fn, jobs, workers, progress_count, total, **options):
+        handed.append(sorted(jobs))
         assert workers == 2 and list((cache / "fid").iterdir())  # the reference statistics exist already
         assert total == 6 * len(jobs) and progress_count() == 0
         results = {}
@@ -153,3 +155,4 @@ def test_with_workers_the_reference_comes_first_and_every_run_is_handed_out(tmp_
     code, captured = sweep(out, capsys, "--methods", "dense", "static", "rigl", "--prune-rates", "0.1", "--workers", "2")
     assert code == 2 and "3 runs: 2 trained, 0 evaluated, 0 finished before, 1 failed" in captured.out
     assert "1 of 3 runs failed (static-S0.5-seed0)" in captured.err
+    assert handed == [["dense-seed0", "rigl-S0.5-p0.1-seed0", "static-S0.5-seed0"]]  # all three went to the workers, at once

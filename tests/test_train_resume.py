@@ -60,6 +60,7 @@ def test_resume_refuses_a_different_config(tmp_path, cache, capsys):
     assert train(tmp_path / "run", cache, "train.steps=8", "sparse.sparsity=0.9", flags=["--resume"]) == 2
     assert "config differs" in capsys.readouterr().err
     assert train(tmp_path / "empty", cache, "train.steps=4", flags=["--resume"]) == 2
+    assert "holds no run to resume" in capsys.readouterr().err
 
 
 def test_non_finite_loss_names_the_step_and_keeps_the_checkpoint(tmp_path, cache, capsys):
@@ -75,6 +76,10 @@ def test_bf16_autocast_trains_on_cpu(tmp_path, cache):
     assert train(tmp_path / "run", cache, "train.steps=6", "train.precision=bf16") == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["steps"] == 6 and summary["loss_final"] < 10
+    # and bf16 was really used: the same run in fp32 ends with other weights
+    assert train(tmp_path / "fp32", cache, "train.steps=6", "train.precision=fp32") == 0
+    fp32 = json.loads((tmp_path / "fp32" / "summary.json").read_text())
+    assert fp32["weights_sha256"] != summary["weights_sha256"]
 
 
 def test_fp16_needs_a_gpu(tmp_path, cache, capsys):
@@ -97,8 +102,9 @@ def test_sigkill_while_checkpointing_leaves_a_loadable_checkpoint(tmp_path, cach
             time.sleep(0.05)
         assert len(list_checkpoints(ckpts)) >= 2, "training did not start"
         # kill as soon as a temporary checkpoint file appears: the process is mid-write
-        while not any(p.name.startswith(".step_") for p in ckpts.iterdir()) and time.time() < deadline:
+        while not (mid_write := any(p.name.startswith(".step_") for p in ckpts.iterdir())) and time.time() < deadline:
             pass
+        assert mid_write, "no temporary checkpoint file was seen: the kill would not be mid-write"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
