@@ -25,7 +25,10 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m sparsedm demo --out reports/demo
 
+# lint and format checks first (seconds), then the suite
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q
 
 clean:

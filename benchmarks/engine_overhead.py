@@ -31,8 +31,13 @@ class Run:
     def __init__(self, method, steps, interval, device, batch, fused):
         torch.manual_seed(0)
         self.model = UNet2DModel(
-            sample_size=16, in_channels=4, out_channels=4, block_out_channels=(64, 128), layers_per_block=2,
-            down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+            sample_size=16,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(64, 128),
+            layers_per_block=2,
+            down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+            up_block_types=("AttnUpBlock2D", "UpBlock2D"),
         ).to(device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=fused)
         self.ema = EMA(self.model)
@@ -68,8 +73,12 @@ def main():
     parser.add_argument("--block", type=int, default=10, help="steps a method runs before the next takes its turn")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--no-fused", dest="fused", action="store_false",
-                        help="per-tensor AdamW, torch's default on CPU (slow on the zeros of masked weights)")
+    parser.add_argument(
+        "--no-fused",
+        dest="fused",
+        action="store_false",
+        help="per-tensor AdamW, torch's default on CPU (slow on the zeros of masked weights)",
+    )
     args = parser.parse_args()
     cuda = args.device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -111,11 +120,15 @@ def main():
 
     dense = runs["dense"]
     dense_step = dense.step_time / dense.steps
-    print(f"method   ms/step  step/dense  update/step  memory/dense   (S = 0.5, ΔT = {args.interval}, {args.cycles} cycles, {args.device}, AdamW {'fused' if args.fused else 'per-tensor'})")
+    print(
+        f"method   ms/step  step/dense  update/step  memory/dense   (S = 0.5, ΔT = {args.interval}, {args.cycles} cycles, {args.device}, AdamW {'fused' if args.fused else 'per-tensor'})"
+    )
     for method, run in runs.items():
         per_step = run.step_time / run.steps
         update = f"{update_only[method] / per_step:.3f}" if method in update_only else "-"
-        print(f"{method:>7}  {per_step * 1000:7.1f}  {per_step / dense_step:10.3f}  {update:>11}  {run.peak / dense.peak:12.3f}")
+        print(
+            f"{method:>7}  {per_step * 1000:7.1f}  {per_step / dense_step:10.3f}  {update:>11}  {run.peak / dense.peak:12.3f}"
+        )
     print("masks simulate sparsity: dense kernels do the same work, so no speed-up is expected")
 
 

@@ -27,8 +27,14 @@ def toy_images(n: int, size: int = 16, generator=None) -> torch.Tensor:
 def main(steps: int = 200, batch_size: int = 32, update_interval: int = 50) -> SparseEngine:
     torch.manual_seed(0)
     model = UNet2DModel(
-        sample_size=16, in_channels=3, out_channels=3, block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        sample_size=16,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        norm_num_groups=8,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
     )
     scheduler = DDPMScheduler(num_train_timesteps=1000)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2, fused=True)
@@ -49,7 +55,10 @@ def main(steps: int = 200, batch_size: int = 32, update_interval: int = 50) -> S
         update = engine.after_optimizer_step()  # sparse: drop/grow every ΔT
         ema.update(model)  # sparse: the EMA keeps the masks too
         if update or step % update_interval == 0:
-            print(f"step {step:4d} loss {loss.item():.4f} sparsity {engine.sparsity():.3f}" + (f" replaced {update['replaced']}" if update else ""))
+            print(
+                f"step {step:4d} loss {loss.item():.4f} sparsity {engine.sparsity():.3f}"
+                + (f" replaced {update['replaced']}" if update else "")
+            )
 
     print(format_report(engine.report()))  # sparse
     zeros = sum(int((p == 0).sum()) for p in engine.params.values())

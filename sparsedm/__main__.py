@@ -1,6 +1,6 @@
 import sys
 
-from .cli import main
+from sparsedm.cli import main
 
 # guarded: sweep workers are spawned processes, which import the parent's main module again
 if __name__ == "__main__":

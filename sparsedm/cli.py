@@ -7,12 +7,12 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import UserError
+from sparsedm.errors import UserError
 
 
 def _train(args) -> None:
-    from .config import load_config
-    from .train.trainer import Trainer
+    from sparsedm.config import load_config
+    from sparsedm.train.trainer import Trainer
 
     cfg = load_config(args.config, args.overrides)
     summary = Trainer(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress).fit()
@@ -27,15 +27,23 @@ def _train(args) -> None:
 
 
 def _sample(args) -> None:
-    from .sampling import sample_run
+    from sparsedm.inference.sampling import sample_run
 
-    out = sample_run(args.run, num=args.num, steps=args.steps, sampler=args.sampler, eta=args.eta, seed=args.seed,
-                     checkpoint=args.checkpoint, progress=not args.no_progress)
+    out = sample_run(
+        args.run,
+        num=args.num,
+        steps=args.steps,
+        sampler=args.sampler,
+        eta=args.eta,
+        seed=args.seed,
+        checkpoint=args.checkpoint,
+        progress=not args.no_progress,
+    )
     print(f"samples -> {out / 'samples.npz'}, {out / 'samples.png'}")
 
 
 def _train_autoencoder(args) -> None:
-    from .autoencoder import load_autoencoder_config, train_autoencoder
+    from sparsedm.autoencoder import load_autoencoder_config, train_autoencoder
 
     cfg = load_autoencoder_config(args.config, args.overrides)
     m = train_autoencoder(cfg, args.out, overwrite=args.overwrite, progress=not args.no_progress)
@@ -47,35 +55,52 @@ def _train_autoencoder(args) -> None:
 
 
 def _export(args) -> None:
-    from .export import export_run
+    from sparsedm.inference.export import export_run
 
     info = export_run(args.run, args.out, checkpoint=args.checkpoint, overwrite=args.overwrite)
-    print(f"LDMPipeline (step {info['step']}, non-zero {info['nonzero']:,}/{info['total']:,} in the sparse tensors) -> {info['out']}")
+    print(
+        f"LDMPipeline (step {info['step']}, non-zero {info['nonzero']:,}/{info['total']:,} in the sparse tensors) -> {info['out']}"
+    )
 
 
 def _fid(args) -> None:
-    from .eval.fid import fid_between
-    from .experiments.run_images import samples_npz_to_images
-    from .train.distributed import DistInfo, resolve_device
+    from sparsedm.eval.fid import fid_between
+    from sparsedm.eval.sample_images import samples_npz_to_images
+    from sparsedm.runs.distributed import DistInfo, resolve_device
 
-    result = fid_between(args.path_a, args.path_b, backend=args.backend, batch_size=args.batch_size,
-                         device=resolve_device(args.device, DistInfo()), progress=not args.no_progress,
-                         npz_to_images=samples_npz_to_images)
+    result = fid_between(
+        args.path_a,
+        args.path_b,
+        backend=args.backend,
+        batch_size=args.batch_size,
+        device=resolve_device(args.device, DistInfo()),
+        progress=not args.no_progress,
+        npz_to_images=samples_npz_to_images,
+    )
     print(json.dumps(result) if args.json else f"fid: {result['fid']:.4f} ({result['n_a']} vs {result['n_b']} images)")
 
 
 def _eval_settings(args):
-    from .experiments.evaluate import EvalSettings
+    from sparsedm.eval.evaluate import EvalSettings
 
-    return EvalSettings(num=args.num, sampler=args.sampler, steps=args.sample_steps, eta=args.eta, split=args.split, seed=args.sample_seed)
+    return EvalSettings(
+        num=args.num,
+        sampler=args.sampler,
+        steps=args.sample_steps,
+        eta=args.eta,
+        split=args.split,
+        seed=args.sample_seed,
+    )
 
 
 def _evaluate(args) -> None:
-    from .experiments.evaluate import EVAL, evaluate_run
+    from sparsedm.eval.evaluate import EVAL, evaluate_run
 
     r = evaluate_run(args.run, _eval_settings(args), overwrite=args.overwrite, progress=not args.no_progress)
-    print(f"{r['method']}: FID {r['fid']:.2f} ({r['n_samples']} samples, {r['sampler']} {r['steps']} steps, against "
-          f"{r['reference_size']} {r['reference_split']} images), EMA sparsity {r['ema_sparsity']:.3f} -> {Path(args.run) / EVAL}")
+    print(
+        f"{r['method']}: FID {r['fid']:.2f} ({r['n_samples']} samples, {r['sampler']} {r['steps']} steps, against "
+        f"{r['reference_size']} {r['reference_split']} images), EMA sparsity {r['ema_sparsity']:.3f} -> {Path(args.run) / EVAL}"
+    )
 
 
 def _print_report(report) -> None:
@@ -85,39 +110,59 @@ def _print_report(report) -> None:
 
 def _print_sweep(outcomes, report) -> None:
     """The sweep's table, then a UserError if any run failed (the log above says why)."""
-    counts = {kind: sum(o == kind for o in outcomes.values()) for kind in ("trained", "evaluated", "done", "stopped", "failed")}
-    print(f"{len(outcomes)} runs: {counts['trained']} trained, {counts['evaluated']} evaluated, {counts['done']} finished before"
-          + "".join(f", {counts[kind]} {kind}" for kind in ("stopped", "failed") if counts[kind]))
+    counts = {
+        kind: sum(o == kind for o in outcomes.values())
+        for kind in ("trained", "evaluated", "done", "stopped", "failed")
+    }
+    print(
+        f"{len(outcomes)} runs: {counts['trained']} trained, {counts['evaluated']} evaluated, {counts['done']} finished before"
+        + "".join(f", {counts[kind]} {kind}" for kind in ("stopped", "failed") if counts[kind])
+    )
     if report is not None:
         _print_report(report)
     failed = [name for name, outcome in outcomes.items() if outcome == "failed"]
     if failed:
-        raise UserError(f"{len(failed)} of {len(outcomes)} runs failed ({', '.join(failed)}); the log above says why; "
-                        "the same command retries them")
+        raise UserError(
+            f"{len(failed)} of {len(outcomes)} runs failed ({', '.join(failed)}); the log above says why; "
+            "the same command retries them"
+        )
 
 
 def _sweep(args) -> None:
-    from .experiments.grid import SweepGrid
-    from .experiments.sweep import run_sweep
+    from sparsedm.experiments.grid import SweepGrid
+    from sparsedm.experiments.sweep import run_sweep
 
     defaults = SweepGrid()
-    grid = SweepGrid(args.methods or defaults.methods, args.sparsities or defaults.sparsities,
-                     args.prune_rates or defaults.prune_rates, args.seeds)
-    outcomes, report = run_sweep(args.config, args.out, grid, args.overrides, _eval_settings(args), progress=not args.no_progress,
-                                 workers=args.workers)
+    grid = SweepGrid(
+        args.methods or defaults.methods,
+        args.sparsities or defaults.sparsities,
+        args.prune_rates or defaults.prune_rates,
+        args.seeds,
+    )
+    outcomes, report = run_sweep(
+        args.config,
+        args.out,
+        grid,
+        args.overrides,
+        _eval_settings(args),
+        progress=not args.no_progress,
+        workers=args.workers,
+    )
     _print_sweep(outcomes, report)
 
 
 def _report(args) -> None:
-    from .experiments.report import build_report
+    from sparsedm.experiments.report import build_report
 
     _print_report(build_report(args.sweep))
 
 
 def _demo(args) -> None:
-    from .experiments.demo import DemoSettings, run_demo
+    from sparsedm.experiments.demo import DemoSettings, run_demo
 
-    settings = DemoSettings(out=args.out, steps=args.steps, num=args.num, overrides=args.overrides, workers=args.workers)
+    settings = DemoSettings(
+        out=args.out, steps=args.steps, num=args.num, overrides=args.overrides, workers=args.workers
+    )
     _print_sweep(*run_demo(settings, progress=not args.no_progress))
 
 
@@ -160,8 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
     fid = sub.add_parser("fid", help="FID between two image sets (folders, .npz, or a run's samples .npz)")
     fid.add_argument("path_a", help="a folder of images, a .npz with uint8 'images', or RUN/samples/*.npz")
     fid.add_argument("path_b", help="the same kinds as path_a")
-    fid.add_argument("--backend", choices=["sparsedm", "torch-fidelity"], default="sparsedm",
-                     help="sparsedm: offline, equal to torch-fidelity; torch-fidelity: the tool itself (needs torchvision)")
+    fid.add_argument(
+        "--backend",
+        choices=["sparsedm", "torch-fidelity"],
+        default="sparsedm",
+        help="sparsedm: offline, equal to torch-fidelity; torch-fidelity: the tool itself (needs torchvision)",
+    )
     fid.add_argument("--json", action="store_true", help="print a JSON object: fid, n_a, n_b")
     fid.add_argument("--batch-size", type=int, default=50, help="images per Inception pass")
     fid.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda")
@@ -180,7 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", required=True, help="sweep folder; running again continues it")
     sweep.add_argument("--methods", nargs="+", help="default: dense static rigl magran")
     sweep.add_argument("--sparsities", nargs="+", type=float, help="S values (default: 0.1 0.25 0.5 0.75 0.9)")
-    sweep.add_argument("--prune-rates", nargs="+", type=float, help="p values of RigL-DM and MagRan-DM (default: 0.05 0.1 0.5)")
+    sweep.add_argument(
+        "--prune-rates", nargs="+", type=float, help="p values of RigL-DM and MagRan-DM (default: 0.05 0.1 0.5)"
+    )
     sweep.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 per grid point")
     sweep.add_argument("--workers", type=int, default=1, help="runs at a time, each in a single-threaded process (CPU)")
     _add_eval_options(sweep, "--sample-")
@@ -191,7 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=_report)
 
     demo = sub.add_parser("demo", help="Dense, Static-DM, RigL-DM and MagRan-DM at S = 0.5 on KanjiVG, compared by FID")
-    demo.add_argument("--out", default="reports/demo", help="report folder (runs in OUT/runs); running again skips finished runs")
+    demo.add_argument(
+        "--out", default="reports/demo", help="report folder (runs in OUT/runs); running again skips finished runs"
+    )
     demo.add_argument("--steps", type=int, help="training steps per run (default: the config's)")
     demo.add_argument("overrides", nargs="*", help="more config overrides, e.g. data.cache_dir=/scratch")
     demo.add_argument("--num", type=int, default=200, help="generated samples per run for FID")
@@ -202,7 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     autoencoder = sub.add_parser("train-autoencoder", help="train Latent Diffusion's autoencoder (VQ or KL), dense")
     autoencoder.add_argument("config", help="YAML config, e.g. configs/autoencoder_openmoji_cpu.yaml")
     autoencoder.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=500 model.kind=kl")
-    autoencoder.add_argument("--out", required=True, help="folder for the diffusers autoencoder (autoencoder.path of an ldm config)")
+    autoencoder.add_argument(
+        "--out", required=True, help="folder for the diffusers autoencoder (autoencoder.path of an ldm config)"
+    )
     autoencoder.add_argument("--overwrite", action="store_true", help="replace the autoencoder in --out")
     autoencoder.add_argument("--no-progress", action="store_true", help="no progress bar")
     autoencoder.set_defaults(func=_train_autoencoder)
@@ -226,7 +281,9 @@ def main(argv=None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(e for e in extra if e not in overrides) or ' '.join(extra)}")
     if overrides:
         args.overrides = list(args.overrides) + overrides
-    logging.basicConfig(level=logging.INFO if not args.debug else logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if not args.debug else logging.DEBUG, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         args.func(args)
     except UserError as exc:

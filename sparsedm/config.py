@@ -7,21 +7,20 @@ or a value of the wrong type is rejected with a one-line message.
 """
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import List, Optional
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from .autoencoder.config import FirstStageConfig
-from .data.images.config import ImageDataConfig
-from .data.strokes.config import StrokeDataConfig
-from .diffusion.config import DiffusionConfig
-from .errors import UserError
-from .models.chirodiff import ChiroDiffConfig
-from .models.unet import UNetConfig
-from .sparse.config import SparseConfig
-from .train.config import DistConfig, SampleConfig, TrainConfig
+from sparsedm.autoencoder.config import FirstStageConfig
+from sparsedm.config_loader import merge_config, read_yaml_and_overrides
+from sparsedm.data.images.config import ImageDataConfig
+from sparsedm.data.strokes.config import StrokeDataConfig
+from sparsedm.diffusion.config import DiffusionConfig
+from sparsedm.errors import UserError
+from sparsedm.models.chirodiff import ChiroDiffConfig
+from sparsedm.models.unet import UNetConfig
+from sparsedm.sparse.config import SparseConfig
+from sparsedm.train.config import DistConfig, SampleConfig, TrainConfig
 
 
 @dataclass
@@ -65,38 +64,15 @@ def _schema(task: str):
     return SCHEMAS[task]
 
 
-def _merge(*parts) -> DictConfig:
-    try:
-        return OmegaConf.merge(*parts)
-    except OmegaConfBaseException as exc:
-        # OmegaConf's messages span several lines (key, value, type): keep the first, which says it all
-        raise UserError(f"bad config: {str(exc).splitlines()[0]}") from None
-
-
-def load_config(path: Optional[str] = None, overrides: List[str] = (), task: Optional[str] = None, schema=None) -> DictConfig:
+def load_config(path: Optional[str] = None, overrides: List[str] = (), task: Optional[str] = None) -> DictConfig:
     """Schema defaults <- YAML file <- `key=value` overrides, validated; returns a typed DictConfig.
 
-    `schema` replaces the task's schema and its checks (the autoencoder stage brings its own).
+    The task (`task=` override, else the file's `task:`, else chirodiff) picks the schema.
     """
-    file_cfg = OmegaConf.create()
-    if path is not None:
-        if not Path(path).is_file():
-            raise UserError(f"config file {path} does not exist; see configs/ for the shipped setups")
-        try:
-            file_cfg = OmegaConf.load(path)
-        except Exception as exc:
-            raise UserError(f"config file {path} is not valid YAML ({type(exc).__name__})") from None
-    for item in overrides:
-        if "=" not in item:
-            raise UserError(f"override {item!r} is not key=value, e.g. sparse.sparsity=0.5")
-    try:
-        override_cfg = OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as exc:
-        raise UserError(f"bad override: {str(exc).splitlines()[0]}") from None
+    file_cfg, override_cfg = read_yaml_and_overrides(path, overrides)
     task = task or override_cfg.get("task") or file_cfg.get("task") or "chirodiff"
-    cfg = _merge(OmegaConf.structured(schema or _schema(task)), file_cfg, override_cfg)
-    if schema is None:
-        validate(cfg)
+    cfg = merge_config(_schema(task), file_cfg, override_cfg)
+    validate(cfg)
     return cfg
 
 

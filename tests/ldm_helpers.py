@@ -45,8 +45,18 @@ def data_overrides(images, cache) -> list:
 def train_tiny_autoencoder(images, cache, out, kind: str = "vq", steps: int = 60, extra=()) -> dict:
     cfg = load_autoencoder_config(
         "configs/autoencoder_openmoji_cpu.yaml",
-        [*data_overrides(images, cache), f"model.kind={kind}", "model.block_out_channels=[8,16,16]", "model.norm_num_groups=4",
-         "model.num_vq_embeddings=64", f"train.steps={steps}", "train.batch_size=16", "train.lr=3e-3", "train.log_every=10", *extra],
+        [
+            *data_overrides(images, cache),
+            f"model.kind={kind}",
+            "model.block_out_channels=[8,16,16]",
+            "model.norm_num_groups=4",
+            "model.num_vq_embeddings=64",
+            f"train.steps={steps}",
+            "train.batch_size=16",
+            "train.lr=3e-3",
+            "train.log_every=10",
+            *extra,
+        ],
     )
     return train_autoencoder(cfg, out, progress=False)
 
@@ -54,8 +64,19 @@ def train_tiny_autoencoder(images, cache, out, kind: str = "vq", steps: int = 60
 def ldm_overrides(images, cache, autoencoder) -> list:
     """configs/ldm_openmoji_cpu.yaml shrunk: a 2-level UNet of 16/32 channels on 3 x 4 x 4 latents."""
     return [
-        *data_overrides(images, cache), f"autoencoder.path={autoencoder}", "model.base_channels=16", "model.channel_mult=[1,2]",
-        "model.layers_per_block=1", "model.attention_resolutions=[2]", "model.attention_head_dim=8", "model.norm_num_groups=8",
-        "autoencoder.encode_batch_size=8", "train.batch_size=16", "train.log_every=10", "train.checkpoint_every=1000", "train.val_batches=1", "sample.steps=5",
+        *data_overrides(images, cache),
+        f"autoencoder.path={autoencoder}",
+        "model.base_channels=16",
+        "model.channel_mult=[1,2]",
+        "model.layers_per_block=1",
+        "model.attention_resolutions=[2]",
+        "model.attention_head_dim=8",
+        "model.norm_num_groups=8",
+        "autoencoder.encode_batch_size=8",
+        "train.batch_size=16",
+        "train.log_every=10",
+        "train.checkpoint_every=1000",
+        "train.val_batches=1",
+        "sample.steps=5",
         "sparse.update_interval=10",
     ]

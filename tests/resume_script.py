@@ -6,9 +6,9 @@ python resume_script.py METHOD START END OUT [CHECKPOINT]
 import sys
 
 import torch
+from tiny_models import TinyGRU, gru_loss
 
 from sparsedm.sparse import EMA, SparseConfig, SparseEngine
-from tiny_models import TinyGRU, gru_loss
 
 TOTAL = 14
 
@@ -18,7 +18,9 @@ def main(method, start, end, out, checkpoint=None):
     model = TinyGRU()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-2)
     ema = EMA(model, decay=0.9)
-    config = SparseConfig(method=method, sparsity=0.6, prune_rate=0.4, update_interval=4, t_end=1.0, grad_accumulation=2)
+    config = SparseConfig(
+        method=method, sparsity=0.6, prune_rate=0.4, update_interval=4, t_end=1.0, grad_accumulation=2
+    )
     engine = SparseEngine(model, optimizer, config, total_steps=TOTAL, ema=ema)
     if checkpoint:
         state = torch.load(checkpoint, weights_only=False)
@@ -33,7 +35,15 @@ def main(method, start, end, out, checkpoint=None):
         optimizer.step()
         engine.after_optimizer_step()
         ema.update(model)
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "ema": ema.state_dict(), "engine": engine.state_dict()}, out)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "ema": ema.state_dict(),
+            "engine": engine.state_dict(),
+        },
+        out,
+    )
 
 
 if __name__ == "__main__":

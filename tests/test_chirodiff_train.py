@@ -11,9 +11,22 @@ from sparsedm.cli import main
 from sparsedm.data.strokes import features_to_sketches
 
 SUMMARY_KEYS = {
-    "method", "sparsity", "distribution", "prune_rate", "update_interval", "steps", "params_total", "params_nonzero",
-    "sparsity_actual", "flops_forward_dense", "flops_forward_sparse", "flops_train_step", "loss_final", "wall_time_s",
-    "weights_sha256", "masks_sha256",
+    "method",
+    "sparsity",
+    "distribution",
+    "prune_rate",
+    "update_interval",
+    "steps",
+    "params_total",
+    "params_nonzero",
+    "sparsity_actual",
+    "flops_forward_dense",
+    "flops_forward_sparse",
+    "flops_train_step",
+    "loss_final",
+    "wall_time_s",
+    "weights_sha256",
+    "masks_sha256",
 }
 
 
@@ -21,9 +34,19 @@ SUMMARY_KEYS = {
 def tiny(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     return [
-        f"data.cache_dir={cache}", "data.max_items=240", "data.max_points=60", "data.max_strokes=8", "data.spacing=0.1",
-        "model.hidden_size=24", "model.num_layers=2", "train.batch_size=32", "train.log_every=10",
-        "train.checkpoint_every=20", "train.val_batches=2", "sample.steps=10", "sparse.update_interval=10",
+        f"data.cache_dir={cache}",
+        "data.max_items=240",
+        "data.max_points=60",
+        "data.max_strokes=8",
+        "data.spacing=0.1",
+        "model.hidden_size=24",
+        "model.num_layers=2",
+        "train.batch_size=32",
+        "train.log_every=10",
+        "train.checkpoint_every=20",
+        "train.val_batches=2",
+        "sample.steps=10",
+        "sparse.update_interval=10",
     ]
 
 
@@ -71,13 +94,17 @@ def test_every_method_trains_and_samples(tmp_path, tiny, method, capsys):
     assert samples["features"].shape[0] == 6 and np.isfinite(samples["features"]).all()
     sketches = features_to_sketches(samples["features"], samples["lengths"], "delta", 10.0)
     assert len(sketches) == 6
-    assert all(np.isfinite(s.points).all() and s.num_strokes >= 1 and len(s) == n for s, n in zip(sketches, samples["lengths"]))
+    assert all(
+        np.isfinite(s.points).all() and s.num_strokes >= 1 and len(s) == n for s, n in zip(sketches, samples["lengths"])
+    )
 
 
 def test_the_ema_used_for_sampling_has_the_run_sparsity(tmp_path, tiny):
     import torch
 
-    code, run = train(tmp_path, tiny, "train.steps=20", "sparse.method=magran", "sparse.sparsity=0.5", "sparse.update_interval=5")
+    code, run = train(
+        tmp_path, tiny, "train.steps=20", "sparse.method=magran", "sparse.sparsity=0.5", "sparse.update_interval=5"
+    )
     state = torch.load(sorted((run / "checkpoints").iterdir())[-1], weights_only=False)
     for name, mask in state["engine"]["masks"].items():
         ema_weight = state["ema"]["module"][name]

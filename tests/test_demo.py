@@ -3,9 +3,9 @@ trained and evaluated, the report folder is complete, and running it again redoe
 FID uses pooled pixels (fid_stub) instead of Inception."""
 
 import pytest
+from fid_stub import use_pooled_pixels
 from PIL import Image
 
-from fid_stub import use_pooled_pixels
 from sparsedm.cli import main
 
 RUNS = ["dense-seed0", "magran-S0.5-p0.1-seed0", "rigl-S0.5-p0.1-seed0", "static-S0.5-seed0"]
@@ -19,15 +19,35 @@ def _stub_and_one_thread(monkeypatch, one_thread):
 def test_short_demo_writes_its_report_and_skips_finished_runs(tmp_path, capsys):
     out = tmp_path / "demo"
     args = [
-        "demo", "--out", str(out), "--steps", "4", "--num", "6", "--workers", "1", "--no-progress",
-        f"data.cache_dir={tmp_path / 'cache'}", "data.max_items=240", "data.max_points=60", "data.max_strokes=8",
-        "data.spacing=0.1", "model.hidden_size=16", "train.batch_size=16", "train.val_batches=1", "sample.steps=2",
+        "demo",
+        "--out",
+        str(out),
+        "--steps",
+        "4",
+        "--num",
+        "6",
+        "--workers",
+        "1",
+        "--no-progress",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.max_items=240",
+        "data.max_points=60",
+        "data.max_strokes=8",
+        "data.spacing=0.1",
+        "model.hidden_size=16",
+        "train.batch_size=16",
+        "train.val_batches=1",
+        "sample.steps=2",
     ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "4 runs: 4 trained, 0 evaluated, 0 finished before" in printed
     assert sorted(p.name for p in (out / "runs").iterdir()) == RUNS
-    pictures = [f"samples_{name}.png" for name in RUNS] + ["samples.png", "fid_vs_sparsity.png", "fid_vs_train_flops.png"]
+    pictures = [f"samples_{name}.png" for name in RUNS] + [
+        "samples.png",
+        "fid_vs_sparsity.png",
+        "fid_vs_train_flops.png",
+    ]
     for name in ["results.md", "results.csv", *pictures]:
         assert (out / name).is_file(), name
     table = (out / "results.md").read_text()

@@ -134,7 +134,11 @@ def test_sampling_a_constant_with_its_optimal_denoiser_returns_the_constant(cfg,
     diffusion, c = GaussianDiffusion(cfg), 0.7
     # For x0 = c the optimal ε̂(x_t, t) = (x_t - sqrt(ᾱ_t) c) / sqrt(1 - ᾱ_t).
     x = diffusion.sample(
-        _noise_of(diffusion, c), (16, 6, 3), sampler=sampler, steps=steps, eta=eta,
+        _noise_of(diffusion, c),
+        (16, 6, 3),
+        sampler=sampler,
+        steps=steps,
+        eta=eta,
         generator=torch.Generator().manual_seed(0),
     )
     assert torch.allclose(x, torch.full_like(x, c), atol=1e-3)
@@ -145,7 +149,10 @@ def test_sampling_with_the_optimal_denoiser_reproduces_a_gaussian(sampler, steps
     """Mean and spread both come out right, so the injected noise and the step rule are right too."""
     diffusion, mu, sigma = GaussianDiffusion(CHIRODIFF), 2.0, 0.5
     x = diffusion.sample(
-        _gaussian_oracle(diffusion, mu, sigma), (4000, 2), sampler=sampler, steps=steps,
+        _gaussian_oracle(diffusion, mu, sigma),
+        (4000, 2),
+        sampler=sampler,
+        steps=steps,
         generator=torch.Generator().manual_seed(0),
     )
     assert x.mean().item() == pytest.approx(mu, abs=0.03)

@@ -10,14 +10,25 @@ import sys
 import pytest
 import torch
 
-from sparsedm.train.checkpoint import list_checkpoints, load_checkpoint
+from sparsedm.runs.checkpoint import list_checkpoints, load_checkpoint
 
 pytestmark = pytest.mark.slow
 
 TINY = [
-    "data.max_items=200", "data.max_points=50", "data.max_strokes=8", "data.spacing=0.1", "model.hidden_size=16",
-    "model.num_layers=1", "train.log_every=4", "train.val_batches=1", "sparse.update_interval=3", "sparse.prune_rate=0.3",
-    "sparse.t_end=1.0", "train.steps=12", "train.batch_size=16", "train.checkpoint_every=100",
+    "data.max_items=200",
+    "data.max_points=50",
+    "data.max_strokes=8",
+    "data.spacing=0.1",
+    "model.hidden_size=16",
+    "model.num_layers=1",
+    "train.log_every=4",
+    "train.val_batches=1",
+    "sparse.update_interval=3",
+    "sparse.prune_rate=0.3",
+    "sparse.t_end=1.0",
+    "train.steps=12",
+    "train.batch_size=16",
+    "train.checkpoint_every=100",
 ]
 
 
@@ -30,11 +41,27 @@ def free_port() -> int:
 def launch(out, nproc, *overrides):
     prefix = [sys.executable, "-m", "sparsedm"]
     if nproc > 1:
-        prefix = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1",
-                  "--master-port", str(free_port()), "-m", "sparsedm"]
+        prefix = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            str(nproc),
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(free_port()),
+            "-m",
+            "sparsedm",
+        ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    return subprocess.run([*prefix, "train", "configs/chirodiff_kanjivg_cpu.yaml", "--out", str(out), "--no-progress", *TINY, *overrides],
-                          env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [*prefix, "train", "configs/chirodiff_kanjivg_cpu.yaml", "--out", str(out), "--no-progress", *TINY, *overrides],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,14 +77,20 @@ def test_two_ranks_match_one_process_with_the_whole_batch(tmp_path, cache, metho
     assert one.returncode == 0, one.stderr[-2000:]
     a = load_checkpoint(list_checkpoints(tmp_path / "two" / "checkpoints")[-1])
     b = load_checkpoint(list_checkpoints(tmp_path / "one" / "checkpoints")[-1])
-    updates = [r for r in map(json.loads, (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()) if r.get("event") == "mask_update"]
+    updates = [
+        r
+        for r in map(json.loads, (tmp_path / "two" / "metrics.jsonl").read_text().splitlines())
+        if r.get("event") == "mask_update"
+    ]
     assert len(updates) == 4 and sum(u["replaced"] for u in updates) > 0
     for name, mask in b["engine"]["masks"].items():
         assert torch.equal(mask, a["engine"]["masks"][name]), name
     for name, weight in b["model"].items():
         torch.testing.assert_close(a["model"][name], weight, rtol=1e-4, atol=1e-5, msg=name)
     # only rank 0 wrote files: one metrics line per logged step
-    steps = [r["step"] for r in map(json.loads, (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    steps = [
+        r["step"] for r in map(json.loads, (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()) if "loss" in r
+    ]
     assert steps == [4, 8, 12]
 
 
@@ -95,7 +128,7 @@ def _first_worker(rank, port, folder):
 
     import torch.distributed as dist
 
-    from sparsedm.train.distributed import DistInfo, main_process_first
+    from sparsedm.runs.distributed import DistInfo, main_process_first
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     cache = folder / "cache"

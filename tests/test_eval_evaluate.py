@@ -15,14 +15,49 @@ from sparsedm.cli import main
 from sparsedm.tasks.chirodiff import ChiroDiffTask
 
 EVAL_KEYS = {
-    "fid", "n_samples", "sampler", "steps", "eta", "sample_seed", "reference_split", "reference_size", "reference_key",
-    "data", "ema_sparsity", "method", "sparsity", "sparsity_actual", "distribution", "prune_rate", "update_interval", "train_steps",
-    "seed", "params_total", "params_nonzero", "flops_forward_dense", "flops_forward_sparse", "train_batch_size",
-    "flops_train_step", "flops_train_step_dense", "flops_train_total", "flops_sample", "eval_time_s", "fid_features",
+    "fid",
+    "n_samples",
+    "sampler",
+    "steps",
+    "eta",
+    "sample_seed",
+    "reference_split",
+    "reference_size",
+    "reference_key",
+    "data",
+    "ema_sparsity",
+    "method",
+    "sparsity",
+    "sparsity_actual",
+    "distribution",
+    "prune_rate",
+    "update_interval",
+    "train_steps",
+    "seed",
+    "params_total",
+    "params_nonzero",
+    "flops_forward_dense",
+    "flops_forward_sparse",
+    "train_batch_size",
+    "flops_train_step",
+    "flops_train_step_dense",
+    "flops_train_total",
+    "flops_sample",
+    "eval_time_s",
+    "fid_features",
 }
 COPIED_FROM_SUMMARY = (
-    "method", "sparsity", "sparsity_actual", "distribution", "prune_rate", "update_interval", "params_total", "params_nonzero",
-    "flops_forward_dense", "flops_forward_sparse", "flops_train_step",
+    "method",
+    "sparsity",
+    "sparsity_actual",
+    "distribution",
+    "prune_rate",
+    "update_interval",
+    "params_total",
+    "params_nonzero",
+    "flops_forward_dense",
+    "flops_forward_sparse",
+    "flops_train_step",
 )
 
 
@@ -39,12 +74,27 @@ def trained(tmp_path_factory):
     """A RigL run at S = 0.5 on 50 training / 9 validation sketches, 12 steps of batch 16."""
     root = tmp_path_factory.mktemp("evaluate")
     run = root / "run"
-    code = main([
-        "train", "configs/chirodiff_kanjivg_cpu.yaml", "--out", str(run), "--no-progress",
-        f"data.cache_dir={root / 'cache'}", "data.max_items=240", "data.max_points=60", "data.max_strokes=8",
-        "data.spacing=0.1", "model.hidden_size=16", "train.batch_size=16", "train.steps=12", "train.val_batches=1",
-        "sparse.method=rigl", "sparse.sparsity=0.5", "sparse.update_interval=5",
-    ])
+    code = main(
+        [
+            "train",
+            "configs/chirodiff_kanjivg_cpu.yaml",
+            "--out",
+            str(run),
+            "--no-progress",
+            f"data.cache_dir={root / 'cache'}",
+            "data.max_items=240",
+            "data.max_points=60",
+            "data.max_strokes=8",
+            "data.spacing=0.1",
+            "model.hidden_size=16",
+            "train.batch_size=16",
+            "train.steps=12",
+            "train.val_batches=1",
+            "sparse.method=rigl",
+            "sparse.sparsity=0.5",
+            "sparse.update_interval=5",
+        ]
+    )
     assert code == 0
     return run
 

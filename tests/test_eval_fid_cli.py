@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-
 from fid_stub import POOLED_SIDE, PooledPixels, use_pooled_pixels
+
 from sparsedm.cli import main
 from sparsedm.config import load_config
 from sparsedm.data.strokes import features_to_sketches, render_sketches
-from sparsedm.train.run_dir import RunDir
+from sparsedm.runs.run_dir import RunDir
 
 CONFIG = "configs/chirodiff_kanjivg_cpu.yaml"
 
@@ -28,7 +28,9 @@ def pooled_features(images: np.ndarray) -> np.ndarray:
     """What PooledPixels computes, in numpy: N x H x W x C uint8 -> N x 16."""
     n, h, w, _ = images.shape
     grey = images.astype(np.float64).mean(axis=3)
-    return grey.reshape(n, POOLED_SIDE, h // POOLED_SIDE, POOLED_SIDE, w // POOLED_SIDE).mean(axis=(2, 4)).reshape(n, -1)
+    return (
+        grey.reshape(n, POOLED_SIDE, h // POOLED_SIDE, POOLED_SIDE, w // POOLED_SIDE).mean(axis=(2, 4)).reshape(n, -1)
+    )
 
 
 def fid_by_hand(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,7 +1,6 @@
 import runpy
 from pathlib import Path
 
-
 EXAMPLE = Path(__file__).parents[1] / "examples" / "sparsify_unet.py"
 
 

@@ -10,8 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from sparsedm.data.images import ImageDataConfig, display_name, load_image_splits
-from sparsedm.data.images import openmoji
+from sparsedm.data.images import ImageDataConfig, display_name, load_image_splits, openmoji
 from sparsedm.errors import UserError
 
 RED_DISC = b"""<svg viewBox="0 0 72 72" xmlns="http://www.w3.org/2000/svg">

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from diffusers import AutoencoderKL, UNet2DModel, VQModel
 from ldm_helpers import train_tiny_autoencoder, write_shapes
+from PIL import Image
 
 from sparsedm.autoencoder import FirstStage, encode, latent_std
 from sparsedm.autoencoder.latents import LatentDataset
@@ -55,8 +55,18 @@ def test_the_identity_follows_the_weights(tmp_path, images, one_thread):
 def test_an_existing_autoencoder_is_not_overwritten(tmp_path, images, capsys):
     (tmp_path / "ae").mkdir()
     (tmp_path / "ae" / "config.json").write_text("{}")
-    code = main(["train-autoencoder", "configs/autoencoder_openmoji_cpu.yaml", "--out", str(tmp_path / "ae"), "--no-progress",
-                 "data.name=folder", f"data.path={images}", "train.steps=1"])
+    code = main(
+        [
+            "train-autoencoder",
+            "configs/autoencoder_openmoji_cpu.yaml",
+            "--out",
+            str(tmp_path / "ae"),
+            "--no-progress",
+            "data.name=folder",
+            f"data.path={images}",
+            "train.steps=1",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and "already holds an autoencoder" in err and "\n" not in err
     assert (tmp_path / "ae" / "config.json").read_text() == "{}"
@@ -66,7 +76,10 @@ def test_an_existing_autoencoder_is_not_overwritten(tmp_path, images, capsys):
     "overrides, message",
     [
         (["model.kind=gan"], "model.kind='gan' is unknown; use vq or kl"),
-        (["model.block_out_channels=[8,16,16]", "data.image_size=18"], "data.image_size=18 is not divisible by the downsampling factor f=4"),
+        (
+            ["model.block_out_channels=[8,16,16]", "data.image_size=18"],
+            "data.image_size=18 is not divisible by the downsampling factor f=4",
+        ),
         (["train.recon_loss=lpips"], "train.recon_loss='lpips' is unknown"),
         (["model.norm_num_groups=5"], "must divide every entry of model.block_out_channels"),
         (["train.lr=0"], "train.lr=0.0 must be > 0"),
@@ -75,7 +88,9 @@ def test_an_existing_autoencoder_is_not_overwritten(tmp_path, images, capsys):
     ],
 )
 def test_bad_autoencoder_config_gives_one_line_error(tmp_path, capsys, overrides, message):
-    code = main(["train-autoencoder", "configs/autoencoder_openmoji_cpu.yaml", "--out", str(tmp_path / "ae"), *overrides])
+    code = main(
+        ["train-autoencoder", "configs/autoencoder_openmoji_cpu.yaml", "--out", str(tmp_path / "ae"), *overrides]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("sparsedm: error:") and "\n" not in err and message in err, err
     assert not (tmp_path / "ae").exists()
@@ -94,9 +109,15 @@ def test_bad_autoencoder_folders_give_clear_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="holds no config.json"):
         FirstStage(str(tmp_path / "empty"))
-    UNet2DModel(block_out_channels=(8, 16), norm_num_groups=4, down_block_types=("DownBlock2D",) * 2,
-                up_block_types=("UpBlock2D",) * 2).save_pretrained(tmp_path / "unet")
-    with pytest.raises(UserError, match="holds a UNet2DModel; autoencoder.path must be a VQModel or AutoencoderKL folder"):
+    UNet2DModel(
+        block_out_channels=(8, 16),
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D",) * 2,
+        up_block_types=("UpBlock2D",) * 2,
+    ).save_pretrained(tmp_path / "unet")
+    with pytest.raises(
+        UserError, match="holds a UNet2DModel; autoencoder.path must be a VQModel or AutoencoderKL folder"
+    ):
         FirstStage(str(tmp_path / "unet"))
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.json").write_text("{not json")

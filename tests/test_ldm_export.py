@@ -12,9 +12,9 @@ from safetensors import safe_open
 
 from sparsedm.cli import main
 from sparsedm.config import sparse_config
-from sparsedm.export import load_masks
+from sparsedm.inference.export import load_masks
+from sparsedm.runs.run_dir import RunDir
 from sparsedm.sparse import SparseEngine
-from sparsedm.train.run_dir import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +23,18 @@ def exported(tmp_path_factory):
     images = write_shapes(root / "shapes")
     with single_thread():
         train_tiny_autoencoder(images, root / "cache", root / "ae", steps=20)
-        args = ["train", "configs/ldm_openmoji_cpu.yaml", "--out", str(root / "run"), "--no-progress",
-                *ldm_overrides(images, root / "cache", root / "ae"), "train.steps=20", "sparse.method=rigl",
-                "sparse.sparsity=0.6", "sparse.update_interval=5"]
+        args = [
+            "train",
+            "configs/ldm_openmoji_cpu.yaml",
+            "--out",
+            str(root / "run"),
+            "--no-progress",
+            *ldm_overrides(images, root / "cache", root / "ae"),
+            "train.steps=20",
+            "sparse.method=rigl",
+            "sparse.sparsity=0.6",
+            "sparse.update_interval=5",
+        ]
         assert main(args) == 0
         assert main(["export", str(root / "run"), "--out", str(root / "pipeline")]) == 0
     return root
@@ -33,7 +42,13 @@ def exported(tmp_path_factory):
 
 def test_the_folder_is_an_ldm_pipeline(exported):
     pipeline = exported / "pipeline"
-    assert sorted(p.name for p in pipeline.iterdir()) == ["masks.safetensors", "model_index.json", "scheduler", "unet", "vqvae"]
+    assert sorted(p.name for p in pipeline.iterdir()) == [
+        "masks.safetensors",
+        "model_index.json",
+        "scheduler",
+        "unet",
+        "vqvae",
+    ]
     index = json.loads((pipeline / "model_index.json").read_text())
     assert index["_class_name"] == "LDMPipeline"
     assert index["vqvae"] == ["diffusers", "VQModel"] and index["unet"] == ["diffusers", "UNet2DModel"]
@@ -46,10 +61,31 @@ def test_diffusers_samples_what_sparsedm_samples(exported, one_thread):
     pipe = LDMPipeline.from_pretrained(exported / "pipeline")
     state = torch.load(sorted((exported / "run" / "checkpoints").iterdir())[-1], weights_only=False)
     assert pipe.vqvae.config.scaling_factor == pytest.approx(state["task"]["scaling_factor"])
-    images = pipe(batch_size=3, num_inference_steps=5, generator=torch.Generator().manual_seed(7), output_type="np").images
+    images = pipe(
+        batch_size=3, num_inference_steps=5, generator=torch.Generator().manual_seed(7), output_type="np"
+    ).images
     assert images.shape == (3, 16, 16, 3) and np.isfinite(images).all()
 
-    assert main(["sample", str(exported / "run"), "--num", "3", "--steps", "5", "--sampler", "ddim", "--eta", "0", "--seed", "7", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                str(exported / "run"),
+                "--num",
+                "3",
+                "--steps",
+                "5",
+                "--sampler",
+                "ddim",
+                "--eta",
+                "0",
+                "--seed",
+                "7",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     ours = np.load(exported / "run" / "samples" / "samples.npz")["images"]
     assert np.abs(np.round(images * 255).astype(int) - ours).max() <= 1
 
@@ -59,18 +95,24 @@ def test_the_exported_unet_has_the_run_sparsity(exported):
     summary = run.read_summary()
     state = torch.load(sorted(run.checkpoints.iterdir())[-1], weights_only=False)
     masks = load_masks(pipeline)
-    assert set(masks) == set(state["engine"]["masks"]) and all(torch.equal(masks[n], state["engine"]["masks"][n]) for n in masks)
+    assert set(masks) == set(state["engine"]["masks"]) and all(
+        torch.equal(masks[n], state["engine"]["masks"][n]) for n in masks
+    )
 
     weights = LDMPipeline.from_pretrained(pipeline).unet.state_dict()
     zeros = sum(int((weights[n] == 0).sum()) for n in masks)
     total = sum(m.numel() for m in masks.values())
-    assert zeros / total == pytest.approx(summary["sparsity_actual"], abs=0.01)  # 0.6: the masked entries, a few active zeros
+    assert zeros / total == pytest.approx(
+        summary["sparsity_actual"], abs=0.01
+    )  # 0.6: the masked entries, a few active zeros
     for name, mask in masks.items():
         assert (weights[name][~mask] == 0).all()
         assert torch.equal(weights[name], state["ema"]["module"][name])
     with safe_open(pipeline / "masks.safetensors", framework="pt") as f:
         metadata = f.metadata()
-    assert json.loads(metadata["sparse"])["method"] == "rigl" and float(metadata["sparsity"]) == pytest.approx(summary["sparsity_actual"])
+    assert json.loads(metadata["sparse"])["method"] == "rigl" and float(metadata["sparsity"]) == pytest.approx(
+        summary["sparsity_actual"]
+    )
 
 
 def test_the_masks_fit_an_engine_built_from_the_exported_unet(exported):

@@ -23,15 +23,35 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("ldm_train")
     images = write_shapes(root / "shapes")
     with single_thread():
-        code = main(["train-autoencoder", "configs/autoencoder_openmoji_cpu.yaml", "--out", str(root / "ae"), "--no-progress",
-                     *data_overrides(images, root / "cache"), "model.block_out_channels=[8,16,16]", "model.norm_num_groups=4",
-                     "model.num_vq_embeddings=64", "train.steps=40", "train.batch_size=16", "train.lr=3e-3"])
+        code = main(
+            [
+                "train-autoencoder",
+                "configs/autoencoder_openmoji_cpu.yaml",
+                "--out",
+                str(root / "ae"),
+                "--no-progress",
+                *data_overrides(images, root / "cache"),
+                "model.block_out_channels=[8,16,16]",
+                "model.norm_num_groups=4",
+                "model.num_vq_embeddings=64",
+                "train.steps=40",
+                "train.batch_size=16",
+                "train.lr=3e-3",
+            ]
+        )
     assert code == 0
     return root, images
 
 
 def train(root, images, out, *overrides):
-    args = ["train", "configs/ldm_openmoji_cpu.yaml", "--out", str(out), "--no-progress", *ldm_overrides(images, root / "cache", root / "ae")]
+    args = [
+        "train",
+        "configs/ldm_openmoji_cpu.yaml",
+        "--out",
+        str(out),
+        "--no-progress",
+        *ldm_overrides(images, root / "cache", root / "ae"),
+    ]
     return main([*args, *overrides])
 
 
@@ -48,8 +68,19 @@ def test_the_default_unet_is_ldm4():
 def test_unet_training_lowers_the_loss(tmp_path, setup, one_thread, method):
     root, images = setup
     run = tmp_path / method
-    assert train(root, images, run, "train.steps=60", "train.lr=3e-3", f"sparse.method={method}", "sparse.sparsity=0.5",
-                 "train.ema_decay=0.9") == 0
+    assert (
+        train(
+            root,
+            images,
+            run,
+            "train.steps=60",
+            "train.lr=3e-3",
+            f"sparse.method={method}",
+            "sparse.sparsity=0.5",
+            "train.ema_decay=0.9",
+        )
+        == 0
+    )
     metrics = read_metrics(run)
     val = [r["val_loss"] for r in metrics if "val_loss" in r]
     # measured here: 1.1 -> 0.2 under each method; an unlearnt or unscaled latent stays near 1
@@ -63,15 +94,31 @@ def test_train_autoencoder_train_sample_writes_the_run_contract(tmp_path, setup,
     root, images = setup
     ae = root / "ae"
     assert sorted(p.name for p in ae.iterdir()) == sorted(
-        ["config.json", "diffusion_pytorch_model.safetensors", "metrics.json", "metrics.jsonl", "reconstructions.png", "train_config.yaml"]
+        [
+            "config.json",
+            "diffusion_pytorch_model.safetensors",
+            "metrics.json",
+            "metrics.jsonl",
+            "reconstructions.png",
+            "train_config.yaml",
+        ]
     )
     identity = FirstStage(str(ae)).identity
     run = tmp_path / "run"
-    assert train(root, images, run, "train.steps=12", "sparse.method=rigl", "sparse.sparsity=0.5", "sparse.update_interval=5") == 0
+    assert (
+        train(
+            root, images, run, "train.steps=12", "sparse.method=rigl", "sparse.sparsity=0.5", "sparse.update_interval=5"
+        )
+        == 0
+    )
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "metrics.jsonl", "summary.json"]
     summary = json.loads((run / "summary.json").read_text())
     assert SUMMARY_KEYS <= set(summary) and summary["task"] == "ldm" and summary["data"] == "image folder"
-    assert summary["steps"] == 12 and np.isfinite(summary["loss_final"]) and summary["flops_forward_sparse"] < summary["flops_forward_dense"]
+    assert (
+        summary["steps"] == 12
+        and np.isfinite(summary["loss_final"])
+        and summary["flops_forward_sparse"] < summary["flops_forward_dense"]
+    )
     # only the UNet is trained and counted: the autoencoder is untouched and not part of the model
     state = torch.load(sorted((run / "checkpoints").iterdir())[-1], weights_only=False)
     assert summary["params_total"] == sum(v.numel() for v in state["model"].values())
@@ -90,7 +137,10 @@ def test_train_autoencoder_train_sample_writes_the_run_contract(tmp_path, setup,
         decoded = VQModel.from_pretrained(ae).decode(torch.from_numpy(samples["latents"])).sample
     expected = ((decoded.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     assert np.abs(expected.astype(int) - samples["images"]).max() <= 1
-    assert Image.open(run / "samples" / "samples.png").size == (3 * (SIZE + 2) + 2, 2 * (SIZE + 2) + 2)  # 3 columns, 2 rows
+    assert Image.open(run / "samples" / "samples.png").size == (
+        3 * (SIZE + 2) + 2,
+        2 * (SIZE + 2) + 2,
+    )  # 3 columns, 2 rows
 
 
 def test_sampling_with_another_autoencoder_is_refused(tmp_path, setup, capsys, one_thread):
@@ -111,10 +161,16 @@ def test_sampling_with_another_autoencoder_is_refused(tmp_path, setup, capsys, o
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["autoencoder.path=/no/such/ae"], "autoencoder.path=/no/such/ae does not exist; train one there with `sparsedm train-autoencoder"),
+        (
+            ["autoencoder.path=/no/such/ae"],
+            "autoencoder.path=/no/such/ae does not exist; train one there with `sparsedm train-autoencoder",
+        ),
         (["autoencoder.path=null"], "autoencoder.path is not set"),
         (["data.image_size=18"], "data.image_size=18 is not divisible by the autoencoder's downsampling factor f=4"),
-        (["model.attention_resolutions=[3]"], "model.attention_resolutions [3] match no level of this UNet (latent sizes [4, 2])"),
+        (
+            ["model.attention_resolutions=[3]"],
+            "model.attention_resolutions [3] match no level of this UNet (latent sizes [4, 2])",
+        ),
         (["model.channel_mult=[1,2,2,2]"], "the 4 x 4 latent cannot be halved 3 times"),
         (["model.attention_head_dim=12"], "not divisible by model.norm_num_groups=8 and model.attention_head_dim=12"),
         (["model.base_chanels=8"], "Key 'base_chanels' not in 'UNetConfig'"),

@@ -1,9 +1,9 @@
 import pytest
 import torch
+from tiny_models import TinyGRU, tiny_unet
 from torch import nn
 
 from sparsedm.sparse import SparseConfig, SparseEngine, count_parameters, forward_flops, train_flops_per_step
-from tiny_models import TinyGRU, tiny_unet
 
 
 def test_linear_flops_scale_with_density():
@@ -26,7 +26,6 @@ def test_gru_and_attention_flops_are_counted():
     assert flops["flops_forward_dense"] - flops["flops_forward_sparse"] == pytest.approx(own * 0.5, rel=0.02)
 
 
-
 class SelfAttention(nn.Module):
     def forward(self, q):
         return nn.functional.scaled_dot_product_attention(q, q, q)
@@ -45,7 +44,11 @@ def test_attention_is_counted_through_the_math_backend():
 
 def test_parameter_counts_of_a_sparse_model():
     model = TinyGRU()
-    engine = SparseEngine(model, torch.optim.AdamW(model.parameters()), SparseConfig(method="static", sparsity=0.5, distribution="uniform"))
+    engine = SparseEngine(
+        model,
+        torch.optim.AdamW(model.parameters()),
+        SparseConfig(method="static", sparsity=0.5, distribution="uniform"),
+    )
     counts = count_parameters(model, engine.masks)
     total = sum(p.numel() for p in model.parameters())
     sparse_total = sum(p.numel() for p in engine.params.values())

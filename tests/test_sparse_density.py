@@ -3,7 +3,13 @@ import math
 import pytest
 
 from sparsedm.errors import UserError
-from sparsedm.sparse.density import allocate_densities, custom_densities, erk_densities, nonzero_counts, uniform_densities
+from sparsedm.sparse.density import (
+    allocate_densities,
+    custom_densities,
+    erk_densities,
+    nonzero_counts,
+    uniform_densities,
+)
 
 SHAPES = {
     "conv_in": (8, 3, 3, 3),

@@ -1,9 +1,9 @@
 import pytest
 import torch
+from tiny_models import TinyGRU, gru_loss, tiny_unet, unet_loss
 
 from sparsedm.errors import UserError
 from sparsedm.sparse import EMA, SparseConfig, SparseEngine
-from tiny_models import TinyGRU, gru_loss, tiny_unet, unet_loss
 
 MODELS = {"unet": (tiny_unet, unet_loss), "gru": (TinyGRU, gru_loss)}
 
@@ -31,7 +31,13 @@ def test_invariants_hold_after_many_updates(model_name, method):
     model = build()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-2)
     ema = EMA(model, decay=0.9)
-    engine = SparseEngine(model, optimizer, SparseConfig(method=method, sparsity=0.7, prune_rate=0.5, update_interval=3, t_end=1.0), total_steps=30, ema=ema)
+    engine = SparseEngine(
+        model,
+        optimizer,
+        SparseConfig(method=method, sparsity=0.7, prune_rate=0.5, update_interval=3, t_end=1.0),
+        total_steps=30,
+        ema=ema,
+    )
     ema_params = dict(ema.named_parameters())
     updates = []
 
@@ -63,7 +69,9 @@ def test_invariants_hold_after_many_updates(model_name, method):
 def test_static_mask_never_changes_and_dense_is_untouched():
     model = TinyGRU()
     optimizer = torch.optim.Adam(model.parameters())
-    engine = SparseEngine(model, optimizer, SparseConfig(method="static", sparsity=0.8, update_interval=1), total_steps=10)
+    engine = SparseEngine(
+        model, optimizer, SparseConfig(method="static", sparsity=0.8, update_interval=1), total_steps=10
+    )
     masks = {n: m.clone() for n, m in engine.masks.items()}
     train(model, gru_loss, engine, optimizer, None, 10, torch.Generator().manual_seed(0))
     assert all(torch.equal(masks[n], engine.masks[n]) for n in masks)
@@ -89,7 +97,9 @@ def test_gradient_masking_is_nan_safe():
 def test_non_finite_gradient_skips_the_update():
     model = TinyGRU()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    engine = SparseEngine(model, optimizer, SparseConfig(method="rigl", sparsity=0.5, update_interval=2, prune_rate=0.5), total_steps=100)
+    engine = SparseEngine(
+        model, optimizer, SparseConfig(method="rigl", sparsity=0.5, update_interval=2, prune_rate=0.5), total_steps=100
+    )
     gen = torch.Generator().manual_seed(0)
     train(model, gru_loss, engine, optimizer, None, 1, gen)
     masks = {n: m.clone() for n, m in engine.masks.items()}
@@ -108,7 +118,12 @@ def test_non_finite_gradient_skips_the_update():
 def test_sgd_momentum_is_zeroed_at_dropped_and_grown_positions():
     model = TinyGRU()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    engine = SparseEngine(model, optimizer, SparseConfig(method="magran", sparsity=0.5, update_interval=4, prune_rate=0.3), total_steps=100)
+    engine = SparseEngine(
+        model,
+        optimizer,
+        SparseConfig(method="magran", sparsity=0.5, update_interval=4, prune_rate=0.3),
+        total_steps=100,
+    )
     train(model, gru_loss, engine, optimizer, None, 4, torch.Generator().manual_seed(0))
     assert engine.last_update
     for name, (dropped, grown) in engine.last_update.items():
@@ -120,7 +135,12 @@ def test_sgd_momentum_is_zeroed_at_dropped_and_grown_positions():
 def test_rigl_keeps_dense_gradient_only_in_the_window_before_an_update():
     model = TinyGRU()
     optimizer = torch.optim.AdamW(model.parameters())
-    engine = SparseEngine(model, optimizer, SparseConfig(method="rigl", sparsity=0.5, update_interval=5, grad_accumulation=2), total_steps=100)
+    engine = SparseEngine(
+        model,
+        optimizer,
+        SparseConfig(method="rigl", sparsity=0.5, update_interval=5, grad_accumulation=2),
+        total_steps=100,
+    )
     gen = torch.Generator().manual_seed(0)
     held = []
     for step in range(1, 11):
@@ -174,16 +194,27 @@ def test_selection_follows_the_default_rule():
 
     unet = tiny_unet()
     unet_names = set(SparseEngine(unet, torch.optim.AdamW(unet.parameters()), SparseConfig(method="static")).params)
-    assert "down_blocks.1.attentions.0.to_q.weight" in unet_names and "mid_block.attentions.0.to_out.0.weight" in unet_names
+    assert (
+        "down_blocks.1.attentions.0.to_q.weight" in unet_names
+        and "mid_block.attentions.0.to_out.0.weight" in unet_names
+    )
     assert not any(n.startswith("time_embedding.") or "norm" in n for n in unet_names)
 
-    only_gru = SparseEngine(TinyGRU(), torch.optim.AdamW(TinyGRU().parameters()), SparseConfig(method="static", include=[r"^gru\."], exclude=["reverse"]))
+    only_gru = SparseEngine(
+        TinyGRU(),
+        torch.optim.AdamW(TinyGRU().parameters()),
+        SparseConfig(method="static", include=[r"^gru\."], exclude=["reverse"]),
+    )
     assert set(only_gru.params) == {"gru.weight_ih_l0", "gru.weight_hh_l0", "gru.weight_ih_l1", "gru.weight_hh_l1"}
 
 
 def test_report_lists_every_sparse_tensor():
     model = TinyGRU()
-    engine = SparseEngine(model, torch.optim.AdamW(model.parameters()), SparseConfig(method="static", sparsity=0.5, distribution="uniform"))
+    engine = SparseEngine(
+        model,
+        torch.optim.AdamW(model.parameters()),
+        SparseConfig(method="static", sparsity=0.5, distribution="uniform"),
+    )
     rows = engine.report()
     assert [r.name for r in rows] == list(engine.params)
     for row in rows:
@@ -200,7 +231,9 @@ def test_conv1d_lstm_and_linear_weights_are_sparsified():
             self.head = torch.nn.Linear(8, 2)
 
     model = Mixed()
-    engine = SparseEngine(model, torch.optim.Adam(model.parameters()), SparseConfig(method="static", sparsity=0.5, distribution="uniform"))
+    engine = SparseEngine(
+        model, torch.optim.Adam(model.parameters()), SparseConfig(method="static", sparsity=0.5, distribution="uniform")
+    )
     assert set(engine.params) == {"conv.weight", "lstm.weight_ih_l0", "lstm.weight_hh_l0", "head.weight"}
     for name, param in engine.params.items():
         assert int((param != 0).sum()) <= engine.nonzeros[name] == round(0.5 * param.numel())

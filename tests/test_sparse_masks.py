@@ -5,11 +5,10 @@ import logging
 
 import pytest
 import torch
-
-from sparsedm.sparse import SparseConfig, SparseEngine
-from sparsedm.sparse import optim_state
-from sparsedm.sparse.masks import all_finite, mask_gradients_
 from tiny_models import TinyGRU, gru_loss, sparse_step
+
+from sparsedm.sparse import SparseConfig, SparseEngine, optim_state
+from sparsedm.sparse.masks import all_finite, mask_gradients_
 
 OPTIMIZERS = {
     "adam": lambda ps: torch.optim.Adam(ps, lr=1e-2),
@@ -78,7 +77,9 @@ def test_masked_weights_stay_exactly_zero_at_every_step(name, method):
     torch.manual_seed(0)
     model = TinyGRU()
     optimizer = OPTIMIZERS[name](model.parameters())
-    engine = SparseEngine(model, optimizer, SparseConfig(method=method, sparsity=0.7, update_interval=4, prune_rate=0.5), total_steps=40)
+    engine = SparseEngine(
+        model, optimizer, SparseConfig(method=method, sparsity=0.7, update_interval=4, prune_rate=0.5), total_steps=40
+    )
     gen = torch.Generator().manual_seed(0)
     for step in range(13):
         sparse_step(model, gru_loss, engine, optimizer, gen)
@@ -94,7 +95,9 @@ def test_masked_weights_stay_exactly_zero_at_every_step(name, method):
 def test_a_weight_changed_outside_the_optimizer_is_zeroed_at_the_next_update():
     model = TinyGRU()
     optimizer = torch.optim.AdamW(model.parameters(), fused=True)
-    engine = SparseEngine(model, optimizer, SparseConfig(method="magran", sparsity=0.5, update_interval=2, prune_rate=0.2), total_steps=10)
+    engine = SparseEngine(
+        model, optimizer, SparseConfig(method="magran", sparsity=0.5, update_interval=2, prune_rate=0.2), total_steps=10
+    )
     name, param = next(iter(engine.params.items()))
     with torch.no_grad():
         param[~engine.masks[name]] = 5.0  # e.g. a user edit between steps
@@ -137,7 +140,9 @@ def test_load_masks_takes_another_topology_and_zeroes_what_it_masks():
         mask = engine.masks[name]
         assert mask.dtype == torch.bool and torch.equal(mask, source.masks[name])
         assert (param[~mask] == 0).all()
-        assert (optimizer.state[param]["exp_avg"][~mask] == 0).all() and (optimizer.state[param]["exp_avg_sq"][~mask] == 0).all()
+        assert (optimizer.state[param]["exp_avg"][~mask] == 0).all() and (
+            optimizer.state[param]["exp_avg_sq"][~mask] == 0
+        ).all()
 
 
 def test_load_masks_refuses_masks_of_another_model_or_density():
@@ -154,6 +159,8 @@ def test_load_masks_refuses_masks_of_another_model_or_density():
         engine.load_masks({**masks, name: masks[name].view(-1)})
     denser = masks[name].clone().view(-1)
     denser[(~denser).nonzero()[0]] = True
-    with pytest.raises(UserError, match=f"for {name} have {engine.nonzeros[name] + 1} non-zeros, not {engine.nonzeros[name]}"):
+    with pytest.raises(
+        UserError, match=f"for {name} have {engine.nonzeros[name] + 1} non-zeros, not {engine.nonzeros[name]}"
+    ):
         engine.load_masks({**masks, name: denser.view_as(masks[name])})
     assert all(torch.equal(engine.masks[n], masks[n]) for n in masks)  # a refused load changes nothing

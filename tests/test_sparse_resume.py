@@ -20,7 +20,10 @@ def test_resume_in_a_fresh_process_is_bit_identical(tmp_path, method):
     run(method, 0, 14, tmp_path / "full.pt")
     run(method, 0, 7, tmp_path / "half.pt")
     run(method, 7, 14, tmp_path / "resumed.pt", tmp_path / "half.pt")
-    full, resumed = torch.load(tmp_path / "full.pt", weights_only=False), torch.load(tmp_path / "resumed.pt", weights_only=False)
+    full, resumed = (
+        torch.load(tmp_path / "full.pt", weights_only=False),
+        torch.load(tmp_path / "resumed.pt", weights_only=False),
+    )
     for key in ("model",):
         for name, tensor in full[key].items():
             assert torch.equal(tensor, resumed[key][name]), name
@@ -32,4 +35,6 @@ def test_resume_in_a_fresh_process_is_bit_identical(tmp_path, method):
     half = torch.load(tmp_path / "half.pt", weights_only=False)
     if method == "rigl":  # the checkpoint carried the half-accumulated dense gradient across the break
         assert half["engine"]["dense_grads"]
-    assert any(not torch.equal(half["engine"]["masks"][n], m) for n, m in full["engine"]["masks"].items())  # updates happened after the break
+    assert any(
+        not torch.equal(half["engine"]["masks"][n], m) for n, m in full["engine"]["masks"].items()
+    )  # updates happened after the break

@@ -2,10 +2,10 @@ import math
 
 import pytest
 import torch
+from tiny_models import TinyGRU, gru_loss
 
 from sparsedm.sparse import SparseConfig, SparseEngine
 from sparsedm.sparse.schedule import UpdateSchedule
-from tiny_models import TinyGRU, gru_loss
 
 
 def test_cosine_prune_fraction_at_known_steps():
@@ -31,7 +31,12 @@ def test_t_end_as_fraction_or_step():
 def test_engine_makes_no_update_after_t_end():
     model = TinyGRU()
     optimizer = torch.optim.AdamW(model.parameters())
-    engine = SparseEngine(model, optimizer, SparseConfig(method="magran", update_interval=2, t_end=0.5, prune_rate=0.5, prune_rate_decay="constant"), total_steps=12)
+    engine = SparseEngine(
+        model,
+        optimizer,
+        SparseConfig(method="magran", update_interval=2, t_end=0.5, prune_rate=0.5, prune_rate_decay="constant"),
+        total_steps=12,
+    )
     gen = torch.Generator().manual_seed(0)
     changed = []
     for _ in range(12):

@@ -36,8 +36,13 @@ def qd_config(tmp_path):
         lines.append(json.dumps({"word": "cat", "key_id": str(i), "drawing": strokes}))
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "cat.ndjson").write_text("\n".join(lines) + "\n")
-    return StrokeDataConfig(name="quickdraw", path=str(tmp_path / "data"), categories=["cat"],
-                            val_fraction=0.25, cache_dir=str(tmp_path / "cache"))
+    return StrokeDataConfig(
+        name="quickdraw",
+        path=str(tmp_path / "data"),
+        categories=["cat"],
+        val_fraction=0.25,
+        cache_dir=str(tmp_path / "cache"),
+    )
 
 
 def _points(sketches):
@@ -122,8 +127,10 @@ def test_config_checks_and_omegaconf(tmp_path):
     with pytest.raises(UserError, match="data.val_fraction"):
         check_stroke_config(StrokeDataConfig(val_fraction=1.0))
 
-    cfg = OmegaConf.merge(OmegaConf.structured(StrokeDataConfig), OmegaConf.from_dotlist(
-        ["max_items=3", f"cache_dir={tmp_path}", "categories=[cat,dog]"]))
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(StrokeDataConfig),
+        OmegaConf.from_dotlist(["max_items=3", f"cache_dir={tmp_path}", "categories=[cat,dog]"]),
+    )
     assert list(cfg.categories) == ["cat", "dog"]
     check_stroke_config(cfg)
     train, val = load_stroke_splits(cfg)  # the built-in KanjiVG, three characters

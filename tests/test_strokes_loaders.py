@@ -30,8 +30,10 @@ def _object_array(items):
 
 
 def _write_ndjson(path, drawings, extra_lines=()):
-    lines = [json.dumps({"word": "cat", "countrycode": "DE", "recognized": True, "key_id": str(i), "drawing": d})
-             for i, d in enumerate(drawings)]
+    lines = [
+        json.dumps({"word": "cat", "countrycode": "DE", "recognized": True, "key_id": str(i), "drawing": d})
+        for i, d in enumerate(drawings)
+    ]
     path.write_text("\n".join([*lines, *extra_lines]) + "\n")
 
 
@@ -160,8 +162,10 @@ def test_builtin_kanjivg_package():
     assert parse_kanji_svg((folder / "04e09.svg").read_bytes()).num_strokes == 3  # 三
     result = load_kanjivg(max_items=5, seed=0)
     assert len(result.sketches) == 5 and not result.skipped
-    assert all(np.isfinite(s.points).all() and 0 <= s.points[:, :2].min() and s.points[:, :2].max() <= 109
-               for s in result.sketches)
+    assert all(
+        np.isfinite(s.points).all() and 0 <= s.points[:, :2].min() and s.points[:, :2].max() <= 109
+        for s in result.sketches
+    )
 
 
 class _NotData:

@@ -7,13 +7,13 @@ import logging
 import shutil
 
 import pytest
-
 from fid_stub import use_pooled_pixels
+
 from sparsedm.cli import main
 from sparsedm.config import load_config
 from sparsedm.experiments import sweep as sweep_module
 from sparsedm.experiments.grid import RunSpec
-from sparsedm.train.run_dir import RunDir
+from sparsedm.runs.run_dir import RunDir
 
 RUNS = ["dense-seed0", "static-S0.5-seed0", "rigl-S0.5-p0.1-seed0", "rigl-S0.5-p0.5-seed0"]
 
@@ -25,18 +25,47 @@ def _stub_and_one_thread(monkeypatch, one_thread):
 
 def tiny(cache):
     return [
-        f"data.cache_dir={cache}", "data.max_items=240", "data.max_points=60", "data.max_strokes=8", "data.spacing=0.1",
-        "model.hidden_size=16", "train.batch_size=16", "train.steps=6", "train.checkpoint_every=3", "train.val_batches=1",
+        f"data.cache_dir={cache}",
+        "data.max_items=240",
+        "data.max_points=60",
+        "data.max_strokes=8",
+        "data.spacing=0.1",
+        "model.hidden_size=16",
+        "train.batch_size=16",
+        "train.steps=6",
+        "train.checkpoint_every=3",
+        "train.val_batches=1",
         "sparse.update_interval=2",
     ]
 
 
 def sweep(out, capsys, *extra, cache=None):
-    code = main([
-        "sweep", "configs/chirodiff_kanjivg_cpu.yaml", *tiny(cache or out.parent / "cache"), "--out", str(out),
-        "--methods", "dense", "static", "rigl", "--sparsities", "0.5", "--prune-rates", "0.1", "0.5", "--seeds", "1",
-        "--num", "4", "--sample-steps", "2", "--no-progress", *extra,
-    ])
+    code = main(
+        [
+            "sweep",
+            "configs/chirodiff_kanjivg_cpu.yaml",
+            *tiny(cache or out.parent / "cache"),
+            "--out",
+            str(out),
+            "--methods",
+            "dense",
+            "static",
+            "rigl",
+            "--sparsities",
+            "0.5",
+            "--prune-rates",
+            "0.1",
+            "0.5",
+            "--seeds",
+            "1",
+            "--num",
+            "4",
+            "--sample-steps",
+            "2",
+            "--no-progress",
+            *extra,
+        ]
+    )
     return code, capsys.readouterr()
 
 
@@ -50,7 +79,12 @@ def test_sweep_runs_the_grid_writes_every_file_and_continues_without_redoing(tmp
     assert code == 0, captured.err
     assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(RUNS)
     assert sorted(p.name for p in out.iterdir()) == [
-        "fid_vs_sparsity.png", "fid_vs_train_flops.png", "results.csv", "results.md", "runs", "sweep.json",
+        "fid_vs_sparsity.png",
+        "fid_vs_train_flops.png",
+        "results.csv",
+        "results.md",
+        "runs",
+        "sweep.json",
     ]
     for name in RUNS:
         run = out / "runs" / name
@@ -115,7 +149,11 @@ def test_runs_paused_at_stop_at_continue_in_a_later_call(tmp_path, capsys):
 def test_a_failing_run_is_reported_and_the_others_go_on(tmp_path, capsys, caplog):
     out = tmp_path / "sweep"
     broken = RunDir(out / "runs" / "dense-seed0")  # interrupted, and its only checkpoint is truncated
-    broken.write_config(load_config("configs/chirodiff_kanjivg_cpu.yaml", tiny(tmp_path / "cache") + RunSpec("dense", None, None, 0).overrides()))
+    broken.write_config(
+        load_config(
+            "configs/chirodiff_kanjivg_cpu.yaml", tiny(tmp_path / "cache") + RunSpec("dense", None, None, 0).overrides()
+        )
+    )
     broken.checkpoints.mkdir()
     (broken.checkpoints / "step_00000003.pt").write_bytes(b"not a checkpoint")
     with caplog.at_level(logging.ERROR, logger="sparsedm.experiments.sweep"):
@@ -123,9 +161,10 @@ def test_a_failing_run_is_reported_and_the_others_go_on(tmp_path, capsys, caplog
     assert code == 2
     assert "2 runs: 1 trained, 0 evaluated, 0 finished before, 1 failed" in captured.out
     assert "1 of 2 runs failed (dense-seed0)" in captured.err
-    assert any("dense-seed0 failed: checkpoint" in r.getMessage() and "is corrupt" in r.getMessage() for r in caplog.records)
+    assert any(
+        "dense-seed0 failed: checkpoint" in r.getMessage() and "is corrupt" in r.getMessage() for r in caplog.records
+    )
     assert "| Dense | – | – |" in (out / "results.md").read_text()  # the table of the run that finished
-
 
 
 def test_with_workers_the_reference_comes_first_and_every_run_is_handed_out(tmp_path, capsys, monkeypatch):
@@ -149,10 +188,16 @@ def test_with_workers_the_reference_comes_first_and_every_run_is_handed_out(tmp_
     monkeypatch.setattr(sweep_module, "run_in_workers", in_process)
     out = tmp_path / "sweep"
     broken = RunDir(out / "runs" / "static-S0.5-seed0")
-    broken.write_config(load_config("configs/chirodiff_kanjivg_cpu.yaml", tiny(cache) + RunSpec("static", 0.5, None, 0).overrides()))
+    broken.write_config(
+        load_config("configs/chirodiff_kanjivg_cpu.yaml", tiny(cache) + RunSpec("static", 0.5, None, 0).overrides())
+    )
     broken.checkpoints.mkdir()
     (broken.checkpoints / "step_00000003.pt").write_bytes(b"not a checkpoint")
-    code, captured = sweep(out, capsys, "--methods", "dense", "static", "rigl", "--prune-rates", "0.1", "--workers", "2")
+    code, captured = sweep(
+        out, capsys, "--methods", "dense", "static", "rigl", "--prune-rates", "0.1", "--workers", "2"
+    )
     assert code == 2 and "3 runs: 2 trained, 0 evaluated, 0 finished before, 1 failed" in captured.out
     assert "1 of 3 runs failed (static-S0.5-seed0)" in captured.err
-    assert handed == [["dense-seed0", "rigl-S0.5-p0.1-seed0", "static-S0.5-seed0"]]  # all three went to the workers, at once
+    assert handed == [
+        ["dense-seed0", "rigl-S0.5-p0.1-seed0", "static-S0.5-seed0"]
+    ]  # all three went to the workers, at once

@@ -9,13 +9,23 @@ import pytest
 from PIL import Image
 
 from sparsedm.cli import main
-from sparsedm.experiments.aggregate import read_runs, aggregate
+from sparsedm.experiments.aggregate import aggregate, read_runs
 from sparsedm.experiments.grid import SweepGrid
 
 PROTOCOL = {
-    "data": "KanjiVG, 2000 items", "train_steps": 600, "train_batch_size": 64, "distribution": "erk",
-    "update_interval": 50, "n_samples": 200, "sampler": "ddim", "steps": 50, "eta": 0.0, "sample_seed": 0,
-    "reference_split": "val", "reference_key": "chirodiff/kanjivg/val/abc", "reference_size": 170,
+    "data": "KanjiVG, 2000 items",
+    "train_steps": 600,
+    "train_batch_size": 64,
+    "distribution": "erk",
+    "update_interval": 50,
+    "n_samples": 200,
+    "sampler": "ddim",
+    "steps": 50,
+    "eta": 0.0,
+    "sample_seed": 0,
+    "reference_split": "val",
+    "reference_key": "chirodiff/kanjivg/val/abc",
+    "reference_size": 170,
 }
 F_DENSE = 1_000_000  # forward FLOPs of the dense network (one sample)
 
@@ -24,13 +34,27 @@ def fake_run(sweep, name, method, fid, sparsity=0.0, prune_rate=0.1, **changes):
     """A finished run folder as the sweep leaves it, with round cost figures."""
     density = 1 - sparsity
     f_sparse = F_DENSE * density
-    step = {"dense": 3 * F_DENSE, "static": 3 * f_sparse, "magran": 3 * f_sparse,
-            "rigl": (3 * f_sparse * 50 + 2 * f_sparse + F_DENSE) / 51}[method]
+    step = {
+        "dense": 3 * F_DENSE,
+        "static": 3 * f_sparse,
+        "magran": 3 * f_sparse,
+        "rigl": (3 * f_sparse * 50 + 2 * f_sparse + F_DENSE) / 51,
+    }[method]
     record = {
-        **PROTOCOL, "fid": fid, "method": method, "sparsity": sparsity, "sparsity_actual": sparsity,
-        "prune_rate": prune_rate, "params_total": 10_000, "params_nonzero": 1_000 + 9_000 * density,
-        "flops_forward_dense": F_DENSE, "flops_forward_sparse": f_sparse, "flops_train_step": step,
-        "flops_train_step_dense": 3 * F_DENSE, "flops_train_total": step * 64 * 600, **changes,
+        **PROTOCOL,
+        "fid": fid,
+        "method": method,
+        "sparsity": sparsity,
+        "sparsity_actual": sparsity,
+        "prune_rate": prune_rate,
+        "params_total": 10_000,
+        "params_nonzero": 1_000 + 9_000 * density,
+        "flops_forward_dense": F_DENSE,
+        "flops_forward_sparse": f_sparse,
+        "flops_train_step": step,
+        "flops_train_step_dense": 3 * F_DENSE,
+        "flops_train_total": step * 64 * 600,
+        **changes,
     }
     folder = sweep / "runs" / name
     folder.mkdir(parents=True)
@@ -54,7 +78,10 @@ def sweep(tmp_path):
 def test_mean_and_std_over_seeds_per_method_s_and_p(sweep):
     rows = aggregate(read_runs(sweep))
     assert [(r.method, r.sparsity, r.prune_rate, r.seeds) for r in rows] == [
-        ("dense", None, None, 3), ("static", 0.9, None, 2), ("rigl", 0.5, 0.1, 2), ("rigl", 0.5, 0.5, 1),
+        ("dense", None, None, 3),
+        ("static", 0.9, None, 2),
+        ("rigl", 0.5, 0.1, 2),
+        ("rigl", 0.5, 0.5, 1),
     ]
     dense, static, rigl, rigl_single = rows
     assert (dense.fid_mean, dense.fid_std) == (12.0, 2.0)  # sample std of 10, 12, 14
@@ -85,7 +112,9 @@ def test_report_writes_the_table_the_csv_and_the_plots(sweep, capsys):
     with open(sweep / "results.csv") as file:
         rows = list(csv.DictReader(file))
     assert [(r["method"], r["sparsity"], r["prune_rate"], r["fid_std"]) for r in rows] == [
-        ("dense", "", "", "2.0"), ("static", "0.9", "", str(math.sqrt(4.5))), ("rigl", "0.5", "0.1", str(math.sqrt(2.0))),
+        ("dense", "", "", "2.0"),
+        ("static", "0.9", "", str(math.sqrt(4.5))),
+        ("rigl", "0.5", "0.1", str(math.sqrt(2.0))),
         ("rigl", "0.5", "0.5", ""),
     ]
     for name in names[2:]:
@@ -114,5 +143,9 @@ def test_the_default_grid_runs_dense_once_per_seed_and_static_without_p():
     assert not any(n.startswith("static") and "-p" in n for n in names)
     magran = next(r for r in runs if r.name == "magran-S0.9-p0.5-seed1")
     assert magran.overrides() == [
-        "sparse.method=magran", "seed=1", "sparse.seed=1", "sparse.sparsity=0.9", "sparse.prune_rate=0.5",
+        "sparse.method=magran",
+        "seed=1",
+        "sparse.seed=1",
+        "sparse.sparsity=0.9",
+        "sparse.prune_rate=0.5",
     ]

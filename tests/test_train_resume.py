@@ -12,12 +12,22 @@ import pytest
 import torch
 
 from sparsedm.cli import main
-from sparsedm.train.checkpoint import list_checkpoints, load_checkpoint
+from sparsedm.runs.checkpoint import list_checkpoints, load_checkpoint
 
 TINY = [
-    "data.max_items=200", "data.max_points=50", "data.max_strokes=8", "data.spacing=0.1", "model.hidden_size=16",
-    "model.num_layers=1", "train.batch_size=16", "train.log_every=5", "train.val_batches=1", "sparse.update_interval=4",
-    "sparse.prune_rate=0.3", "sparse.t_end=1.0", "train.keep_checkpoints=5",
+    "data.max_items=200",
+    "data.max_points=50",
+    "data.max_strokes=8",
+    "data.spacing=0.1",
+    "model.hidden_size=16",
+    "model.num_layers=1",
+    "train.batch_size=16",
+    "train.log_every=5",
+    "train.val_batches=1",
+    "sparse.update_interval=4",
+    "sparse.prune_rate=0.3",
+    "sparse.t_end=1.0",
+    "train.keep_checkpoints=5",
 ]
 
 
@@ -32,16 +42,50 @@ def cache(tmp_path_factory):
 
 
 def train(out, *overrides, flags=()):
-    return main(["train", "configs/chirodiff_kanjivg_cpu.yaml", "--out", str(out), "--no-progress", *TINY, *overrides, *flags])
+    return main(
+        ["train", "configs/chirodiff_kanjivg_cpu.yaml", "--out", str(out), "--no-progress", *TINY, *overrides, *flags]
+    )
 
 
 @pytest.mark.parametrize("method", ["rigl", "magran"])
 def test_resume_is_bit_identical(tmp_path, cache, method):
-    assert train(tmp_path / "full", cache, f"sparse.method={method}", "train.steps=14", "train.checkpoint_every=100", "sparse.grad_accumulation=2") == 0
+    assert (
+        train(
+            tmp_path / "full",
+            cache,
+            f"sparse.method={method}",
+            "train.steps=14",
+            "train.checkpoint_every=100",
+            "sparse.grad_accumulation=2",
+        )
+        == 0
+    )
     # the same 14-step run, stopped after step 7 (inside RigL's window before the update at 8), then resumed
-    assert train(tmp_path / "split", cache, f"sparse.method={method}", "train.steps=14", "train.stop_at=7", "train.checkpoint_every=100", "sparse.grad_accumulation=2") == 0
+    assert (
+        train(
+            tmp_path / "split",
+            cache,
+            f"sparse.method={method}",
+            "train.steps=14",
+            "train.stop_at=7",
+            "train.checkpoint_every=100",
+            "sparse.grad_accumulation=2",
+        )
+        == 0
+    )
     assert not (tmp_path / "split" / "summary.json").exists()
-    assert train(tmp_path / "split", cache, f"sparse.method={method}", "train.steps=14", "train.checkpoint_every=100", "sparse.grad_accumulation=2", flags=["--resume"]) == 0
+    assert (
+        train(
+            tmp_path / "split",
+            cache,
+            f"sparse.method={method}",
+            "train.steps=14",
+            "train.checkpoint_every=100",
+            "sparse.grad_accumulation=2",
+            flags=["--resume"],
+        )
+        == 0
+    )
     full = json.loads((tmp_path / "full" / "summary.json").read_text())
     split = json.loads((tmp_path / "split" / "summary.json").read_text())
     assert full["weights_sha256"] == split["weights_sha256"]
@@ -51,7 +95,11 @@ def test_resume_is_bit_identical(tmp_path, cache, method):
     for name, tensor in a["ema"]["module"].items():
         assert torch.equal(tensor, b["ema"]["module"][name]), name
     # metrics of the resumed run are not duplicated
-    steps = [r["step"] for r in map(json.loads, (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    steps = [
+        r["step"]
+        for r in map(json.loads, (tmp_path / "split" / "metrics.jsonl").read_text().splitlines())
+        if "loss" in r
+    ]
     assert steps == sorted(set(steps)) and steps[-1] == 14
 
 
@@ -65,11 +113,15 @@ def test_resume_refuses_a_different_config(tmp_path, cache, capsys):
 
 def test_non_finite_loss_names_the_step_and_keeps_the_checkpoint(tmp_path, cache, capsys):
     # a learning rate this large blows the weights up within a few steps
-    code = train(tmp_path / "run", cache, "train.steps=200", "train.lr=1e30", "train.grad_clip=null", "train.checkpoint_every=1")
+    code = train(
+        tmp_path / "run", cache, "train.steps=200", "train.lr=1e30", "train.grad_clip=null", "train.checkpoint_every=1"
+    )
     err = capsys.readouterr().err
     assert code == 2 and "non-finite loss at step" in err and "last good checkpoint" in err
     kept = list_checkpoints(tmp_path / "run" / "checkpoints")
-    assert kept and all(torch.isfinite(t).all() for t in load_checkpoint(kept[-1])["model"].values() if t.is_floating_point())
+    assert kept and all(
+        torch.isfinite(t).all() for t in load_checkpoint(kept[-1])["model"].values() if t.is_floating_point()
+    )
 
 
 def test_bf16_autocast_trains_on_cpu(tmp_path, cache):
@@ -91,8 +143,22 @@ def test_fp16_needs_a_gpu(tmp_path, cache, capsys):
 
 def test_sigkill_while_checkpointing_leaves_a_loadable_checkpoint(tmp_path, cache):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "sparsedm", "train", "configs/chirodiff_kanjivg_cpu.yaml", "--out", str(out), "--no-progress",
-           *TINY, cache, "train.steps=100000", "train.checkpoint_every=1", "model.hidden_size=64", "model.num_layers=2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sparsedm",
+        "train",
+        "configs/chirodiff_kanjivg_cpu.yaml",
+        "--out",
+        str(out),
+        "--no-progress",
+        *TINY,
+        cache,
+        "train.steps=100000",
+        "train.checkpoint_every=1",
+        "model.hidden_size=64",
+        "model.num_layers=2",
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpts = out / "checkpoints"
@@ -111,5 +177,16 @@ def test_sigkill_while_checkpointing_leaves_a_loadable_checkpoint(tmp_path, cach
         proc.kill()
     state = load_checkpoint(list_checkpoints(ckpts)[-1])
     assert state["step"] >= 2
-    assert train(out, cache, f"train.steps={state['step'] + 2}", "train.checkpoint_every=1", "model.hidden_size=64", "model.num_layers=2", flags=["--resume"]) == 0
+    assert (
+        train(
+            out,
+            cache,
+            f"train.steps={state['step'] + 2}",
+            "train.checkpoint_every=1",
+            "model.hidden_size=64",
+            "model.num_layers=2",
+            flags=["--resume"],
+        )
+        == 0
+    )
     assert json.loads((out / "summary.json").read_text())["steps"] == state["step"] + 2

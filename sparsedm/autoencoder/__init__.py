@@ -7,10 +7,16 @@
 Layout: config (settings), model (build, load, encode, decode), latents (the cache), train (the loop).
 """
 
-from .config import AutoencoderConfig, AutoencoderExperiment, AutoencoderTrainConfig, FirstStageConfig, load_autoencoder_config
-from .latents import LatentDataset, cached_latents, latent_std
-from .model import FirstStage, build_autoencoder, decode, encode
-from .train import train_autoencoder
+from sparsedm.autoencoder.config import (
+    AutoencoderConfig,
+    AutoencoderExperiment,
+    AutoencoderTrainConfig,
+    FirstStageConfig,
+    load_autoencoder_config,
+)
+from sparsedm.autoencoder.latents import LatentDataset, cached_latents, latent_std
+from sparsedm.autoencoder.model import FirstStage, build_autoencoder, decode, encode
+from sparsedm.autoencoder.train import train_autoencoder
 
 __all__ = [
     "AutoencoderConfig",

@@ -33,7 +33,9 @@ class CodebookRestarts:
         """Move the codes flagged in `codes` onto random latents of the last observed batch."""
         count = int(codes.sum())
         if count:
-            picks = torch.randint(0, len(self.latents), (count,), generator=self.generator, device=self.generator.device)
+            picks = torch.randint(
+                0, len(self.latents), (count,), generator=self.generator, device=self.generator.device
+            )
             self.codebook[codes] = self.latents[picks.to(self.latents.device)]
         return count
 

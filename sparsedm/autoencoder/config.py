@@ -9,8 +9,9 @@ from typing import List, Optional
 
 from omegaconf import DictConfig
 
-from ..data.images import ImageDataConfig, check_config
-from ..errors import UserError
+from sparsedm.config_loader import load_config
+from sparsedm.data.images import ImageDataConfig, check_config
+from sparsedm.errors import UserError
 
 KINDS = ("vq", "kl")
 RECON_LOSSES = ("l1", "mse")
@@ -58,18 +59,22 @@ class AutoencoderExperiment:
 class FirstStageConfig:
     """The frozen, dense autoencoder a Latent Diffusion run works in (never sparse, never trained there)."""
 
-    path: Optional[str] = None  # diffusers VQModel / AutoencoderKL folder: train-autoencoder's --out, or a pipeline's vqvae/
-    scaling_factor: Optional[float] = None  # latents x this for the UNet; null = the folder's config.json value, else 1/std
+    path: Optional[str] = (
+        None  # diffusers VQModel / AutoencoderKL folder: train-autoencoder's --out, or a pipeline's vqvae/
+    )
+    scaling_factor: Optional[float] = (
+        None  # latents x this for the UNet; null = the folder's config.json value, else 1/std
+    )
     encode_batch_size: int = 64  # images per encoder pass when the latents are cached
 
 
 def load_autoencoder_config(path: Optional[str], overrides=()) -> DictConfig:
     """Schema defaults <- YAML <- overrides for `train-autoencoder`, validated."""
-    from ..config import load_config
-
-    cfg = load_config(path, overrides, schema=AutoencoderExperiment)
+    cfg = load_config(path, overrides, AutoencoderExperiment)
     if cfg.task != "autoencoder":
-        raise UserError(f"{path} is a task={cfg.task} config; train-autoencoder takes one such as configs/autoencoder_openmoji_cpu.yaml")
+        raise UserError(
+            f"{path} is a task={cfg.task} config; train-autoencoder takes one such as configs/autoencoder_openmoji_cpu.yaml"
+        )
     validate_autoencoder_experiment(cfg)
     return cfg
 
@@ -79,10 +84,17 @@ def validate_autoencoder_experiment(cfg) -> None:
     model, train = cfg.model, cfg.train
     if model.kind not in KINDS:
         raise UserError(f"model.kind={model.kind!r} is unknown; use vq or kl")
-    if not model.block_out_channels or min(model.block_out_channels) < 1 or model.layers_per_block < 1 or model.latent_channels < 1:
+    if (
+        not model.block_out_channels
+        or min(model.block_out_channels) < 1
+        or model.layers_per_block < 1
+        or model.latent_channels < 1
+    ):
         raise UserError("model.block_out_channels, model.layers_per_block and model.latent_channels must be positive")
     if any(c % model.norm_num_groups for c in model.block_out_channels):
-        raise UserError(f"model.norm_num_groups={model.norm_num_groups} must divide every entry of model.block_out_channels")
+        raise UserError(
+            f"model.norm_num_groups={model.norm_num_groups} must divide every entry of model.block_out_channels"
+        )
     if model.kind == "vq" and model.num_vq_embeddings < 2:
         raise UserError(f"model.num_vq_embeddings={model.num_vq_embeddings} must be >= 2")
     factor = 2 ** (len(model.block_out_channels) - 1)

@@ -20,8 +20,8 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from ..data.images import ImageDataset, load_image_splits
-from .model import FirstStage, encode
+from sparsedm.autoencoder.model import FirstStage, encode
+from sparsedm.data.images import ImageDataset, load_image_splits
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,12 @@ def encode_images(model, images: ImageDataset, device, batch_size: int, progress
     """(mean, std or None) of `model`'s latents as float32 CPU tensors for every image of the split; progress
     None: on a terminal."""
     means, stds = [], []
-    for start in tqdm(range(0, len(images), batch_size), desc=f"encode {images.name}", disable=None if progress is None else not progress, dynamic_ncols=True):
+    for start in tqdm(
+        range(0, len(images), batch_size),
+        desc=f"encode {images.name}",
+        disable=None if progress is None else not progress,
+        dynamic_ncols=True,
+    ):
         x = torch.stack([images[i] for i in range(start, min(start + batch_size, len(images)))]).to(device)
         mean, std = encode(model, x)
         means.append(mean.float().cpu())
@@ -65,7 +70,9 @@ def encode_images(model, images: ImageDataset, device, batch_size: int, progress
     return torch.cat(means), (torch.cat(stds) if stds[0] is not None else None)
 
 
-def cached_latents(data_cfg, first_stage: FirstStage, device, batch_size: int, progress: bool | None = None) -> Tuple[LatentDataset, LatentDataset]:
+def cached_latents(
+    data_cfg, first_stage: FirstStage, device, batch_size: int, progress: bool | None = None
+) -> Tuple[LatentDataset, LatentDataset]:
     """(train, val) latents of `data_cfg` under `first_stage`: from the cache, or encoded now and cached."""
     path = cache_path(data_cfg, first_stage)
     if not path.is_file():
@@ -86,7 +93,10 @@ def cached_latents(data_cfg, first_stage: FirstStage, device, batch_size: int, p
         log.info("latents read from %s", path)
     with np.load(path) as arrays:
         return tuple(
-            LatentDataset(torch.from_numpy(arrays[f"{split}_mean"]), torch.from_numpy(arrays[f"{split}_std"]) if f"{split}_std" in arrays else None)
+            LatentDataset(
+                torch.from_numpy(arrays[f"{split}_mean"]),
+                torch.from_numpy(arrays[f"{split}_std"]) if f"{split}_std" in arrays else None,
+            )
             for split in ("train", "val")
         )
 

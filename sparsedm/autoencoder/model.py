@@ -15,8 +15,8 @@ from typing import Optional, Tuple
 import torch
 from diffusers import AutoencoderKL, VQModel
 
-from ..errors import UserError
-from .config import AutoencoderConfig
+from sparsedm.autoencoder.config import AutoencoderConfig
+from sparsedm.errors import UserError
 
 CLASSES = {"VQModel": VQModel, "AutoencoderKL": AutoencoderKL}
 KIND_OF_CLASS = {"VQModel": "vq", "AutoencoderKL": "kl"}
@@ -70,7 +70,9 @@ def find_autoencoder_folder(path: Optional[str]) -> Path:
     for folder in (root, *(root / sub for sub in PIPELINE_SUBFOLDERS)):
         if (folder / "config.json").is_file():
             return folder
-    raise UserError(f"autoencoder.path={path} holds no config.json (nor vqvae/ or vae/ with one); it is not a diffusers autoencoder folder")
+    raise UserError(
+        f"autoencoder.path={path} holds no config.json (nor vqvae/ or vae/ with one); it is not a diffusers autoencoder folder"
+    )
 
 
 class FirstStage:
@@ -84,7 +86,9 @@ class FirstStage:
             raise UserError(f"{self.folder / 'config.json'} is not readable JSON ({type(exc).__name__})") from None
         class_name = self.config.get("_class_name")
         if class_name not in CLASSES:
-            raise UserError(f"{self.folder} holds a {class_name}; autoencoder.path must be a VQModel or AutoencoderKL folder")
+            raise UserError(
+                f"{self.folder} holds a {class_name}; autoencoder.path must be a VQModel or AutoencoderKL folder"
+            )
         self.class_name = class_name
         self.kind = KIND_OF_CLASS[class_name]
         self._model = None
@@ -110,7 +114,9 @@ class FirstStage:
     @cached_property
     def identity(self) -> str:
         """sha256 of config.json and the weight files: equal iff it is the same autoencoder."""
-        weights = sorted(p for p in self.folder.iterdir() if p.name.startswith("diffusion_pytorch_model") and p.is_file())
+        weights = sorted(
+            p for p in self.folder.iterdir() if p.name.startswith("diffusion_pytorch_model") and p.is_file()
+        )
         if not weights:
             raise UserError(f"{self.folder} has a config.json but no diffusion_pytorch_model.* weights")
         digest = hashlib.sha256()
@@ -125,7 +131,9 @@ class FirstStage:
         """The model on `device`, in eval mode with gradients off (loaded once)."""
         if self._model is None:
             try:
-                model = CLASSES[self.class_name].from_pretrained(self.folder, low_cpu_mem_usage=False)  # no accelerate here
+                model = CLASSES[self.class_name].from_pretrained(
+                    self.folder, low_cpu_mem_usage=False
+                )  # no accelerate here
                 self._model = model.eval().requires_grad_(False)
             except (OSError, ValueError, RuntimeError) as exc:
                 first_line = (str(exc).splitlines() or [type(exc).__name__])[0]

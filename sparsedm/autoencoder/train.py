@@ -26,19 +26,26 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from ..data.images import ImageDataset, display_name, load_image_splits, to_uint8_images
-from ..data.images.grid import save_image_grid
-from ..errors import UserError
-from ..train.batches import BatchSchedule
-from ..train.distributed import DistInfo, resolve_device
-from .codebook import CodebookRestarts
-from .latents import LatentDataset, encode_images, latent_std
-from .model import build_autoencoder, decode, encode
+from sparsedm.autoencoder.codebook import CodebookRestarts
+from sparsedm.autoencoder.latents import LatentDataset, encode_images, latent_std
+from sparsedm.autoencoder.model import build_autoencoder, decode, encode
+from sparsedm.data.images import ImageDataset, display_name, load_image_splits, to_uint8_images
+from sparsedm.data.images.grid import save_image_grid
+from sparsedm.errors import UserError
+from sparsedm.runs.batches import BatchSchedule
+from sparsedm.runs.distributed import DistInfo, resolve_device
 
 log = logging.getLogger(__name__)
 
 METRICS = "metrics.json"
-WRITTEN = ("config.json", "diffusion_pytorch_model.safetensors", METRICS, "metrics.jsonl", "train_config.yaml", "reconstructions.png")
+WRITTEN = (
+    "config.json",
+    "diffusion_pytorch_model.safetensors",
+    METRICS,
+    "metrics.jsonl",
+    "train_config.yaml",
+    "reconstructions.png",
+)
 EVAL_BATCH = 64  # images per forward pass when measuring reconstruction error
 
 
@@ -46,7 +53,9 @@ def _batch(images: ImageDataset, indices, device) -> torch.Tensor:
     return torch.stack([images[i] for i in indices]).to(device)
 
 
-def _losses(model, x: torch.Tensor, mean: torch.Tensor, std, cfg: DictConfig, generator: torch.Generator, restarts=None):
+def _losses(
+    model, x: torch.Tensor, mean: torch.Tensor, std, cfg: DictConfig, generator: torch.Generator, restarts=None
+):
     """(reconstruction loss, regulariser) of a batch encoded as (mean, std): the VQ loss for vq, the KL for kl.
     A VQ step tells `restarts` which codes the quantiser chose (one nearest-code search per step)."""
     if std is None:
@@ -122,7 +131,12 @@ def train_autoencoder(cfg: DictConfig, out, overwrite: bool = False, progress: b
     start = time.time()
     model.train()
     window = {"recon": 0.0, "reg": 0.0, "n": 0}
-    with open(out / "metrics.jsonl", "w", buffering=1) as log_file, tqdm(total=total_steps, desc=f"train {cfg.model.kind} autoencoder", disable=not progress, dynamic_ncols=True) as bar:
+    with (
+        open(out / "metrics.jsonl", "w", buffering=1) as log_file,
+        tqdm(
+            total=total_steps, desc=f"train {cfg.model.kind} autoencoder", disable=not progress, dynamic_ncols=True
+        ) as bar,
+    ):
         for step in range(1, total_steps + 1):
             x = _batch(train_set, batches.indices(step - 1), device)
             mean, std = encode(model, x)
@@ -140,7 +154,11 @@ def train_autoencoder(cfg: DictConfig, out, overwrite: bool = False, progress: b
             window["reg"] += float(regulariser.detach())
             window["n"] += 1
             if step % tc.log_every == 0 or step == total_steps:
-                record = {"step": step, "recon_loss": window["recon"] / window["n"], "reg_loss": window["reg"] / window["n"]}
+                record = {
+                    "step": step,
+                    "recon_loss": window["recon"] / window["n"],
+                    "reg_loss": window["reg"] / window["n"],
+                }
                 log_file.write(json.dumps(record) + "\n")
                 bar.set_postfix(recon=f"{record['recon_loss']:.4f}")
                 window = {"recon": 0.0, "reg": 0.0, "n": 0}
@@ -149,7 +167,9 @@ def train_autoencoder(cfg: DictConfig, out, overwrite: bool = False, progress: b
 
     after = reconstruction_error(model, val_set, device)
     log.info("validation reconstruction after training: L1 %.4f, PSNR %.2f dB", after["l1"], after["psnr"])
-    scaling_factor = 1.0 / latent_std(LatentDataset(*encode_images(model, train_set, device, EVAL_BATCH, progress=False)))
+    scaling_factor = 1.0 / latent_std(
+        LatentDataset(*encode_images(model, train_set, device, EVAL_BATCH, progress=False))
+    )
     model.register_to_config(scaling_factor=scaling_factor)
     model.save_pretrained(out)
     _save_reconstructions(model, val_set, device, out / "reconstructions.png")

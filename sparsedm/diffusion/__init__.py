@@ -1,6 +1,6 @@
 """Model-agnostic Gaussian diffusion: the training loss and DDPM/DDIM sampling for any denoiser."""
 
-from .config import DiffusionConfig
-from .process import GaussianDiffusion
+from sparsedm.diffusion.config import DiffusionConfig
+from sparsedm.diffusion.process import GaussianDiffusion
 
 __all__ = ["DiffusionConfig", "GaussianDiffusion"]

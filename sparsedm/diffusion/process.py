@@ -14,8 +14,8 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm import tqdm
 
-from ..errors import UserError
-from .config import DiffusionConfig
+from sparsedm.diffusion.config import DiffusionConfig
+from sparsedm.errors import UserError
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -182,18 +182,12 @@ def _check_config(cfg: DiffusionConfig) -> None:
     if cfg.num_train_timesteps < 1:
         raise UserError(f"num_train_timesteps (T) must be >= 1, got {cfg.num_train_timesteps}")
     if cfg.beta_schedule not in BETA_SCHEDULES:
-        raise UserError(
-            f"unknown beta_schedule {cfg.beta_schedule!r}; use one of {', '.join(BETA_SCHEDULES)}"
-        )
+        raise UserError(f"unknown beta_schedule {cfg.beta_schedule!r}; use one of {', '.join(BETA_SCHEDULES)}")
     if not 0 < cfg.beta_start <= cfg.beta_end < 1:
         raise UserError(
             f"need 0 < beta_start <= beta_end < 1, got beta_start={cfg.beta_start}, beta_end={cfg.beta_end}"
         )
     if cfg.prediction_type not in PREDICTION_TYPES:
-        raise UserError(
-            f"unknown prediction_type {cfg.prediction_type!r}; use one of {', '.join(PREDICTION_TYPES)}"
-        )
+        raise UserError(f"unknown prediction_type {cfg.prediction_type!r}; use one of {', '.join(PREDICTION_TYPES)}")
     if cfg.timestep_spacing not in TIMESTEP_SPACINGS:
-        raise UserError(
-            f"unknown timestep_spacing {cfg.timestep_spacing!r}; use one of {', '.join(TIMESTEP_SPACINGS)}"
-        )
+        raise UserError(f"unknown timestep_spacing {cfg.timestep_spacing!r}; use one of {', '.join(TIMESTEP_SPACINGS)}")

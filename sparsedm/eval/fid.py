@@ -295,7 +295,11 @@ def fid_between(
         return {"fid": fid_from_statistics(a, b), "n_a": a.n, "n_b": b.n}
     if backend == "torch-fidelity":
         return _fid_with_torch_fidelity(
-            path_a, path_b, batch_size=batch_size, device=torch.device(device), progress=progress,
+            path_a,
+            path_b,
+            batch_size=batch_size,
+            device=torch.device(device),
+            progress=progress,
             npz_to_images=npz_to_images,
         )
     raise UserError(f"unknown FID backend {backend!r}; use one of {', '.join(BACKENDS)}")

@@ -16,15 +16,26 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import List, Optional
 
-from ..errors import UserError
-from .evaluate import EVAL
-from .grid import DISPLAY, METHODS
+from sparsedm.errors import UserError
+from sparsedm.eval.evaluate import EVAL
+from sparsedm.experiments.grid import DISPLAY, METHODS
 
 RUNS = "runs"  # SWEEP/runs/NAME/
 # What every run of one table must share; a difference would put incomparable numbers side by side.
 PROTOCOL = (
-    "data", "train_steps", "train_batch_size", "distribution", "update_interval",
-    "n_samples", "sampler", "steps", "eta", "sample_seed", "reference_split", "reference_key", "reference_size",
+    "data",
+    "train_steps",
+    "train_batch_size",
+    "distribution",
+    "update_interval",
+    "n_samples",
+    "sampler",
+    "steps",
+    "eta",
+    "sample_seed",
+    "reference_split",
+    "reference_key",
+    "reference_size",
 )
 
 
@@ -90,20 +101,22 @@ def aggregate(records: List[dict]) -> List[Row]:
         fids = [r["fid"] for r in runs]
         mean = _mean(fids)
         std = math.sqrt(sum((f - mean) ** 2 for f in fids) / (len(fids) - 1)) if len(fids) > 1 else None
-        rows.append(Row(
-            method=method,
-            sparsity=sparsity,
-            prune_rate=prune_rate,
-            seeds=len(runs),
-            fid_mean=mean,
-            fid_std=std,
-            params_nonzero=_mean([r["params_nonzero"] for r in runs]),
-            params_rel=_mean([r["params_nonzero"] / r["params_total"] for r in runs]),
-            flops_forward=_mean([r["flops_forward_sparse"] for r in runs]),
-            flops_forward_rel=_mean([r["flops_forward_sparse"] / r["flops_forward_dense"] for r in runs]),
-            flops_train=_mean([r["flops_train_total"] for r in runs]),
-            flops_train_rel=_mean([r["flops_train_step"] / r["flops_train_step_dense"] for r in runs]),
-        ))
+        rows.append(
+            Row(
+                method=method,
+                sparsity=sparsity,
+                prune_rate=prune_rate,
+                seeds=len(runs),
+                fid_mean=mean,
+                fid_std=std,
+                params_nonzero=_mean([r["params_nonzero"] for r in runs]),
+                params_rel=_mean([r["params_nonzero"] / r["params_total"] for r in runs]),
+                flops_forward=_mean([r["flops_forward_sparse"] for r in runs]),
+                flops_forward_rel=_mean([r["flops_forward_sparse"] / r["flops_forward_dense"] for r in runs]),
+                flops_train=_mean([r["flops_train_total"] for r in runs]),
+                flops_train_rel=_mean([r["flops_train_step"] / r["flops_train_step_dense"] for r in runs]),
+            )
+        )
     return sorted(rows, key=lambda r: (METHODS.index(r.method), r.sparsity or 0.0, r.prune_rate or 0.0))
 
 

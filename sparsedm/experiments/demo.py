@@ -16,15 +16,15 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..config import load_config
-from ..tasks import build_task
-from ..train.run_dir import RunDir
-from .aggregate import RUNS, read_runs
-from .evaluate import EVAL_SAMPLES, EvalSettings
-from .grid import DISPLAY, METHODS, SweepGrid
-from .plots import sample_rows
-from .report import Report
-from .sweep import run_sweep
+from sparsedm.config import load_config
+from sparsedm.eval.evaluate import EVAL_SAMPLES, EvalSettings
+from sparsedm.experiments.aggregate import RUNS, read_runs
+from sparsedm.experiments.grid import DISPLAY, METHODS, SweepGrid
+from sparsedm.experiments.plots import sample_rows
+from sparsedm.experiments.report import Report
+from sparsedm.experiments.sweep import run_sweep
+from sparsedm.runs.run_dir import RunDir
+from sparsedm.tasks import build_task
 
 ROW_SAMPLES = 8  # samples per method in samples.png
 
@@ -49,8 +49,15 @@ def run_demo(settings: Optional[DemoSettings] = None, progress: bool = True) -> 
     overrides = list(settings.overrides) + ([f"train.steps={settings.steps}"] if settings.steps is not None else [])
     prune_rate = load_config(settings.config, overrides).sparse.prune_rate
     grid = SweepGrid(methods=list(METHODS), sparsities=[settings.sparsity], prune_rates=[prune_rate], seeds=1)
-    outcomes, report = run_sweep(settings.config, settings.out, grid, overrides, EvalSettings(num=settings.num), progress,
-                                 workers=settings.workers)
+    outcomes, report = run_sweep(
+        settings.config,
+        settings.out,
+        grid,
+        overrides,
+        EvalSettings(num=settings.num),
+        progress,
+        workers=settings.workers,
+    )
     if report is not None:
         report.files += _sample_pictures(Path(settings.out))
     return outcomes, report

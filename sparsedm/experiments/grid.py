@@ -7,7 +7,7 @@ runs once per S and seed. Only RigL-DM and MagRan-DM span the whole S x p grid.
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from ..errors import UserError
+from sparsedm.errors import UserError
 
 METHODS = ("dense", "static", "rigl", "magran")
 DISPLAY = {"dense": "Dense", "static": "Static-DM", "rigl": "RigL-DM", "magran": "MagRan-DM"}

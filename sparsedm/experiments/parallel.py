@@ -32,8 +32,10 @@ def run_in_workers(
     """{name: fn(*args)} for every job, or the exception it raised; `progress_count()` feeds the bar."""
     results: Dict[str, object] = {}
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool, \
-            tqdm(total=total, desc=desc, disable=not progress, dynamic_ncols=True) as bar:
+    with (
+        ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool,
+        tqdm(total=total, desc=desc, disable=not progress, dynamic_ncols=True) as bar,
+    ):
         futures = {pool.submit(fn, *args): name for name, args in jobs.items()}
         pending = set(futures)
         while pending:

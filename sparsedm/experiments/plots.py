@@ -9,8 +9,8 @@ from typing import Callable, Dict, List
 import numpy as np
 from matplotlib.figure import Figure
 
-from .aggregate import Row
-from .grid import DISPLAY
+from sparsedm.experiments.aggregate import Row
+from sparsedm.experiments.grid import DISPLAY
 
 COLOURS = {"static": "tab:blue", "rigl": "tab:red", "magran": "tab:green"}
 LINESTYLES = ("-", "--", ":", "-.")  # one per prune rate of a method
@@ -50,8 +50,13 @@ def _fid_against(rows: List[Row], x_of: Callable[[Row], float], xlabel: str, pat
     _dense_level(axes, rows)
     for (method, prune_rate), points in _series(rows).items():
         axes.errorbar(
-            [x_of(r) for r in points], [r.fid_mean for r in points], yerr=[r.fid_std or 0.0 for r in points],
-            color=COLOURS[method], linestyle=_style(rows, method, prune_rate), marker="o", capsize=3,
+            [x_of(r) for r in points],
+            [r.fid_mean for r in points],
+            yerr=[r.fid_std or 0.0 for r in points],
+            color=COLOURS[method],
+            linestyle=_style(rows, method, prune_rate),
+            marker="o",
+            capsize=3,
             label=_label(method, prune_rate),
         )
     axes.set_xlim(0, 1.02)  # both axes are fractions: S, and FLOPs as a share of dense

@@ -1,18 +1,27 @@
 """`sparsedm report SWEEP`: the table and plots of a sweep, rebuilt from its finished runs.
 
-    SWEEP/results.csv             one row per (method, S, p): FID mean and std, costs and their ratios to dense
-    SWEEP/results.md              the same as the paper's table, with a note on what the numbers are
-    SWEEP/fid_vs_sparsity.png     FID against S, a line per method (and p); Dense as a level with its ± std band
-    SWEEP/fid_vs_train_flops.png  FID against training FLOPs as a fraction of dense
+SWEEP/results.csv             one row per (method, S, p): FID mean and std, costs and their ratios to dense
+SWEEP/results.md              the same as the paper's table, with a note on what the numbers are
+SWEEP/fid_vs_sparsity.png     FID against S, a line per method (and p); Dense as a level with its ± std band
+SWEEP/fid_vs_train_flops.png  FID against training FLOPs as a fraction of dense
 """
 
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List
 
-from ..errors import UserError
-from .aggregate import RUNS, Row, aggregate, common_protocol, markdown_table, protocol_note, read_runs, write_csv
-from .plots import fid_vs_sparsity, fid_vs_train_flops
+from sparsedm.errors import UserError
+from sparsedm.experiments.aggregate import (
+    RUNS,
+    Row,
+    aggregate,
+    common_protocol,
+    markdown_table,
+    protocol_note,
+    read_runs,
+    write_csv,
+)
+from sparsedm.experiments.plots import fid_vs_sparsity, fid_vs_train_flops
 
 
 @dataclass

@@ -18,18 +18,25 @@ from typing import Dict, List, Optional, Tuple
 
 from omegaconf import OmegaConf
 
-from ..config import load_config
-from ..errors import UserError
-from ..tasks import build_task
-from ..train.checkpoint import latest_checkpoint
-from ..train.distributed import DistInfo, resolve_device
-from ..train.run_dir import METRICS, SUMMARY, RunDir
-from ..train.trainer import Trainer
-from .aggregate import RUNS, read_runs
-from .evaluate import EVAL, EvalSettings, evaluate_run, reference_statistics, settings_record, write_json_atomically
-from .grid import GRID_KEYS, RunSpec, SweepGrid
-from .parallel import run_in_workers
-from .report import Report, build_report
+from sparsedm.config import load_config
+from sparsedm.errors import UserError
+from sparsedm.eval.evaluate import (
+    EVAL,
+    EvalSettings,
+    evaluate_run,
+    reference_statistics,
+    settings_record,
+    write_json_atomically,
+)
+from sparsedm.experiments.aggregate import RUNS, read_runs
+from sparsedm.experiments.grid import GRID_KEYS, RunSpec, SweepGrid
+from sparsedm.experiments.parallel import run_in_workers
+from sparsedm.experiments.report import Report, build_report
+from sparsedm.runs.checkpoint import latest_checkpoint
+from sparsedm.runs.distributed import DistInfo, resolve_device
+from sparsedm.runs.run_dir import METRICS, SUMMARY, RunDir
+from sparsedm.tasks import build_task
+from sparsedm.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +140,9 @@ def run_sweep(
         raise UserError(f"--workers {workers} must be >= 1")
     clashes = [o for o in overrides if o.split("=", 1)[0] in GRID_KEYS]
     if clashes:
-        raise UserError(f"{' '.join(clashes)}: the grid sets these; use --methods, --sparsities, --prune-rates and --seeds")
+        raise UserError(
+            f"{' '.join(clashes)}: the grid sets these; use --methods, --sparsities, --prune-rates and --seeds"
+        )
     overrides, specs = list(overrides), grid.runs()
     pin_setup(out, _setup(config, overrides, settings))
     outcomes = {spec.name: "done" for spec in specs if (out / RUNS / spec.name / EVAL).exists()}
@@ -147,8 +156,9 @@ def run_sweep(
     return outcomes, build_report(out) if read_runs(out) else None
 
 
-def _run_in_turn(todo: List[RunSpec], config: str, overrides: List[str], out: Path, settings: EvalSettings,
-                 progress: bool) -> Dict[str, str]:
+def _run_in_turn(
+    todo: List[RunSpec], config: str, overrides: List[str], out: Path, settings: EvalSettings, progress: bool
+) -> Dict[str, str]:
     outcomes = {}
     for i, spec in enumerate(todo, 1):
         log.info("sweep [%d/%d] %s", i, len(todo), spec.name)
@@ -160,8 +170,15 @@ def _run_in_turn(todo: List[RunSpec], config: str, overrides: List[str], out: Pa
     return outcomes
 
 
-def _run_in_workers(todo: List[RunSpec], config: str, overrides: List[str], out: Path, settings: EvalSettings,
-                    progress: bool, workers: int) -> Dict[str, str]:
+def _run_in_workers(
+    todo: List[RunSpec],
+    config: str,
+    overrides: List[str],
+    out: Path,
+    settings: EvalSettings,
+    progress: bool,
+    workers: int,
+) -> Dict[str, str]:
     cfg = load_config(config, overrides)
     # the reference statistics first, or every worker would compute them at once
     reference_statistics(build_task(cfg), settings, resolve_device(cfg.train.device, DistInfo()), progress)

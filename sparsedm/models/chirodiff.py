@@ -11,8 +11,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from ..errors import UserError
-from .time_embedding import RandomFourierFeatures
+from sparsedm.errors import UserError
+from sparsedm.models.time_embedding import RandomFourierFeatures
 
 
 @dataclass

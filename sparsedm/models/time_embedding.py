@@ -5,7 +5,7 @@ import math
 import torch
 from torch import nn
 
-from ..errors import UserError
+from sparsedm.errors import UserError
 
 
 class RandomFourierFeatures(nn.Module):

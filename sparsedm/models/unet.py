@@ -11,7 +11,7 @@ from typing import List
 
 from diffusers import UNet2DModel
 
-from ..errors import UserError
+from sparsedm.errors import UserError
 
 
 @dataclass
@@ -32,7 +32,9 @@ def block_out_channels(cfg: UNetConfig) -> List[int]:
 def check_unet_config(cfg: UNetConfig, sample_size: int) -> None:
     """One-line errors for architectures UNet2DModel cannot build on a sample_size x sample_size latent."""
     if cfg.base_channels < 1 or not cfg.channel_mult or min(cfg.channel_mult) < 1 or cfg.layers_per_block < 1:
-        raise UserError("model.base_channels, model.channel_mult and model.layers_per_block must be positive, e.g. 64, [1, 2], 2")
+        raise UserError(
+            "model.base_channels, model.channel_mult and model.layers_per_block must be positive, e.g. 64, [1, 2], 2"
+        )
     downsamplings = len(cfg.channel_mult) - 1
     if sample_size % 2**downsamplings:
         raise UserError(
@@ -42,7 +44,9 @@ def check_unet_config(cfg: UNetConfig, sample_size: int) -> None:
     resolutions = [sample_size // 2**level for level in range(len(cfg.channel_mult))]
     unused = [r for r in cfg.attention_resolutions if r not in resolutions]
     if unused:
-        raise UserError(f"model.attention_resolutions {unused} match no level of this UNet (latent sizes {resolutions})")
+        raise UserError(
+            f"model.attention_resolutions {unused} match no level of this UNet (latent sizes {resolutions})"
+        )
     for channels in block_out_channels(cfg):
         if channels % cfg.norm_num_groups or channels % cfg.attention_head_dim:
             raise UserError(

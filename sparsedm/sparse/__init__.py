@@ -5,11 +5,11 @@ change (schedule), what to remove (drop) and add (grow), optimiser-state surgery
 EMA (ema), the engine tying them to a training step (engine), parameter and FLOP accounting (cost).
 """
 
-from .config import SparseConfig
-from .cost import count_parameters, forward_flops, masked_densities, sampling_flops, train_flops_per_step
-from .ema import EMA
-from .engine import SparseEngine, TensorReport
-from .report import format_report
+from sparsedm.sparse.config import SparseConfig
+from sparsedm.sparse.cost import count_parameters, forward_flops, masked_densities, sampling_flops, train_flops_per_step
+from sparsedm.sparse.ema import EMA
+from sparsedm.sparse.engine import SparseEngine, TensorReport
+from sparsedm.sparse.report import format_report
 
 __all__ = [
     "EMA",

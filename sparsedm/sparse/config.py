@@ -6,7 +6,7 @@ Every inferred choice of the method (see docs/method.md) is a field here with th
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from ..errors import UserError
+from sparsedm.errors import UserError
 
 METHODS = ("dense", "static", "rigl", "magran")
 METHOD_ALIASES = {"set": "magran"}  # SET (Mocanu et al. 2018) is MagRan's grow rule
@@ -19,13 +19,17 @@ class SparseConfig:
     method: str = "rigl"  # dense | static | rigl | magran (alias: set)
     sparsity: float = 0.5  # S: fraction of zero weights over the sparse tensors, in [0, 1)
     distribution: str = "erk"  # erk | uniform | custom: how S is spread over tensors
-    custom_densities: Dict[str, float] = field(default_factory=dict)  # distribution=custom: regex -> density; unmatched tensors get 1 - S
+    custom_densities: Dict[str, float] = field(
+        default_factory=dict
+    )  # distribution=custom: regex -> density; unmatched tensors get 1 - S
     prune_rate: float = 0.1  # p: fraction of a tensor's active weights replaced at one update, in (0, 1]
     prune_rate_decay: str = "cosine"  # cosine (p_t = p (1 + cos(pi t / t_end)) / 2) | constant
     update_interval: int = 100  # ΔT: optimiser steps between mask updates
     t_end: float = 0.75  # last update step: <= 1 is a fraction of training, > 1 an absolute step
     grad_accumulation: int = 1  # RigL: batches whose dense gradients are summed for the grow criterion
-    include: List[str] = field(default_factory=list)  # regexes on parameter names to sparsify; empty = every weight with >= 2 dims
+    include: List[str] = field(
+        default_factory=list
+    )  # regexes on parameter names to sparsify; empty = every weight with >= 2 dims
     exclude: List[str] = field(default_factory=list)  # regexes on parameter names to keep dense
     exclude_time_embedding: bool = True  # keep timestep-embedding layers dense (the paper's rule)
     seed: int = 0  # seeds the initial masks and MagRan's growth; identical on every rank
@@ -41,15 +45,21 @@ class SparseConfig:
     def validate(self) -> "SparseConfig":
         """Raise a one-line UserError for any value outside its range; return self."""
         if self.canonical_method not in METHODS:
-            raise UserError(f"sparse.method={self.method!r} is unknown; use one of {', '.join(METHODS)} (or 'set' for magran)")
+            raise UserError(
+                f"sparse.method={self.method!r} is unknown; use one of {', '.join(METHODS)} (or 'set' for magran)"
+            )
         if not 0.0 <= self.sparsity < 1.0:
             raise UserError(f"sparse.sparsity={self.sparsity} is out of range; S must be in [0, 1)")
         if self.distribution not in DISTRIBUTIONS:
-            raise UserError(f"sparse.distribution={self.distribution!r} is unknown; use one of {', '.join(DISTRIBUTIONS)}")
+            raise UserError(
+                f"sparse.distribution={self.distribution!r} is unknown; use one of {', '.join(DISTRIBUTIONS)}"
+            )
         if not 0.0 < self.prune_rate <= 1.0:
             raise UserError(f"sparse.prune_rate={self.prune_rate} is out of range; p must be in (0, 1]")
         if self.prune_rate_decay not in DECAYS:
-            raise UserError(f"sparse.prune_rate_decay={self.prune_rate_decay!r} is unknown; use one of {', '.join(DECAYS)}")
+            raise UserError(
+                f"sparse.prune_rate_decay={self.prune_rate_decay!r} is unknown; use one of {', '.join(DECAYS)}"
+            )
         if self.update_interval < 1:
             raise UserError(f"sparse.update_interval={self.update_interval} is out of range; ΔT must be >= 1")
         if self.t_end <= 0:
@@ -71,5 +81,7 @@ class SparseConfig:
         if self.t_end > 1:
             return int(self.t_end)
         if total_steps is None:
-            raise UserError("sparse.t_end is a fraction of training, so the engine needs total_steps; pass it or give t_end as a step > 1")
+            raise UserError(
+                "sparse.t_end is a fraction of training, so the engine needs total_steps; pass it or give t_end as a step > 1"
+            )
         return int(self.t_end * total_steps)

@@ -12,7 +12,7 @@ import math
 import re
 from typing import Dict, Mapping, Sequence
 
-from ..errors import UserError
+from sparsedm.errors import UserError
 
 Shapes = Mapping[str, Sequence[int]]
 
@@ -51,7 +51,9 @@ def custom_densities(shapes: Shapes, sparsity: float, patterns: Mapping[str, flo
     return densities
 
 
-def allocate_densities(shapes: Shapes, sparsity: float, distribution: str, patterns: Mapping[str, float] = None) -> Dict[str, float]:
+def allocate_densities(
+    shapes: Shapes, sparsity: float, distribution: str, patterns: Mapping[str, float] = None
+) -> Dict[str, float]:
     if distribution == "uniform":
         return uniform_densities(shapes, sparsity)
     if distribution == "erk":

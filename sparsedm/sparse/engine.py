@@ -19,16 +19,16 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from ..errors import UserError
-from .config import SparseConfig
-from .density import allocate_densities, nonzero_counts
-from .drop import drop_by_magnitude
-from .ema import EMA
-from .grow import grow_by_gradient, grow_random
-from .masks import all_finite, apply_masks_, mask_gradients_, masks_fingerprint, random_mask
-from .optim_state import check_supported, mask_moments_, warn_if_slow_on_zeros, zero_moments_
-from .schedule import UpdateSchedule
-from .selection import select_sparse_parameters
+from sparsedm.errors import UserError
+from sparsedm.sparse.config import SparseConfig
+from sparsedm.sparse.density import allocate_densities, nonzero_counts
+from sparsedm.sparse.drop import drop_by_magnitude
+from sparsedm.sparse.ema import EMA
+from sparsedm.sparse.grow import grow_by_gradient, grow_random
+from sparsedm.sparse.masks import all_finite, apply_masks_, mask_gradients_, masks_fingerprint, random_mask
+from sparsedm.sparse.optim_state import check_supported, mask_moments_, warn_if_slow_on_zeros, zero_moments_
+from sparsedm.sparse.schedule import UpdateSchedule
+from sparsedm.sparse.selection import select_sparse_parameters
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +74,13 @@ class SparseEngine:
         shapes = {n: tuple(p.shape) for n, p in self.params.items()}
         self.densities = allocate_densities(shapes, config.sparsity, config.distribution, config.custom_densities)
         self.nonzeros = nonzero_counts(self.densities, shapes)
-        self.masks = {n: random_mask(p.shape, self.nonzeros[n], self.generator, p.device) for n, p in self.params.items()}
+        self.masks = {
+            n: random_mask(p.shape, self.nonzeros[n], self.generator, p.device) for n, p in self.params.items()
+        }
         if config.is_dynamic:
-            self.schedule = UpdateSchedule(config.update_interval, config.end_step(total_steps), config.prune_rate, config.prune_rate_decay)
+            self.schedule = UpdateSchedule(
+                config.update_interval, config.end_step(total_steps), config.prune_rate, config.prune_rate_decay
+            )
         self.apply_masks()
 
     # -- the two calls of a training step -----------------------------------------------------------
@@ -187,7 +191,9 @@ class SparseEngine:
 
     def load_state_dict(self, state: dict) -> None:
         if state["method"] != self.method:
-            raise UserError(f"the checkpoint was trained with sparse.method={state['method']}, not {self.method}; use the run's config")
+            raise UserError(
+                f"the checkpoint was trained with sparse.method={state['method']}, not {self.method}; use the run's config"
+            )
         self._check_masks(state["masks"], "the checkpoint's masks", "use the run's config")
         self.step = state["step"]
         self.masks = {n: state["masks"][n].to(device=p.device, dtype=torch.bool) for n, p in self.params.items()}
@@ -208,10 +214,14 @@ class SparseEngine:
     def _check_masks(self, masks: Dict[str, torch.Tensor], what: str, fix: str) -> None:
         if set(masks) != set(self.masks):
             missing, extra = sorted(set(self.masks) - set(masks)), sorted(set(masks) - set(self.masks))
-            raise UserError(f"{what} do not match this model's sparse tensors (missing: {missing[:3]}, unexpected: {extra[:3]}); {fix}")
+            raise UserError(
+                f"{what} do not match this model's sparse tensors (missing: {missing[:3]}, unexpected: {extra[:3]}); {fix}"
+            )
         for name, mask in masks.items():
             if tuple(mask.shape) != tuple(self.masks[name].shape):
-                raise UserError(f"{what} for {name} have shape {tuple(mask.shape)}, not {tuple(self.masks[name].shape)}; {fix}")
+                raise UserError(
+                    f"{what} for {name} have shape {tuple(mask.shape)}, not {tuple(self.masks[name].shape)}; {fix}"
+                )
             if int(mask.sum()) != self.nonzeros[name]:
                 raise UserError(f"{what} for {name} have {int(mask.sum())} non-zeros, not {self.nonzeros[name]}; {fix}")
 
@@ -229,5 +239,9 @@ class SparseEngine:
         rows = []
         for name, mask in self.masks.items():
             nonzero = int(mask.sum())
-            rows.append(TensorReport(name, tuple(mask.shape), self.densities[name], nonzero / mask.numel(), nonzero, mask.numel()))
+            rows.append(
+                TensorReport(
+                    name, tuple(mask.shape), self.densities[name], nonzero / mask.numel(), nonzero, mask.numel()
+                )
+            )
         return rows

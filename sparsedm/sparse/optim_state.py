@@ -10,7 +10,7 @@ from typing import Iterable
 
 import torch
 
-from ..errors import UserError
+from sparsedm.errors import UserError
 
 log = logging.getLogger(__name__)
 _warned = False  # the slow-path hint is given once per process
@@ -26,7 +26,9 @@ MOMENT_KEYS = {
 def check_supported(optimizer: torch.optim.Optimizer) -> None:
     if type(optimizer) not in MOMENT_KEYS:
         supported = ", ".join(cls.__name__ for cls in MOMENT_KEYS)
-        raise UserError(f"optimiser {type(optimizer).__name__} is not supported by the sparse engine; use one of {supported}")
+        raise UserError(
+            f"optimiser {type(optimizer).__name__} is not supported by the sparse engine; use one of {supported}"
+        )
 
 
 def warn_if_slow_on_zeros(optimizer: torch.optim.Optimizer) -> None:
@@ -39,11 +41,15 @@ def warn_if_slow_on_zeros(optimizer: torch.optim.Optimizer) -> None:
     if not isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW):
         return
     global _warned
-    slow = [g for g in optimizer.param_groups if not g.get("fused") and any(p.device.type == "cpu" for p in g["params"])]
+    slow = [
+        g for g in optimizer.param_groups if not g.get("fused") and any(p.device.type == "cpu" for p in g["params"])
+    ]
     if slow and not _warned:
         _warned = True
-        log.warning("%s on CPU without fused=True is slow on the zeros of masked weights; "
-                    "build it with fused=True", type(optimizer).__name__)
+        log.warning(
+            "%s on CPU without fused=True is slow on the zeros of masked weights; build it with fused=True",
+            type(optimizer).__name__,
+        )
 
 
 @torch.no_grad()

@@ -2,7 +2,7 @@
 
 from typing import Iterable
 
-from .engine import TensorReport
+from sparsedm.sparse.engine import TensorReport
 
 
 def format_report(rows: Iterable[TensorReport]) -> str:

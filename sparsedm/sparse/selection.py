@@ -10,7 +10,7 @@ from typing import Dict, List
 
 from torch import nn
 
-from ..errors import UserError
+from sparsedm.errors import UserError
 
 # Names of timestep-embedding layers: diffusers' `time_embedding.linear_1`, LDM's `time_embed.0`,
 # ChiroDiff's `time_embedding.*`.
@@ -32,7 +32,9 @@ def select_sparse_parameters(
     names = [n for n, _ in named]
     for kind, patterns in (("include", include), ("exclude", exclude)):
         for bad in _unmatched(list(patterns), names):
-            raise UserError(f"sparse.{kind} pattern {bad!r} matches no parameter of the model; check the names in model.named_parameters()")
+            raise UserError(
+                f"sparse.{kind} pattern {bad!r} matches no parameter of the model; check the names in model.named_parameters()"
+            )
 
     selected = {}
     for name, param in named:

@@ -2,17 +2,17 @@
 
 from omegaconf import DictConfig
 
-from ..errors import UserError
-from .base import Task
+from sparsedm.errors import UserError
+from sparsedm.tasks.base import Task
 
 
 def build_task(cfg: DictConfig) -> Task:
     if cfg.task == "chirodiff":
-        from .chirodiff import ChiroDiffTask
+        from sparsedm.tasks.chirodiff import ChiroDiffTask
 
         return ChiroDiffTask(cfg)
     if cfg.task == "ldm":
-        from .ldm import LatentDiffusionTask
+        from sparsedm.tasks.ldm import LatentDiffusionTask
 
         return LatentDiffusionTask(cfg)
     raise UserError(f"task={cfg.task!r} is unknown; use chirodiff or ldm")

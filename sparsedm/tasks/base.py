@@ -24,7 +24,9 @@ class Task:
         """The denoiser, the only part that is sparse-trained."""
         raise NotImplementedError
 
-    def load_data(self, progress: bool | None = None, device: torch.device | None = None) -> Tuple[Sequence[Any], Sequence[Any]]:
+    def load_data(
+        self, progress: bool | None = None, device: torch.device | None = None
+    ) -> Tuple[Sequence[Any], Sequence[Any]]:
         """(train, val) indexable data sets of items for `collate`; progress: bars for slow first loads
         (preprocessing, decoding, encoding), None: on a terminal only; device: where to do heavy preparation
         such as encoding latents (None: the config's train.device)."""
@@ -43,7 +45,9 @@ class Task:
         raise NotImplementedError
 
     @torch.no_grad()
-    def sample(self, model: nn.Module, num: int, generator: torch.Generator, device, progress: bool = True) -> Dict[str, np.ndarray]:
+    def sample(
+        self, model: nn.Module, num: int, generator: torch.Generator, device, progress: bool = True
+    ) -> Dict[str, np.ndarray]:
         """Generate `num` samples with `cfg.sample`; returns the arrays of samples.npz."""
         raise NotImplementedError
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.strokes import (
+from sparsedm.data.strokes import (
     StrokeDataset,
     collate_strokes,
     display_name,
@@ -20,10 +20,10 @@ from ..data.strokes import (
     save_sketch_grid,
     sequence_lengths,
 )
-from ..data.strokes.render import default_line_width
-from ..diffusion import DiffusionConfig, GaussianDiffusion
-from ..models.chirodiff import ChiroDiffConfig, ChiroDiffDenoiser
-from .base import Task
+from sparsedm.data.strokes.render import default_line_width
+from sparsedm.diffusion import DiffusionConfig, GaussianDiffusion
+from sparsedm.models.chirodiff import ChiroDiffConfig, ChiroDiffDenoiser
+from sparsedm.tasks.base import Task
 
 RENDER_SIZE = 64  # sketches are rasterised at 64 px (line width 2 px) for pictures and FID
 
@@ -45,7 +45,9 @@ class ChiroDiffTask(Task):
         train, val = load_stroke_splits(self.cfg.data, progress)
         self.lengths = sequence_lengths(train)
         d = self.cfg.data
-        return StrokeDataset(train, d.representation, d.feature_scale), StrokeDataset(val, d.representation, d.feature_scale)
+        return StrokeDataset(train, d.representation, d.feature_scale), StrokeDataset(
+            val, d.representation, d.feature_scale
+        )
 
     def collate(self, items):
         return collate_strokes(items)
@@ -55,7 +57,9 @@ class ChiroDiffTask(Task):
         # noise for the longest possible sequence, cropped: a sample's noise must not depend on how far
         # its batch happens to be padded
         t, noise = self.diffusion.draw((len(x), self.cfg.data.max_points, x.shape[2]), seeds, x.device)
-        return self.diffusion.loss(lambda x_t, t_: model(x_t, t_, mask), x, mask=mask, t=t, noise=noise[:, : x.shape[1]])
+        return self.diffusion.loss(
+            lambda x_t, t_: model(x_t, t_, mask), x, mask=mask, t=t, noise=noise[:, : x.shape[1]]
+        )
 
     def flops_inputs(self, batch):
         """One sketch of the training set's mean length (rounded): a GRU's FLOPs grow with the length, so this
@@ -63,7 +67,11 @@ class ChiroDiffTask(Task):
         x = batch["x"][:1]
         length = max(1, int(round(float(self.lengths.mean())))) if len(self.lengths) else x.shape[1]
         x = torch.zeros(1, length, x.shape[2], dtype=x.dtype, device=x.device)
-        return (x, torch.zeros(1, dtype=torch.long, device=x.device), torch.ones(1, length, dtype=torch.bool, device=x.device))
+        return (
+            x,
+            torch.zeros(1, dtype=torch.long, device=x.device),
+            torch.ones(1, length, dtype=torch.bool, device=x.device),
+        )
 
     @torch.no_grad()
     def sample(self, model, num, generator, device, progress=True) -> Dict[str, np.ndarray]:
@@ -78,8 +86,15 @@ class ChiroDiffTask(Task):
             width = int(chunk.max())
             mask = (torch.arange(width)[None, :] < chunk[:, None]).to(device)
             x = self.diffusion.sample(
-                lambda x_t, t: model(x_t, t, mask), (len(chunk), width, self.cfg.model.in_channels),
-                sampler=sc.sampler, steps=sc.steps, eta=sc.eta, mask=mask, generator=generator, device=device, progress=progress,
+                lambda x_t, t: model(x_t, t, mask),
+                (len(chunk), width, self.cfg.model.in_channels),
+                sampler=sc.sampler,
+                steps=sc.steps,
+                eta=sc.eta,
+                mask=mask,
+                generator=generator,
+                device=device,
+                progress=progress,
             )
             features[start : start + len(chunk), :width] = x.float().cpu().numpy()
         return {"features": features, "lengths": lengths.numpy()}

@@ -13,14 +13,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..autoencoder import FirstStage, cached_latents, decode, latent_std
-from ..data.images import check_config, display_name, load_image_splits, to_uint8_images
-from ..data.images.grid import save_image_grid
-from ..diffusion import DiffusionConfig, GaussianDiffusion
-from ..errors import UserError
-from ..models.unet import UNetConfig, build_unet, check_unet_config
-from ..train.distributed import DistInfo, resolve_device
-from .base import Task
+from sparsedm.autoencoder import FirstStage, cached_latents, decode, latent_std
+from sparsedm.data.images import check_config, display_name, load_image_splits, to_uint8_images
+from sparsedm.data.images.grid import save_image_grid
+from sparsedm.diffusion import DiffusionConfig, GaussianDiffusion
+from sparsedm.errors import UserError
+from sparsedm.models.unet import UNetConfig, build_unet, check_unet_config
+from sparsedm.runs.distributed import DistInfo, resolve_device
+from sparsedm.tasks.base import Task
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +34,15 @@ class LatentDiffusionTask(Task):
         if cfg.autoencoder.encode_batch_size < 1:
             raise UserError(f"autoencoder.encode_batch_size={cfg.autoencoder.encode_batch_size} must be >= 1")
         if cfg.autoencoder.scaling_factor is not None and not cfg.autoencoder.scaling_factor > 0:
-            raise UserError(f"autoencoder.scaling_factor={cfg.autoencoder.scaling_factor} must be > 0 (or null: the autoencoder's own)")
+            raise UserError(
+                f"autoencoder.scaling_factor={cfg.autoencoder.scaling_factor} must be > 0 (or null: the autoencoder's own)"
+            )
         self.diffusion = GaussianDiffusion(DiffusionConfig(**cfg.diffusion))
         self.first_stage = FirstStage(cfg.autoencoder.path)  # reads only its config.json
         if cfg.data.image_size % self.first_stage.factor:
-            raise UserError(f"data.image_size={cfg.data.image_size} is not divisible by the autoencoder's downsampling factor f={self.first_stage.factor}")
+            raise UserError(
+                f"data.image_size={cfg.data.image_size} is not divisible by the autoencoder's downsampling factor f={self.first_stage.factor}"
+            )
         self.latent_size = cfg.data.image_size // self.first_stage.factor
         check_unet_config(UNetConfig(**cfg.model), self.latent_size)
         self.scaling_factor: float | None = None  # s: the UNet sees s·z; set by load_data or a checkpoint
@@ -53,7 +57,9 @@ class LatentDiffusionTask(Task):
 
     def load_data(self, progress=None, device=None):
         device = device or resolve_device(self.cfg.train.device, DistInfo())
-        train, val = cached_latents(self.cfg.data, self.first_stage, device, self.cfg.autoencoder.encode_batch_size, progress)
+        train, val = cached_latents(
+            self.cfg.data, self.first_stage, device, self.cfg.autoencoder.encode_batch_size, progress
+        )
         self.autoencoder_sha256 = self.first_stage.identity
         self.scaling_factor = self._scaling_factor(train)
         log.info("latents %s, scaling factor %.5f", "x".join(map(str, self.latent_shape)), self.scaling_factor)
@@ -93,8 +99,14 @@ class LatentDiffusionTask(Task):
         for start in range(0, num, sc.batch_size):
             count = min(sc.batch_size, num - start)
             x0 = self.diffusion.sample(
-                lambda x_t, t: model(x_t, t, return_dict=False)[0], (count, *self.latent_shape),
-                sampler=sc.sampler, steps=sc.steps, eta=sc.eta, generator=generator, device=device, progress=progress,
+                lambda x_t, t: model(x_t, t, return_dict=False)[0],
+                (count, *self.latent_shape),
+                sampler=sc.sampler,
+                steps=sc.steps,
+                eta=sc.eta,
+                generator=generator,
+                device=device,
+                progress=progress,
             )
             z = x0 / self.scaling_factor
             latents.append(z.float().cpu().numpy())
@@ -128,4 +140,3 @@ class LatentDiffusionTask(Task):
     def load_state_dict(self, state: dict) -> None:
         self.scaling_factor = state.get("scaling_factor")
         self.autoencoder_sha256 = state.get("autoencoder_sha256")
-

@@ -18,7 +18,9 @@ class TrainConfig:
     log_every: int = 25  # steps between lines of metrics.jsonl
     val_every: int = 0  # steps between validation losses (0 = only at the end)
     val_batches: int = 4  # validation batches per evaluation
-    stop_at: Optional[int] = None  # stop early after this step with a checkpoint (split a long run into jobs); continue with --resume
+    stop_at: Optional[int] = (
+        None  # stop early after this step with a checkpoint (split a long run into jobs); continue with --resume
+    )
     checkpoint_every: int = 500  # steps between checkpoints (one is always written at the end)
     keep_checkpoints: int = 2  # how many recent checkpoints to keep
 

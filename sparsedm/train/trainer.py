@@ -21,14 +21,21 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from ..config import sparse_config
-from ..errors import UserError
-from ..sparse import EMA, SparseEngine, count_parameters, forward_flops, masked_densities, train_flops_per_step
-from ..tasks import build_task
-from .batches import BatchSchedule
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .distributed import DistInfo, init_distributed, main_process_first, resolve_device
-from .run_dir import CHECKPOINTS, CONFIG, EVAL, METRICS, SAMPLES, SUMMARY, RunDir
+from sparsedm.errors import UserError
+from sparsedm.runs.batches import BatchSchedule
+from sparsedm.runs.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from sparsedm.runs.distributed import DistInfo, init_distributed, main_process_first, resolve_device
+from sparsedm.runs.run_dir import CHECKPOINTS, CONFIG, EVAL, METRICS, SAMPLES, SUMMARY, RunDir
+from sparsedm.sparse import (
+    EMA,
+    SparseConfig,
+    SparseEngine,
+    count_parameters,
+    forward_flops,
+    masked_densities,
+    train_flops_per_step,
+)
+from sparsedm.tasks import build_task
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +69,9 @@ def prepare_run_dir(run: RunDir, cfg: DictConfig, resume: bool, overwrite: bool)
     for key in RESUMABLE_CHANGES:
         old["train"].pop(key, None), new["train"].pop(key, None)
     if old != new:
-        raise UserError(f"--resume: the config differs from the one in {run.path / CONFIG}; resume with the run's config (only train.steps and train.stop_at may change)")
+        raise UserError(
+            f"--resume: the config differs from the one in {run.path / CONFIG}; resume with the run's config (only train.steps and train.stop_at may change)"
+        )
 
 
 def autocast(precision: str, device: torch.device):
@@ -102,7 +111,13 @@ class Trainer:
         fused = self.device.type in ("cpu", "cuda")
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=fused)
         self.ema = EMA(self.model, decay=tc.ema_decay)
-        self.engine = SparseEngine(self.model, self.optimizer, sparse_config(cfg), total_steps=self.total_steps, ema=self.ema)
+        self.engine = SparseEngine(
+            self.model,
+            self.optimizer,
+            SparseConfig(**OmegaConf.to_container(cfg.sparse)),
+            total_steps=self.total_steps,
+            ema=self.ema,
+        )
         self.scaler = torch.amp.GradScaler(self.device.type) if tc.precision == "fp16" else None
         self.forward_model = self.model
         if self.dist.enabled:
@@ -165,7 +180,9 @@ class Trainer:
             loss = self.task.loss(self.forward_model, batch, self._seeds(self.step))
         if not torch.isfinite(loss):
             kept = latest_checkpoint(self.run.checkpoints)
-            raise UserError(f"non-finite loss at step {self.step + 1}; last good checkpoint: {kept or 'none'}. Lower train.lr or use train.precision=fp32")
+            raise UserError(
+                f"non-finite loss at step {self.step + 1}; last good checkpoint: {kept or 'none'}. Lower train.lr or use train.precision=fp32"
+            )
         (self.scaler.scale(loss) if self.scaler else loss).backward()
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
@@ -190,7 +207,9 @@ class Trainer:
             indices = range(b * bs, min((b + 1) * bs, len(self.val_set)))
             batch = self._batch(self.val_set, indices)
             with autocast(self.tc.precision, self.device):
-                total += float(self.task.loss(self.ema.module, batch, -1 - torch.tensor(list(indices))))  # fixed noise: negative seeds are never used in training
+                total += float(
+                    self.task.loss(self.ema.module, batch, -1 - torch.tensor(list(indices)))
+                )  # fixed noise: negative seeds are never used in training
             count += 1
         return total / max(count, 1)
 
@@ -227,7 +246,13 @@ class Trainer:
 
         start = time.time()
         elapsed = lambda: self.wall_before + time.time() - start  # noqa: E731
-        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.engine.method}", disable=not self.progress, dynamic_ncols=True)
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            desc=f"train {self.engine.method}",
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
         window, self.last_loss = [], float("nan")
         self.model.train()
         with self._graceful_interrupt():
@@ -241,7 +266,12 @@ class Trainer:
         bar.close()
         self._checkpoint(elapsed())
         if self.step < self.total_steps:
-            log.warning("stopped at step %d of %d; continue with `sparsedm train ... --out %s --resume`", self.step, self.total_steps, self.run.path)
+            log.warning(
+                "stopped at step %d of %d; continue with `sparsedm train ... --out %s --resume`",
+                self.step,
+                self.total_steps,
+                self.run.path,
+            )
             return None
         return self._summary(elapsed()) if self.dist.is_main else {}
 
@@ -254,7 +284,15 @@ class Trainer:
             self.run.log({"event": "mask_update", **update})
         if self.step % self.tc.log_every == 0 or self.step == self.total_steps:
             self.last_loss = sum(window) / len(window)
-            self.run.log({"step": self.step, "loss": self.last_loss, "lr": self.tc.lr, "sparsity": self.engine.sparsity(), "elapsed_s": elapsed()})
+            self.run.log(
+                {
+                    "step": self.step,
+                    "loss": self.last_loss,
+                    "lr": self.tc.lr,
+                    "sparsity": self.engine.sparsity(),
+                    "elapsed_s": elapsed(),
+                }
+            )
             bar.set_postfix(loss=f"{self.last_loss:.4f}")
             window.clear()
         if self.tc.val_every and self.step % self.tc.val_every == 0 and self.step < self.total_steps:
@@ -279,7 +317,9 @@ class Trainer:
             **count_parameters(self.model, engine.masks),
             "sparsity_actual": engine.sparsity(),
             **flops,
-            "flops_train_step": train_flops_per_step(engine.method, flops["flops_forward_sparse"], flops["flops_forward_dense"], cfg.sparse.update_interval),
+            "flops_train_step": train_flops_per_step(
+                engine.method, flops["flops_forward_sparse"], flops["flops_forward_dense"], cfg.sparse.update_interval
+            ),
             "loss_final": self.last_loss,
             "val_loss_final": val_loss,
             "wall_time_s": wall,
@@ -298,4 +338,6 @@ def check_masks_agree(engine: SparseEngine, step: int, device: torch.device) -> 
     gathered = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, mine)
     if len({int(g) for g in gathered}) != 1:
-        raise UserError(f"masks differ across ranks at step {step}; the ranks' sparse topologies diverged (dist.check_masks)")
+        raise UserError(
+            f"masks differ across ranks at step {step}; the ranks' sparse topologies diverged (dist.check_masks)"
+        )

@@ -146,7 +146,14 @@ def _decode(source: ImageSource, indices: np.ndarray, size: int, name: str, prog
     # Pillow decodes and resizes with the GIL released, so threads use every core.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         disable = None if progress is None else not progress
-        for image in tqdm(pool.map(load, indices), total=len(indices), desc=f"decode {name}", unit="img", disable=disable, dynamic_ncols=True):
+        for image in tqdm(
+            pool.map(load, indices),
+            total=len(indices),
+            desc=f"decode {name}",
+            unit="img",
+            disable=disable,
+            dynamic_ncols=True,
+        ):
             if image is not None:
                 images[loaded] = image
                 loaded += 1

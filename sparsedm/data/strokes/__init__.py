@@ -6,7 +6,13 @@ to strokes, the project's own data set), `dataset` (cache, split, features, coll
 (rasterisation for pictures and FID) and `config` (the typed `data:` block).
 """
 
-from sparsedm.data.strokes.config import DATA_NAMES, REPRESENTATIONS, StrokeDataConfig, check_stroke_config, display_name
+from sparsedm.data.strokes.config import (
+    DATA_NAMES,
+    REPRESENTATIONS,
+    StrokeDataConfig,
+    check_stroke_config,
+    display_name,
+)
 from sparsedm.data.strokes.dataset import (
     StrokeDataset,
     collate_strokes,

@@ -40,6 +40,7 @@ class StrokeDataConfig:
 
 def check_stroke_config(cfg) -> None:
     """Raise UserError for the first invalid value (works on the dataclass and on an OmegaConf node)."""
+
     def bad(key: str, why: str) -> UserError:
         return UserError(f"data.{key}={getattr(cfg, key)!r} {why}")
 

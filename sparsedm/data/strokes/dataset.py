@@ -67,8 +67,13 @@ def _read_source(cfg) -> list[Sketch]:
 def cache_path(cfg) -> Path:
     """Where the preprocessed sketches of this source + preprocessing config live."""
     subset = [cfg.max_items, cfg.split_seed] if cfg.max_items is not None else None
-    key_material = [CACHE_VERSION, cfg.name, _source_identity(cfg), subset,
-                    {k: getattr(cfg, k) for k in _PREPROCESS_KEYS}]
+    key_material = [
+        CACHE_VERSION,
+        cfg.name,
+        _source_identity(cfg),
+        subset,
+        {k: getattr(cfg, k) for k in _PREPROCESS_KEYS},
+    ]
     digest = hashlib.sha256(json.dumps(key_material, sort_keys=True).encode()).hexdigest()[:16]
     return Path(cfg.cache_dir).expanduser() / "strokes" / f"{cfg.name}-{digest}.npz"
 

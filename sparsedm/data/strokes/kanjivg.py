@@ -138,5 +138,9 @@ def kanjivg_identity(path: str | None, variants: bool) -> list:
         return ["kanjivg package", importlib.metadata.version("kanjivg"), variants]
     files = find_kanjivg_files(path, variants)
     stats = [f.stat() for f in files]
-    return [os.path.abspath(files[0].parent), len(files), sum(s.st_size for s in stats),
-            max(s.st_mtime_ns for s in stats)]
+    return [
+        os.path.abspath(files[0].parent),
+        len(files),
+        sum(s.st_size for s in stats),
+        max(s.st_mtime_ns for s in stats),
+    ]

@@ -144,7 +144,13 @@ def preprocess_sketches(
     progress: a bar; None shows one on a terminal only."""
     counts: Counter = Counter()
     out = []
-    bar = tqdm(sketches, desc="preprocess strokes", unit="sketch", disable=None if progress is None else not progress, dynamic_ncols=True)
+    bar = tqdm(
+        sketches,
+        desc="preprocess strokes",
+        unit="sketch",
+        disable=None if progress is None else not progress,
+        dynamic_ncols=True,
+    )
     for sketch in bar:
         done = preprocess_sketch(
             sketch,

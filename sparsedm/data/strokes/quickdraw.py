@@ -44,7 +44,7 @@ def _category_key(name: str) -> str:
             break
     for prefix in _PREFIXES:
         if name.startswith(prefix):
-            name = name[len(prefix):]
+            name = name[len(prefix) :]
             break
     return re.sub(r"[\s_]+", " ", name).strip()
 
@@ -61,8 +61,10 @@ def find_quickdraw_files(path: str, categories: list[str], fmt: str = "auto") ->
         if _file_format(root) is None:
             raise UserError(f"{root} is neither .ndjson nor .npz; point data.path at QuickDraw files")
         if categories and _category_key(root.name) not in {_category_key(c) for c in categories}:
-            raise UserError(f"data.path is the file {root.name}, which is none of data.categories {list(categories)}; "
-                            "point data.path at the folder or clear data.categories")
+            raise UserError(
+                f"data.path is the file {root.name}, which is none of data.categories {list(categories)}; "
+                "point data.path at the folder or clear data.categories"
+            )
         return [root]
     if not root.is_dir():
         raise UserError(f"QuickDraw path {root} does not exist; set data.path to a folder of .ndjson/.npz files")
@@ -86,8 +88,10 @@ def find_quickdraw_files(path: str, categories: list[str], fmt: str = "auto") ->
     for key in wanted:
         if len(by_key[key]) > 1:
             names = ", ".join(f.name for f in by_key[key])
-            raise UserError(f"category {key!r} has several files in {root} ({names}); choose one with data.format "
-                            "or move the others away")
+            raise UserError(
+                f"category {key!r} has several files in {root} ({names}); choose one with data.format "
+                "or move the others away"
+            )
         files.append(by_key[key][0])
     return files
 

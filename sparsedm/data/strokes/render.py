@@ -75,7 +75,7 @@ def save_sketch_grid(
     for i, image in enumerate(images):
         r, c = divmod(i, ncol)
         top, left = gap + r * (size + gap), gap + c * (size + gap)
-        grid[top:top + size, left:left + size] = image
+        grid[top : top + size, left : left + size] = image
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid).save(path)

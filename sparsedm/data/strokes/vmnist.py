@@ -49,8 +49,9 @@ def find_vmnist_files(path: str) -> list[Path]:
     files = []
     for folder, subfolders, names in os.walk(root):
         subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
-        files.extend(Path(folder) / n for n in sorted(names)
-                     if not n.startswith(".") and Path(n).suffix.lower() in _SUFFIXES)
+        files.extend(
+            Path(folder) / n for n in sorted(names) if not n.startswith(".") and Path(n).suffix.lower() in _SUFFIXES
+        )
     if not files:
         raise UserError(f"no drawing files (sketch_<i> pickles) under {root}; is this the unpacked VMNIST folder?")
     return files

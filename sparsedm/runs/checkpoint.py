@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import torch
 
-from ..errors import UserError
+from sparsedm.errors import UserError
 
 PATTERN = re.compile(r"^step_(\d{8})\.pt$")
 
@@ -47,7 +47,9 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     except FileNotFoundError:
         raise UserError(f"checkpoint {path} does not exist")
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise UserError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}); delete it to fall back to an earlier one")
+        raise UserError(
+            f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}); delete it to fall back to an earlier one"
+        )
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
         raise UserError(f"{path} is not a sparsedm checkpoint (no model/step); point at a file under RUN/checkpoints/")
     return state

@@ -6,11 +6,11 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .tasks import build_task
-from .train.checkpoint import latest_checkpoint, load_checkpoint
-from .train.distributed import DistInfo, resolve_device
-from .train.run_dir import RunDir
-from .errors import UserError
+from sparsedm.errors import UserError
+from sparsedm.runs.checkpoint import latest_checkpoint, load_checkpoint
+from sparsedm.runs.distributed import DistInfo, resolve_device
+from sparsedm.runs.run_dir import RunDir
+from sparsedm.tasks import build_task
 
 
 def load_run_ema(run: RunDir, checkpoint: Optional[str] = None):
@@ -34,16 +34,35 @@ def load_run_model(run: RunDir, checkpoint: Optional[str] = None, device: str = 
     return cfg, task, model.to(target).eval(), target
 
 
-def sample_run(run_path: str, num: Optional[int] = None, steps: Optional[int] = None, sampler: Optional[str] = None,
-               eta: Optional[float] = None, seed: int = 0, checkpoint: Optional[str] = None, progress: bool = True) -> Path:
+def sample_run(
+    run_path: str,
+    num: Optional[int] = None,
+    steps: Optional[int] = None,
+    sampler: Optional[str] = None,
+    eta: Optional[float] = None,
+    seed: int = 0,
+    checkpoint: Optional[str] = None,
+    progress: bool = True,
+) -> Path:
     run = RunDir(run_path)
     cfg, task, model, device = load_run_model(run, checkpoint)
     draw_samples(run, cfg, task, model, device, num, seed, "samples", progress, steps=steps, sampler=sampler, eta=eta)
     return run.samples
 
 
-def draw_samples(run: RunDir, cfg, task, model, device, num: Optional[int], seed: int, name: str, progress: bool = True,
-                 preview: Optional[int] = None, **sample_overrides) -> dict:
+def draw_samples(
+    run: RunDir,
+    cfg,
+    task,
+    model,
+    device,
+    num: Optional[int],
+    seed: int,
+    name: str,
+    progress: bool = True,
+    preview: Optional[int] = None,
+    **sample_overrides,
+) -> dict:
     """Sample `num` (default: sample.num) with cfg.sample, whose keys `sample_overrides` (steps, sampler, eta)
     replace unless None; writes RUN/samples/NAME.npz and NAME.png (of the first `preview` samples)."""
     for key, value in sample_overrides.items():

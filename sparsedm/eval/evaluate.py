@@ -16,13 +16,19 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..errors import UserError
-from ..eval.fid import Statistics, array_batches, cached_reference_statistics, compute_statistics, fid_from_statistics
-from ..sampling import draw_samples, load_run_model
-from ..sparse.cost import sampling_flops, train_flops_per_step
-from ..sparse.selection import select_sparse_parameters
-from ..tasks import Task
-from ..train.run_dir import EVAL, RunDir, write_json_atomically
+from sparsedm.errors import UserError
+from sparsedm.eval.fid import (
+    Statistics,
+    array_batches,
+    cached_reference_statistics,
+    compute_statistics,
+    fid_from_statistics,
+)
+from sparsedm.inference.sampling import draw_samples, load_run_model
+from sparsedm.runs.run_dir import EVAL, RunDir, write_json_atomically
+from sparsedm.sparse.cost import sampling_flops, train_flops_per_step
+from sparsedm.sparse.selection import select_sparse_parameters
+from sparsedm.tasks import Task
 
 EVAL_SAMPLES = "eval_samples"  # RUN/samples/eval_samples.npz (all) and .png (the first PREVIEW)
 PREVIEW = 64  # samples drawn in the PNG grid
@@ -86,7 +92,9 @@ def reference_statistics(task: Task, settings: EvalSettings, device: torch.devic
     )
 
 
-def evaluate_run(run_path, settings: Optional[EvalSettings] = None, overwrite: bool = False, progress: bool = True) -> dict:
+def evaluate_run(
+    run_path, settings: Optional[EvalSettings] = None, overwrite: bool = False, progress: bool = True
+) -> dict:
     """Sample the run's EMA weights, FID against `settings.split`; writes and returns RUN/eval.json."""
     settings = (settings or EvalSettings()).validate()
     run = RunDir(run_path)
@@ -100,8 +108,21 @@ def evaluate_run(run_path, settings: Optional[EvalSettings] = None, overwrite: b
     reference = reference_statistics(task, settings, device, progress)
 
     num = settings.num or reference.n
-    samples = draw_samples(run, cfg, task, model, device, num, settings.seed, EVAL_SAMPLES, progress, preview=PREVIEW,
-                           sampler=settings.sampler, steps=settings.steps, eta=settings.eta)
+    samples = draw_samples(
+        run,
+        cfg,
+        task,
+        model,
+        device,
+        num,
+        settings.seed,
+        EVAL_SAMPLES,
+        progress,
+        preview=PREVIEW,
+        sampler=settings.sampler,
+        steps=settings.steps,
+        eta=settings.eta,
+    )
     images = array_batches(task.to_images(samples), batch_size=settings.batch_size)
     generated = compute_statistics(images, batch_size=settings.batch_size, device=device, progress=progress)
 

@@ -7,13 +7,15 @@ and with torchrun each rank takes its slice of the same global batch.
 
 import torch
 
-from ..errors import UserError
+from sparsedm.errors import UserError
 
 
 class BatchSchedule:
     def __init__(self, n: int, batch_size: int, seed: int):
         if n < batch_size:
-            raise UserError(f"the training set has {n} items, fewer than train.batch_size={batch_size}; lower the batch size or add data")
+            raise UserError(
+                f"the training set has {n} items, fewer than train.batch_size={batch_size}; lower the batch size or add data"
+            )
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.batches_per_epoch = n // batch_size
         self._epoch, self._order = -1, None

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
-from ..tasks import build_task
-from ..train.run_dir import CONFIG, RunDir
+from sparsedm.errors import UserError
+from sparsedm.runs.run_dir import CONFIG, RunDir
+from sparsedm.tasks import build_task
 
 
 def run_of_samples(npz_path: Path) -> RunDir:
@@ -32,4 +32,6 @@ def samples_npz_to_images(npz: np.lib.npyio.NpzFile) -> np.ndarray:
     try:
         return task.to_images({name: npz[name] for name in npz.files})
     except KeyError as error:
-        raise UserError(f"{path} lacks the array {error} of a {task.name} run's samples; is it a `sparsedm sample` file?") from None
+        raise UserError(
+            f"{path} lacks the array {error} of a {task.name} run's samples; is it a `sparsedm sample` file?"
+        ) from None

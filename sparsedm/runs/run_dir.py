@@ -1,10 +1,10 @@
 """The run folder contract shared by every task.
 
-    RUN/config.yaml      the resolved config
-    RUN/metrics.jsonl    one JSON object per logged step ({"step", "loss", ...}), plus mask-update events
-    RUN/checkpoints/     step_XXXXXXXX.pt
-    RUN/summary.json     written at the end: method, sparsity, costs, final loss, wall time, fingerprints
-    RUN/samples/         samples.npz and a PNG grid (written by `sparsedm sample`)
+RUN/config.yaml      the resolved config
+RUN/metrics.jsonl    one JSON object per logged step ({"step", "loss", ...}), plus mask-update events
+RUN/checkpoints/     step_XXXXXXXX.pt
+RUN/summary.json     written at the end: method, sparsity, costs, final loss, wall time, fingerprints
+RUN/samples/         samples.npz and a PNG grid (written by `sparsedm sample`)
 """
 
 import json
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from ..errors import UserError
+from sparsedm.errors import UserError
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -59,7 +59,9 @@ class RunDir:
 
     def read_config(self):
         if not self.exists():
-            raise UserError(f"{self.path} is not a run folder (no {CONFIG}); train one with `sparsedm train CONFIG --out {self.path}`")
+            raise UserError(
+                f"{self.path} is not a run folder (no {CONFIG}); train one with `sparsedm train CONFIG --out {self.path}`"
+            )
         return OmegaConf.load(self.path / CONFIG)
 
     def log(self, record: dict) -> None:
@@ -83,5 +85,7 @@ class RunDir:
     def read_summary(self) -> dict:
         path = self.path / SUMMARY
         if not path.exists():
-            raise UserError(f"{self.path} has no {SUMMARY}: its training did not finish; resume it with `sparsedm train ... --resume`")
+            raise UserError(
+                f"{self.path} has no {SUMMARY}: its training did not finish; resume it with `sparsedm train ... --resume`"
+            )
         return json.loads(path.read_text())

@@ -22,10 +22,10 @@ from omegaconf import OmegaConf
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .errors import UserError
-from .sparse.masks import apply_masks_
-from .sampling import load_run_ema
-from .train.run_dir import RunDir
+from sparsedm.errors import UserError
+from sparsedm.inference.sampling import load_run_ema
+from sparsedm.runs.run_dir import RunDir
+from sparsedm.sparse.masks import apply_masks_
 
 MASKS = "masks.safetensors"
 
@@ -35,7 +35,9 @@ def export_run(run_path, out, checkpoint: Optional[str] = None, overwrite: bool 
     run, out = RunDir(run_path), Path(out)
     cfg = run.read_config()
     if cfg.task != "ldm":
-        raise UserError(f"{run.path} is a task={cfg.task} run; export writes diffusers pipelines of Latent Diffusion (task=ldm) runs")
+        raise UserError(
+            f"{run.path} is a task={cfg.task} run; export writes diffusers pipelines of Latent Diffusion (task=ldm) runs"
+        )
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out} is not empty; pass --overwrite to replace it or choose another --out")
     cfg, state, task, unet = load_run_ema(run, checkpoint)
@@ -56,8 +58,14 @@ def export_run(run_path, out, checkpoint: Optional[str] = None, overwrite: bool 
         "sparsity": str(1 - nonzero / total if total else 0.0),
     }
     save_file({name: mask.contiguous() for name, mask in masks.items()}, out / MASKS, metadata=metadata)
-    return {"out": str(out), "step": state["step"], "scaling_factor": task.scaling_factor, "masked_tensors": len(masks),
-            "nonzero": nonzero, "total": total}
+    return {
+        "out": str(out),
+        "step": state["step"],
+        "scaling_factor": task.scaling_factor,
+        "masked_tensors": len(masks),
+        "nonzero": nonzero,
+        "total": total,
+    }
 
 
 def load_masks(folder) -> Dict[str, torch.Tensor]:
