@@ -14,11 +14,12 @@ import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from sparsedm.errors import UserError
 from sparsedm.eval.evaluate import EVAL
 from sparsedm.experiments.grid import DISPLAY, METHODS
+from sparsedm.experiments.paired import CONFIDENCE, paired_difference
 
 RUNS = "runs"  # SWEEP/runs/NAME/
 # What every run of one table must share; a difference would put incomparable numbers side by side.
@@ -53,6 +54,13 @@ class Row:
     flops_forward_rel: float
     flops_train: float  # the whole run's training FLOPs
     flops_train_rel: float
+    fid_by_seed: Dict[int, float]  # the raw FIDs, by training seed (runs without a recorded seed are left out)
+    # FID(this) - FID(Dense) paired by seed (sparsedm.experiments.paired); None for Dense itself
+    delta_n: Optional[int] = None  # seeds paired
+    delta_mean: Optional[float] = None
+    delta_ci_low: Optional[float] = None  # 95% t interval of the mean difference
+    delta_ci_high: Optional[float] = None
+    verdict: Optional[str] = None  # better | indistinguishable | worse than Dense, or n/a
 
 
 def read_runs(sweep_dir) -> List[dict]:
@@ -115,17 +123,31 @@ def aggregate(records: List[dict]) -> List[Row]:
                 flops_forward_rel=_mean([r["flops_forward_sparse"] / r["flops_forward_dense"] for r in runs]),
                 flops_train=_mean([r["flops_train_total"] for r in runs]),
                 flops_train_rel=_mean([r["flops_train_step"] / r["flops_train_step_dense"] for r in runs]),
+                fid_by_seed={r["seed"]: r["fid"] for r in runs if r.get("seed") is not None},
             )
         )
+    dense = next((row for row in rows if row.method == "dense"), None)
+    if dense is not None:
+        for row in rows:
+            if row is not dense:
+                paired = paired_difference(row.fid_by_seed, dense.fid_by_seed)
+                row.delta_n, row.delta_mean, row.verdict = paired.n, paired.mean, paired.verdict
+                row.delta_ci_low, row.delta_ci_high = paired.ci_low, paired.ci_high
     return sorted(rows, key=lambda r: (METHODS.index(r.method), r.sparsity or 0.0, r.prune_rate or 0.0))
 
 
 def write_csv(rows: List[Row], path: Path) -> None:
+    """One line per row; the per-seed FIDs as columns fid_seed0, fid_seed1, ... (empty where a seed is missing)."""
+    seeds = sorted({seed for row in rows for seed in row.fid_by_seed})
+    columns = [f.name for f in fields(Row) if f.name != "fid_by_seed"] + [f"fid_seed{seed}" for seed in seeds]
     with open(path, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=[f.name for f in fields(Row)])
+        writer = csv.DictWriter(file, fieldnames=columns)
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: "" if v is None else v for k, v in asdict(row).items()})
+            record = asdict(row)
+            by_seed = record.pop("fid_by_seed")
+            record.update({f"fid_seed{seed}": by_seed.get(seed) for seed in seeds})
+            writer.writerow({k: "" if v is None else v for k, v in record.items()})
 
 
 def human(number: float) -> str:
@@ -152,12 +174,32 @@ def markdown_table(rows: List[Row]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def paired_table(rows: List[Row]) -> str:
+    """Each sparse configuration against Dense of the same seeds: mean FID difference, its interval, a verdict."""
+    lines = [
+        f"| Method | S | p | Paired seeds | ΔFID vs Dense | {CONFIDENCE:.0%} CI | Verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r.method == "dense" or r.delta_n is None:
+            continue
+        delta = "–" if r.delta_mean is None else f"{r.delta_mean:+.2f}"
+        interval = "–" if r.delta_ci_low is None else f"[{r.delta_ci_low:+.2f}, {r.delta_ci_high:+.2f}]"
+        lines.append(
+            f"| {DISPLAY[r.method]} | {r.sparsity:g} | {'–' if r.prune_rate is None else f'{r.prune_rate:g}'} "
+            f"| {r.delta_n} | {delta} | {interval} | {r.verdict} |"
+        )
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
 def protocol_note(protocol: dict) -> str:
     """The lines under the table that say what its numbers are."""
     return (
         f"{protocol['data']}; {protocol['train_steps']} training steps of batch {protocol['train_batch_size']}. "
         f"FID: {protocol['n_samples']} samples ({protocol['sampler'].upper()}, {protocol['steps']} steps) against the "
         f"{protocol['reference_size']} images of the {protocol['reference_split']} split; mean ± sample std over seeds. "
-        "Percentages are relative to the dense network. Masks simulate sparsity: the savings are in FLOPs and "
+        "Percentages are relative to the dense network. ΔFID: FID minus Dense's FID of the same seed, averaged "
+        f"over the paired seeds, with a {CONFIDENCE:.0%} Student-t interval (n - 1 degrees of freedom); "
+        "lower is better. Masks simulate sparsity: the savings are in FLOPs and "
         "non-zero parameters, not in wall-clock time.\n"
     )

@@ -1,7 +1,8 @@
 """`sparsedm report SWEEP`: the table and plots of a sweep, rebuilt from its finished runs.
 
-SWEEP/results.csv             one row per (method, S, p): FID mean and std, costs and their ratios to dense
-SWEEP/results.md              the same as the paper's table, with a note on what the numbers are
+SWEEP/results.csv             one row per (method, S, p): FID mean and std, the per-seed FIDs, the paired
+                              difference to Dense with its 95% interval and verdict, costs and their ratios
+SWEEP/results.md              the paper's table, the paired comparison with Dense, a note on what they are
 SWEEP/fid_vs_sparsity.png     FID against S, a line per method (and p); Dense as a level with its ± std band
 SWEEP/fid_vs_train_flops.png  FID against training FLOPs as a fraction of dense
 """
@@ -17,6 +18,7 @@ from sparsedm.experiments.aggregate import (
     aggregate,
     common_protocol,
     markdown_table,
+    paired_table,
     protocol_note,
     read_runs,
     write_csv,
@@ -38,7 +40,8 @@ def build_report(sweep_dir) -> Report:
         raise UserError(f"{sweep_dir / RUNS} holds no evaluated run (no */eval.json); run `sparsedm sweep` first")
     protocol = common_protocol(records)
     rows = aggregate(records)
-    markdown = markdown_table(rows) + "\n" + protocol_note(protocol)
+    paired = paired_table(rows)
+    markdown = markdown_table(rows) + "\n" + (paired + "\n" if paired else "") + protocol_note(protocol)
     files = [sweep_dir / "results.csv", sweep_dir / "results.md"]
     write_csv(rows, files[0])
     files[1].write_text(markdown)

@@ -1,0 +1,82 @@
+"""Paired statistics of `sparsedm report`: per-seed differences to Dense, their t interval and the verdict,
+checked on made-up run folders whose answers are worked out by hand."""
+
+import csv
+import math
+
+import pytest
+from test_sweep_aggregate import fake_run
+
+from sparsedm.cli import main
+from sparsedm.experiments.aggregate import aggregate, read_runs
+from sparsedm.experiments.paired import paired_difference
+
+T_975_2 = 4.302652729911275  # Student's t, 97.5% quantile, 2 degrees of freedom (tables)
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    for seed, fid in enumerate([10.0, 12.0, 14.0]):
+        fake_run(tmp_path, f"dense-seed{seed}", "dense", fid, seed=seed)
+    for seed, fid in enumerate([8.0, 10.0, 12.5]):  # differences -2, -2, -1.5: better in every seed
+        fake_run(tmp_path, f"rigl-S0.5-p0.1-seed{seed}", "rigl", fid, sparsity=0.5, seed=seed)
+    fake_run(tmp_path, "rigl-S0.5-p0.1-seed3", "rigl", 99.0, sparsity=0.5, seed=3)  # no Dense of seed 3
+    for seed, fid in enumerate([20.0, 13.0, 14.0]):  # differences 10, 1, 0: spread too wide to tell
+        fake_run(tmp_path, f"static-S0.9-seed{seed}", "static", fid, sparsity=0.9, seed=seed)
+    for seed, fid in enumerate([15.0, 17.0, 19.5]):  # differences 5, 5, 5.5: worse in every seed
+        fake_run(tmp_path, f"magran-S0.9-p0.1-seed{seed}", "magran", fid, sparsity=0.9, seed=seed)
+    fake_run(tmp_path, "rigl-S0.9-p0.05-seed0", "rigl", 11.0, sparsity=0.9, prune_rate=0.05, seed=0)
+    return tmp_path
+
+
+def by_name(rows):
+    return {(r.method, r.sparsity, r.prune_rate): r for r in rows}
+
+
+def test_paired_differences_intervals_and_verdicts(sweep):
+    rows = by_name(aggregate(read_runs(sweep)))
+    rigl = rows["rigl", 0.5, 0.1]
+    mean, sd = -11 / 6, math.sqrt(1 / 12)  # of -2, -2, -1.5
+    half = T_975_2 * sd / math.sqrt(3)
+    assert rigl.delta_n == 3  # seed 3 has no Dense partner
+    assert rigl.delta_mean == pytest.approx(mean)
+    assert (rigl.delta_ci_low, rigl.delta_ci_high) == (pytest.approx(mean - half), pytest.approx(mean + half))
+    assert rigl.verdict == "better"
+    assert rigl.fid_mean == pytest.approx((8 + 10 + 12.5 + 99) / 4)  # the unpaired mean keeps every seed
+
+    static = rows["static", 0.9, None]
+    assert static.delta_mean == pytest.approx(11 / 3) and static.verdict == "indistinguishable"
+    assert static.delta_ci_low < 0 < static.delta_ci_high
+    assert rows["magran", 0.9, 0.1].verdict == "worse"
+    single = rows["rigl", 0.9, 0.05]
+    assert (single.delta_n, single.delta_mean, single.delta_ci_low, single.verdict) == (
+        1,
+        pytest.approx(1.0),
+        None,
+        "n/a (< 2 paired seeds)",
+    )
+    assert rows["dense", None, None].verdict is None
+
+
+def test_pairing_is_by_seed_not_by_order():
+    dense = {0: 10.0, 1: 20.0, 2: 30.0}
+    shuffled = {2: 29.0, 0: 9.0, 1: 19.0}  # one below Dense in every seed
+    result = paired_difference(shuffled, dense)
+    assert result.mean == pytest.approx(-1.0) and result.ci_low == pytest.approx(-1.0)
+    assert result.verdict == "better"  # zero spread: the interval is the point -1
+    assert paired_difference({0: 1.0}, {1: 2.0}).n == 0
+
+
+def test_report_writes_the_paired_table_and_per_seed_fids(sweep, capsys):
+    assert main(["report", str(sweep)]) == 0
+    table = (sweep / "results.md").read_text()
+    assert "| Method | S | p | Paired seeds | ΔFID vs Dense | 95% CI | Verdict |" in table
+    mean, half = -11 / 6, T_975_2 * math.sqrt(1 / 12) / math.sqrt(3)
+    assert f"| RigL-DM | 0.5 | 0.1 | 3 | {mean:+.2f} | [{mean - half:+.2f}, {mean + half:+.2f}] | better |" in table
+    assert "| MagRan-DM | 0.9 | 0.1 | 3 | +5.17 |" in table and "| worse |" in table
+    with open(sweep / "results.csv") as file:
+        rows = {(r["method"], r["sparsity"], r["prune_rate"]): r for r in csv.DictReader(file)}
+    rigl = rows["rigl", "0.5", "0.1"]
+    assert [rigl[f"fid_seed{s}"] for s in range(4)] == ["8.0", "10.0", "12.5", "99.0"]
+    assert rows["dense", "", ""]["fid_seed3"] == "" and rows["dense", "", ""]["verdict"] == ""
+    assert rigl["verdict"] == "better" and float(rigl["delta_ci_high"]) == pytest.approx(mean + half)
