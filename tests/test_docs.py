@@ -269,6 +269,23 @@ def test_commands_are_read_from_every_shell_block(tmp_path):
     ]
 
 
+def subparsers() -> dict:
+    return build_parser()._subparsers._group_actions[0].choices
+
+
+def test_cli_page_names_every_subcommand_and_option():
+    """docs/cli.md has a section per subcommand (its heading names it in backquotes) naming each option."""
+    sections = re.split(r"^## ", (REPO / "docs" / "cli.md").read_text(), flags=re.M)
+    common = "".join(s for s in sections if s.startswith("Common"))
+    missing = []
+    for name, sub in subparsers().items():
+        text = "".join(s for s in sections if f"`{name}`" in s.splitlines()[0]) + common
+        options = [o for action in sub._actions for o in action.option_strings if o.startswith("--") and o != "--help"]
+        missing += [f"{name} {o}" for o in options if not re.search(rf"`{re.escape(o)}\b", text)]
+        missing += [name] if f"`{name}`" not in text else []
+    assert not missing, "docs/cli.md does not document: " + ", ".join(missing)
+
+
 # -- running the cheap ones ------------------------------------------------------------------------------
 
 
@@ -347,6 +364,21 @@ def test_paths_in_backquotes_exist():
                 if not (list(REPO.glob(token)) if "*" in token else (REPO / token).exists()):
                     missing.append(f"{doc.relative_to(REPO)}: {token}")
     assert not missing, "no such file: " + "; ".join(missing)
+
+
+def test_docs_the_code_cites_exist():
+    """`docs/x.md` in the code, and `x.md, "Heading"`, name a page (and a heading of it) that exists."""
+    missing = []
+    for source in [*(REPO / "sparsedm").rglob("*.py"), *(REPO / "configs").glob("*.yaml"), REPO / "Makefile"]:
+        text = source.read_text()
+        for name in re.findall(r"\bdocs/(\w+\.md)", text):
+            if not (REPO / "docs" / name).exists():
+                missing.append(f"{source.relative_to(REPO)}: docs/{name}")
+        for name, heading in re.findall(r"\b(\w+\.md), \"([^\"]+)\"", text):
+            page = REPO / "docs" / name
+            if not page.exists() or slug(heading) not in anchors(page):
+                missing.append(f'{source.relative_to(REPO)}: {name}, "{heading}"')
+    assert not missing, "cited but missing: " + "; ".join(missing)
 
 
 def resolves(dotted: str) -> bool:
