@@ -89,3 +89,24 @@ def test_sampling_options_make_a_new_config_and_leave_the_run_s_alone():
     assert (cfg.sample.steps, cfg.sample.sampler) == (50, Sampler.ddim)
     with pytest.raises(UserError, match="sample.sampler='euler' is unknown"):
         cfg.sample.with_options(sampler="euler")
+
+
+def test_draw_samples_hands_the_sampling_config_to_the_task(tmp_path):
+    """No side channel: the options reach the task as an argument; the run's config is not touched."""
+    import numpy as np
+
+    from sparsedm.inference.sampling import draw_samples
+
+    class Recorder:
+        def sample(self, model, num, generator, device, sampling, progress=True):
+            self.seen = sampling
+            return {"x": np.zeros((num, 2))}
+
+        def save_picture(self, samples, path):
+            path.write_bytes(b"")
+
+    cfg, task = load_config(CPU), Recorder()
+    sampling = cfg.sample.with_options(steps=7)
+    samples = draw_samples(RunDir(tmp_path), task, None, "cpu", sampling, 3, 0, "samples", progress=False)
+    assert task.seen is sampling and samples["x"].shape == (3, 2) and cfg.sample.steps == 50
+    assert (tmp_path / "samples" / "samples.npz").is_file()
