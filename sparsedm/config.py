@@ -1,24 +1,27 @@
 """Experiment configs: one typed structure per task, YAML files for the setups, dotted overrides.
 
     cfg = load_config("configs/chirodiff_kanjivg_cpu.yaml", ["sparse.method=rigl", "train.steps=500"])
+    cfg.sparse.sparsity, cfg.sample.sampler  # 0.5, Sampler.ddim: a ChiroDiffExperiment, checked
 
-The YAML names its `task`; the task's schema (below) gives every key its type and default, so an unknown key
-or a value of the wrong type is rejected with a one-line message.
+The YAML names its `task`; the task's schema (below) gives every key its type and default, so an unknown key,
+a value of the wrong type or outside its closed set is rejected by OmegaConf with a one-line message; each
+dataclass's `__post_init__` checks the ranges. See docs/configs.md.
 """
 
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from sparsedm.autoencoder.config import FirstStageConfig
-from sparsedm.config_loader import merge_config, read_yaml_and_overrides
+from sparsedm.config_loader import merge_config, read_yaml_and_overrides, typed
 from sparsedm.data.images.config import ImageDataConfig
 from sparsedm.data.strokes.config import StrokeDataConfig
-from sparsedm.diffusion.config import DiffusionConfig
+from sparsedm.diffusion.config import BetaSchedule, DiffusionConfig
 from sparsedm.errors import UserError
 from sparsedm.models.chirodiff import ChiroDiffConfig
 from sparsedm.models.unet import UNetConfig
+from sparsedm.runs.run_dir import RunDir
 from sparsedm.sparse.config import SparseConfig
 from sparsedm.train.config import DistConfig, SampleConfig, TrainConfig
 
@@ -35,10 +38,20 @@ class ChiroDiffExperiment:
     sample: SampleConfig = field(default_factory=SampleConfig)
     dist: DistConfig = field(default_factory=DistConfig)
 
+    def __post_init__(self):
+        model_t, diffusion_t = self.model.num_train_timesteps, self.diffusion.num_train_timesteps
+        if model_t != diffusion_t:
+            raise UserError(
+                f"model.num_train_timesteps={model_t} differs from diffusion.num_train_timesteps={diffusion_t}; "
+                "the denoiser embeds t / T of the diffusion: set both to the same T"
+            )
+
 
 def ldm_diffusion() -> DiffusionConfig:
     """LDM's process: T = 1000, β 0.0015 -> 0.0195 linear in sqrt(β) (diffusers' scaled_linear)."""
-    return DiffusionConfig(num_train_timesteps=1000, beta_start=0.0015, beta_end=0.0195, beta_schedule="scaled_linear")
+    return DiffusionConfig(
+        num_train_timesteps=1000, beta_start=0.0015, beta_end=0.0195, beta_schedule=BetaSchedule.scaled_linear
+    )
 
 
 @dataclass
@@ -55,6 +68,7 @@ class LDMExperiment:
     dist: DistConfig = field(default_factory=DistConfig)
 
 
+Experiment = ChiroDiffExperiment | LDMExperiment
 SCHEMAS = {"chirodiff": ChiroDiffExperiment, "ldm": LDMExperiment}
 
 
@@ -64,43 +78,21 @@ def _schema(task: str):
     return SCHEMAS[task]
 
 
-def load_config(path: Optional[str] = None, overrides: List[str] = (), task: Optional[str] = None) -> DictConfig:
-    """Schema defaults <- YAML file <- `key=value` overrides, validated; returns a typed DictConfig.
+def load_config(path: Optional[str] = None, overrides: List[str] = (), task: Optional[str] = None) -> Experiment:
+    """Schema defaults <- YAML file <- `key=value` overrides, checked; returns the task's experiment dataclass.
 
     The task (`task=` override, else the file's `task:`, else chirodiff) picks the schema.
     """
     file_cfg, override_cfg = read_yaml_and_overrides(path, overrides)
     task = task or override_cfg.get("task") or file_cfg.get("task") or "chirodiff"
-    cfg = merge_config(_schema(task), file_cfg, override_cfg)
-    validate(cfg)
-    return cfg
+    return typed(merge_config(_schema(task), file_cfg, override_cfg))
 
 
-def validate(cfg: DictConfig) -> None:
-    """Range checks that types alone cannot express; each failure is one line saying what to change."""
-    SparseConfig(**OmegaConf.to_container(cfg.sparse)).validate()
-    train = cfg.train
-    if train.steps < 1 and not train.epochs:
-        raise UserError(f"train.steps={train.steps} must be >= 1")
-    if train.epochs is not None and train.epochs < 1:
-        raise UserError(f"train.epochs={train.epochs} must be >= 1 (or null to use train.steps)")
-    if train.batch_size < 1:
-        raise UserError(f"train.batch_size={train.batch_size} must be >= 1")
-    if train.lr <= 0:
-        raise UserError(f"train.lr={train.lr} must be > 0")
-    if train.weight_decay < 0:
-        raise UserError(f"train.weight_decay={train.weight_decay} must be >= 0")
-    if not 0 <= train.ema_decay < 1:
-        raise UserError(f"train.ema_decay={train.ema_decay} must be in [0, 1)")
-    if train.precision not in ("fp32", "bf16", "fp16"):
-        raise UserError(f"train.precision={train.precision!r} is unknown; use fp32, bf16 or fp16")
-    if train.checkpoint_every < 1 or train.log_every < 1 or train.keep_checkpoints < 1:
-        raise UserError("train.checkpoint_every, train.log_every and train.keep_checkpoints must be >= 1")
-    if cfg.sample.sampler not in ("ddpm", "ddim"):
-        raise UserError(f"sample.sampler={cfg.sample.sampler!r} is unknown; use ddpm or ddim")
-    if cfg.sample.steps < 1 or cfg.sample.num < 1:
-        raise UserError("sample.steps and sample.num must be >= 1")
+def experiment(cfg: DictConfig) -> Experiment:
+    """The typed, checked experiment of a plain config (e.g. a run folder's config.yaml)."""
+    return typed(merge_config(_schema(cfg.get("task") or "chirodiff"), cfg))
 
 
-def sparse_config(cfg: DictConfig) -> SparseConfig:
-    return SparseConfig(**OmegaConf.to_container(cfg.sparse))
+def read_run_config(run: RunDir) -> Experiment:
+    """The experiment a run folder was trained with (its config.yaml), typed and checked."""
+    return experiment(run.read_config())

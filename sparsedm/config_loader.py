@@ -1,4 +1,5 @@
-"""Read a config: schema defaults <- YAML file <- `key=value` overrides, validated by OmegaConf.
+"""Read a config: schema defaults <- YAML file <- `key=value` overrides, validated by OmegaConf, as the
+schema's dataclass.
 
 Generic on purpose: it imports no schema, so every package can use it without importing the others back.
 """
@@ -8,8 +9,9 @@ from typing import List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from omegaconf.nodes import EnumNode
 
-from sparsedm.errors import UserError
+from sparsedm.errors import UserError, unknown
 
 
 def read_yaml_and_overrides(path: Optional[str], overrides: List[str]) -> tuple[DictConfig, DictConfig]:
@@ -39,10 +41,22 @@ def merge_config(schema, *parts: DictConfig) -> DictConfig:
     try:
         return OmegaConf.merge(OmegaConf.structured(schema), *parts)
     except OmegaConfBaseException as exc:
+        if isinstance(exc.child_node, EnumNode):
+            raise UserError(unknown(exc.full_key, exc.value, exc.child_node.enum_type.__members__)) from None
         # OmegaConf's messages span several lines (key, value, type): keep the first, which says it all
         raise UserError(f"bad config: {str(exc).splitlines()[0]}") from None
 
 
-def load_config(path: Optional[str], overrides: List[str], schema) -> DictConfig:
-    """Schema defaults <- YAML file <- overrides, as a typed DictConfig of `schema`."""
-    return merge_config(schema, *read_yaml_and_overrides(path, overrides))
+def typed(cfg: DictConfig):
+    """The schema's dataclass (nested ones too) of a merged config; runs every `__post_init__` check."""
+    return OmegaConf.to_object(cfg)
+
+
+def load_config(path: Optional[str], overrides: List[str], schema):
+    """Schema defaults <- YAML file <- overrides, as an instance of `schema`, checked."""
+    return typed(merge_config(schema, *read_yaml_and_overrides(path, overrides)))
+
+
+def to_dict(cfg) -> dict:
+    """Plain dict of a config (dataclass or DictConfig), names of enums as strings: for JSON and comparisons."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)

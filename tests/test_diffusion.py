@@ -199,7 +199,7 @@ def test_progress_bar_is_shown_on_request(capsys):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"sampler": "euler"}, "unknown sampler"),
+        ({"sampler": "euler"}, "sampler='euler' is unknown; use ddpm or ddim"),
         ({"steps": 0}, "from 1 to T"),
         ({"steps": 1001}, "from 1 to T"),
         ({"sampler": "ddim", "steps": 10, "eta": -0.5}, "eta must be >= 0"),
@@ -214,9 +214,9 @@ def test_bad_sampling_arguments_are_user_errors(kwargs, message):
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"beta_schedule": "cosine"}, "unknown beta_schedule"),
-        ({"prediction_type": "score"}, "unknown prediction_type"),
-        ({"timestep_spacing": "even"}, "unknown timestep_spacing"),
+        ({"beta_schedule": "cosine"}, "beta_schedule='cosine' is unknown"),
+        ({"prediction_type": "score"}, "prediction_type='score' is unknown"),
+        ({"timestep_spacing": "even"}, "timestep_spacing='even' is unknown"),
         ({"beta_start": 0.03}, "beta_start <= beta_end"),
         ({"num_train_timesteps": 0}, "must be >= 1"),
     ],

@@ -11,7 +11,7 @@ from ldm_helpers import ldm_overrides, single_thread, train_tiny_autoencoder, wr
 from safetensors import safe_open
 
 from sparsedm.cli import main
-from sparsedm.config import sparse_config
+from sparsedm.config import read_run_config
 from sparsedm.inference.export import load_masks
 from sparsedm.runs.run_dir import RunDir
 from sparsedm.sparse import SparseEngine
@@ -118,8 +118,8 @@ def test_the_exported_unet_has_the_run_sparsity(exported):
 def test_the_masks_fit_an_engine_built_from_the_exported_unet(exported):
     """What continuing sparse training needs: the same tensors, each with its allotted number of non-zeros."""
     unet = LDMPipeline.from_pretrained(exported / "pipeline").unet
-    cfg = RunDir(exported / "run").read_config()
-    engine = SparseEngine(unet, torch.optim.AdamW(unet.parameters()), sparse_config(cfg), total_steps=20)
+    cfg = read_run_config(RunDir(exported / "run"))
+    engine = SparseEngine(unet, torch.optim.AdamW(unet.parameters()), cfg.sparse, total_steps=20)
     masks = load_masks(exported / "pipeline")
     assert set(masks) == set(engine.masks)
     assert all(int(masks[n].sum()) == engine.nonzeros[n] for n in masks)

@@ -175,7 +175,10 @@ def test_sampling_with_another_autoencoder_is_refused(tmp_path, setup, capsys, o
         (["model.attention_head_dim=12"], "not divisible by model.norm_num_groups=8 and model.attention_head_dim=12"),
         (["model.base_chanels=8"], "Key 'base_chanels' not in 'UNetConfig'"),
         (["autoencoder.scaling_factor=-1"], "autoencoder.scaling_factor=-1.0 must be > 0"),
-        (["diffusion.beta_schedule=cosine"], "unknown beta_schedule 'cosine'"),
+        (
+            ["diffusion.beta_schedule=cosine"],
+            "diffusion.beta_schedule='cosine' is unknown; use linear or scaled_linear",
+        ),
         (["data.name=lsun_bedrooms", "data.path=null"], "data.name=lsun_bedrooms needs data.path"),
     ],
 )

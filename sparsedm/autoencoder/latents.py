@@ -45,7 +45,7 @@ class LatentDataset(Dataset):
 
 
 def cache_path(data_cfg, first_stage: FirstStage) -> Path:
-    data = {key: data_cfg[key] for key in DATA_KEYS}
+    data = {key: getattr(data_cfg, key) for key in DATA_KEYS}
     if data["path"]:
         data["path"] = str(Path(data["path"]).expanduser().resolve())
     key = json.dumps({"version": CACHE_VERSION, "autoencoder": first_stage.identity, "data": data}, sort_keys=True)

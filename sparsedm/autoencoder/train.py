@@ -23,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from sparsedm.autoencoder.codebook import CodebookRestarts
+from sparsedm.autoencoder.config import AutoencoderExperiment
 from sparsedm.autoencoder.latents import LatentDataset, encode_images, latent_std
 from sparsedm.autoencoder.model import build_autoencoder, decode, encode
 from sparsedm.data.images import ImageDataset, display_name, load_image_splits, to_uint8_images
@@ -54,7 +55,13 @@ def _batch(images: ImageDataset, indices, device) -> torch.Tensor:
 
 
 def _losses(
-    model, x: torch.Tensor, mean: torch.Tensor, std, cfg: DictConfig, generator: torch.Generator, restarts=None
+    model,
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    std,
+    cfg: AutoencoderExperiment,
+    generator: torch.Generator,
+    restarts=None,
 ):
     """(reconstruction loss, regulariser) of a batch encoded as (mean, std): the VQ loss for vq, the KL for kl.
     A VQ step tells `restarts` which codes the quantiser chose (one nearest-code search per step)."""
@@ -105,7 +112,7 @@ def prepare_out_dir(out: Path, overwrite: bool) -> None:
             (out / name).unlink(missing_ok=True)
 
 
-def train_autoencoder(cfg: DictConfig, out, overwrite: bool = False, progress: bool = True) -> dict:
+def train_autoencoder(cfg: AutoencoderExperiment, out, overwrite: bool = False, progress: bool = True) -> dict:
     """Train the autoencoder `cfg` describes, write it to `out`, and return its metrics.json."""
     out = Path(out)
     prepare_out_dir(out, overwrite)

@@ -1,6 +1,31 @@
 """Settings of the Gaussian diffusion process (noise schedule and what the denoiser predicts)."""
 
 from dataclasses import dataclass
+from enum import StrEnum
+
+from sparsedm.errors import UserError, choice
+
+
+class BetaSchedule(StrEnum):
+    linear = "linear"  # β linear from beta_start to beta_end (ChiroDiff)
+    scaled_linear = "scaled_linear"  # sqrt(β) linear (LDM)
+
+
+class PredictionType(StrEnum):
+    epsilon = "epsilon"  # the noise ε (paper)
+    sample = "sample"  # x_0
+    v_prediction = "v_prediction"  # v = sqrt(ᾱ_t) ε - sqrt(1 - ᾱ_t) x_0
+
+
+class TimestepSpacing(StrEnum):
+    leading = "leading"
+    trailing = "trailing"
+    linspace = "linspace"
+
+
+class Sampler(StrEnum):
+    ddpm = "ddpm"  # ancestral, stochastic (Ho et al. 2020)
+    ddim = "ddim"  # η = 0 deterministic (Song et al. 2021)
 
 
 @dataclass
@@ -13,7 +38,22 @@ class DiffusionConfig:
     num_train_timesteps: int = 1000  # T, number of noise levels (paper: 1000 for every setup)
     beta_start: float = 1e-4  # β_1 (ChiroDiff 1e-4, LDM 0.0015)
     beta_end: float = 2e-2  # β_T (ChiroDiff 2e-2, LDM 0.0195)
-    beta_schedule: str = "linear"  # linear (ChiroDiff) | scaled_linear (LDM: linear in sqrt(β))
-    prediction_type: str = "epsilon"  # what the denoiser outputs: epsilon (paper) | sample | v_prediction
+    beta_schedule: BetaSchedule = BetaSchedule.linear  # linear (ChiroDiff) | scaled_linear (LDM: linear in sqrt(β))
+    prediction_type: PredictionType = (
+        PredictionType.epsilon
+    )  # what the denoiser outputs: epsilon (paper) | sample | v_prediction
     clip_sample: bool = False  # clamp the predicted x_0 to [-1, 1] while sampling (data scaled to it)
-    timestep_spacing: str = "leading"  # where steps < T sampling steps fall: leading | trailing | linspace
+    timestep_spacing: TimestepSpacing = (
+        TimestepSpacing.leading
+    )  # where steps < T sampling steps fall: leading | trailing | linspace
+
+    def __post_init__(self):
+        if self.num_train_timesteps < 1:
+            raise UserError(f"num_train_timesteps (T) must be >= 1, got {self.num_train_timesteps}")
+        self.beta_schedule = choice(BetaSchedule, self.beta_schedule, "diffusion.beta_schedule")
+        if not 0 < self.beta_start <= self.beta_end < 1:
+            raise UserError(
+                f"need 0 < beta_start <= beta_end < 1, got beta_start={self.beta_start}, beta_end={self.beta_end}"
+            )
+        self.prediction_type = choice(PredictionType, self.prediction_type, "diffusion.prediction_type")
+        self.timestep_spacing = choice(TimestepSpacing, self.timestep_spacing, "diffusion.timestep_spacing")

@@ -14,15 +14,10 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm import tqdm
 
-from sparsedm.diffusion.config import DiffusionConfig
-from sparsedm.errors import UserError
+from sparsedm.diffusion.config import DiffusionConfig, Sampler
+from sparsedm.errors import UserError, choice
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-BETA_SCHEDULES = ("linear", "scaled_linear")
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
-TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
-SAMPLERS = ("ddpm", "ddim")
 
 
 class GaussianDiffusion:
@@ -32,7 +27,6 @@ class GaussianDiffusion:
     """
 
     def __init__(self, cfg: DiffusionConfig):
-        _check_config(cfg)
         self.cfg = cfg
         self.num_train_timesteps = cfg.num_train_timesteps  # T
         # Only add_noise / get_velocity are used from this one; samplers get fresh instances because
@@ -47,10 +41,10 @@ class GaussianDiffusion:
             num_train_timesteps=self.cfg.num_train_timesteps,
             beta_start=self.cfg.beta_start,
             beta_end=self.cfg.beta_end,
-            beta_schedule=self.cfg.beta_schedule,
-            prediction_type=self.cfg.prediction_type,
+            beta_schedule=str(self.cfg.beta_schedule),
+            prediction_type=str(self.cfg.prediction_type),
             clip_sample=self.cfg.clip_sample,
-            timestep_spacing=self.cfg.timestep_spacing,
+            timestep_spacing=str(self.cfg.timestep_spacing),
         )
         if sampler == "ddpm":
             # fixed_small: σ_t² = β̃_t, the posterior variance of q(x_{t-1} | x_t, x_0) (DDPM's choice).
@@ -140,8 +134,7 @@ class GaussianDiffusion:
         device: where to sample; defaults to the mask's device, else CPU.
         Deterministic for a given `generator` state (a CPU generator also works for a GPU `device`).
         """
-        if sampler not in SAMPLERS:
-            raise UserError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
+        sampler = choice(Sampler, sampler, "sampler")
         T = self.num_train_timesteps
         steps = T if steps is None else steps
         if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or not 1 <= steps <= T:
@@ -176,18 +169,3 @@ def _broadcast_mask(mask: torch.Tensor, shape: tuple[int, ...] | torch.Size) -> 
     if tuple(mask.shape) != tuple(shape[: mask.ndim]):
         raise ValueError(f"mask shape {tuple(mask.shape)} must match the leading dims of {tuple(shape)}")
     return mask.reshape(*mask.shape, *([1] * (len(shape) - mask.ndim)))
-
-
-def _check_config(cfg: DiffusionConfig) -> None:
-    if cfg.num_train_timesteps < 1:
-        raise UserError(f"num_train_timesteps (T) must be >= 1, got {cfg.num_train_timesteps}")
-    if cfg.beta_schedule not in BETA_SCHEDULES:
-        raise UserError(f"unknown beta_schedule {cfg.beta_schedule!r}; use one of {', '.join(BETA_SCHEDULES)}")
-    if not 0 < cfg.beta_start <= cfg.beta_end < 1:
-        raise UserError(
-            f"need 0 < beta_start <= beta_end < 1, got beta_start={cfg.beta_start}, beta_end={cfg.beta_end}"
-        )
-    if cfg.prediction_type not in PREDICTION_TYPES:
-        raise UserError(f"unknown prediction_type {cfg.prediction_type!r}; use one of {', '.join(PREDICTION_TYPES)}")
-    if cfg.timestep_spacing not in TIMESTEP_SPACINGS:
-        raise UserError(f"unknown timestep_spacing {cfg.timestep_spacing!r}; use one of {', '.join(TIMESTEP_SPACINGS)}")

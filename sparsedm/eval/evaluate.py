@@ -10,13 +10,15 @@ if it were. Reference statistics are cached per data set, split and rendering (`
 
 import time
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Optional
 
 import torch
 from torch import nn
 
-from sparsedm.errors import UserError
+from sparsedm.diffusion.config import Sampler
+from sparsedm.errors import UserError, choice, optional_choice
 from sparsedm.eval.fid import (
     Statistics,
     array_batches,
@@ -32,7 +34,13 @@ from sparsedm.tasks import Task
 
 EVAL_SAMPLES = "eval_samples"  # RUN/samples/eval_samples.npz (all) and .png (the first PREVIEW)
 PREVIEW = 64  # samples drawn in the PNG grid
-SPLITS = ("val", "train")
+
+
+class Split(StrEnum):
+    val = "val"
+    train = "train"
+
+
 # Exact zeros allowed beyond the masked ones (a trained weight that happens to be 0.0), as a fraction.
 SPARSITY_SLACK = 1e-3
 
@@ -40,10 +48,10 @@ SPARSITY_SLACK = 1e-3
 @dataclass
 class EvalSettings:
     num: Optional[int] = None  # generated samples; None = as many as the reference split holds (e.g. 200)
-    sampler: Optional[str] = None  # ddpm | ddim; None = the run's sample.sampler
+    sampler: Optional[Sampler] = None  # ddpm | ddim; None = the run's sample.sampler
     steps: Optional[int] = None  # denoising steps; None = the run's sample.steps (e.g. 50)
     eta: Optional[float] = None  # DDIM's η; None = the run's sample.eta
-    split: str = "val"  # the real split FID compares with: val | train
+    split: Split = Split.val  # the real split FID compares with: val | train
     seed: int = 0  # seed of the sampling noise (and, for strokes, of the drawn lengths)
     batch_size: int = 50  # images per Inception forward pass
 
@@ -52,10 +60,8 @@ class EvalSettings:
             raise UserError(f"--num {self.num}: FID needs at least 2 samples (a few thousand give a stable value)")
         if self.steps is not None and self.steps < 1:
             raise UserError(f"--steps {self.steps} must be >= 1")
-        if self.sampler is not None and self.sampler not in ("ddpm", "ddim"):
-            raise UserError(f"sampler {self.sampler!r} is unknown; use ddpm or ddim")
-        if self.split not in SPLITS:
-            raise UserError(f"split {self.split!r} is unknown; use one of {', '.join(SPLITS)}")
+        self.sampler = optional_choice(Sampler, self.sampler, "sampler")
+        self.split = choice(Split, self.split, "split")
         if self.batch_size < 1:
             raise UserError(f"batch size {self.batch_size} must be >= 1")
         return self
@@ -108,20 +114,9 @@ def evaluate_run(
     reference = reference_statistics(task, settings, device, progress)
 
     num = settings.num or reference.n
+    sampling = cfg.sample.with_options(sampler=settings.sampler, steps=settings.steps, eta=settings.eta)
     samples = draw_samples(
-        run,
-        cfg,
-        task,
-        model,
-        device,
-        num,
-        settings.seed,
-        EVAL_SAMPLES,
-        progress,
-        preview=PREVIEW,
-        sampler=settings.sampler,
-        steps=settings.steps,
-        eta=settings.eta,
+        run, task, model, device, sampling, num, settings.seed, EVAL_SAMPLES, progress, preview=PREVIEW
     )
     images = array_batches(task.to_images(samples), batch_size=settings.batch_size)
     generated = compute_statistics(images, batch_size=settings.batch_size, device=device, progress=progress)
@@ -130,9 +125,9 @@ def evaluate_run(
     result = {
         "fid": fid_from_statistics(generated, reference),
         "n_samples": num,
-        "sampler": cfg.sample.sampler,
-        "steps": cfg.sample.steps,
-        "eta": cfg.sample.eta,
+        "sampler": sampling.sampler,
+        "steps": sampling.steps,
+        "eta": sampling.eta,
         "sample_seed": settings.seed,
         "reference_split": settings.split,
         "reference_size": reference.n,
@@ -156,7 +151,7 @@ def evaluate_run(
         "flops_train_step": summary["flops_train_step"],  # per sample, like the forward FLOPs
         "flops_train_step_dense": train_flops_per_step("dense", f_sparse, f_dense, summary["update_interval"]),
         "flops_train_total": summary["flops_train_step"] * cfg.train.batch_size * summary["steps"],
-        "flops_sample": sampling_flops(f_sparse, cfg.sample.steps),
+        "flops_sample": sampling_flops(f_sparse, sampling.steps),
         "eval_time_s": time.time() - start,
     }
     write_json_atomically(run.path / EVAL, result)

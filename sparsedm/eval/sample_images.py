@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sparsedm.config import read_run_config
 from sparsedm.errors import UserError
 from sparsedm.runs.run_dir import CONFIG, RunDir
 from sparsedm.tasks import build_task
@@ -28,7 +29,7 @@ def samples_npz_to_images(npz: np.lib.npyio.NpzFile) -> np.ndarray:
     """`fid.load_images`'s hook: uint8 N x H x W x C images of a run's samples file, drawn by its task."""
     # numpy keeps the path it opened in the archive's ZipFile; load_images always opens by path
     path = Path(npz.zip.filename)
-    task = build_task(run_of_samples(path).read_config())
+    task = build_task(read_run_config(run_of_samples(path)))
     try:
         return task.to_images({name: npz[name] for name in npz.files})
     except KeyError as error:

@@ -18,8 +18,8 @@ from typing import Dict, List, Optional
 
 from sparsedm.errors import UserError
 from sparsedm.eval.evaluate import EVAL
-from sparsedm.experiments.grid import DISPLAY, METHODS
 from sparsedm.experiments.paired import CONFIDENCE, paired_difference
+from sparsedm.sparse.methods import get_method, method_order
 
 RUNS = "runs"  # SWEEP/runs/NAME/
 # What every run of one table must share; a difference would put incomparable numbers side by side.
@@ -89,10 +89,10 @@ def common_protocol(records: List[dict]) -> dict:
 
 
 def _group_key(record: dict) -> tuple:
-    method = record["method"]
-    sparsity = None if method == "dense" else record["sparsity"]
-    prune_rate = record["prune_rate"] if method in ("rigl", "magran") else None
-    return method, sparsity, prune_rate
+    method = get_method(record["method"])
+    sparsity = record["sparsity"] if method.sparse else None
+    prune_rate = record["prune_rate"] if method.dynamic else None
+    return method.name, sparsity, prune_rate
 
 
 def _mean(values: List[float]) -> float:
@@ -133,7 +133,7 @@ def aggregate(records: List[dict]) -> List[Row]:
                 paired = paired_difference(row.fid_by_seed, dense.fid_by_seed)
                 row.delta_n, row.delta_mean, row.verdict = paired.n, paired.mean, paired.verdict
                 row.delta_ci_low, row.delta_ci_high = paired.ci_low, paired.ci_high
-    return sorted(rows, key=lambda r: (METHODS.index(r.method), r.sparsity or 0.0, r.prune_rate or 0.0))
+    return sorted(rows, key=lambda r: (method_order(r.method), r.sparsity or 0.0, r.prune_rate or 0.0))
 
 
 def write_csv(rows: List[Row], path: Path) -> None:
@@ -166,7 +166,7 @@ def markdown_table(rows: List[Row]) -> str:
     for r in rows:
         fid = f"{r.fid_mean:.2f}" + (f" ± {r.fid_std:.2f}" if r.fid_std is not None else "")
         lines.append(
-            f"| {DISPLAY[r.method]} | {'–' if r.sparsity is None else f'{r.sparsity:g}'} "
+            f"| {get_method(r.method).display_name} | {'–' if r.sparsity is None else f'{r.sparsity:g}'} "
             f"| {'–' if r.prune_rate is None else f'{r.prune_rate:g}'} | {fid} | {r.seeds} "
             f"| {human(r.params_nonzero)} ({r.params_rel:.1%}) | {human(r.flops_forward)} ({r.flops_forward_rel:.1%}) "
             f"| {human(r.flops_train)} ({r.flops_train_rel:.1%}) |"
@@ -186,7 +186,7 @@ def paired_table(rows: List[Row]) -> str:
         delta = "–" if r.delta_mean is None else f"{r.delta_mean:+.2f}"
         interval = "–" if r.delta_ci_low is None else f"[{r.delta_ci_low:+.2f}, {r.delta_ci_high:+.2f}]"
         lines.append(
-            f"| {DISPLAY[r.method]} | {r.sparsity:g} | {'–' if r.prune_rate is None else f'{r.prune_rate:g}'} "
+            f"| {get_method(r.method).display_name} | {r.sparsity:g} | {'–' if r.prune_rate is None else f'{r.prune_rate:g}'} "
             f"| {r.delta_n} | {delta} | {interval} | {r.verdict} |"
         )
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""

@@ -16,14 +16,15 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from sparsedm.config import load_config
+from sparsedm.config import load_config, read_run_config
 from sparsedm.eval.evaluate import EVAL_SAMPLES, EvalSettings
 from sparsedm.experiments.aggregate import RUNS, read_runs
-from sparsedm.experiments.grid import DISPLAY, METHODS, SweepGrid
+from sparsedm.experiments.grid import SweepGrid
 from sparsedm.experiments.plots import sample_rows
 from sparsedm.experiments.report import Report
 from sparsedm.experiments.sweep import run_sweep
 from sparsedm.runs.run_dir import RunDir
+from sparsedm.sparse.methods import METHODS, get_method, method_order
 from sparsedm.tasks import build_task
 
 ROW_SAMPLES = 8  # samples per method in samples.png
@@ -65,15 +66,16 @@ def run_demo(settings: Optional[DemoSettings] = None, progress: bool = True) -> 
 
 def _sample_pictures(out: Path) -> list:
     """Copy each method's sample grid into the report and draw a few samples of each in one picture."""
-    records = sorted(read_runs(out), key=lambda r: (METHODS.index(r["method"]), r["run"]))
+    records = sorted(read_runs(out), key=lambda r: (method_order(r["method"]), r["run"]))
     files, strips = [], {}
     for record in records:
         run = RunDir(out / RUNS / record["run"])
-        label = DISPLAY[record["method"]] + (f" S={record['sparsity']:g}" if record["method"] != "dense" else "")
+        method = get_method(record["method"])
+        label = method.display_name + (f" S={record['sparsity']:g}" if method.sparse else "")
         files.append(out / f"samples_{record['run']}.png")
         shutil.copyfile(run.samples / f"{EVAL_SAMPLES}.png", files[-1])
         with np.load(run.samples / f"{EVAL_SAMPLES}.npz") as samples:
             first = {name: samples[name][:ROW_SAMPLES] for name in samples.files}
-        strips[label] = build_task(run.read_config()).to_images(first)
+        strips[label] = build_task(read_run_config(run)).to_images(first)
     files.append(sample_rows(strips, out / "samples.png"))
     return files

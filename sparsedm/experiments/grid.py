@@ -8,10 +8,8 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from sparsedm.errors import UserError
+from sparsedm.sparse.methods import METHODS, find_method, get_method, method_order
 
-METHODS = ("dense", "static", "rigl", "magran")
-DISPLAY = {"dense": "Dense", "static": "Static-DM", "rigl": "RigL-DM", "magran": "MagRan-DM"}
-ALIASES = {"set": "magran"}
 # Keys each run's overrides set; the sweep refuses them as user overrides.
 GRID_KEYS = ("sparse.method", "sparse.sparsity", "sparse.prune_rate", "seed", "sparse.seed")
 
@@ -49,10 +47,10 @@ class SweepGrid:
     seeds: int = 3  # seeds 0 .. seeds-1 for every grid point
 
     def validate(self) -> "SweepGrid":
-        self.methods = list(dict.fromkeys(ALIASES.get(m, m) for m in self.methods))
-        unknown = [m for m in self.methods if m not in METHODS]
+        unknown = [m for m in self.methods if find_method(m) is None]
         if unknown or not self.methods:
             raise UserError(f"--methods {' '.join(unknown)}: use some of {', '.join(METHODS)}")
+        self.methods = list(dict.fromkeys(find_method(m).name for m in self.methods))
         if self.seeds < 1:
             raise UserError(f"--seeds {self.seeds} must be >= 1")
         if not self.sparsities or not all(0 < s < 1 for s in self.sparsities):
@@ -67,10 +65,11 @@ class SweepGrid:
         sparsities, prune_rates = sorted(set(self.sparsities)), sorted(set(self.prune_rates))
         out = []
         for seed in range(self.seeds):
-            for method in sorted(self.methods, key=METHODS.index):
-                if method == "dense":
+            for method in sorted(self.methods, key=method_order):
+                record = get_method(method)
+                if not record.sparse:
                     out.append(RunSpec(method, None, None, seed))
-                elif method == "static":
+                elif not record.dynamic:
                     out += [RunSpec(method, s, None, seed) for s in sparsities]
                 else:
                     out += [RunSpec(method, s, p, seed) for s in sparsities for p in prune_rates]

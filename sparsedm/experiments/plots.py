@@ -10,9 +10,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from sparsedm.experiments.aggregate import Row
-from sparsedm.experiments.grid import DISPLAY
+from sparsedm.sparse.methods import get_method
 
-COLOURS = {"static": "tab:blue", "rigl": "tab:red", "magran": "tab:green"}
+COLOURS = {"static": "tab:blue", "rigl": "tab:red", "magran": "tab:green"}  # others: the next of the default cycle
 LINESTYLES = ("-", "--", ":", "-.")  # one per prune rate of a method
 
 
@@ -20,13 +20,13 @@ def _series(rows: List[Row]) -> Dict[tuple, List[Row]]:
     """Sparse rows by (method, p), each sorted by S."""
     series: Dict[tuple, List[Row]] = {}
     for row in rows:
-        if row.method != "dense":
+        if get_method(row.method).sparse:
             series.setdefault((row.method, row.prune_rate), []).append(row)
     return {key: sorted(points, key=lambda r: r.sparsity) for key, points in series.items()}
 
 
 def _label(method: str, prune_rate) -> str:
-    return DISPLAY[method] + (f", p = {prune_rate:g}" if prune_rate is not None else "")
+    return get_method(method).display_name + (f", p = {prune_rate:g}" if prune_rate is not None else "")
 
 
 def _style(rows: List[Row], method: str, prune_rate) -> str:
@@ -37,7 +37,7 @@ def _style(rows: List[Row], method: str, prune_rate) -> str:
 def _dense_level(axes, rows: List[Row]) -> None:
     """Dense FID as a horizontal line, with a ± std band when there are several seeds."""
     for row in rows:
-        if row.method == "dense":
+        if not get_method(row.method).sparse:
             axes.axhline(row.fid_mean, color="black", linewidth=1, label="Dense")
             if row.fid_std is not None:
                 axes.axhspan(row.fid_mean - row.fid_std, row.fid_mean + row.fid_std, color="black", alpha=0.1)
@@ -53,7 +53,7 @@ def _fid_against(rows: List[Row], x_of: Callable[[Row], float], xlabel: str, pat
             [x_of(r) for r in points],
             [r.fid_mean for r in points],
             yerr=[r.fid_std or 0.0 for r in points],
-            color=COLOURS[method],
+            color=COLOURS.get(method),
             linestyle=_style(rows, method, prune_rate),
             marker="o",
             capsize=3,

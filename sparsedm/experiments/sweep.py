@@ -16,9 +16,8 @@ import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from omegaconf import OmegaConf
-
 from sparsedm.config import load_config
+from sparsedm.config_loader import to_dict
 from sparsedm.errors import UserError
 from sparsedm.eval.evaluate import (
     EVAL,
@@ -54,7 +53,7 @@ def _flatten(tree, prefix: str = "") -> dict:
 
 def _setup(config: str, overrides: List[str], settings: EvalSettings) -> dict:
     """What every run of the sweep shares: the resolved config less the grid's keys, and the evaluation."""
-    cfg = OmegaConf.to_container(load_config(config, overrides))
+    cfg = to_dict(load_config(config, overrides))
     for key in GRID_KEYS:
         *parents, leaf = key.split(".")
         node = cfg

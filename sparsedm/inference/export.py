@@ -18,10 +18,10 @@ from typing import Dict, Optional
 
 import torch
 from diffusers import LDMPipeline
-from omegaconf import OmegaConf
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from sparsedm.config_loader import to_dict
 from sparsedm.errors import UserError
 from sparsedm.inference.sampling import load_run_ema
 from sparsedm.runs.run_dir import RunDir
@@ -53,7 +53,7 @@ def export_run(run_path, out, checkpoint: Optional[str] = None, overwrite: bool 
     nonzero = sum(int(m.sum()) for m in masks.values())
     total = sum(m.numel() for m in masks.values())
     metadata = {
-        "sparse": json.dumps(OmegaConf.to_container(cfg.sparse)),
+        "sparse": json.dumps(to_dict(cfg.sparse)),
         "step": str(state["step"]),
         "sparsity": str(1 - nonzero / total if total else 0.0),
     }

@@ -6,16 +6,18 @@ from typing import Optional
 import numpy as np
 import torch
 
+from sparsedm.config import read_run_config
 from sparsedm.errors import UserError
 from sparsedm.runs.checkpoint import latest_checkpoint, load_checkpoint
 from sparsedm.runs.distributed import DistInfo, resolve_device
 from sparsedm.runs.run_dir import RunDir
 from sparsedm.tasks import build_task
+from sparsedm.train.config import SampleConfig
 
 
 def load_run_ema(run: RunDir, checkpoint: Optional[str] = None):
     """(cfg, checkpoint state, task with its state, EMA denoiser on the CPU) of a run's newest (or given) checkpoint."""
-    cfg = run.read_config()
+    cfg = read_run_config(run)
     path = Path(checkpoint) if checkpoint else latest_checkpoint(run.checkpoints)
     if path is None:
         raise UserError(f"{run.path} has no checkpoint yet; train it first")
@@ -46,29 +48,26 @@ def sample_run(
 ) -> Path:
     run = RunDir(run_path)
     cfg, task, model, device = load_run_model(run, checkpoint)
-    draw_samples(run, cfg, task, model, device, num, seed, "samples", progress, steps=steps, sampler=sampler, eta=eta)
+    sampling = cfg.sample.with_options(num=num, steps=steps, sampler=sampler, eta=eta)
+    draw_samples(run, task, model, device, sampling, sampling.num, seed, "samples", progress)
     return run.samples
 
 
 def draw_samples(
     run: RunDir,
-    cfg,
     task,
     model,
     device,
-    num: Optional[int],
+    sampling: SampleConfig,
+    num: int,
     seed: int,
     name: str,
     progress: bool = True,
     preview: Optional[int] = None,
-    **sample_overrides,
 ) -> dict:
-    """Sample `num` (default: sample.num) with cfg.sample, whose keys `sample_overrides` (steps, sampler, eta)
-    replace unless None; writes RUN/samples/NAME.npz and NAME.png (of the first `preview` samples)."""
-    for key, value in sample_overrides.items():
-        if value is not None:
-            cfg.sample[key] = value
-    samples = task.sample(model, num or cfg.sample.num, torch.Generator().manual_seed(seed), device, progress=progress)
+    """Sample `num` with the `sampling` settings; writes RUN/samples/NAME.npz and NAME.png (of the first
+    `preview` samples)."""
+    samples = task.sample(model, num, torch.Generator().manual_seed(seed), device, sampling, progress=progress)
     run.samples.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(run.samples / f"{name}.npz", **samples)
     task.save_picture({key: array[:preview] for key, array in samples.items()}, run.samples / f"{name}.png")

@@ -4,26 +4,34 @@ Every inferred choice of the method (see docs/method.md) is a field here with th
 """
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Dict, List, Optional
 
-from sparsedm.errors import UserError
+from sparsedm.errors import UserError, choice
+from sparsedm.sparse.methods import Method, get_method
 
-METHODS = ("dense", "static", "rigl", "magran")
-METHOD_ALIASES = {"set": "magran"}  # SET (Mocanu et al. 2018) is MagRan's grow rule
-DISTRIBUTIONS = ("erk", "uniform", "custom")
-DECAYS = ("cosine", "constant")
+
+class Distribution(StrEnum):
+    erk = "erk"  # Erdős–Rényi-Kernel: denser small tensors, sparser large ones
+    uniform = "uniform"  # S in every tensor
+    custom = "custom"  # sparse.custom_densities
+
+
+class PruneRateDecay(StrEnum):
+    cosine = "cosine"  # p_t = p (1 + cos(pi t / t_end)) / 2
+    constant = "constant"  # p_t = p
 
 
 @dataclass
 class SparseConfig:
-    method: str = "rigl"  # dense | static | rigl | magran (alias: set)
+    method: str = "rigl"  # dense | static | rigl | magran (alias: set); see sparse/methods.py
     sparsity: float = 0.5  # S: fraction of zero weights over the sparse tensors, in [0, 1)
-    distribution: str = "erk"  # erk | uniform | custom: how S is spread over tensors
+    distribution: Distribution = Distribution.erk  # erk | uniform | custom: how S is spread over tensors
     custom_densities: Dict[str, float] = field(
         default_factory=dict
     )  # distribution=custom: regex -> density; unmatched tensors get 1 - S
     prune_rate: float = 0.1  # p: fraction of a tensor's active weights replaced at one update, in (0, 1]
-    prune_rate_decay: str = "cosine"  # cosine (p_t = p (1 + cos(pi t / t_end)) / 2) | constant
+    prune_rate_decay: PruneRateDecay = PruneRateDecay.cosine  # cosine (p_t = p (1 + cos(pi t / t_end)) / 2) | constant
     update_interval: int = 100  # ΔT: optimiser steps between mask updates
     t_end: float = 0.75  # last update step: <= 1 is a fraction of training, > 1 an absolute step
     grad_accumulation: int = 1  # RigL: batches whose dense gradients are summed for the grow criterion
@@ -34,32 +42,30 @@ class SparseConfig:
     exclude_time_embedding: bool = True  # keep timestep-embedding layers dense (the paper's rule)
     seed: int = 0  # seeds the initial masks and MagRan's growth; identical on every rank
 
+    def __post_init__(self):
+        self.validate()
+
+    @property
+    def method_record(self) -> Method:
+        return get_method(self.method)
+
     @property
     def canonical_method(self) -> str:
-        return METHOD_ALIASES.get(self.method, self.method)
+        return self.method_record.name
 
     @property
     def is_dynamic(self) -> bool:
-        return self.canonical_method in ("rigl", "magran")
+        return self.method_record.dynamic
 
     def validate(self) -> "SparseConfig":
         """Raise a one-line UserError for any value outside its range; return self."""
-        if self.canonical_method not in METHODS:
-            raise UserError(
-                f"sparse.method={self.method!r} is unknown; use one of {', '.join(METHODS)} (or 'set' for magran)"
-            )
+        get_method(self.method)
         if not 0.0 <= self.sparsity < 1.0:
             raise UserError(f"sparse.sparsity={self.sparsity} is out of range; S must be in [0, 1)")
-        if self.distribution not in DISTRIBUTIONS:
-            raise UserError(
-                f"sparse.distribution={self.distribution!r} is unknown; use one of {', '.join(DISTRIBUTIONS)}"
-            )
+        self.distribution = choice(Distribution, self.distribution, "sparse.distribution")
         if not 0.0 < self.prune_rate <= 1.0:
             raise UserError(f"sparse.prune_rate={self.prune_rate} is out of range; p must be in (0, 1]")
-        if self.prune_rate_decay not in DECAYS:
-            raise UserError(
-                f"sparse.prune_rate_decay={self.prune_rate_decay!r} is unknown; use one of {', '.join(DECAYS)}"
-            )
+        self.prune_rate_decay = choice(PruneRateDecay, self.prune_rate_decay, "sparse.prune_rate_decay")
         if self.update_interval < 1:
             raise UserError(f"sparse.update_interval={self.update_interval} is out of range; ΔT must be >= 1")
         if self.t_end <= 0:

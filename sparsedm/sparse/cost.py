@@ -17,6 +17,8 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from sparsedm.sparse.methods import get_method
+
 
 def count_parameters(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> Dict[str, int]:
     """total, non-zero (active entries of the sparse tensors + every dense parameter) and trainable."""
@@ -71,19 +73,9 @@ def forward_flops(
 
 
 def train_flops_per_step(method: str, f_sparse: float, f_dense: float, update_interval: int) -> float:
-    """Training FLOPs per step, backward ≈ 2 × forward (RigL, Evci et al. 2020, appendix H).
-
-    Dense 3 f_D; Static and MagRan 3 f_S; RigL (3 f_S ΔT + 2 f_S + f_D) / (ΔT + 1), its dense gradient
-    every ΔT steps costing a dense backward pass instead of a sparse one.
-    """
-    if method == "dense":
-        return 3.0 * f_dense
-    if method in ("static", "magran", "set"):
-        return 3.0 * f_sparse
-    if method == "rigl":
-        dt = update_interval
-        return (3.0 * f_sparse * dt + 2.0 * f_sparse + f_dense) / (dt + 1)
-    raise ValueError(f"unknown method {method!r}")
+    """Training FLOPs per step, backward ≈ 2 × forward (RigL, Evci et al. 2020, appendix H): the method's
+    formula in sparse/methods.py (Dense 3 f_D; Static and MagRan 3 f_S; RigL (3 f_S ΔT + 2 f_S + f_D) / (ΔT + 1))."""
+    return get_method(method).train_flops(f_sparse, f_dense, update_interval)
 
 
 def sampling_flops(f_sparse: float, steps: int) -> float:

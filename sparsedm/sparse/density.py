@@ -12,7 +12,8 @@ import math
 import re
 from typing import Dict, Mapping, Sequence
 
-from sparsedm.errors import UserError
+from sparsedm.errors import UserError, choice
+from sparsedm.sparse.config import Distribution
 
 Shapes = Mapping[str, Sequence[int]]
 
@@ -54,13 +55,12 @@ def custom_densities(shapes: Shapes, sparsity: float, patterns: Mapping[str, flo
 def allocate_densities(
     shapes: Shapes, sparsity: float, distribution: str, patterns: Mapping[str, float] = None
 ) -> Dict[str, float]:
-    if distribution == "uniform":
+    distribution = choice(Distribution, distribution, "sparse.distribution")
+    if distribution == Distribution.uniform:
         return uniform_densities(shapes, sparsity)
-    if distribution == "erk":
+    if distribution == Distribution.erk:
         return erk_densities(shapes, sparsity)
-    if distribution == "custom":
-        return custom_densities(shapes, sparsity, patterns or {})
-    raise UserError(f"sparse.distribution={distribution!r} is unknown; use erk, uniform or custom")
+    return custom_densities(shapes, sparsity, patterns or {})
 
 
 def nonzero_counts(densities: Mapping[str, float], shapes: Shapes) -> Dict[str, int]:

@@ -24,7 +24,6 @@ from sparsedm.sparse.config import SparseConfig
 from sparsedm.sparse.density import allocate_densities, nonzero_counts
 from sparsedm.sparse.drop import drop_by_magnitude
 from sparsedm.sparse.ema import EMA
-from sparsedm.sparse.grow import grow_by_gradient, grow_random
 from sparsedm.sparse.masks import all_finite, apply_masks_, mask_gradients_, masks_fingerprint, random_mask
 from sparsedm.sparse.optim_state import check_supported, mask_moments_, warn_if_slow_on_zeros, zero_moments_
 from sparsedm.sparse.schedule import UpdateSchedule
@@ -54,6 +53,7 @@ class SparseEngine:
     ):
         self.config = config.validate()
         self.method = config.canonical_method
+        self.method_record = config.method_record
         self.model, self.optimizer, self.ema = model, optimizer, ema
         self.step = 0  # optimiser steps taken; update steps are counted from 1
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -65,7 +65,7 @@ class SparseEngine:
         self.last_update: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (dropped, grown) flat indices
         self._dense_grads: Dict[str, torch.Tensor] = {}  # RigL: only inside the window before an update
         self._grads_finite = True
-        if self.method == "dense":
+        if not self.method_record.sparse:
             return
 
         check_supported(optimizer)
@@ -91,7 +91,7 @@ class SparseEngine:
         if not self.masks:
             return
         t = self.step + 1
-        if self.method == "rigl" and self._in_accumulation_window(t):
+        if self.method_record.needs_dense_gradient and self._in_accumulation_window(t):
             for name, param in self.params.items():
                 grad = param.grad if param.grad is not None else torch.zeros_like(param)
                 acc = self._dense_grads.get(name)
@@ -143,10 +143,7 @@ class SparseEngine:
             if k == 0:
                 continue
             dropped = drop_by_magnitude(param, mask, k)
-            if self.method == "rigl":
-                grown = grow_by_gradient(self._dense_grads[name], mask, k)
-            else:
-                grown = grow_random(mask, k, self.generator)
+            grown = self.method_record.grow(mask, k, self._dense_grads.get(name), self.generator)
             new_mask = mask.clone().view(-1)
             new_mask[dropped] = False
             new_mask[grown] = True

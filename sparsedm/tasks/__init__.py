@@ -1,12 +1,11 @@
 """Tasks: each pairs a denoiser, a data layer and the diffusion process (ChiroDiff; Latent Diffusion)."""
 
-from omegaconf import DictConfig
-
 from sparsedm.errors import UserError
 from sparsedm.tasks.base import Task
 
 
-def build_task(cfg: DictConfig) -> Task:
+def build_task(cfg) -> Task:
+    """The task of a typed experiment config (`sparsedm.config.load_config` or `read_run_config`)."""
     if cfg.task == "chirodiff":
         from sparsedm.tasks.chirodiff import ChiroDiffTask
 

@@ -6,18 +6,18 @@ checkpoints. Neither knows how the other works.
 
 import hashlib
 import json
+from dataclasses import asdict
 from typing import Any, Dict, Sequence, Tuple
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 
 class Task:
     name: str = ""
 
-    def __init__(self, cfg: DictConfig):
+    def __init__(self, cfg):
         self.cfg = cfg
 
     def build_model(self) -> nn.Module:
@@ -46,9 +46,9 @@ class Task:
 
     @torch.no_grad()
     def sample(
-        self, model: nn.Module, num: int, generator: torch.Generator, device, progress: bool = True
+        self, model: nn.Module, num: int, generator: torch.Generator, device, sampling, progress: bool = True
     ) -> Dict[str, np.ndarray]:
-        """Generate `num` samples with `cfg.sample`; returns the arrays of samples.npz."""
+        """Generate `num` samples with the `sampling` settings (a SampleConfig); returns the arrays of samples.npz."""
         raise NotImplementedError
 
     def save_picture(self, samples: Dict[str, np.ndarray], path) -> None:
@@ -69,7 +69,7 @@ class Task:
         Here the task, the split and a hash of the data config less its cache folder; a task whose pictures
         depend on more (a rendering size) appends it.
         """
-        data = {k: v for k, v in OmegaConf.to_container(self.cfg.data).items() if k != "cache_dir"}
+        data = {k: v for k, v in asdict(self.cfg.data).items() if k != "cache_dir"}
         digest = hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
         return f"{self.name}/{self.cfg.data.name}/{split}/{digest}"
 

@@ -21,8 +21,8 @@ from sparsedm.data.strokes import (
     sequence_lengths,
 )
 from sparsedm.data.strokes.render import default_line_width
-from sparsedm.diffusion import DiffusionConfig, GaussianDiffusion
-from sparsedm.models.chirodiff import ChiroDiffConfig, ChiroDiffDenoiser
+from sparsedm.diffusion import GaussianDiffusion
+from sparsedm.models.chirodiff import ChiroDiffDenoiser
 from sparsedm.tasks.base import Task
 
 RENDER_SIZE = 64  # sketches are rasterised at 64 px (line width 2 px) for pictures and FID
@@ -33,13 +33,11 @@ class ChiroDiffTask(Task):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.diffusion = GaussianDiffusion(DiffusionConfig(**cfg.diffusion))
+        self.diffusion = GaussianDiffusion(cfg.diffusion)
         self.lengths = np.array([], dtype=np.int64)  # training-set sequence lengths, for sampling
 
     def build_model(self) -> nn.Module:
-        model_cfg = ChiroDiffConfig(**self.cfg.model)
-        model_cfg.num_train_timesteps = self.cfg.diffusion.num_train_timesteps
-        return ChiroDiffDenoiser(model_cfg)
+        return ChiroDiffDenoiser(self.cfg.model)
 
     def load_data(self, progress=None, device=None):
         train, val = load_stroke_splits(self.cfg.data, progress)
@@ -74,10 +72,10 @@ class ChiroDiffTask(Task):
         )
 
     @torch.no_grad()
-    def sample(self, model, num, generator, device, progress=True) -> Dict[str, np.ndarray]:
+    def sample(self, model, num, generator, device, sampling, progress=True) -> Dict[str, np.ndarray]:
         if len(self.lengths) == 0:
             raise RuntimeError("the length distribution is unknown: load the data or a checkpoint's task state first")
-        sc = self.cfg.sample
+        sc = sampling
         picks = torch.randint(0, len(self.lengths), (num,), generator=generator)
         lengths = torch.as_tensor(self.lengths)[picks]
         features = np.zeros((num, int(lengths.max()), self.cfg.model.in_channels), dtype=np.float32)

@@ -14,11 +14,11 @@ import torch
 from torch import nn
 
 from sparsedm.autoencoder import FirstStage, cached_latents, decode, latent_std
-from sparsedm.data.images import check_config, display_name, load_image_splits, to_uint8_images
+from sparsedm.data.images import display_name, load_image_splits, to_uint8_images
 from sparsedm.data.images.grid import save_image_grid
-from sparsedm.diffusion import DiffusionConfig, GaussianDiffusion
+from sparsedm.diffusion import GaussianDiffusion
 from sparsedm.errors import UserError
-from sparsedm.models.unet import UNetConfig, build_unet, check_unet_config
+from sparsedm.models.unet import build_unet, check_unet_config
 from sparsedm.runs.distributed import DistInfo, resolve_device
 from sparsedm.tasks.base import Task
 
@@ -30,21 +30,14 @@ class LatentDiffusionTask(Task):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        check_config(cfg.data)
-        if cfg.autoencoder.encode_batch_size < 1:
-            raise UserError(f"autoencoder.encode_batch_size={cfg.autoencoder.encode_batch_size} must be >= 1")
-        if cfg.autoencoder.scaling_factor is not None and not cfg.autoencoder.scaling_factor > 0:
-            raise UserError(
-                f"autoencoder.scaling_factor={cfg.autoencoder.scaling_factor} must be > 0 (or null: the autoencoder's own)"
-            )
-        self.diffusion = GaussianDiffusion(DiffusionConfig(**cfg.diffusion))
+        self.diffusion = GaussianDiffusion(cfg.diffusion)
         self.first_stage = FirstStage(cfg.autoencoder.path)  # reads only its config.json
         if cfg.data.image_size % self.first_stage.factor:
             raise UserError(
                 f"data.image_size={cfg.data.image_size} is not divisible by the autoencoder's downsampling factor f={self.first_stage.factor}"
             )
         self.latent_size = cfg.data.image_size // self.first_stage.factor
-        check_unet_config(UNetConfig(**cfg.model), self.latent_size)
+        check_unet_config(cfg.model, self.latent_size)
         self.scaling_factor: float | None = None  # s: the UNet sees s·z; set by load_data or a checkpoint
         self.autoencoder_sha256: str | None = None  # the autoencoder the run was trained in
 
@@ -53,7 +46,7 @@ class LatentDiffusionTask(Task):
         return (self.first_stage.latent_channels, self.latent_size, self.latent_size)
 
     def build_model(self) -> nn.Module:
-        return build_unet(UNetConfig(**self.cfg.model), self.latent_size, self.first_stage.latent_channels)
+        return build_unet(self.cfg.model, self.latent_size, self.first_stage.latent_channels)
 
     def load_data(self, progress=None, device=None):
         device = device or resolve_device(self.cfg.train.device, DistInfo())
@@ -89,11 +82,11 @@ class LatentDiffusionTask(Task):
         return (x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device))
 
     @torch.no_grad()
-    def sample(self, model, num, generator, device, progress=True) -> Dict[str, np.ndarray]:
+    def sample(self, model, num, generator, device, sampling, progress=True) -> Dict[str, np.ndarray]:
         if self.scaling_factor is None:
             raise RuntimeError("the scaling factor is unknown: load the data or a checkpoint's task state first")
         self.check_autoencoder()
-        sc = self.cfg.sample
+        sc = sampling
         autoencoder = self.first_stage.load(device)
         latents, images = [], []
         for start in range(0, num, sc.batch_size):

@@ -1,7 +1,18 @@
 """Settings of the training loop, sampling and distribution, shared by every task."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from enum import StrEnum
 from typing import Optional
+
+from sparsedm.config_checks import check_run_length
+from sparsedm.diffusion.config import Sampler
+from sparsedm.errors import UserError, choice
+
+
+class Precision(StrEnum):
+    fp32 = "fp32"
+    bf16 = "bf16"  # autocast, CPU and GPU
+    fp16 = "fp16"  # autocast + gradient scaler, GPU
 
 
 @dataclass
@@ -13,7 +24,7 @@ class TrainConfig:
     weight_decay: float = 1e-2  # AdamW weight decay (paper: 1e-2)
     grad_clip: Optional[float] = 1.0  # clip the global gradient norm; null = off
     ema_decay: float = 0.999  # EMA of the weights, used for sampling (warm-up as in LDM)
-    precision: str = "fp32"  # fp32 | bf16 (autocast, CPU and GPU) | fp16 (autocast + gradient scaler, GPU)
+    precision: Precision = Precision.fp32  # fp32 | bf16 (autocast, CPU and GPU) | fp16 (autocast + scaler, GPU)
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
     log_every: int = 25  # steps between lines of metrics.jsonl
     val_every: int = 0  # steps between validation losses (0 = only at the end)
@@ -24,14 +35,33 @@ class TrainConfig:
     checkpoint_every: int = 500  # steps between checkpoints (one is always written at the end)
     keep_checkpoints: int = 2  # how many recent checkpoints to keep
 
+    def __post_init__(self):
+        check_run_length(self)
+        if self.weight_decay < 0:
+            raise UserError(f"train.weight_decay={self.weight_decay} must be >= 0")
+        if not 0 <= self.ema_decay < 1:
+            raise UserError(f"train.ema_decay={self.ema_decay} must be in [0, 1)")
+        self.precision = choice(Precision, self.precision, "train.precision")
+        if self.checkpoint_every < 1 or self.log_every < 1 or self.keep_checkpoints < 1:
+            raise UserError("train.checkpoint_every, train.log_every and train.keep_checkpoints must be >= 1")
+
 
 @dataclass
 class SampleConfig:
-    sampler: str = "ddim"  # ddpm | ddim
+    sampler: Sampler = Sampler.ddim  # ddpm | ddim
     steps: int = 50  # denoising steps (DDPM with steps < T uses a strided schedule)
     eta: float = 0.0  # DDIM's η (0 = deterministic)
     num: int = 64  # samples written by `sparsedm sample`
     batch_size: int = 256  # samples generated per forward pass
+
+    def __post_init__(self):
+        self.sampler = choice(Sampler, self.sampler, "sample.sampler")
+        if self.steps < 1 or self.num < 1:
+            raise UserError("sample.steps and sample.num must be >= 1")
+
+    def with_options(self, **options) -> "SampleConfig":
+        """A copy with the options that are not None in place of these values (e.g. from the command line)."""
+        return replace(self, **{key: value for key, value in options.items() if value is not None})
 
 
 @dataclass

@@ -18,9 +18,9 @@ from contextlib import contextmanager, nullcontext
 from typing import Optional
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from sparsedm.config_loader import to_dict
 from sparsedm.errors import UserError
 from sparsedm.runs.batches import BatchSchedule
 from sparsedm.runs.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -28,7 +28,6 @@ from sparsedm.runs.distributed import DistInfo, init_distributed, main_process_f
 from sparsedm.runs.run_dir import CHECKPOINTS, CONFIG, EVAL, METRICS, SAMPLES, SUMMARY, RunDir
 from sparsedm.sparse import (
     EMA,
-    SparseConfig,
     SparseEngine,
     count_parameters,
     forward_flops,
@@ -51,7 +50,7 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def prepare_run_dir(run: RunDir, cfg: DictConfig, resume: bool, overwrite: bool) -> None:
+def prepare_run_dir(run: RunDir, cfg, resume: bool, overwrite: bool) -> None:
     """Refuse to mix two runs in one folder; on resume the config must be the run's."""
     if not run.exists():
         if resume:
@@ -65,7 +64,7 @@ def prepare_run_dir(run: RunDir, cfg: DictConfig, resume: bool, overwrite: bool)
         return
     if not resume:
         raise UserError(f"{run.path} already holds a run; pass --resume to continue it or --overwrite to replace it")
-    old, new = OmegaConf.to_container(run.read_config()), OmegaConf.to_container(cfg)
+    old, new = to_dict(run.read_config()), to_dict(cfg)
     for key in RESUMABLE_CHANGES:
         old["train"].pop(key, None), new["train"].pop(key, None)
     if old != new:
@@ -81,7 +80,7 @@ def autocast(precision: str, device: torch.device):
 
 
 class Trainer:
-    def __init__(self, cfg: DictConfig, out: str, resume: bool = False, overwrite: bool = False, progress: bool = True):
+    def __init__(self, cfg, out: str, resume: bool = False, overwrite: bool = False, progress: bool = True):
         self.cfg, self.tc = cfg, cfg.train
         self.dist: DistInfo = init_distributed(cfg.dist.backend, cfg.train.device)
         self.device = resolve_device(cfg.train.device, self.dist)
@@ -114,7 +113,7 @@ class Trainer:
         self.engine = SparseEngine(
             self.model,
             self.optimizer,
-            SparseConfig(**OmegaConf.to_container(cfg.sparse)),
+            cfg.sparse,
             total_steps=self.total_steps,
             ema=self.ema,
         )
@@ -152,7 +151,7 @@ class Trainer:
             "engine": self.engine.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "task": self.task.state_dict(),
-            "config": OmegaConf.to_container(self.cfg),
+            "config": to_dict(self.cfg),
             "wall_time_s": elapsed,
         }
         save_checkpoint(state, self.run.checkpoints, self.step, self.tc.keep_checkpoints)
@@ -308,7 +307,7 @@ class Trainer:
             "task": cfg.task,
             "data": self.task.data_name(),
             "method": engine.method,
-            "sparsity": cfg.sparse.sparsity if engine.method != "dense" else 0.0,
+            "sparsity": cfg.sparse.sparsity if engine.method_record.sparse else 0.0,
             "distribution": cfg.sparse.distribution,
             "prune_rate": cfg.sparse.prune_rate,
             "update_interval": cfg.sparse.update_interval,

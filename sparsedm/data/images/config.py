@@ -2,7 +2,7 @@
 
 `ImageDataConfig` is a plain dataclass so that OmegaConf can hold it as a structured config and dotted
 overrides (`data.name=celebahq data.path=/data/celeba_hq_256`) reach it. OmegaConf does not run
-`__post_init__` on merges, so the values are checked where they are used, by `check_config`.
+`__post_init__` on merges, only in `OmegaConf.to_object` once every override is in: it runs `check_config`.
 """
 
 from dataclasses import dataclass
@@ -34,6 +34,9 @@ class ImageDataConfig:
     split_seed: int = 0  # seed of the random train/val split; same seed, same files in each split
     max_items: Optional[int] = None  # cap on images per split after splitting; None = no cap; e.g. 256 on CPU
     cache_dir: str = ".cache/sparsedm"  # where the openmoji package and its rendered arrays are kept
+
+    def __post_init__(self):
+        check_config(self)
 
 
 def display_name(cfg) -> str:

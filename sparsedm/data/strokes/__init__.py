@@ -8,7 +8,7 @@ to strokes, the project's own data set), `dataset` (cache, split, features, coll
 
 from sparsedm.data.strokes.config import (
     DATA_NAMES,
-    REPRESENTATIONS,
+    Representation,
     StrokeDataConfig,
     check_stroke_config,
     display_name,
@@ -33,7 +33,7 @@ from sparsedm.data.strokes.vmnist import load_vmnist
 
 __all__ = [
     "DATA_NAMES",
-    "REPRESENTATIONS",
+    "Representation",
     "LoadResult",
     "Sketch",
     "StrokeDataConfig",

