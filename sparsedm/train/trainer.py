@@ -140,6 +140,24 @@ class Trainer:
         if self.dist.is_main:
             self.run.truncate_metrics(self.step)
         log.info("resumed from %s at step %d", path, self.step)
+        self._note_schedule_change(state["config"]["train"])
+
+    def _note_schedule_change(self, old_train: dict) -> None:
+        """t_end and the cosine p_t are fractions of the total steps: a resume that changes train.steps moves them."""
+        schedule = self.engine.schedule
+        if schedule is None or self.tc.epochs:
+            return
+        old_end = SparseConfig(**OmegaConf.to_container(self.cfg.sparse)).end_step(old_train["steps"])
+        if old_end != schedule.end_step:
+            log.warning(
+                "train.steps %d -> %d moves t_end from step %d to %d: from step %d on, the topology schedule is "
+                "not a straight run's; to split one run into jobs bit-exactly keep train.steps and set train.stop_at",
+                old_train["steps"],
+                self.tc.steps,
+                old_end,
+                schedule.end_step,
+                self.step,
+            )
 
     def _checkpoint(self, elapsed: float) -> None:
         if not self.dist.is_main:
