@@ -136,7 +136,7 @@ class SparseEngine:
         """Drop the k smallest-|W| active weights and grow k inactive ones, per tensor (k = round(p_t · n)).
 
         k is capped at n and, when growth is among the positions inactive before the update (the default),
-        at the numel - n inactive ones: a nearly dense tensor replaces fewer than p_t · n. With
+        at the numel - n inactive ones: a nearly dense tensor replaces fewer than p_t · n (a dense one is skipped). With
         `regrow_dropped` growth is among the positions inactive after the drop (google-research/rigl), and a
         just-dropped weight that is grown again keeps its value and optimiser moments (its reinit_when_same=False),
         so fewer than k connections may change. The statistics give both counts and the capped tensors.
@@ -149,6 +149,8 @@ class SparseEngine:
         self.last_update = {}
         for name, param in self.params.items():
             mask, n_active = self.masks[name], self.nonzeros[name]
+            if n_active == mask.numel():  # made dense by the distribution: no topology to change
+                continue
             wanted = round(fraction * n_active)
             k = min(wanted, n_active) if regrow else min(wanted, n_active, mask.numel() - n_active)
             requested += wanted

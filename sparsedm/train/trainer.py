@@ -100,10 +100,12 @@ class Trainer:
 
     def _build(self) -> None:
         cfg, tc = self.cfg, self.tc
-        torch.manual_seed(cfg.seed)
         self.task = build_task(cfg)
         with main_process_first(self.dist, self.device):  # one rank fills the data caches
             self.train_set, self.val_set = self.task.load_data(self.progress, self.device)
+        # seeded here, not before load_data: filling a cache builds an autoencoder, which draws from the global
+        # RNG, and the weights must not depend on whether the cache was there (a resumed run's is)
+        torch.manual_seed(cfg.seed)
         self.model = self.task.build_model().to(self.device)
         self.batches = BatchSchedule(len(self.train_set), tc.batch_size, cfg.seed)
         self.total_steps = tc.epochs * self.batches.batches_per_epoch if tc.epochs else tc.steps
