@@ -135,11 +135,11 @@ class SparseEngine:
     def _update_masks(self, t: int) -> dict:
         """Drop the k smallest-|W| active weights and grow k inactive ones, per tensor (k = round(p_t · n)).
 
-        k is capped at n and, when growth is among the positions inactive before the update (the default),
-        at the numel - n inactive ones: a nearly dense tensor replaces fewer than p_t · n (a dense one is skipped). With
-        `regrow_dropped` growth is among the positions inactive after the drop (google-research/rigl), and a
-        just-dropped weight that is grown again keeps its value and optimiser moments (its reinit_when_same=False),
-        so fewer than k connections may change. The statistics give both counts and the capped tensors.
+        k is capped at n and, when growth is among the positions inactive before the update (the default), at
+        the numel - n inactive ones: a nearly dense tensor replaces fewer than p_t · n (a dense one is skipped).
+        With `regrow_dropped` growth is among the positions inactive after the drop (google-research/rigl), and
+        a just-dropped weight grown again keeps its value and optimiser moments (its reinit_when_same=False), so
+        fewer than k connections may change. The statistics give both counts and the capped tensors.
         """
         fraction = self.schedule.prune_fraction(t)
         ema_params = dict(self.ema.named_parameters()) if self.ema is not None else {}

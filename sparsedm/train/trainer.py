@@ -149,7 +149,7 @@ class Trainer:
         schedule = self.engine.schedule
         if schedule is None or self.tc.epochs:
             return
-        old_end = SparseConfig(**OmegaConf.to_container(self.cfg.sparse)).end_step(old_train["steps"])
+        old_end = self.engine.config.end_step(old_train["steps"])
         if old_end != schedule.end_step:
             log.warning(
                 "train.steps %d -> %d moves t_end from step %d to %d: from step %d on, the topology schedule is "
