@@ -1,5 +1,5 @@
 """The first stage: training lowers the reconstruction error, the folder is diffusers' own format with the
-latent scaling factor LDM would compute, and a bad autoencoder folder gets a one-line error."""
+latent scaling factor LDM uses (1.0 for VQ, 1/std for KL), and a bad autoencoder folder gets a one-line error."""
 
 import json
 
@@ -35,11 +35,13 @@ def test_training_lowers_the_reconstruction_error(tmp_path, images, one_thread, 
     assert model.config.scaling_factor == pytest.approx(metrics["scaling_factor"])
     first_stage = FirstStage(str(tmp_path / "ae"))
     assert (first_stage.kind, first_stage.latent_channels, first_stage.factor) == (kind, 3, 4)
-    # the stored factor is LDM's 1/std of the training latents: scaled latents have unit variance
+    # the stored factor is LDM's: 1.0 for vq (unscaled latents), 1/std of the training latents for kl
     with torch.no_grad():
         x = to_model_tensor(np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted(images.iterdir())]))
         mean, std = encode(model, x)
-    assert latent_std(LatentDataset(mean, std)) * metrics["scaling_factor"] == pytest.approx(1.0, rel=0.15)
+    assert latent_std(LatentDataset(mean, std)) == pytest.approx(metrics["latent_std"], rel=0.15)
+    expected = 1.0 if kind == "vq" else 1.0 / metrics["latent_std"]
+    assert metrics["scaling_factor"] == pytest.approx(expected)
 
 
 def test_the_identity_follows_the_weights(tmp_path, images, one_thread):

@@ -1,7 +1,8 @@
 """Latents: encoded once per (autoencoder, data) and read from the cache afterwards; the scaling factor
-follows the rule config > autoencoder's own > 1/std of the training latents."""
+follows the rule config > 1.0 for VQ > a KL autoencoder's own > 1/std of the training latents."""
 
 import json
+import logging
 
 import pytest
 import torch
@@ -97,26 +98,50 @@ def test_a_kl_posterior_is_cached_with_its_std_and_sampled_in_the_loss(tmp_path,
     assert abs(float(eps.mean())) < 0.1 and abs(float(eps.std()) - 1) < 0.1
 
 
-def test_the_scaling_factor_rule(tmp_path, setup, one_thread):
-    root, images = setup
-    own = json.loads((root / "vq" / "config.json").read_text())["scaling_factor"]
-    task = build_task(config(root, images, root / "vq"))
-    train, _ = task.load_data()
-    assert task.scaling_factor == pytest.approx(own) and task.state_dict()["scaling_factor"] == task.scaling_factor
+def copy_with_scaling_factor(source, folder, value):
+    """A copy of an autoencoder folder whose config.json states `value` (None: no scaling_factor at all)."""
+    folder.mkdir()
+    for path in source.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("scaling_factor")
+    if value is not None:
+        config["scaling_factor"] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
 
-    task = build_task(config(root, images, root / "vq", "autoencoder.scaling_factor=0.5"))
+
+def test_the_scaling_factor_rule(tmp_path, setup, one_thread, caplog):
+    """config > 1.0 for VQ (LDM-VQ-4: LatentDiffusion's scale_factor=1.0, scale_by_std=False) > a KL
+    autoencoder's own > 1/std of its training latents (scale_by_std)."""
+    root, images = setup
+    assert json.loads((root / "vq" / "config.json").read_text())["scaling_factor"] == 1.0  # train-autoencoder's
+    task = build_task(config(root, images, root / "vq"))
+    task.load_data()
+    assert task.scaling_factor == 1.0 and task.state_dict()["scaling_factor"] == 1.0
+
+    # a diffusers-saved VQModel carrying Stable Diffusion's KL value: not used, and the log says so and why
+    sd_value = copy_with_scaling_factor(root / "vq", tmp_path / "sd_value", 0.18215)
+    with caplog.at_level(logging.INFO, logger="sparsedm"):
+        task = build_task(config(root, images, sd_value))
+        task.load_data()
+    assert task.scaling_factor == 1.0
+    assert "scaling_factor=0.18215" in caplog.text and "not used" in caplog.text
+    assert "scaling factor 1.00000: a VQ autoencoder, unscaled as LDM-VQ" in caplog.text
+
+    task = build_task(config(root, images, sd_value, "autoencoder.scaling_factor=0.5"))
     task.load_data()
     assert task.scaling_factor == 0.5
 
-    # a folder whose config.json states none: LDM's 1/std of the training latents
-    bare = tmp_path / "bare"
-    bare.mkdir()
-    for path in (root / "vq").iterdir():
-        (bare / path.name).write_bytes(path.read_bytes())
-    stripped = json.loads((bare / "config.json").read_text())
-    del stripped["scaling_factor"]
-    (bare / "config.json").write_text(json.dumps(stripped))
+    own = json.loads((root / "kl" / "config.json").read_text())["scaling_factor"]
+    task = build_task(config(root, images, root / "kl"))
+    train, _ = task.load_data()
+    assert task.scaling_factor == pytest.approx(own) != 1.0
+    assert own == pytest.approx(1 / latent_std(train), rel=1e-4)
+
+    # a KL folder whose config.json states none: LDM's 1/std of the training latents
+    bare = copy_with_scaling_factor(root / "kl", tmp_path / "bare", None)
     task = build_task(config(root, images, bare))
     train, _ = task.load_data()
     assert task.scaling_factor == pytest.approx(1 / latent_std(train))
-    assert float((train.mean * task.scaling_factor).std()) == pytest.approx(1.0, rel=1e-3)
+    assert float(latent_std(train) * task.scaling_factor) == pytest.approx(1.0, rel=1e-6)

@@ -87,7 +87,24 @@ def test_unet_training_lowers_the_loss(tmp_path, setup, one_thread, method):
     assert len(val) == 2 and val[-1] < 0.4 * val[0], val
     summary = json.loads((run / "summary.json").read_text())
     assert summary["sparsity_actual"] == (0 if method == "dense" else pytest.approx(0.5, abs=1e-3))
-    assert len([r for r in metrics if r.get("event") == "mask_update"]) == (4 if method in ("rigl", "magran") else 0)
+    updates = [r for r in metrics if r.get("event") == "mask_update"]
+    assert len(updates) == (4 if method in ("rigl", "magran") else 0)
+    assert all(u["replaced"] <= u["requested"] and isinstance(u["capped"], dict) for u in updates)
+
+
+def test_resume_with_flips_is_bit_identical(tmp_path, setup, one_thread):
+    """A sample's mirror choice comes from its seed (seed, step, position): a split run makes the same choices."""
+    root, images = setup
+    common = ["train.steps=8", "data.flip_p=0.5", "sparse.method=magran", "sparse.update_interval=3"]
+    assert train(root, images, tmp_path / "full", *common) == 0
+    assert train(root, images, tmp_path / "split", *common, "train.stop_at=4") == 0
+    assert main(["train", "configs/ldm_openmoji_cpu.yaml", "--out", str(tmp_path / "split"), "--resume",
+                 "--no-progress", *ldm_overrides(images, root / "cache", root / "ae"), *common]) == 0  # fmt: skip
+    full, split = (json.loads((tmp_path / run / "summary.json").read_text()) for run in ("full", "split"))
+    assert full["weights_sha256"] == split["weights_sha256"] and full["masks_sha256"] == split["masks_sha256"]
+    no_flips = tmp_path / "no_flips"
+    assert train(root, images, no_flips, *common[:1], *common[2:]) == 0
+    assert json.loads((no_flips / "summary.json").read_text())["weights_sha256"] != full["weights_sha256"]
 
 
 def test_train_autoencoder_train_sample_writes_the_run_contract(tmp_path, setup, one_thread):

@@ -64,3 +64,33 @@ def test_training_flops_per_method():
     assert train_flops_per_step("static", 1.0, 4.0, 100) == 3.0
     assert train_flops_per_step("magran", 1.0, 4.0, 100) == 3.0
     assert train_flops_per_step("rigl", 1.0, 4.0, 100) == pytest.approx((300 + 2 + 4) / 101)
+
+
+class CudnnLikeVF:
+    """torch._VF whose GRU, off the CPU, runs a fused kernel the FLOP counter has no formula for, as
+    `aten._cudnn_rnn` on CUDA: the counter sees none of its work."""
+
+    def __getattr__(self, name):
+        return getattr(torch._VF, name)
+
+    def gru(self, input, hx, *args):
+        if input.device.type == "cpu":
+            return torch._VF.gru(input, hx, *args)
+        bidirectional, batch_first = args[-2], args[-1]
+        length, batch = (input.shape[1], input.shape[0]) if batch_first else input.shape[:2]
+        shape = (batch, length) if batch_first else (length, batch)
+        return input.new_zeros(*shape, (2 if bidirectional else 1) * hx.shape[-1]), hx
+
+
+def test_flops_are_counted_on_a_cpu_copy_whatever_the_model_device(monkeypatch):
+    """A GPU run's path: the model is off the CPU, where its GRU kernel is invisible to the counter. The meta
+    device stands in for the GPU (no GPU is needed): the figure must equal the CPU model's."""
+    monkeypatch.setattr(torch.nn.modules.rnn, "_VF", CudnnLikeVF())
+    x, t = torch.randn(2, 7, 3), torch.tensor([1, 2])
+    densities = {"gru.weight_ih_l0": 0.5, "gru.weight_hh_l0": 0.5}
+    on_cpu = forward_flops(TinyGRU(), (x, t), densities)
+    with torch.device("meta"):
+        elsewhere = TinyGRU()
+    flops = forward_flops(elsewhere, (x.to("meta"), t.to("meta")), densities)
+    assert flops == on_cpu
+    assert all(p.is_meta for p in elsewhere.parameters())  # counted on a copy: the model is left where it was

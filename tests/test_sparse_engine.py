@@ -26,7 +26,8 @@ def train(model, loss_fn, engine, optimizer, ema, steps, generator, on_step=None
 
 @pytest.mark.parametrize("model_name", ["unet", "gru"])
 @pytest.mark.parametrize("method", ["rigl", "magran"])
-def test_invariants_hold_after_many_updates(model_name, method):
+@pytest.mark.parametrize("regrow_dropped", [False, True])
+def test_invariants_hold_after_many_updates(model_name, method, regrow_dropped):
     build, loss_fn = MODELS[model_name]
     model = build()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-2)
@@ -34,7 +35,9 @@ def test_invariants_hold_after_many_updates(model_name, method):
     engine = SparseEngine(
         model,
         optimizer,
-        SparseConfig(method=method, sparsity=0.7, prune_rate=0.5, update_interval=3, t_end=1.0),
+        SparseConfig(
+            method=method, sparsity=0.7, prune_rate=0.5, update_interval=3, t_end=1.0, regrow_dropped=regrow_dropped
+        ),
         total_steps=30,
         ema=ema,
     )
@@ -58,6 +61,7 @@ def test_invariants_hold_after_many_updates(model_name, method):
                 prev = before[name].view(-1)
                 assert len(set(dropped.tolist()) & set(grown.tolist())) == 0
                 assert prev[dropped].all() and not prev[grown].any()  # drop active, grow previously inactive
+                assert stats["replaced"] + stats["regrown"] <= stats["requested"]
                 assert len(set(grown.tolist())) == len(grown)
                 assert (engine.params[name].view(-1)[grown] == 0).all()  # grown weights start at zero
 

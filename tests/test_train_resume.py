@@ -2,6 +2,7 @@
 non-finite loss stops with the step named and the last good checkpoint kept."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -190,3 +191,18 @@ def test_sigkill_while_checkpointing_leaves_a_loadable_checkpoint(tmp_path, cach
         == 0
     )
     assert json.loads((out / "summary.json").read_text())["steps"] == state["step"] + 2
+
+
+def test_a_resume_that_changes_the_steps_says_it_moves_t_end(tmp_path, cache, caplog):
+    """t_end and the cosine p_t are fractions of train.steps: raising it on resume changes the schedule from
+    there on, and the run says so; train.stop_at splits a run without changing it."""
+    assert train(tmp_path / "run", cache, "sparse.method=rigl", "train.steps=8") == 0
+    with caplog.at_level(logging.WARNING, logger="sparsedm"):
+        assert train(tmp_path / "run", cache, "sparse.method=rigl", "train.steps=12", flags=["--resume"]) == 0
+    moved = [r.getMessage() for r in caplog.records if "moves t_end" in r.getMessage()]
+    assert len(moved) == 1 and "train.steps 8 -> 12 moves t_end from step 8 to 12" in moved[0], moved
+    caplog.clear()
+    assert train(tmp_path / "split", cache, "sparse.method=rigl", "train.steps=8", "train.stop_at=4") == 0
+    with caplog.at_level(logging.WARNING, logger="sparsedm"):
+        assert train(tmp_path / "split", cache, "sparse.method=rigl", "train.steps=8", flags=["--resume"]) == 0
+    assert "moves t_end" not in caplog.text

@@ -110,7 +110,7 @@ class FirstStageConfig:
         None  # diffusers VQModel / AutoencoderKL folder: train-autoencoder's --out, or a pipeline's vqvae/
     )
     scaling_factor: Optional[float] = (
-        None  # latents x this for the UNet; null = the folder's config.json value, else 1/std
+        None  # latents x this for the UNet; null: 1.0 for VQ (LDM-VQ-4), KL: its config.json value, else 1/std
     )
     encode_batch_size: int = 64  # images per encoder pass when the latents are cached
 

@@ -30,18 +30,29 @@ DATA_KEYS = ("name", "path", "image_size", "train_size", "val_size", "split_seed
 
 
 class LatentDataset(Dataset):
-    """Item i: {"mean": C x h x w} and, for a KL autoencoder, {"std": C x h x w} of the posterior."""
+    """Item i: {"mean": C x h x w} and, for a KL autoencoder, {"std": C x h x w} of the posterior; with mirrors
+    (`data.flip_p` > 0, training split) also "mirrored_mean" (and "mirrored_std"): the latent of the image's mirror."""
 
-    def __init__(self, mean: torch.Tensor, std: Optional[torch.Tensor] = None):
+    def __init__(
+        self,
+        mean: torch.Tensor,
+        std: Optional[torch.Tensor] = None,
+        mirrored_mean: Optional[torch.Tensor] = None,
+        mirrored_std: Optional[torch.Tensor] = None,
+    ):
         self.mean, self.std = mean, std
+        self.mirrored_mean, self.mirrored_std = mirrored_mean, mirrored_std
 
     def __len__(self) -> int:
         return len(self.mean)
 
     def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
-        if self.std is None:
-            return {"mean": self.mean[index]}
-        return {"mean": self.mean[index], "std": self.std[index]}
+        item = {"mean": self.mean[index]}
+        for key in ("std", "mirrored_mean", "mirrored_std"):
+            value = getattr(self, key)
+            if value is not None:
+                item[key] = value[index]
+        return item
 
 
 def cache_path(data_cfg, first_stage: FirstStage) -> Path:
@@ -70,35 +81,66 @@ def encode_images(model, images: ImageDataset, device, batch_size: int, progress
     return torch.cat(means), (torch.cat(stds) if stds[0] is not None else None)
 
 
+def mirror_cache_path(path: Path) -> Path:
+    """Where the latents of the training images' mirrors are kept, next to the split's own latents."""
+    return path.with_name(f"{path.stem}.mirrored.npz")
+
+
+def _write_npz(path: Path, arrays: Dict[str, np.ndarray]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with open(scratch, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(scratch, path)
+    log.info("latents cached in %s", path)
+
+
 def cached_latents(
     data_cfg, first_stage: FirstStage, device, batch_size: int, progress: bool | None = None
 ) -> Tuple[LatentDataset, LatentDataset]:
-    """(train, val) latents of `data_cfg` under `first_stage`: from the cache, or encoded now and cached."""
+    """(train, val) latents of `data_cfg` under `first_stage`: from the cache, or encoded now and cached.
+
+    With `data_cfg.flip_p` > 0 the training set also carries the latents of each image's left-right mirror
+    (an encoder is not mirror-equivariant, so the mirror is encoded, not the latent flipped); they are cached
+    in a second file, so runs with and without flips share the first.
+    """
     path = cache_path(data_cfg, first_stage)
-    if not path.is_file():
-        arrays = {}
-        for split, images in zip(("train", "val"), load_image_splits(data_cfg, progress)):
-            mean, std = encode_images(first_stage.load(device), images, device, batch_size, progress)
-            arrays[f"{split}_mean"] = mean.numpy()
-            if std is not None:
-                arrays[f"{split}_std"] = std.numpy()
+    mirror_path = mirror_cache_path(path) if data_cfg.flip_p > 0 else None
+    missing = [p for p in (path, mirror_path) if p is not None and not p.is_file()]
+    if missing:
+        splits = load_image_splits(data_cfg, progress)
+        model = first_stage.load(device)
+        if path in missing:
+            arrays = {}
+            for split, images in zip(("train", "val"), splits):
+                mean, std = encode_images(model, images, device, batch_size, progress)
+                arrays[f"{split}_mean"] = mean.numpy()
+                if std is not None:
+                    arrays[f"{split}_std"] = std.numpy()
+            _write_npz(path, arrays)
+        if mirror_path in missing:
+            train = splits[0]
+            mirrors = ImageDataset(np.ascontiguousarray(train.images[:, :, ::-1]), f"{train.name} mirrored")
+            mean, std = encode_images(model, mirrors, device, batch_size, progress)
+            _write_npz(
+                mirror_path, {"train_mean": mean.numpy(), **({"train_std": std.numpy()} if std is not None else {})}
+            )
         first_stage.release()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        scratch = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        with open(scratch, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(scratch, path)
-        log.info("latents cached in %s", path)
-    else:
+    if path not in missing:
         log.info("latents read from %s", path)
     with np.load(path) as arrays:
-        return tuple(
+        train, val = (
             LatentDataset(
                 torch.from_numpy(arrays[f"{split}_mean"]),
                 torch.from_numpy(arrays[f"{split}_std"]) if f"{split}_std" in arrays else None,
             )
             for split in ("train", "val")
         )
+    if mirror_path is not None:
+        with np.load(mirror_path) as arrays:
+            train.mirrored_mean = torch.from_numpy(arrays["train_mean"])
+            train.mirrored_std = torch.from_numpy(arrays["train_std"]) if "train_std" in arrays else None
+    return train, val
 
 
 def latent_std(latents: LatentDataset) -> float:

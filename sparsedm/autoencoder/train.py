@@ -7,7 +7,8 @@ LDM also uses LPIPS and a patch GAN; without them reconstructions are blurrier, 
 configs suggest a pretrained LDM autoencoder where one can be downloaded.
 
 The folder written is a diffusers model folder (`VQModel.from_pretrained(AE)` / `AutoencoderKL...`) with
-its `scaling_factor` set to 1/std of the training latents (LDM's scale_by_std), plus:
+its `scaling_factor` set as LDM uses it: 1.0 for vq (LDM-VQ trains on unscaled latents), 1/std of the training
+latents for kl (LDM-KL's scale_by_std); metrics.json records that std either way. Plus:
 
     AE/metrics.json        validation reconstruction error before and after training, the scaling factor, ...
     AE/metrics.jsonl       the training loss every `train.log_every` steps; codebook restarts (vq)
@@ -174,9 +175,8 @@ def train_autoencoder(cfg: AutoencoderExperiment, out, overwrite: bool = False, 
 
     after = reconstruction_error(model, val_set, device)
     log.info("validation reconstruction after training: L1 %.4f, PSNR %.2f dB", after["l1"], after["psnr"])
-    scaling_factor = 1.0 / latent_std(
-        LatentDataset(*encode_images(model, train_set, device, EVAL_BATCH, progress=False))
-    )
+    std = latent_std(LatentDataset(*encode_images(model, train_set, device, EVAL_BATCH, progress=False)))
+    scaling_factor = 1.0 if cfg.model.kind == "vq" else 1.0 / std  # LDM-VQ: unscaled; LDM-KL: scale_by_std
     model.register_to_config(scaling_factor=scaling_factor)
     model.save_pretrained(out)
     _save_reconstructions(model, val_set, device, out / "reconstructions.png")
@@ -195,6 +195,7 @@ def train_autoencoder(cfg: AutoencoderExperiment, out, overwrite: bool = False, 
         **{f"val_{k}_before": v for k, v in before.items()},
         **{f"val_{k}_after": v for k, v in after.items()},
         "scaling_factor": scaling_factor,
+        "latent_std": std,
         "wall_time_s": wall,
     }
     (out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")

@@ -4,12 +4,20 @@ Defaults are the LDM-4 UNet of the LDM-VQ-4 setups (CelebA-HQ, LSUN-Bedrooms): 2
 multipliers 1, 2, 3, 4, two res blocks per level, self-attention at latent resolutions 32, 16 and 8 (of a
 64 x 64 latent), 32 channels per attention head, and the sinusoidal timestep embedding (`positional`,
 flip_sin_to_cos, no shift, as LDM). The latent size and channels come from the autoencoder, not from here.
+
+LDM wraps three kinds of layers in `zero_module` (ldm/modules/diffusionmodules/openaimodel.py): each res block's
+second conv (`ResBlock.out_layers`), each attention block's output projection (`AttentionBlock.proj_out`) and the
+final conv (`UNetModel.out`). In diffusers' UNet2DModel these are `ResnetBlock2D.conv2`, `Attention.to_out[0]` and
+`conv_out`; `zero_init` sets their weights and biases to zero after the model is built, as LDM does.
 """
 
 from dataclasses import dataclass, field
 from typing import List
 
+import torch
 from diffusers import UNet2DModel
+from diffusers.models.attention_processor import Attention
+from diffusers.models.resnet import ResnetBlock2D
 
 from sparsedm.errors import UserError
 
@@ -23,6 +31,7 @@ class UNetConfig:
     attention_head_dim: int = 32  # channels per attention head (LDM-4: num_head_channels 32)
     norm_num_groups: int = 32  # GroupNorm groups; must divide every level's channels
     dropout: float = 0.0  # dropout in the res blocks (LDM-4: 0)
+    zero_init: bool = True  # start res blocks' conv2, attention outputs and conv_out at zero, as LDM; false: diffusers'
 
 
 def block_out_channels(cfg: UNetConfig) -> List[int]:
@@ -78,5 +87,22 @@ def unet_kwargs(cfg: UNetConfig, sample_size: int, channels: int) -> dict:
     )
 
 
+def zero_initialized_layers(unet: UNet2DModel) -> list:
+    """The layers LDM's `zero_module` starts at zero: res blocks' conv2, attention to_out[0], conv_out."""
+    layers = []
+    for module in unet.modules():
+        if isinstance(module, ResnetBlock2D):
+            layers.append(module.conv2)
+        elif isinstance(module, Attention):
+            layers.append(module.to_out[0])
+    return [*layers, unet.conv_out]
+
+
 def build_unet(cfg: UNetConfig, sample_size: int, channels: int) -> UNet2DModel:
-    return UNet2DModel(**unet_kwargs(cfg, sample_size, channels))
+    unet = UNet2DModel(**unet_kwargs(cfg, sample_size, channels))
+    if cfg.zero_init:
+        with torch.no_grad():
+            for layer in zero_initialized_layers(unet):
+                for param in layer.parameters():
+                    param.zero_()
+    return unet

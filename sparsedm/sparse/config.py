@@ -34,6 +34,7 @@ class SparseConfig:
     prune_rate_decay: PruneRateDecay = PruneRateDecay.cosine  # cosine (p_t = p (1 + cos(pi t / t_end)) / 2) | constant
     update_interval: int = 100  # ΔT: optimiser steps between mask updates
     t_end: float = 0.75  # last update step: <= 1 is a fraction of training, > 1 an absolute step
+    regrow_dropped: bool = False  # grow among positions inactive after the drop (google-research/rigl), not before
     grad_accumulation: int = 1  # RigL: batches whose dense gradients are summed for the grow criterion
     include: List[str] = field(
         default_factory=list

@@ -7,8 +7,13 @@ Forward FLOPs are measured with `torch.utils.flop_counter` per module (attention
 SDPA backend, since the CPU flash kernel reports 0). A module's FLOPs are split over its own weights of
 >= 2 dims in proportion to their size (exact for matmul/conv ops, e.g. the six weights of a GRU layer
 pair), and each sparse weight's share is scaled by its density.
+
+The counter runs on a CPU copy of the model and inputs, so the figure is the same on every device: on CUDA,
+`nn.GRU` runs cuDNN's fused `aten._cudnn_rnn`, which the counter has no formula for and would count as 0.
+A model on the meta device (shapes only) is copied with zero weights: FLOPs depend on shapes alone.
 """
 
+import copy
 import math
 from typing import Any, Dict, Mapping, Sequence, Union
 
@@ -32,7 +37,31 @@ def count_parameters(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> Dic
     return {"params_total": total, "params_nonzero": nonzero, "params_trainable": trainable}
 
 
+def _to_cpu(tensor: torch.Tensor) -> torch.Tensor:
+    if tensor.is_meta:
+        return torch.zeros(tensor.shape, dtype=tensor.dtype)
+    return tensor.detach().cpu()
+
+
+def cpu_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of `model` on the CPU, made without a second copy on the model's own device."""
+    memo = {id(p): nn.Parameter(_to_cpu(p), requires_grad=p.requires_grad) for p in model.parameters()}
+    memo.update({id(b): _to_cpu(b) for b in model.buffers()})
+    return copy.deepcopy(model, memo)
+
+
+def _inputs_to_cpu(value):
+    if torch.is_tensor(value):
+        return _to_cpu(value)
+    if isinstance(value, Mapping):
+        return {k: _inputs_to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_inputs_to_cpu(v) for v in value)
+    return value
+
+
 def _module_flops(model: nn.Module, inputs: Union[Sequence[Any], Mapping[str, Any]]) -> Dict[str, int]:
+    model, inputs = cpu_copy(model), _inputs_to_cpu(inputs)
     args, kwargs = (inputs, {}) if not isinstance(inputs, Mapping) else ((), inputs)
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:

@@ -65,6 +65,7 @@ class SparseEngine:
         self.last_update: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (dropped, grown) flat indices
         self._dense_grads: Dict[str, torch.Tensor] = {}  # RigL: only inside the window before an update
         self._grads_finite = True
+        self._warned_capped = False  # the capped-prune-rate hint is logged once
         if not self.method_record.sparse:
             return
 
@@ -132,18 +133,42 @@ class SparseEngine:
         return upcoming > 0 and upcoming - t < self.config.grad_accumulation
 
     def _update_masks(self, t: int) -> dict:
-        """Drop the k smallest-|W| active weights and grow k inactive ones, per tensor (k = round(p_t · n))."""
+        """Drop the k smallest-|W| active weights and grow k inactive ones, per tensor (k = round(p_t · n)).
+
+        k is capped at n and, when growth is among the positions inactive before the update (the default), at
+        the numel - n inactive ones: a nearly dense tensor replaces fewer than p_t · n (a dense one is skipped).
+        With `regrow_dropped` growth is among the positions inactive after the drop (google-research/rigl), and
+        a just-dropped weight grown again keeps its value and optimiser moments (its reinit_when_same=False), so
+        fewer than k connections may change. The statistics give both counts and the capped tensors.
+        """
         fraction = self.schedule.prune_fraction(t)
         ema_params = dict(self.ema.named_parameters()) if self.ema is not None else {}
-        replaced = 0
+        regrow = self.config.regrow_dropped
+        requested = replaced = regrown = 0
+        capped = {}
         self.last_update = {}
         for name, param in self.params.items():
             mask, n_active = self.masks[name], self.nonzeros[name]
-            k = min(round(fraction * n_active), n_active, mask.numel() - n_active)
+            if n_active == mask.numel():  # made dense by the distribution: no topology to change
+                continue
+            wanted = round(fraction * n_active)
+            k = min(wanted, n_active) if regrow else min(wanted, n_active, mask.numel() - n_active)
+            requested += wanted
+            if k < wanted:
+                capped[name] = [wanted, k]
             if k == 0:
                 continue
             dropped = drop_by_magnitude(param, mask, k)
-            grown = self.method_record.grow(mask, k, self._dense_grads.get(name), self.generator)
+            candidates = mask
+            if regrow:
+                candidates = mask.clone().view(-1)
+                candidates[dropped] = False
+                candidates = candidates.view_as(mask)
+            grown = self.method_record.grow(candidates, k, self._dense_grads.get(name), self.generator)
+            if regrow:  # a weight dropped and grown again is no change: it keeps its value and moments
+                back = torch.isin(dropped, grown)
+                regrown += int(back.sum())
+                dropped, grown = dropped[~back], grown[~mask.view(-1)[grown]]
             new_mask = mask.clone().view(-1)
             new_mask[dropped] = False
             new_mask[grown] = True
@@ -157,8 +182,23 @@ class SparseEngine:
                 ema_flat[dropped] = 0
                 ema_flat[grown] = flat[grown]
             self.last_update[name] = (dropped, grown)
-            replaced += k
-        return {"step": t, "prune_fraction": fraction, "replaced": replaced, "sparsity": self.sparsity()}
+            replaced += len(grown)
+        if capped and not self._warned_capped:
+            self._warned_capped = True
+            log.warning(
+                "step %d: %d nearly dense tensors replace fewer than p_t·n weights (see `capped` in mask_update events)",
+                t,
+                len(capped),
+            )
+        return {
+            "step": t,
+            "prune_fraction": fraction,
+            "requested": requested,
+            "replaced": replaced,
+            "regrown": regrown,
+            "capped": capped,
+            "sparsity": self.sparsity(),
+        }
 
     # -- masks applied elsewhere ----------------------------------------------------------------------
 

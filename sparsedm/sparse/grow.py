@@ -1,12 +1,13 @@
-"""The grow step: choose k positions among those inactive *before* this update.
+"""The grow step: choose k positions among the candidates, the entries that `mask` marks inactive.
 
 - RigL-DM (Evci et al. 2020): the largest |dense gradient|, the gradient of the loss w.r.t. the full
   tensor on this update step (optionally summed over a few batches).
 - MagRan-DM (SET, Mocanu et al. 2018): uniformly at random, from a generator seeded identically on every
   rank, so all ranks grow the same connections.
-Because candidates are inactive and the drop step only removes active weights, the drop and grow sets are
-disjoint by construction.
-"""
+By default the engine passes the mask from before the update, so candidates were inactive, the drop step
+only removes active weights, and the drop and grow sets are disjoint by construction. With
+`sparse.regrow_dropped` it passes the mask after the drop (google-research/rigl's `_get_update_op`), so a
+just-dropped weight is a candidate again; the engine then counts it as unchanged."""
 
 import torch
 

@@ -66,10 +66,10 @@ class Task:
     def reference_key(self, split: str = "val") -> str:
         """Names the FID statistics of `reference_images(split)` in a cache: it must change whenever they would.
 
-        Here the task, the split and a hash of the data config less its cache folder; a task whose pictures
-        depend on more (a rendering size) appends it.
+        Here the task, the split and a hash of the data config less its cache folder and training flips; a task
+        whose pictures depend on more (a rendering size) appends it.
         """
-        data = {k: v for k, v in asdict(self.cfg.data).items() if k != "cache_dir"}
+        data = {k: v for k, v in asdict(self.cfg.data).items() if k not in ("cache_dir", "flip_p")}
         digest = hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
         return f"{self.name}/{self.cfg.data.name}/{split}/{digest}"
 

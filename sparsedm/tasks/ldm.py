@@ -2,7 +2,8 @@
 frozen, dense autoencoder (LDM-VQ-4: f = 4, 256 px images -> 3 x 64 x 64 latents).
 
 Data points are latents z (encoded once and cached, see sparsedm.autoencoder.latents) times the scaling
-factor s; the loss is ε-prediction MSE on s·z; samples are decoded with the autoencoder from z = x_0 / s.
+factor s (1.0 for a VQ autoencoder, as LDM-VQ-4; 1/std for a KL one, LDM's scale_by_std); the loss is
+ε-prediction MSE on s·z; samples are decoded with the autoencoder from z = x_0 / s.
 Only the UNet is handed to the training loop, so only it is sparse, optimised and EMA-averaged.
 """
 
@@ -15,6 +16,7 @@ from torch import nn
 
 from sparsedm.autoencoder import FirstStage, cached_latents, decode, latent_std
 from sparsedm.data.images import display_name, load_image_splits, to_uint8_images
+from sparsedm.data.images.flips import mirror_choices
 from sparsedm.data.images.grid import save_image_grid
 from sparsedm.diffusion import GaussianDiffusion
 from sparsedm.errors import UserError
@@ -54,26 +56,42 @@ class LatentDiffusionTask(Task):
             self.cfg.data, self.first_stage, device, self.cfg.autoencoder.encode_batch_size, progress
         )
         self.autoencoder_sha256 = self.first_stage.identity
-        self.scaling_factor = self._scaling_factor(train)
-        log.info("latents %s, scaling factor %.5f", "x".join(map(str, self.latent_shape)), self.scaling_factor)
+        self.scaling_factor, why = self._scaling_factor(train)
+        log.info("latents %s, scaling factor %.5f: %s", "x".join(map(str, self.latent_shape)), self.scaling_factor, why)
         return train, val
 
-    def _scaling_factor(self, train) -> float:
-        """The config's value, else the autoencoder's own, else 1/std of the training latents (LDM's rule)."""
-        for value in (self.cfg.autoencoder.scaling_factor, self.first_stage.scaling_factor):
-            if value is not None:
-                return float(value)
-        return 1.0 / latent_std(train)
+    def _scaling_factor(self, train) -> tuple[float, str]:
+        """s and why: the config's value; else 1.0 for a VQ autoencoder (LDM-VQ); else a KL autoencoder's own,
+        else 1/std of its training latents (LDM-KL's scale_by_std)."""
+        if self.cfg.autoencoder.scaling_factor is not None:
+            return float(self.cfg.autoencoder.scaling_factor), "autoencoder.scaling_factor in the config"
+        own = self.first_stage.scaling_factor
+        if self.first_stage.kind == "vq":
+            if own is not None and own != 1.0:
+                log.warning(
+                    "%s states scaling_factor=%g (diffusers' VQModel default is Stable Diffusion's KL value 0.18215); "
+                    "not used: a VQ autoencoder's latents are unscaled in LDM. Set autoencoder.scaling_factor to use it",
+                    self.first_stage.folder / "config.json",
+                    own,
+                )
+            return 1.0, "a VQ autoencoder, unscaled as LDM-VQ (LatentDiffusion scale_factor=1.0, scale_by_std=False)"
+        if own is not None:
+            return own, f"the KL autoencoder's own, from {self.first_stage.folder / 'config.json'}"
+        return 1.0 / latent_std(train), "1/std of the training latents (LDM-KL's scale_by_std)"
 
     def collate(self, items):
         return {key: torch.stack([item[key] for item in items]) for key in items[0]}
 
     def loss(self, model, batch, seeds):
-        z = batch["mean"]
-        posterior = "std" in batch  # a KL autoencoder: a fresh z ~ N(mean, std²) per sample and step, as LDM-KL
+        z, std = batch["mean"], batch.get("std")
+        if "mirrored_mean" in batch:  # data.flip_p > 0: each sample is its image or the mirror, from its seed
+            mirror = mirror_choices(seeds, self.cfg.data.flip_p).to(z.device).view(-1, 1, 1, 1)
+            z = torch.where(mirror, batch["mirrored_mean"], z)
+            std = torch.where(mirror, batch["mirrored_std"], std) if std is not None else None
+        posterior = std is not None  # a KL autoencoder: a fresh z ~ N(mean, std²) per sample and step, as LDM-KL
         t, noise = self.diffusion.draw((len(z), 2 if posterior else 1, *z.shape[1:]), seeds, z.device)
         if posterior:
-            z = z + batch["std"] * noise[:, 1]
+            z = z + std * noise[:, 1]
         x0 = z * self.scaling_factor
         return self.diffusion.loss(lambda x_t, t_: model(x_t, t_, return_dict=False)[0], x0, t=t, noise=noise[:, 0])
 

@@ -30,7 +30,7 @@ class TrainConfig:
     val_every: int = 0  # steps between validation losses (0 = only at the end)
     val_batches: int = 4  # validation batches per evaluation
     stop_at: Optional[int] = (
-        None  # stop early after this step with a checkpoint (split a long run into jobs); continue with --resume
+        None  # stop after this step with a checkpoint; --resume continues bit-exactly (the way to split a run into jobs)
     )
     checkpoint_every: int = 500  # steps between checkpoints (one is always written at the end)
     keep_checkpoints: int = 2  # how many recent checkpoints to keep

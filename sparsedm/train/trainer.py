@@ -99,10 +99,12 @@ class Trainer:
 
     def _build(self) -> None:
         cfg, tc = self.cfg, self.tc
-        torch.manual_seed(cfg.seed)
         self.task = build_task(cfg)
         with main_process_first(self.dist, self.device):  # one rank fills the data caches
             self.train_set, self.val_set = self.task.load_data(self.progress, self.device)
+        # seeded here, not before load_data: filling a cache builds an autoencoder, which draws from the global
+        # RNG, and the weights must not depend on whether the cache was there (a resumed run's is)
+        torch.manual_seed(cfg.seed)
         self.model = self.task.build_model().to(self.device)
         self.batches = BatchSchedule(len(self.train_set), tc.batch_size, cfg.seed)
         self.total_steps = tc.epochs * self.batches.batches_per_epoch if tc.epochs else tc.steps
@@ -139,6 +141,24 @@ class Trainer:
         if self.dist.is_main:
             self.run.truncate_metrics(self.step)
         log.info("resumed from %s at step %d", path, self.step)
+        self._note_schedule_change(state["config"]["train"])
+
+    def _note_schedule_change(self, old_train: dict) -> None:
+        """t_end and the cosine p_t are fractions of the total steps: a resume that changes train.steps moves them."""
+        schedule = self.engine.schedule
+        if schedule is None or self.tc.epochs:
+            return
+        old_end = self.engine.config.end_step(old_train["steps"])
+        if old_end != schedule.end_step:
+            log.warning(
+                "train.steps %d -> %d moves t_end from step %d to %d: from step %d on, the topology schedule is "
+                "not a straight run's; to split one run into jobs bit-exactly keep train.steps and set train.stop_at",
+                old_train["steps"],
+                self.tc.steps,
+                old_end,
+                schedule.end_step,
+                self.step,
+            )
 
     def _checkpoint(self, elapsed: float) -> None:
         if not self.dist.is_main:

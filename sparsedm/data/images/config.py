@@ -34,6 +34,9 @@ class ImageDataConfig:
     split_seed: int = 0  # seed of the random train/val split; same seed, same files in each split
     max_items: Optional[int] = None  # cap on images per split after splitting; None = no cap; e.g. 256 on CPU
     cache_dir: str = ".cache/sparsedm"  # where the openmoji package and its rendered arrays are kept
+    flip_p: float = (
+        0.0  # ldm training: chance a sample is the image's mirror (LDM's LSUN loader: 0.5); validation never
+    )
 
     def __post_init__(self):
         check_config(self)
@@ -61,6 +64,8 @@ def check_config(cfg) -> None:
         )
     if cfg.image_size < 8:
         raise UserError(f"{CONFIG_KEY}.image_size={cfg.image_size} is too small; use e.g. 32, 64 or 256")
+    if not 0.0 <= cfg.flip_p <= 1.0:
+        raise UserError(f"{CONFIG_KEY}.flip_p={cfg.flip_p} must be a probability in [0, 1], e.g. 0.5 (LSUN) or 0")
     for key in ("train_size", "val_size", "max_items"):
         value = getattr(cfg, key)
         if value is not None and value < 1:
