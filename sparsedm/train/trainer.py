@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 from contextlib import contextmanager, nullcontext
+from dataclasses import asdict
 from typing import Optional
 
 import torch
@@ -316,6 +317,7 @@ class Trainer:
             "seed": cfg.seed,
             **count_parameters(self.model, engine.masks),
             "sparsity_actual": engine.sparsity(),
+            "exploration_rate": engine.exploration_rate(),
             **flops,
             "flops_train_step": train_flops_per_step(
                 engine.method, flops["flops_forward_sparse"], flops["flops_forward_dense"], cfg.sparse.update_interval
@@ -325,6 +327,7 @@ class Trainer:
             "wall_time_s": wall,
             "weights_sha256": weights_fingerprint(self.model),
             "masks_sha256": engine.masks_fingerprint(),
+            "tensors": [asdict(row) for row in engine.report()],  # per sparse tensor, in model order
         }
         self.run.write_summary(summary)
         return summary
