@@ -157,6 +157,15 @@ def _report(args) -> None:
     _print_report(build_report(args.sweep))
 
 
+def _plot(args) -> None:
+    from sparsedm.runs.plots import plot_run
+
+    files = plot_run(args.run)
+    print("\n".join(f"-> {path}" for path in files))
+    if len(files) == 1:
+        print("(the per-layer chart comes with summary.json, when training ends; a dense run has none)")
+
+
 def _demo(args) -> None:
     from sparsedm.experiments.demo import DemoSettings, run_demo
 
@@ -240,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="rebuild a sweep's results.csv, results.md and plots from its finished runs")
     report.add_argument("sweep", help="sweep folder")
     report.set_defaults(func=_report)
+
+    plot = sub.add_parser("plot", help="draw a run's loss curves and per-layer density/exploration (PNG in the run)")
+    plot.add_argument("run", help="run folder (while it trains too)")
+    plot.set_defaults(func=_plot)
 
     demo = sub.add_parser("demo", help="Dense, Static-DM, RigL-DM and MagRan-DM at S = 0.5 on KanjiVG, compared by FID")
     demo.add_argument(

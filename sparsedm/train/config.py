@@ -1,7 +1,7 @@
 """Settings of the training loop, sampling and distribution, shared by every task."""
 
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import List, Optional
 
 
 @dataclass
@@ -16,6 +16,10 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast, CPU and GPU) | fp16 (autocast + gradient scaler, GPU)
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
     log_every: int = 25  # steps between lines of metrics.jsonl
+    log_to: List[str] = field(
+        default_factory=lambda: ["jsonl", "tensorboard"]
+    )  # jsonl (RUN/metrics.jsonl, required) and tensorboard (RUN/tb/); [jsonl] turns TensorBoard off
+    sample_every: int = 500  # steps between TensorBoard grids of 16 samples from the EMA weights (0 = none)
     val_every: int = 0  # steps between validation losses (0 = only at the end)
     val_batches: int = 4  # validation batches per evaluation
     stop_at: Optional[int] = (
