@@ -9,6 +9,7 @@ measured for one training sample: forward FLOPs per denoiser call, training FLOP
 """
 
 import csv
+import io
 import json
 import math
 from collections import defaultdict
@@ -19,6 +20,7 @@ from typing import List, Optional
 from sparsedm.errors import UserError
 from sparsedm.eval.evaluate import EVAL
 from sparsedm.experiments.grid import DISPLAY, METHODS
+from sparsedm.runs.run_dir import write_text_atomically
 
 RUNS = "runs"  # SWEEP/runs/NAME/
 # What every run of one table must share; a difference would put incomparable numbers side by side.
@@ -53,6 +55,7 @@ class Row:
     flops_forward_rel: float
     flops_train: float  # the whole run's training FLOPs
     flops_train_rel: float
+    exploration_rate: Optional[float]  # share of the sparse weights ever active (mean); None if not recorded
 
 
 def read_runs(sweep_dir) -> List[dict]:
@@ -101,6 +104,7 @@ def aggregate(records: List[dict]) -> List[Row]:
         fids = [r["fid"] for r in runs]
         mean = _mean(fids)
         std = math.sqrt(sum((f - mean) ** 2 for f in fids) / (len(fids) - 1)) if len(fids) > 1 else None
+        explored = [r["exploration_rate"] for r in runs if r.get("exploration_rate") is not None]
         rows.append(
             Row(
                 method=method,
@@ -115,17 +119,20 @@ def aggregate(records: List[dict]) -> List[Row]:
                 flops_forward_rel=_mean([r["flops_forward_sparse"] / r["flops_forward_dense"] for r in runs]),
                 flops_train=_mean([r["flops_train_total"] for r in runs]),
                 flops_train_rel=_mean([r["flops_train_step"] / r["flops_train_step_dense"] for r in runs]),
+                exploration_rate=_mean(explored) if explored else None,
             )
         )
     return sorted(rows, key=lambda r: (METHODS.index(r.method), r.sparsity or 0.0, r.prune_rate or 0.0))
 
 
 def write_csv(rows: List[Row], path: Path) -> None:
-    with open(path, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=[f.name for f in fields(Row)])
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: "" if v is None else v for k, v in asdict(row).items()})
+    """Written atomically: jobs of a sharded sweep may rebuild the report at the same time."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=[f.name for f in fields(Row)])
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None else v for k, v in asdict(row).items()})
+    write_text_atomically(path, text.getvalue())
 
 
 def human(number: float) -> str:
