@@ -61,7 +61,7 @@ def plot_curves(records: List[dict], path: Path) -> Path:
     axes = figure.add_subplot(2 if explored else 1, 1, 1)
     axes.plot(*zip(*losses), color="tab:blue", label="training loss (mean since the last point)")
     if val:
-        axes.plot(*zip(*val), color="tab:orange", marker="o", label="validation loss (EMA weights)")
+        axes.plot(*zip(*val), color="tab:orange", marker="o", linestyle="--", label="validation loss (EMA weights)")
     for i, update in enumerate(updates):
         axes.axvline(update["step"], color="grey", linewidth=0.6, alpha=0.5, label="mask update" if i == 0 else None)
     axes.set_ylabel("diffusion loss")
@@ -81,7 +81,7 @@ def plot_curves(records: List[dict], path: Path) -> Path:
     return save_figure(figure, path)
 
 
-def plot_layers(tensors: List[dict], method: str, path: Path) -> Path:
+def plot_layers(tensors: List[dict], title: str, path: Path) -> Path:
     """Horizontal bars, one group per tensor, the first tensor of the model at the top."""
     names = [t["name"] for t in tensors]
     series = (
@@ -90,7 +90,7 @@ def plot_layers(tensors: List[dict], method: str, path: Path) -> Path:
         ("exploration_rate", "exploration rate", "tab:red"),
     )
     height = 0.27
-    figure = Figure(figsize=(7.5, 1.3 + 0.42 * len(names)))
+    figure = Figure(figsize=(7.5, 1.7 + 0.42 * len(names)))
     axes = figure.add_subplot()
     for k, (key, label, colour) in enumerate(series):
         positions = [i + (k - 1) * height for i in range(len(names))]
@@ -99,9 +99,9 @@ def plot_layers(tensors: List[dict], method: str, path: Path) -> Path:
     axes.invert_yaxis()
     axes.set_xlim(0, 1)
     axes.set_xlabel("fraction of the tensor's weights")
-    axes.set_title(f"{method}: density and exploration per sparse tensor", fontsize="medium")
+    axes.set_title(title, fontsize="medium")
     axes.grid(axis="x", alpha=0.3)
-    axes.legend(fontsize="small", loc="lower right")
+    axes.legend(fontsize="small", loc="lower center", bbox_to_anchor=(0.5, 1.06), ncol=3, frameon=False)
     figure.tight_layout()
     return save_figure(figure, path)
 
@@ -117,5 +117,8 @@ def plot_run(run_path) -> List[Path]:
         except ValueError:
             raise UserError(f"{summary_path} is not valid JSON; the file is corrupt") from None
         if summary.get("tensors"):
-            files.append(plot_layers(summary["tensors"], summary.get("method", ""), run / LAYERS))
+            title = (
+                f"{summary.get('method', '')}, S = {summary.get('sparsity', '?')}: density and exploration per tensor"
+            )
+            files.append(plot_layers(summary["tensors"], title, run / LAYERS))
     return files
