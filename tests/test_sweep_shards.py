@@ -135,6 +135,7 @@ def run_side_by_side(out, cache, *shards):
     return [stdout for stdout, _ in results]
 
 
+@pytest.mark.slow  # four sweeps in fresh processes
 def test_processes_side_by_side_share_the_folder_without_clashing(tmp_path, capsys, single):
     cache = single.parent / "cache"
     sliced = tmp_path / "sliced"
