@@ -112,11 +112,12 @@ def _print_sweep(outcomes, report) -> None:
     """The sweep's table, then a UserError if any run failed (the log above says why)."""
     counts = {
         kind: sum(o == kind for o in outcomes.values())
-        for kind in ("trained", "evaluated", "done", "stopped", "failed")
+        for kind in ("trained", "evaluated", "done", "stopped", "busy", "failed")
     }
+    extra = {"stopped": "stopped", "busy": "running elsewhere", "failed": "failed"}
     print(
         f"{len(outcomes)} runs: {counts['trained']} trained, {counts['evaluated']} evaluated, {counts['done']} finished before"
-        + "".join(f", {counts[kind]} {kind}" for kind in ("stopped", "failed") if counts[kind])
+        + "".join(f", {counts[kind]} {label}" for kind, label in extra.items() if counts[kind])
     )
     if report is not None:
         _print_report(report)
@@ -130,7 +131,8 @@ def _print_sweep(outcomes, report) -> None:
 
 def _sweep(args) -> None:
     from sparsedm.experiments.grid import SweepGrid
-    from sparsedm.experiments.sweep import run_sweep
+    from sparsedm.experiments.shards import parse_shard
+    from sparsedm.experiments.sweep import list_sweep, run_sweep
 
     defaults = SweepGrid()
     grid = SweepGrid(
@@ -139,6 +141,13 @@ def _sweep(args) -> None:
         args.prune_rates or defaults.prune_rates,
         args.seeds,
     )
+    shard = parse_shard(args.shard) if args.shard else None
+    if args.list:
+        shards = shard[1] if shard else 1
+        rows = list_sweep(args.out, grid, shards)
+        width = max(len(name) for _, name, _ in rows)
+        print("\n".join(f"{index}/{shards}  {name:<{width}}  {state}" for index, name, state in rows))
+        return
     outcomes, report = run_sweep(
         args.config,
         args.out,
@@ -147,6 +156,7 @@ def _sweep(args) -> None:
         _eval_settings(args),
         progress=not args.no_progress,
         workers=args.workers,
+        shard=shard,
     )
     _print_sweep(outcomes, report)
 
@@ -155,6 +165,15 @@ def _report(args) -> None:
     from sparsedm.experiments.report import build_report
 
     _print_report(build_report(args.sweep))
+
+
+def _plot(args) -> None:
+    from sparsedm.runs.plots import plot_run
+
+    files = plot_run(args.run)
+    print("\n".join(f"-> {path}" for path in files))
+    if len(files) == 1:
+        print("(the per-layer chart comes with summary.json, when training ends; a dense run has none)")
 
 
 def _demo(args) -> None:
@@ -234,12 +253,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 per grid point")
     sweep.add_argument("--workers", type=int, default=1, help="runs at a time, each in a single-threaded process (CPU)")
+    sweep.add_argument(
+        "--shard",
+        metavar="K/N",
+        help="only slice K of N (K = 0..N-1) of the grid, e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT",
+    )
+    sweep.add_argument(
+        "--list", action="store_true", help="print every run with its slice of N (from --shard) and its state"
+    )
     _add_eval_options(sweep, "--sample-")
     sweep.set_defaults(func=_sweep)
 
     report = sub.add_parser("report", help="rebuild a sweep's results.csv, results.md and plots from its finished runs")
     report.add_argument("sweep", help="sweep folder")
     report.set_defaults(func=_report)
+
+    plot = sub.add_parser("plot", help="draw a run's loss curves and per-layer density/exploration (PNG in the run)")
+    plot.add_argument("run", help="run folder (while it trains too)")
+    plot.set_defaults(func=_plot)
 
     demo = sub.add_parser("demo", help="Dense, Static-DM, RigL-DM and MagRan-DM at S = 0.5 on KanjiVG, compared by FID")
     demo.add_argument(

@@ -20,6 +20,8 @@ SUMMARY_KEYS = {
     "params_total",
     "params_nonzero",
     "sparsity_actual",
+    "exploration_rate",
+    "tensors",
     "flops_forward_dense",
     "flops_forward_sparse",
     "flops_train_step",
@@ -73,7 +75,9 @@ def test_training_lowers_the_validation_loss(tmp_path, tiny):
 def test_every_method_trains_and_samples(tmp_path, tiny, method, capsys):
     code, run = train(tmp_path, tiny, "train.steps=30", f"sparse.method={method}", "sparse.sparsity=0.6", name=method)
     assert code == 0
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "metrics.jsonl", "summary.json"]
+    files = ["checkpoints", "config.yaml", "curves.png", "metrics.jsonl", "summary.json", "tb"]
+    layers = [] if method == "dense" else ["layers.png"]  # no sparse tensors, no per-tensor picture
+    assert sorted(p.name for p in run.iterdir()) == sorted(files + layers)
     summary = json.loads((run / "summary.json").read_text())
     assert SUMMARY_KEYS <= set(summary)
     assert summary["method"] == method and summary["steps"] == 30 and np.isfinite(summary["loss_final"])

@@ -223,6 +223,13 @@ def check_make(args: list) -> None:
     assert set(args) <= targets, f"the Makefile has no target {sorted(set(args) - targets)}"
 
 
+def check_tensorboard(args: list) -> None:
+    """The pinned tensorboard package is installed and the command passes only the options sparsedm's docs use."""
+    import tensorboard  # noqa: F401
+
+    assert args[:1] == ["--logdir"] and len(args) == 2, f"tensorboard {' '.join(args)}: use tensorboard --logdir DIR"
+
+
 def check_command(argv: list) -> None:
     program, args = argv[0], argv[1:]
     if program == "sparsedm":
@@ -231,6 +238,8 @@ def check_command(argv: list) -> None:
         check_torchrun(args)
     elif program == "make":
         check_make(args)
+    elif program == "tensorboard":
+        check_tensorboard(args)
     elif re.fullmatch(r"(\.venv/bin/)?python3?", program):
         check_python(args)
     else:

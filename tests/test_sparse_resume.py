@@ -32,6 +32,8 @@ def test_resume_in_a_fresh_process_is_bit_identical(tmp_path, method):
     assert full["engine"]["step"] == resumed["engine"]["step"] == 14
     for name, mask in full["engine"]["masks"].items():
         assert torch.equal(mask, resumed["engine"]["masks"][name]), name
+    for name, seen in full["engine"]["explored"].items():  # the exploration record crossed the break too
+        assert torch.equal(seen, resumed["engine"]["explored"][name]), name
     half = torch.load(tmp_path / "half.pt", weights_only=False)
     if method == "rigl":  # the checkpoint carried the half-accumulated dense gradient across the break
         assert half["engine"]["dense_grads"]

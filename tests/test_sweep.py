@@ -79,6 +79,7 @@ def test_sweep_runs_the_grid_writes_every_file_and_continues_without_redoing(tmp
     assert code == 0, captured.err
     assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(RUNS)
     assert sorted(p.name for p in out.iterdir()) == [
+        "fid_vs_exploration.png",
         "fid_vs_sparsity.png",
         "fid_vs_train_flops.png",
         "results.csv",

@@ -66,11 +66,11 @@ def fake_run(sweep, name, method, fid, sparsity=0.0, prune_rate=0.1, **changes):
 def sweep(tmp_path):
     for seed, fid in enumerate([10.0, 12.0, 14.0]):
         fake_run(tmp_path, f"dense-seed{seed}", "dense", fid)
-    fake_run(tmp_path, "rigl-S0.5-p0.1-seed0", "rigl", 9.0, sparsity=0.5)
-    fake_run(tmp_path, "rigl-S0.5-p0.1-seed1", "rigl", 11.0, sparsity=0.5)
-    fake_run(tmp_path, "rigl-S0.5-p0.5-seed0", "rigl", 20.0, sparsity=0.5, prune_rate=0.5)
-    fake_run(tmp_path, "static-S0.9-seed0", "static", 30.0, sparsity=0.9, prune_rate=0.1)
-    fake_run(tmp_path, "static-S0.9-seed1", "static", 33.0, sparsity=0.9, prune_rate=0.1)
+    fake_run(tmp_path, "rigl-S0.5-p0.1-seed0", "rigl", 9.0, sparsity=0.5, exploration_rate=0.6)
+    fake_run(tmp_path, "rigl-S0.5-p0.1-seed1", "rigl", 11.0, sparsity=0.5, exploration_rate=0.7)
+    fake_run(tmp_path, "rigl-S0.5-p0.5-seed0", "rigl", 20.0, sparsity=0.5, prune_rate=0.5, exploration_rate=0.9)
+    fake_run(tmp_path, "static-S0.9-seed0", "static", 30.0, sparsity=0.9, prune_rate=0.1, exploration_rate=0.1)
+    fake_run(tmp_path, "static-S0.9-seed1", "static", 33.0, sparsity=0.9, prune_rate=0.1)  # from before the rate
     (tmp_path / "runs" / "magran-S0.5-p0.1-seed0").mkdir()  # interrupted: no eval.json, not in the table
     return tmp_path
 
@@ -94,12 +94,13 @@ def test_mean_and_std_over_seeds_per_method_s_and_p(sweep):
     assert static.flops_train_rel == pytest.approx(0.1) and static.flops_train == pytest.approx(3 * 100_000 * 64 * 600)
     # RigL's dense gradient every ΔT = 50 steps: (3 x 0.5 x 50 + 2 x 0.5 + 1) / 51 / 3 of dense
     assert rigl.flops_train_rel == pytest.approx((75 + 1 + 1) / 51 / 3)
+    assert (dense.exploration_rate, static.exploration_rate, rigl.exploration_rate) == (None, 0.1, pytest.approx(0.65))
 
 
 def test_report_writes_the_table_the_csv_and_the_plots(sweep, capsys):
     assert main(["report", str(sweep)]) == 0
     out = capsys.readouterr().out
-    names = ["results.csv", "results.md", "fid_vs_sparsity.png", "fid_vs_train_flops.png"]
+    names = ["results.csv", "results.md", "fid_vs_sparsity.png", "fid_vs_train_flops.png", "fid_vs_exploration.png"]
     assert all((sweep / name).is_file() for name in names)
     table = (sweep / "results.md").read_text()
     assert table in out + "\n"
@@ -111,11 +112,11 @@ def test_report_writes_the_table_the_csv_and_the_plots(sweep, capsys):
     assert "200 samples (DDIM, 50 steps) against the 170 images of the val split" in table
     with open(sweep / "results.csv") as file:
         rows = list(csv.DictReader(file))
-    assert [(r["method"], r["sparsity"], r["prune_rate"], r["fid_std"]) for r in rows] == [
-        ("dense", "", "", "2.0"),
-        ("static", "0.9", "", str(math.sqrt(4.5))),
-        ("rigl", "0.5", "0.1", str(math.sqrt(2.0))),
-        ("rigl", "0.5", "0.5", ""),
+    assert [(r["method"], r["sparsity"], r["prune_rate"], r["fid_std"], r["exploration_rate"]) for r in rows] == [
+        ("dense", "", "", "2.0", ""),
+        ("static", "0.9", "", str(math.sqrt(4.5)), "0.1"),
+        ("rigl", "0.5", "0.1", str(math.sqrt(2.0)), str((0.6 + 0.7) / 2)),
+        ("rigl", "0.5", "0.5", "", "0.9"),
     ]
     for name in names[2:]:
         with Image.open(sweep / name) as image:

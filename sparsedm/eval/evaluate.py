@@ -138,6 +138,7 @@ def evaluate_run(
         "method": summary["method"],
         "sparsity": summary["sparsity"],
         "sparsity_actual": summary["sparsity_actual"],
+        "exploration_rate": summary.get("exploration_rate"),  # None for runs trained before it was recorded
         "distribution": summary["distribution"],
         "prune_rate": summary["prune_rate"],
         "update_interval": summary["update_interval"],

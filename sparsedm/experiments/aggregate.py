@@ -9,6 +9,7 @@ measured for one training sample: forward FLOPs per denoiser call, training FLOP
 """
 
 import csv
+import io
 import json
 import math
 from collections import defaultdict
@@ -19,6 +20,7 @@ from typing import Dict, List, Optional
 from sparsedm.errors import UserError
 from sparsedm.eval.evaluate import EVAL
 from sparsedm.experiments.paired import CONFIDENCE, paired_difference
+from sparsedm.runs.run_dir import write_text_atomically
 from sparsedm.sparse.methods import get_method, method_order
 
 RUNS = "runs"  # SWEEP/runs/NAME/
@@ -54,6 +56,7 @@ class Row:
     flops_forward_rel: float
     flops_train: float  # the whole run's training FLOPs
     flops_train_rel: float
+    exploration_rate: Optional[float]  # share of the sparse weights ever active (mean); None if not recorded
     fid_by_seed: Dict[int, float]  # the raw FIDs, by training seed (runs without a recorded seed are left out)
     # FID(this) - FID(Dense) paired by seed (sparsedm.experiments.paired); None for Dense itself
     delta_n: Optional[int] = None  # seeds paired
@@ -109,6 +112,7 @@ def aggregate(records: List[dict]) -> List[Row]:
         fids = [r["fid"] for r in runs]
         mean = _mean(fids)
         std = math.sqrt(sum((f - mean) ** 2 for f in fids) / (len(fids) - 1)) if len(fids) > 1 else None
+        explored = [r["exploration_rate"] for r in runs if r.get("exploration_rate") is not None]
         rows.append(
             Row(
                 method=method,
@@ -123,6 +127,7 @@ def aggregate(records: List[dict]) -> List[Row]:
                 flops_forward_rel=_mean([r["flops_forward_sparse"] / r["flops_forward_dense"] for r in runs]),
                 flops_train=_mean([r["flops_train_total"] for r in runs]),
                 flops_train_rel=_mean([r["flops_train_step"] / r["flops_train_step_dense"] for r in runs]),
+                exploration_rate=_mean(explored) if explored else None,
                 fid_by_seed={r["seed"]: r["fid"] for r in runs if r.get("seed") is not None},
             )
         )
@@ -137,17 +142,19 @@ def aggregate(records: List[dict]) -> List[Row]:
 
 
 def write_csv(rows: List[Row], path: Path) -> None:
-    """One line per row; the per-seed FIDs as columns fid_seed0, fid_seed1, ... (empty where a seed is missing)."""
+    """One line per row; the per-seed FIDs as columns fid_seed0, fid_seed1, ... (empty where a seed is missing).
+    Written atomically: jobs of a sharded sweep may rebuild the report at the same time."""
     seeds = sorted({seed for row in rows for seed in row.fid_by_seed})
     columns = [f.name for f in fields(Row) if f.name != "fid_by_seed"] + [f"fid_seed{seed}" for seed in seeds]
-    with open(path, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            record = asdict(row)
-            by_seed = record.pop("fid_by_seed")
-            record.update({f"fid_seed{seed}": by_seed.get(seed) for seed in seeds})
-            writer.writerow({k: "" if v is None else v for k, v in record.items()})
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    for row in rows:
+        record = asdict(row)
+        by_seed = record.pop("fid_by_seed")
+        record.update({f"fid_seed{seed}": by_seed.get(seed) for seed in seeds})
+        writer.writerow({k: "" if v is None else v for k, v in record.items()})
+    write_text_atomically(path, text.getvalue())
 
 
 def human(number: float) -> str:

@@ -1,4 +1,4 @@
-"""PNG figures of a sweep: FID against sparsity and against training FLOPs, and samples side by side.
+"""PNG figures of a sweep: FID against sparsity, training FLOPs and exploration rate, and samples side by side.
 
 Matplotlib's object API with the Agg canvas (`Figure.savefig`), so no display and no global backend.
 """
@@ -10,6 +10,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from sparsedm.experiments.aggregate import Row
+from sparsedm.runs.plots import save_figure
 from sparsedm.sparse.methods import get_method
 
 COLOURS = {"static": "tab:blue", "rigl": "tab:red", "magran": "tab:green"}  # others: the next of the default cycle
@@ -65,8 +66,7 @@ def _fid_against(rows: List[Row], x_of: Callable[[Row], float], xlabel: str, pat
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    return path
+    return save_figure(figure, path, dpi=120)
 
 
 def fid_vs_sparsity(rows: List[Row], path: Path) -> Path:
@@ -75,6 +75,14 @@ def fid_vs_sparsity(rows: List[Row], path: Path) -> Path:
 
 def fid_vs_train_flops(rows: List[Row], path: Path) -> Path:
     return _fid_against(rows, lambda r: r.flops_train_rel, "training FLOPs (fraction of dense)", path)
+
+
+def fid_vs_exploration(rows: List[Row], path: Path) -> Path:
+    """FID against the exploration rate (Static-DM's is its density); rows of runs that did not record it are left out."""
+    known = [r for r in rows if r.method == "dense" or r.exploration_rate is not None]
+    return _fid_against(
+        known, lambda r: r.exploration_rate, "exploration rate (share of sparse weights ever active)", path
+    )
 
 
 def sample_rows(images: Dict[str, np.ndarray], path: Path, gap: int = 2) -> Path:

@@ -5,6 +5,9 @@ SWEEP/results.csv             one row per (method, S, p): FID mean and std, the 
 SWEEP/results.md              the paper's table, the paired comparison with Dense, a note on what they are
 SWEEP/fid_vs_sparsity.png     FID against S, a line per method (and p); Dense as a level with its ± std band
 SWEEP/fid_vs_train_flops.png  FID against training FLOPs as a fraction of dense
+SWEEP/fid_vs_exploration.png  FID against the exploration rate (runs that recorded it)
+
+Every file is replaced atomically: the jobs of a sharded sweep may rebuild the report at the same time.
 """
 
 from dataclasses import dataclass
@@ -23,7 +26,8 @@ from sparsedm.experiments.aggregate import (
     read_runs,
     write_csv,
 )
-from sparsedm.experiments.plots import fid_vs_sparsity, fid_vs_train_flops
+from sparsedm.experiments.plots import fid_vs_exploration, fid_vs_sparsity, fid_vs_train_flops
+from sparsedm.runs.run_dir import write_text_atomically
 
 
 @dataclass
@@ -44,7 +48,9 @@ def build_report(sweep_dir) -> Report:
     markdown = markdown_table(rows) + "\n" + (paired + "\n" if paired else "") + protocol_note(protocol)
     files = [sweep_dir / "results.csv", sweep_dir / "results.md"]
     write_csv(rows, files[0])
-    files[1].write_text(markdown)
+    write_text_atomically(files[1], markdown)
     files.append(fid_vs_sparsity(rows, sweep_dir / "fid_vs_sparsity.png"))
     files.append(fid_vs_train_flops(rows, sweep_dir / "fid_vs_train_flops.png"))
+    if any(r.exploration_rate is not None for r in rows if r.method != "dense"):
+        files.append(fid_vs_exploration(rows, sweep_dir / "fid_vs_exploration.png"))
     return Report(rows, markdown, files)

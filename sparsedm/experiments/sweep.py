@@ -3,12 +3,16 @@
     SWEEP/sweep.json   the setup it was started with: the resolved config (less the grid's keys) and the
                        evaluation settings
     SWEEP/runs/NAME/   one run folder per grid point (NAME as rigl-S0.5-p0.1-seed0), ending with eval.json
+    SWEEP/runs/NAME.lock   while a process trains or evaluates NAME (shards.py)
     SWEEP/results.csv, results.md, fid_vs_sparsity.png, fid_vs_train_flops.png   (report.py)
 
 Running the same command again continues where it stopped: a run with eval.json is skipped, a run with a
 summary is only evaluated, an interrupted run resumes from its newest checkpoint (or restarts when it has
 none). A sweep folder holds one setup: another config, other overrides or other evaluation settings are
 refused, since they would put incomparable numbers in one table. The grid itself may grow.
+
+`shard=(K, N)` takes only slice K of N of the grid (shards.py): N jobs of a cluster array fill one sweep
+folder together, each run claimed by a lock file, and `sparsedm report SWEEP` collects what has finished.
 """
 
 import json
@@ -31,6 +35,7 @@ from sparsedm.experiments.aggregate import RUNS, read_runs
 from sparsedm.experiments.grid import GRID_KEYS, RunSpec, SweepGrid
 from sparsedm.experiments.parallel import run_in_workers
 from sparsedm.experiments.report import Report, build_report
+from sparsedm.experiments.shards import claim, holder, in_slice, lock_path, slice_of
 from sparsedm.runs.checkpoint import latest_checkpoint
 from sparsedm.runs.distributed import DistInfo, resolve_device
 from sparsedm.runs.run_dir import METRICS, SUMMARY, RunDir
@@ -60,7 +65,8 @@ def _setup(config: str, overrides: List[str], settings: EvalSettings) -> dict:
         for parent in parents:
             node = node[parent]
         del node[leaf]
-    del cfg["train"]["stop_at"]  # where runs pause does not change them: a later call may go further
+    for key in ("stop_at", "log_to", "sample_every"):  # where runs pause and what they log does not change them
+        del cfg["train"][key]
     return {"config": cfg, "eval": settings_record(settings)}
 
 
@@ -81,10 +87,18 @@ def pin_setup(out: Path, setup: dict) -> None:
 
 
 def run_one(spec: RunSpec, config: str, overrides: List[str], out: Path, settings: EvalSettings, progress: bool) -> str:
-    """Bring one grid point to a finished evaluation; returns what it took: done, evaluated, trained, or
-    stopped (at train.stop_at, with a checkpoint). A Ctrl-C that stopped training stops the sweep too."""
+    """Bring one grid point to a finished evaluation; returns what it took: done, evaluated, trained, stopped
+    (at train.stop_at, with a checkpoint) or busy (another process holds its lock). A Ctrl-C that stopped
+    training stops the sweep too."""
+    if (out / RUNS / spec.name / EVAL).exists():
+        return "done"
+    with claim(out, spec.name) as claimed:
+        return _finish(spec, config, overrides, out, settings, progress) if claimed else "busy"
+
+
+def _finish(spec: RunSpec, config: str, overrides: List[str], out: Path, settings: EvalSettings, progress: bool) -> str:
     path = out / RUNS / spec.name
-    if (path / EVAL).exists():
+    if (path / EVAL).exists():  # finished by another process between the listing and the claim
         return "done"
     if not (path / SUMMARY).exists():
         cfg = load_config(config, [*overrides, *spec.overrides()])
@@ -127,8 +141,10 @@ def run_sweep(
     settings: Optional[EvalSettings] = None,
     progress: bool = True,
     workers: int = 1,
+    shard: Optional[Tuple[int, int]] = None,
 ) -> Tuple[Dict[str, str], Optional[Report]]:
-    """Train and evaluate every run of `grid` not finished yet, then rebuild the report (report.py).
+    """Train and evaluate every run of `grid` (of its slice K of N with `shard`) not finished yet, then rebuild
+    the report (report.py) from every finished run in `out`.
 
     `workers` > 1 runs that many at a time, each in its own single-threaded process (parallel.py). Returns
     what each run took (done, evaluated, trained, stopped or failed; see `run_one`), by name, and the report
@@ -142,17 +158,38 @@ def run_sweep(
         raise UserError(
             f"{' '.join(clashes)}: the grid sets these; use --methods, --sparsities, --prune-rates and --seeds"
         )
-    overrides, specs = list(overrides), grid.runs()
+    overrides, specs = list(overrides), in_slice(grid.runs(), shard)
     pin_setup(out, _setup(config, overrides, settings))
     outcomes = {spec.name: "done" for spec in specs if (out / RUNS / spec.name / EVAL).exists()}
     todo = [spec for spec in specs if spec.name not in outcomes]
-    log.info("sweep %s: %d runs, %d finished before", out, len(specs), len(outcomes))
+    part = f" slice {shard[0]}/{shard[1]}" if shard else ""
+    log.info("sweep %s%s: %d runs, %d finished before", out, part, len(specs), len(outcomes))
     if workers > 1 and len(todo) > 1:
         outcomes.update(_run_in_workers(todo, config, overrides, out, settings, progress, workers))
     else:
         outcomes.update(_run_in_turn(todo, config, overrides, out, settings, progress))
     outcomes = {spec.name: outcomes[spec.name] for spec in specs}
     return outcomes, build_report(out) if read_runs(out) else None
+
+
+def run_state(out: Path, name: str) -> str:
+    """Where a run of a sweep stands, from its files: done, running (and where), trained, interrupted or to do."""
+    path = out / RUNS / name
+    if (path / EVAL).exists():
+        return "done"
+    owner = holder(lock_path(out, name))
+    if owner is not None:
+        return f"running on {owner.get('host', '?')} (pid {owner.get('pid', '?')})"
+    if (path / SUMMARY).exists():
+        return "trained, not evaluated"
+    if RunDir(path).exists():
+        return f"interrupted at step {steps_done(path)}"
+    return "to do"
+
+
+def list_sweep(out, grid: SweepGrid, shards: int = 1) -> List[Tuple[int, str, str]]:
+    """(slice, name, state) of every run of the grid, in the grid's order."""
+    return [(slice_of(i, shards), spec.name, run_state(Path(out), spec.name)) for i, spec in enumerate(grid.runs())]
 
 
 def _run_in_turn(

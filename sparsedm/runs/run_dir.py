@@ -31,11 +31,15 @@ def _plain(value):
     return value
 
 
-def write_json_atomically(path: Path, record: dict) -> None:
+def write_text_atomically(path: Path, text: str) -> None:
     """A temporary file renamed into place: a reader never sees half a file, a crash never leaves one."""
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(json.dumps(record, indent=2) + "\n")
+    temporary.write_text(text)
     os.replace(temporary, path)
+
+
+def write_json_atomically(path: Path, record: dict) -> None:
+    write_text_atomically(path, json.dumps(record, indent=2) + "\n")
 
 
 class RunDir:

@@ -24,6 +24,7 @@ from sparsedm.sparse.config import SparseConfig
 from sparsedm.sparse.density import allocate_densities, nonzero_counts
 from sparsedm.sparse.drop import drop_by_magnitude
 from sparsedm.sparse.ema import EMA
+from sparsedm.sparse.exploration import ExploredPositions
 from sparsedm.sparse.masks import all_finite, apply_masks_, mask_gradients_, masks_fingerprint, random_mask
 from sparsedm.sparse.optim_state import check_supported, mask_moments_, warn_if_slow_on_zeros, zero_moments_
 from sparsedm.sparse.schedule import UpdateSchedule
@@ -40,6 +41,7 @@ class TensorReport:
     density: float
     nonzero: int
     numel: int
+    exploration_rate: float  # R: share of the tensor's weights active at some point (exploration.py)
 
 
 class SparseEngine:
@@ -66,6 +68,7 @@ class SparseEngine:
         self._dense_grads: Dict[str, torch.Tensor] = {}  # RigL: only inside the window before an update
         self._grads_finite = True
         self._warned_capped = False  # the capped-prune-rate hint is logged once
+        self.explored = ExploredPositions({})
         if not self.method_record.sparse:
             return
 
@@ -78,6 +81,7 @@ class SparseEngine:
         self.masks = {
             n: random_mask(p.shape, self.nonzeros[n], self.generator, p.device) for n, p in self.params.items()
         }
+        self.explored = ExploredPositions(self.masks)
         if config.is_dynamic:
             self.schedule = UpdateSchedule(
                 config.update_interval, config.end_step(total_steps), config.prune_rate, config.prune_rate_decay
@@ -123,6 +127,7 @@ class SparseEngine:
             self._grads_finite = True
             return {"step": self.step, "skipped": True}
         stats = self._update_masks(self.step)
+        stats["exploration_rate"] = self.explored.rate()
         self._dense_grads = {}
         return stats
 
@@ -182,6 +187,7 @@ class SparseEngine:
                 ema_flat[dropped] = 0
                 ema_flat[grown] = flat[grown]
             self.last_update[name] = (dropped, grown)
+            self.explored.add(name, grown)
             replaced += len(grown)
         if capped and not self._warned_capped:
             self._warned_capped = True
@@ -224,6 +230,7 @@ class SparseEngine:
             "masks": {n: m.cpu() for n, m in self.masks.items()},
             "generator": self.generator.get_state(),
             "dense_grads": {n: g.cpu() for n, g in self._dense_grads.items()},
+            "explored": self.explored.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -236,16 +243,19 @@ class SparseEngine:
         self.masks = {n: state["masks"][n].to(device=p.device, dtype=torch.bool) for n, p in self.params.items()}
         self.generator.set_state(state["generator"])
         self._dense_grads = {n: g.to(self.params[n].device) for n, g in state["dense_grads"].items()}
+        self.explored.load_state_dict(state.get("explored"), self.masks)
         self.apply_masks()
 
     def load_masks(self, masks: Dict[str, torch.Tensor]) -> None:
         """Take a topology from elsewhere (an export's `masks.safetensors`, another run) and apply it.
 
         The masks must cover exactly this engine's sparse tensors, with their shapes and non-zero counts;
-        the step, schedule and RNG are left as they are.
+        the step, schedule and RNG are left as they are. The exploration record starts again from these masks
+        (they carry no history).
         """
         self._check_masks(masks, "the masks", "build the engine with the config they were trained with")
         self.masks = {n: masks[n].to(device=p.device, dtype=torch.bool) for n, p in self.params.items()}
+        self.explored = ExploredPositions(self.masks)
         self.apply_masks()
 
     def _check_masks(self, masks: Dict[str, torch.Tensor], what: str, fix: str) -> None:
@@ -272,13 +282,23 @@ class SparseEngine:
     def masks_fingerprint(self) -> str:
         return masks_fingerprint(self.masks)
 
+    def exploration_rate(self) -> float:
+        """R over all sparse tensors: the share of their weights that were ever active (exploration.py)."""
+        return self.explored.rate()
+
     def report(self) -> List[TensorReport]:
-        rows = []
+        rows, rates = [], self.explored.rates()
         for name, mask in self.masks.items():
             nonzero = int(mask.sum())
             rows.append(
                 TensorReport(
-                    name, tuple(mask.shape), self.densities[name], nonzero / mask.numel(), nonzero, mask.numel()
+                    name,
+                    tuple(mask.shape),
+                    self.densities[name],
+                    nonzero / mask.numel(),
+                    nonzero,
+                    mask.numel(),
+                    rates[name],
                 )
             )
         return rows

@@ -1,12 +1,13 @@
 """Settings of the training loop, sampling and distribution, shared by every task."""
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Optional
+from typing import List, Optional
 
 from sparsedm.config_checks import check_run_length
 from sparsedm.diffusion.config import Sampler
 from sparsedm.errors import UserError, choice
+from sparsedm.train.loggers import check_log_to
 
 
 class Precision(StrEnum):
@@ -27,6 +28,10 @@ class TrainConfig:
     precision: Precision = Precision.fp32  # fp32 | bf16 (autocast, CPU and GPU) | fp16 (autocast + scaler, GPU)
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
     log_every: int = 25  # steps between lines of metrics.jsonl
+    log_to: List[str] = field(
+        default_factory=lambda: ["jsonl", "tensorboard"]
+    )  # jsonl (RUN/metrics.jsonl, required) and tensorboard (RUN/tb/); [jsonl] turns TensorBoard off
+    sample_every: int = 500  # steps between TensorBoard grids of 16 samples from the EMA weights (0 = none)
     val_every: int = 0  # steps between validation losses (0 = only at the end)
     val_batches: int = 4  # validation batches per evaluation
     stop_at: Optional[int] = (
@@ -44,6 +49,9 @@ class TrainConfig:
         self.precision = choice(Precision, self.precision, "train.precision")
         if self.checkpoint_every < 1 or self.log_every < 1 or self.keep_checkpoints < 1:
             raise UserError("train.checkpoint_every, train.log_every and train.keep_checkpoints must be >= 1")
+        self.log_to = check_log_to(self.log_to)
+        if self.sample_every < 0:
+            raise UserError(f"train.sample_every={self.sample_every} must be >= 0 (0 = no sample grids)")
 
 
 @dataclass

@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 from contextlib import contextmanager, nullcontext
+from dataclasses import asdict
 from typing import Optional
 
 import torch
@@ -25,6 +26,7 @@ from sparsedm.errors import UserError
 from sparsedm.runs.batches import BatchSchedule
 from sparsedm.runs.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from sparsedm.runs.distributed import DistInfo, init_distributed, main_process_first, resolve_device
+from sparsedm.runs.plots import plot_run
 from sparsedm.runs.run_dir import CHECKPOINTS, CONFIG, EVAL, METRICS, SAMPLES, SUMMARY, RunDir
 from sparsedm.sparse import (
     EMA,
@@ -35,10 +37,11 @@ from sparsedm.sparse import (
     train_flops_per_step,
 )
 from sparsedm.tasks import build_task
+from sparsedm.train.loggers import TENSORBOARD, RunLogger, sample_pictures
 
 log = logging.getLogger(__name__)
 
-RESUMABLE_CHANGES = ("steps", "stop_at")  # train.* keys a resumed run may change
+RESUMABLE_CHANGES = ("steps", "stop_at", "log_to", "sample_every")  # train.* keys a resumed run may change
 
 
 def weights_fingerprint(module: torch.nn.Module) -> str:
@@ -57,7 +60,7 @@ def prepare_run_dir(run: RunDir, cfg, resume: bool, overwrite: bool) -> None:
             raise UserError(f"--resume: {run.path} holds no run to resume; drop --resume to start one")
         return
     if overwrite:
-        for name in (CHECKPOINTS, SAMPLES):
+        for name in (CHECKPOINTS, SAMPLES, TENSORBOARD):
             shutil.rmtree(run.path / name, ignore_errors=True)
         for name in (CONFIG, METRICS, SUMMARY, EVAL):
             (run.path / name).unlink(missing_ok=True)
@@ -260,7 +263,13 @@ class Trainer:
             self._restore()
         elif self.dist.is_main:
             self.run.write_config(self.cfg)
-            self.run.log({"step": 0, "val_loss": self.validation_loss()})  # the baseline the final one is compared with
+        if self.dist.is_main:
+            purge = self.step + 1 if self.resume else None  # TensorBoard hides what came after the checkpoint
+            self.logger = RunLogger(self.run, self.tc.log_to, self.tc.sample_every, purge)
+            if not self.resume:
+                self.logger.log(
+                    {"step": 0, "val_loss": self.validation_loss()}
+                )  # the baseline the final one is compared with
         stop_at = min(self.total_steps, self.tc.stop_at) if self.tc.stop_at else self.total_steps
 
         start = time.time()
@@ -291,8 +300,19 @@ class Trainer:
                 self.total_steps,
                 self.run.path,
             )
+            self._close_logs(finished=False)
             return None
-        return self._summary(elapsed()) if self.dist.is_main else {}
+        summary = self._summary(elapsed()) if self.dist.is_main else {}
+        self._close_logs(finished=True)
+        return summary
+
+    def _close_logs(self, finished: bool) -> None:
+        """Close TensorBoard's file and, at the end of training, draw the run's pictures (runs/plots.py)."""
+        if not self.dist.is_main:
+            return
+        self.logger.close()
+        if finished:
+            plot_run(self.run.path)
 
     def _after_step(self, update, window, bar, elapsed) -> None:
         if update is not None and self.cfg.dist.check_masks and self.dist.enabled:
@@ -300,10 +320,10 @@ class Trainer:
         if not self.dist.is_main:
             return
         if update is not None:
-            self.run.log({"event": "mask_update", **update})
+            self.logger.log({"event": "mask_update", **update})
         if self.step % self.tc.log_every == 0 or self.step == self.total_steps:
             self.last_loss = sum(window) / len(window)
-            self.run.log(
+            self.logger.log(
                 {
                     "step": self.step,
                     "loss": self.last_loss,
@@ -315,12 +335,14 @@ class Trainer:
             bar.set_postfix(loss=f"{self.last_loss:.4f}")
             window.clear()
         if self.tc.val_every and self.step % self.tc.val_every == 0 and self.step < self.total_steps:
-            self.run.log({"step": self.step, "val_loss": self.validation_loss()})
+            self.logger.log({"step": self.step, "val_loss": self.validation_loss()})
+        if self.logger.wants_pictures(self.step):
+            self.logger.pictures(self.step, sample_pictures(self.task, self.ema.module, self.device))
 
     def _summary(self, wall: float) -> dict:
         cfg, engine = self.cfg, self.engine
         val_loss = self.validation_loss()
-        self.run.log({"step": self.step, "val_loss": val_loss})
+        self.logger.log({"step": self.step, "val_loss": val_loss})
         example = self._batch(self.train_set, self.batches.indices(0)[:1])
         flops = forward_flops(self.model.eval(), self.task.flops_inputs(example), masked_densities(engine.masks))
         summary = {
@@ -335,6 +357,7 @@ class Trainer:
             "seed": cfg.seed,
             **count_parameters(self.model, engine.masks),
             "sparsity_actual": engine.sparsity(),
+            "exploration_rate": engine.exploration_rate(),
             **flops,
             "flops_train_step": train_flops_per_step(
                 engine.method, flops["flops_forward_sparse"], flops["flops_forward_dense"], cfg.sparse.update_interval
@@ -344,6 +367,7 @@ class Trainer:
             "wall_time_s": wall,
             "weights_sha256": weights_fingerprint(self.model),
             "masks_sha256": engine.masks_fingerprint(),
+            "tensors": [asdict(row) for row in engine.report()],  # per sparse tensor, in model order
         }
         self.run.write_summary(summary)
         return summary
