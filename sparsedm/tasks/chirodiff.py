@@ -39,6 +39,7 @@ class ChiroDiffTask(Task):
     def build_model(self) -> nn.Module:
         model_cfg = ChiroDiffConfig(**self.cfg.model)
         model_cfg.num_train_timesteps = self.cfg.diffusion.num_train_timesteps
+        model_cfg.representation = self.cfg.data.representation
         return ChiroDiffDenoiser(model_cfg)
 
     def load_data(self, progress=None, device=None):
