@@ -29,12 +29,14 @@ class StrokeDataConfig:
     val_fraction: float = 0.15  # share held out for validation (ChiroDiff: 0.15)
     split_seed: int = 4321  # seed of the train/val split and of the max_items subset
     spacing: float = 0.05  # arc-length step of the resampled strokes, in unit size (ChiroDiff: 0.05)
-    min_stroke_length: float = 0.01  # strokes shorter than this (unit size) are dropped as degenerate
-    max_strokes: int = 25  # more strokes than this -> overflow rule (ChiroDiff: 25)
-    max_points: int = 300  # more resampled points than this -> overflow rule (ChiroDiff: 300)
-    overflow: str = "drop"  # drop | truncate: what happens to a sketch over max_strokes / max_points
+    min_stroke_length: float = 0.0  # strokes shorter than this (unit size) are dropped; ChiroDiff drops none: 0
+    max_strokes: int = 25  # more strokes than this -> stroke_overflow (ChiroDiff: 25, data/qd.py:241)
+    stroke_overflow: str = "truncate"  # truncate (keep the first max_strokes, ChiroDiff) | drop the sketch
+    max_points: int = 299  # more resampled points than this -> point_overflow (ChiroDiff rejects >= 300: 299)
+    point_overflow: str = "drop"  # drop the sketch (ChiroDiff) | truncate (keep the first max_points points)
     representation: str = "delta"  # delta (dx, dy: ChiroDiff's "velocity") | absolute (x, y)
     feature_scale: float = 10.0  # model input = xy * this; 10: delta std ~0.9 (ChiroDiff's x10); ~4 for absolute
+    pen_threshold: float = 0.8  # decoding: a generated pen value above this ends a stroke (ChiroDiff: 0.8)
     cache_dir: str = ".cache/sparsedm"  # preprocessed data sets and the npm download are kept here
 
 
@@ -50,8 +52,9 @@ def check_stroke_config(cfg) -> None:
         raise UserError(f"data.name={cfg.name} has no built-in copy; set data.path to the downloaded files")
     if cfg.format not in FORMATS:
         raise bad("format", f"is unknown; use one of {', '.join(FORMATS)}")
-    if cfg.overflow not in OVERFLOW_MODES:
-        raise bad("overflow", f"is unknown; use one of {', '.join(OVERFLOW_MODES)}")
+    for key in ("stroke_overflow", "point_overflow"):
+        if getattr(cfg, key) not in OVERFLOW_MODES:
+            raise bad(key, f"is unknown; use one of {', '.join(OVERFLOW_MODES)}")
     if cfg.representation not in REPRESENTATIONS:
         raise bad("representation", f"is unknown; use one of {', '.join(REPRESENTATIONS)}")
     if cfg.max_items is not None and cfg.max_items < 1:
@@ -61,11 +64,13 @@ def check_stroke_config(cfg) -> None:
     if not cfg.spacing > 0:
         raise bad("spacing", "must be positive, e.g. 0.05")
     if cfg.min_stroke_length < 0:
-        raise bad("min_stroke_length", "must be >= 0, e.g. 0.01")
+        raise bad("min_stroke_length", "must be >= 0, e.g. 0 (keep every stroke)")
     if cfg.max_strokes < 1:
         raise bad("max_strokes", "must be at least 1, e.g. 25")
     if cfg.max_points < 2:
-        raise bad("max_points", "must be at least 2, e.g. 300")
+        raise bad("max_points", "must be at least 2, e.g. 299")
+    if not 0 < cfg.pen_threshold < 1:
+        raise bad("pen_threshold", "must be in (0, 1), e.g. 0.8 (the pen channel is 0 or 1)")
     if not cfg.feature_scale > 0:
         raise bad("feature_scale", "must be positive, e.g. 10")
 
