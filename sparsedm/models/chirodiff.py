@@ -1,10 +1,10 @@
 """ChiroDiff's denoiser (Das et al., ICLR 2023): a bidirectional GRU over a sequence of pen points.
 
-Layer for layer ChiroDiff's `ScoreFunc('birnn', ...)` (models/score.py:52-150 of dasayan05/chirodiff):
+Layer for layer ChiroDiff's `ScoreFunc('birnn', ...)` (models/score.py:50-150 of dasayan05/chirodiff):
 1. the noisy sequence is given in both representations (`create_posvel_aug_input`, main.py:323-335):
    deltas also as cumulative positions, absolute points also as differences, positions first, so each point
    has 2C - 1 features (5 for x, y, pen: [x, y, dx, dy, pen] for deltas, [x, y, pen, dx, dy] for absolute);
-2. γ(t) (raw random Fourier features) is appended to every point (score.py:124, 142);
+2. γ(t) (raw random Fourier features) is appended to every point (score.py:126, 137, 142);
 3. a stacked GRU reads the sequence (score.py:61), `out_proj` = Linear(directions * H -> H) maps its state
    (score.py:67, 77), and `final_proj` = Linear(H + dim γ -> C) maps [out_proj(h), γ(t)] to ε̂ (score.py:110-113,
    147), with no nonlinearity in between.
