@@ -26,6 +26,16 @@ from sparsedm.sparse.config import SparseConfig
 from sparsedm.train.config import DistConfig, SampleConfig, TrainConfig
 
 
+def chirodiff_train() -> TrainConfig:
+    """ChiroDiff clips the gradient norm at 0.1 (its config.yml:49)."""
+    return TrainConfig(grad_clip=0.1)
+
+
+def chirodiff_sample() -> SampleConfig:
+    """ChiroDiff's DDPM scales the posterior noise by 0.75 (test_variance_strength, its config.yml:83)."""
+    return SampleConfig(variance_strength=0.75)
+
+
 @dataclass
 class ChiroDiffExperiment:
     task: str = "chirodiff"  # the paper's sequence half: a BiGRU denoiser over pen strokes
@@ -34,8 +44,8 @@ class ChiroDiffExperiment:
     model: ChiroDiffConfig = field(default_factory=ChiroDiffConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)  # T = 1000, linear β 1e-4 → 2e-2
     sparse: SparseConfig = field(default_factory=SparseConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    sample: SampleConfig = field(default_factory=SampleConfig)
+    train: TrainConfig = field(default_factory=chirodiff_train)
+    sample: SampleConfig = field(default_factory=chirodiff_sample)
     dist: DistConfig = field(default_factory=DistConfig)
 
     def __post_init__(self):
@@ -44,6 +54,14 @@ class ChiroDiffExperiment:
             raise UserError(
                 f"model.num_train_timesteps={model_t} differs from diffusion.num_train_timesteps={diffusion_t}; "
                 "the denoiser embeds t / T of the diffusion: set both to the same T"
+            )
+        data_representation = str(self.data.representation)
+        if self.model.representation is None:  # unset: the denoiser reads what the data holds
+            self.model.representation = data_representation
+        elif self.model.representation != data_representation:
+            raise UserError(
+                f"model.representation={self.model.representation} differs from data.representation="
+                f"{data_representation}; leave model.representation unset (null) to follow the data"
             )
 
 

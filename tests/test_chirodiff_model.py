@@ -1,6 +1,7 @@
 """The ChiroDiff denoiser: shapes, padding isolation, parameter names the sparse engine relies on, training."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from sparsedm.diffusion import DiffusionConfig, GaussianDiffusion
 from sparsedm.errors import UserError
 from sparsedm.models.chirodiff import ChiroDiffConfig, ChiroDiffDenoiser
 from sparsedm.models.time_embedding import RandomFourierFeatures
+from sparsedm.sparse.selection import select_sparse_parameters
 
 TINY = ChiroDiffConfig(hidden_size=16, num_layers=2, time_embed_dim=8, num_train_timesteps=100)
 
@@ -85,8 +87,64 @@ def test_parameter_names_the_sparse_engine_relies_on():
         for kind in ("ih", "hh"):
             assert f"gru.weight_{kind}_l{layer}" in names and f"gru.weight_{kind}_l{layer}_reverse" in names
     assert "gru.weight_ih_l3" not in names
-    embedding_params = {n for n in names if "time_embedding" in n}
-    assert embedding_params == {f"time_embedding.mlp.{i}.{w}" for i in (0, 2) for w in ("weight", "bias")}
+    assert not [n for n in names if "time_embedding" in n]  # γ(t) has no weights: nothing to keep dense
+    sparse = select_sparse_parameters(model)
+    assert {"out_proj.weight", "final_proj.weight"} <= set(sparse) and len(sparse) == 14
+
+
+def test_paper_config_has_the_reference_parameter_count_and_shapes():
+    """ScoreFunc('birnn', inp_n_features=5, time_pe_features=8, n_internal=96, n_layer=3): GRU(5 + 8 -> 96) x 3
+    bidirectional, out_proj Linear(192 -> 96), final_proj Linear(96 + 8 -> 3) (models/score.py:61-70, 110-113)."""
+    model = ChiroDiffDenoiser(ChiroDiffConfig(hidden_size=96, num_layers=3, time_embed_dim=8, representation="delta"))
+    H, gru_in = 96, 5 + 8
+    expected = []
+    for layer in range(3):
+        width = gru_in if layer == 0 else 2 * H
+        expected += 2 * [[3 * H, width], [3 * H, H], [3 * H], [3 * H]]
+    expected += [[H, 2 * H], [H], [3, H + 8], [3]]
+    shapes = [list(p.shape) for p in model.parameters()]
+    assert sorted(shapes) == sorted(expected)
+    assert sum(p.numel() for p in model.parameters()) == 416_859
+
+
+@pytest.mark.parametrize("representation", ["delta", "absolute"])
+def test_the_gru_reads_both_representations_then_gamma(representation):
+    """create_posvel_aug_input (main.py:323-335): positions first, then deltas; the pen channel appears once."""
+    model = ChiroDiffDenoiser(replace(TINY, representation=representation)).eval()
+    x, t = torch.randn(2, 6, 3), torch.tensor([4, 71])
+    seen = []
+    model.gru.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    model(x, t)
+    gru_input = seen[0]
+    assert gru_input.shape == (2, 6, 5 + 8)
+    if representation == "delta":
+        expected = torch.cat([torch.cumsum(x[..., :2], dim=1), x], dim=-1)  # x, y, dx, dy, pen
+    else:
+        diffs = torch.cat([x[:, :1, :2], x[:, 1:, :2] - x[:, :-1, :2]], dim=1)
+        expected = torch.cat([x, diffs], dim=-1)  # x, y, pen, dx, dy
+    assert torch.allclose(gru_input[..., :5], expected, atol=1e-6)
+    assert torch.equal(gru_input[..., 5:], model.time_embedding(t)[:, None].expand(2, 6, 8))
+
+
+def test_the_output_is_a_linear_map_of_out_proj_and_gamma():
+    model = ChiroDiffDenoiser(TINY).eval()
+    x, t = torch.randn(2, 5, 3), torch.tensor([0, 99])
+    seen = []
+    model.out_proj.register_forward_hook(lambda module, args, out: seen.append(out))
+    eps = model(x, t)
+    assert seen[0].shape == (2, 5, TINY.hidden_size)
+    gamma = model.time_embedding(t)[:, None].expand(2, 5, 8)
+    W, b = model.final_proj.weight, model.final_proj.bias
+    assert torch.allclose(eps, seen[0] @ W[:, : TINY.hidden_size].T + gamma @ W[:, TINY.hidden_size :].T + b, atol=1e-6)
+
+
+def test_gamma_is_raw_random_fourier_features_of_t_over_T():
+    """random_fourier_encoding_dyn (utils.py:32-35) at τ = t / T for the reference's t = 1..T (main.py:425-427)."""
+    embedding = RandomFourierFeatures(embed_dim=8, scale=4.0, num_train_timesteps=35)
+    assert not list(embedding.parameters())
+    t = torch.arange(35)  # 0-based indices = the reference's t - 1
+    angles = 2 * math.pi * ((t[:, None] + 1) / 35) * embedding.frequencies[None, :]
+    assert torch.allclose(embedding(t), torch.cat([angles.sin(), angles.cos()], dim=-1), atol=1e-6)
 
 
 def test_random_frequencies_are_a_saved_buffer_not_a_parameter():

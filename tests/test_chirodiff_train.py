@@ -98,8 +98,9 @@ def test_every_method_trains_and_samples(tmp_path, tiny, method, capsys):
     assert samples["features"].shape[0] == 6 and np.isfinite(samples["features"]).all()
     sketches = features_to_sketches(samples["features"], samples["lengths"], "delta", 10.0)
     assert len(sketches) == 6
-    assert all(
-        np.isfinite(s.points).all() and s.num_strokes >= 1 and len(s) == n for s, n in zip(sketches, samples["lengths"])
+    assert all(  # decoding puts the origin back in front of the generated rows
+        np.isfinite(s.points).all() and s.num_strokes >= 1 and len(s) == n + 1
+        for s, n in zip(sketches, samples["lengths"])
     )
 
 
@@ -171,3 +172,18 @@ def test_flops_are_those_of_a_mean_length_sketch_whichever_comes_first(tiny):
     # a GRU's FLOPs are linear in the length: the mean-length figure sits between the shortest and longest sketch
     shortest = forward_flops(model, (train_set[short][None], torch.zeros(1, dtype=torch.long)), {})
     assert shortest["flops_forward_dense"] < per_batch[0]["flops_forward_dense"]
+
+
+def test_paper_configs_clip_and_sample_as_their_references():
+    """ChiroDiff's config.yml: gradient_clip_val 0.1 (line 49), test_variance_strength 0.75 (line 83); LDM: no
+    clipping, plain DDPM noise. The schema defaults are the same, so a config without the keys gets them too."""
+    from pathlib import Path
+
+    from sparsedm.config import SCHEMAS, load_config
+
+    for path in sorted(Path("configs").glob("chirodiff_*.yaml")) + sorted(Path("configs").glob("ldm_*.yaml")):
+        cfg = load_config(str(path), ["data.path=/data/x"])  # the paper configs leave the data folder to the user
+        expected = (0.1, 0.75) if cfg.task == "chirodiff" else (None, 1.0)
+        assert (cfg.train.grad_clip, cfg.sample.variance_strength) == expected, path
+        schema = SCHEMAS[cfg.task]()
+        assert (schema.train.grad_clip, schema.sample.variance_strength) == expected, path

@@ -196,6 +196,27 @@ def test_progress_bar_is_shown_on_request(capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_ddpm_variance_strength_scales_the_noise_term():
+    """ChiroDiff's reverse_purturb_DDPM (main.py:522-534): x_{t-1} = μ + s sqrt(β̃_t) z. With a linear denoiser
+    x_0 = A x_T + s Σ B_t z_t for the same draws, so the samples are affine in s."""
+    diffusion = GaussianDiffusion(dataclasses.replace(CHIRODIFF, num_train_timesteps=20))
+
+    def draw(**kwargs):
+        generator = torch.Generator().manual_seed(3)
+        return diffusion.sample(lambda x_t, t: 0.3 * x_t, (4, 6), sampler="ddpm", generator=generator, **kwargs)
+
+    plain, none, half, three_quarters = (draw(variance_strength=s) for s in (1.0, 0.0, 0.5, 0.75))
+    assert torch.equal(plain, draw())  # 1 is diffusers' DDPM, untouched (LDM's sampler)
+    assert torch.allclose(half - none, 0.5 * (plain - none), atol=1e-5)
+    assert torch.allclose(three_quarters - none, 0.75 * (plain - none), atol=1e-5)
+    assert (plain - none).abs().max() > 0.1
+    generator = torch.Generator().manual_seed(3)
+    ddim = diffusion.sample(lambda x_t, t: 0.3 * x_t, (4, 6), sampler="ddim", steps=5, generator=generator)
+    generator = torch.Generator().manual_seed(3)
+    kwargs = dict(sampler="ddim", steps=5, generator=generator, variance_strength=0.5)
+    assert torch.equal(ddim, diffusion.sample(lambda x_t, t: 0.3 * x_t, (4, 6), **kwargs))  # η is DDIM's knob
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -204,6 +225,7 @@ def test_progress_bar_is_shown_on_request(capsys):
         ({"steps": 1001}, "from 1 to T"),
         ({"sampler": "ddim", "steps": 10, "eta": -0.5}, "eta must be >= 0"),
         ({"sampler": "ddpm", "eta": 1.0}, "only to the ddim sampler"),
+        ({"sampler": "ddpm", "variance_strength": -0.1}, "variance_strength must be >= 0"),
     ],
 )
 def test_bad_sampling_arguments_are_user_errors(kwargs, message):

@@ -12,6 +12,8 @@ import pytest
 import torch
 
 from sparsedm.cli import main
+from sparsedm.data.strokes import load_stroke_splits
+from sparsedm.runs.run_dir import RunDir
 from sparsedm.tasks.chirodiff import ChiroDiffTask
 
 EVAL_KEYS = {
@@ -117,7 +119,8 @@ def test_evaluate_writes_eval_json_and_reuses_the_reference_statistics(trained, 
     summary = json.loads((run / "summary.json").read_text())
     assert EVAL_KEYS <= set(result)
     assert (result["n_samples"], result["steps"], result["sampler"]) == (6, 3, "ddim")
-    assert (result["reference_split"], result["reference_size"]) == ("val", 9)
+    val = load_stroke_splits(RunDir(run).read_config().data)[1]
+    assert (result["reference_split"], result["reference_size"]) == ("val", len(val))
     assert np.isfinite(result["fid"]) and result["fid"] > 0
     assert result["ema_sparsity"] == pytest.approx(summary["sparsity_actual"], abs=1e-3)
     assert {k: result[k] for k in COPIED_FROM_SUMMARY} == {k: summary[k] for k in COPIED_FROM_SUMMARY}

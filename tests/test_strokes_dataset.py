@@ -91,17 +91,31 @@ def test_features_collate_and_decode_round_trip():
     for representation in ("delta", "absolute"):
         dataset = StrokeDataset([a, b], representation, feature_scale=10.0)
         assert len(dataset) == 2 and dataset[0].dtype == torch.float32
-        assert dataset[0][:, 2].tolist() == [-1, -1, 1, -1, 1]
+        # the origin is not a row (batching.py:91, 159); pen 1 on a stroke's last point, else 0 (batching.py:81-82)
+        assert dataset[0][:, 2].tolist() == [0, 1, 0, 1]
         batch = collate_strokes([dataset[0], dataset[1]])
-        assert batch["x"].shape == (2, 5, 3) and batch["lengths"].tolist() == [5, 2]
-        assert batch["mask"].tolist() == [[True] * 5, [True, True, False, False, False]]
-        assert torch.all(batch["x"][1, 2:] == 0)
+        assert batch["x"].shape == (2, 4, 3) and batch["lengths"].tolist() == [4, 1]
+        assert batch["mask"].tolist() == [[True] * 4, [True, False, False, False]]
+        assert torch.all(batch["x"][1, 1:] == 0)
         decoded = features_to_sketches(batch["x"], batch["lengths"], representation, 10.0)
         for original, back in zip((a, b), decoded):
             np.testing.assert_allclose(back.points, original.points, atol=1e-6)
 
     delta = sketch_to_features(a, "delta", 10.0)
-    np.testing.assert_allclose(delta[3, :2], [3.0, 4.0], atol=1e-5)  # the pen-up jump (0.2,0.1)->(0.5,0.5), x10
+    np.testing.assert_allclose(delta[:, :2], [[1.0, 0.0], [1.0, 1.0], [3.0, 4.0], [0.0, 1.0]], atol=1e-5)
+    np.testing.assert_allclose(sketch_to_features(a, "absolute", 10.0)[:, :2], a.points[1:, :2] * 10, atol=1e-5)
+    assert sequence_lengths([a, b]).tolist() == [4, 1]
+
+
+def test_decoding_thresholds_the_pen_at_pen_threshold():
+    x = torch.zeros(1, 5, 3)
+    x[0, :, 2] = torch.tensor([0.5, 0.79, 0.81, 0.2, 0.3])
+    x[0, :, 0] = 1.0
+    (sketch,) = features_to_sketches(x, torch.tensor([5]), "delta", 1.0)  # default threshold: ChiroDiff's 0.8
+    assert sketch.points[:, 2].tolist() == [0, 0, 0, 1, 0, 1]  # the origin, then the rows; the last ends a stroke
+    assert [len(p) for p in sketch.strokes()] == [4, 2]
+    (sketch,) = features_to_sketches(x, torch.tensor([5]), "delta", 1.0, pen_threshold=0.4)
+    assert sketch.points[:, 2].tolist() == [0, 1, 1, 1, 0, 1]
 
 
 def test_decoding_garbage_still_gives_drawable_sketches():
@@ -111,10 +125,26 @@ def test_decoding_garbage_still_gives_drawable_sketches():
     x[2, 1, :2] = float("inf")
     lengths = torch.tensor([6, 6, 3, 0])
     sketches = features_to_sketches(x, lengths, "delta", 10.0)
-    assert [len(s) for s in sketches] == [6, 6, 3, 1]
+    assert [len(s) for s in sketches] == [7, 7, 4, 1]
     for s in sketches:
         assert np.isfinite(s.points).all() and s.points[-1, 2] == 1 and s.num_strokes >= 1
     assert sketches[0].num_strokes == 1
+
+
+def test_every_preprocessing_setting_is_part_of_the_cache_key(qd_config):
+    base = cache_path(qd_config)
+    changes = {
+        "spacing": 0.1,
+        "min_stroke_length": 0.01,
+        "max_strokes": 3,
+        "stroke_overflow": "drop",
+        "max_points": 100,
+        "point_overflow": "truncate",
+    }
+    for key, value in changes.items():
+        changed = OmegaConf.merge(OmegaConf.structured(qd_config), {key: value})
+        assert cache_path(changed) != base, key
+    assert cache_path(OmegaConf.merge(OmegaConf.structured(qd_config), {"pen_threshold": 0.5})) == base
 
 
 def test_config_checks_and_omegaconf(tmp_path):
@@ -122,8 +152,10 @@ def test_config_checks_and_omegaconf(tmp_path):
         check_stroke_config(StrokeDataConfig(name="mnist"))
     with pytest.raises(UserError, match="no built-in copy; set data.path"):
         check_stroke_config(StrokeDataConfig(name="quickdraw"))
-    with pytest.raises(UserError, match="data.overflow='clip'"):
-        check_stroke_config(StrokeDataConfig(overflow="clip"))
+    with pytest.raises(UserError, match="data.stroke_overflow='clip'"):
+        check_stroke_config(StrokeDataConfig(stroke_overflow="clip"))
+    with pytest.raises(UserError, match="data.pen_threshold=1.0"):
+        check_stroke_config(StrokeDataConfig(pen_threshold=1.0))
     with pytest.raises(UserError, match="data.val_fraction"):
         check_stroke_config(StrokeDataConfig(val_fraction=1.0))
 

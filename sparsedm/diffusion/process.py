@@ -35,8 +35,11 @@ class GaussianDiffusion:
         self.betas = self._train_scheduler.betas  # β_t
         self.alphas_cumprod = self._train_scheduler.alphas_cumprod  # ᾱ_t
 
-    def scheduler(self, sampler: str) -> DDPMScheduler | DDIMScheduler:
-        """A diffusers scheduler (ddpm | ddim) with this process's noise schedule; `sparsedm export` ships the ddim one."""
+    def scheduler(self, sampler: str, variance_strength: float = 1.0) -> DDPMScheduler | DDIMScheduler:
+        """A diffusers scheduler (ddpm | ddim) with this process's noise schedule; `sparsedm export` ships the ddim one.
+
+        variance_strength (ddpm only): the posterior's standard deviation is multiplied by it (see `sample`).
+        """
         common = dict(
             num_train_timesteps=self.cfg.num_train_timesteps,
             beta_start=self.cfg.beta_start,
@@ -48,7 +51,11 @@ class GaussianDiffusion:
         )
         if sampler == "ddpm":
             # fixed_small: σ_t² = β̃_t, the posterior variance of q(x_{t-1} | x_t, x_0) (DDPM's choice).
-            return DDPMScheduler(variance_type="fixed_small", **common)
+            if variance_strength == 1.0:
+                return DDPMScheduler(variance_type="fixed_small", **common)
+            scheduler = _ScaledNoiseDDPMScheduler(variance_type="fixed_small", **common)
+            scheduler.variance_strength = variance_strength
+            return scheduler
         # set_alpha_to_one: the last step lands on x_0 itself (ᾱ = 1), not on x at t = 0.
         return DDIMScheduler(set_alpha_to_one=True, **common)
 
@@ -121,6 +128,7 @@ class GaussianDiffusion:
         sampler: str = "ddpm",
         steps: int | None = None,
         eta: float = 0.0,
+        variance_strength: float = 1.0,
         mask: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
@@ -130,6 +138,9 @@ class GaussianDiffusion:
 
         sampler: "ddpm" (ancestral, stochastic) or "ddim" (η = `eta`; 0 is deterministic, 1 is DDPM-like).
         steps: number of denoising steps, 1..T; None means all T.
+        variance_strength: DDPM only: x_{t-1} = μ_θ(x_t, t) + s σ_t z, i.e. the posterior variance times s²
+            (ChiroDiff's `test_variance_strength`, 0.75 in its config.yml; 1 is plain DDPM). The ddim sampler
+            ignores it: there the reference's same knob is η (`eta`).
         mask: real points True; padded entries are held at zero throughout.
         device: where to sample; defaults to the mask's device, else CPU.
         Deterministic for a given `generator` state (a CPU generator also works for a GPU `device`).
@@ -143,11 +154,13 @@ class GaussianDiffusion:
             raise UserError(f"eta must be >= 0 (0 = deterministic DDIM, 1 = DDPM-like), got {eta}")
         if sampler == "ddpm" and eta != 0:
             raise UserError(f"eta={eta} applies only to the ddim sampler; set sampler=ddim or eta=0")
+        if variance_strength < 0:
+            raise UserError(f"variance_strength must be >= 0 (1 = plain DDPM, ChiroDiff 0.75), got {variance_strength}")
 
         if device is None:
             device = mask.device if mask is not None else torch.device("cpu")
         keep = None if mask is None else _broadcast_mask(mask.to(device), tuple(shape))
-        scheduler = self.scheduler(sampler)
+        scheduler = self.scheduler(sampler, variance_strength)
         scheduler.set_timesteps(steps, device=device)
         step_kwargs = {"eta": eta} if sampler == "ddim" else {}
 
@@ -160,6 +173,18 @@ class GaussianDiffusion:
         if keep is not None:
             x = torch.where(keep, x, torch.zeros_like(x))
         return x
+
+
+class _ScaledNoiseDDPMScheduler(DDPMScheduler):
+    """DDPM whose noise term s σ_t z has its standard deviation scaled by `variance_strength` = s.
+
+    ChiroDiff's `reverse_purturb_DDPM` (main.py:522-534): mean + sqrt(β̃_t) z * noise_weight.
+    """
+
+    variance_strength = 1.0
+
+    def _get_variance(self, t, predicted_variance=None, variance_type=None):
+        return super()._get_variance(t, predicted_variance, variance_type) * self.variance_strength**2
 
 
 def _broadcast_mask(mask: torch.Tensor, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:

@@ -1,4 +1,10 @@
-"""ChiroDiff's timestep embedding: random Fourier features of t / T followed by a small MLP."""
+"""ChiroDiff's timestep embedding γ(t): raw random Fourier features of t / T, no learnt layer.
+
+As ChiroDiff's `random_fourier_encoding_dyn` (utils.py:32-35) applied in `on_test_start` (main.py:425-427):
+γ(t) = [sin(2π ω τ), cos(2π ω τ)], ω = 4 W with W ~ N(0, 1) fixed at construction (main.py:188), and
+τ = t / T for the reference's steps t = 1..T. sparsedm's timesteps are diffusers' 0-based indices (t - 1), so
+τ = (index + 1) / T here: the same angle for the same noise level.
+"""
 
 import math
 
@@ -9,11 +15,10 @@ from sparsedm.errors import UserError
 
 
 class RandomFourierFeatures(nn.Module):
-    """γ(t) = MLP([sin(2π ω τ), cos(2π ω τ)]) with τ = t / T and fixed frequencies ω ~ N(0, scale²).
+    """γ(t) = [sin(2π ω τ), cos(2π ω τ)] with τ = (t + 1) / T and fixed frequencies ω ~ N(0, scale²).
 
     ω is drawn once from the global RNG at construction and kept as a persistent buffer, so it is never
-    trained (nor sparsified) but is saved with the weights. ChiroDiff uses scale 4 on τ ∈ (0, 1]; dividing
-    by T keeps the angles in that range for any integer timesteps 0..T-1.
+    trained (nor sparsified) but is saved with the weights. The module has no parameters.
     """
 
     def __init__(self, embed_dim: int, scale: float, num_train_timesteps: int):
@@ -26,10 +31,9 @@ class RandomFourierFeatures(nn.Module):
             raise UserError(f"num_train_timesteps (T) must be >= 1, got {num_train_timesteps}")
         self.num_train_timesteps = num_train_timesteps  # T
         self.register_buffer("frequencies", torch.randn(embed_dim // 2) * scale)  # ω
-        self.mlp = nn.Sequential(nn.Linear(embed_dim, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        """Embed timesteps `t` of shape (B,) (integers in [0, T)) as (B, embed_dim)."""
-        tau = t.to(self.frequencies.dtype) / self.num_train_timesteps
+        """Embed 0-based timesteps `t` of shape (B,) (integers in [0, T)) as (B, embed_dim)."""
+        tau = (t.to(self.frequencies.dtype) + 1) / self.num_train_timesteps
         angles = 2 * math.pi * tau[:, None] * self.frequencies[None, :]
-        return self.mlp(torch.cat([angles.sin(), angles.cos()], dim=-1))
+        return torch.cat([angles.sin(), angles.cos()], dim=-1)

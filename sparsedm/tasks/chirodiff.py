@@ -89,6 +89,7 @@ class ChiroDiffTask(Task):
                 sampler=sc.sampler,
                 steps=sc.steps,
                 eta=sc.eta,
+                variance_strength=sc.variance_strength,
                 mask=mask,
                 generator=generator,
                 device=device,
@@ -99,7 +100,9 @@ class ChiroDiffTask(Task):
 
     def sketches(self, samples: Dict[str, np.ndarray]):
         d = self.cfg.data
-        return features_to_sketches(samples["features"], samples["lengths"], d.representation, d.feature_scale)
+        return features_to_sketches(
+            samples["features"], samples["lengths"], d.representation, d.feature_scale, d.pen_threshold
+        )
 
     def save_picture(self, samples, path) -> None:
         save_sketch_grid(self.sketches(samples), path)

@@ -115,6 +115,7 @@ class LatentDiffusionTask(Task):
                 sampler=sc.sampler,
                 steps=sc.steps,
                 eta=sc.eta,
+                variance_strength=sc.variance_strength,
                 generator=generator,
                 device=device,
                 progress=progress,

@@ -23,7 +23,7 @@ class TrainConfig:
     batch_size: int = 128  # global batch size (split over ranks with torchrun)
     lr: float = 1e-3  # AdamW learning rate, constant (paper: 1e-3 ChiroDiff, 2.4e-5 / 2e-6 LDM)
     weight_decay: float = 1e-2  # AdamW weight decay (paper: 1e-2)
-    grad_clip: Optional[float] = 1.0  # clip the global gradient norm; null = off
+    grad_clip: Optional[float] = None  # clip the global gradient norm at this; null = off (ChiroDiff 0.1, LDM off)
     ema_decay: float = 0.999  # EMA of the weights, used for sampling (warm-up as in LDM)
     precision: Precision = Precision.fp32  # fp32 | bf16 (autocast, CPU and GPU) | fp16 (autocast + scaler, GPU)
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
@@ -59,6 +59,7 @@ class SampleConfig:
     sampler: Sampler = Sampler.ddim  # ddpm | ddim
     steps: int = 50  # denoising steps (DDPM with steps < T uses a strided schedule)
     eta: float = 0.0  # DDIM's η (0 = deterministic)
+    variance_strength: float = 1.0  # DDPM: noise std x this (1 = plain DDPM; ChiroDiff 0.75); ddim ignores it
     num: int = 64  # samples written by `sparsedm sample`
     batch_size: int = 256  # samples generated per forward pass
 

@@ -43,17 +43,20 @@ class StrokeDataConfig:
     val_fraction: float = 0.15  # share held out for validation (ChiroDiff: 0.15)
     split_seed: int = 4321  # seed of the train/val split and of the max_items subset
     spacing: float = 0.05  # arc-length step of the resampled strokes, in unit size (ChiroDiff: 0.05)
-    min_stroke_length: float = 0.01  # strokes shorter than this (unit size) are dropped as degenerate
-    max_strokes: int = 25  # more strokes than this -> overflow rule (ChiroDiff: 25)
-    max_points: int = 300  # more resampled points than this -> overflow rule (ChiroDiff: 300)
-    overflow: Overflow = Overflow.drop  # drop | truncate: what happens to a sketch over max_strokes / max_points
+    min_stroke_length: float = 0.0  # strokes shorter than this (unit size) are dropped; ChiroDiff drops none: 0
+    max_strokes: int = 25  # more strokes than this -> stroke_overflow (ChiroDiff: 25, data/qd.py:241)
+    stroke_overflow: Overflow = Overflow.truncate  # truncate (keep the first max_strokes, ChiroDiff) | drop the sketch
+    max_points: int = 299  # more resampled points than this -> point_overflow (ChiroDiff rejects >= 300: 299)
+    point_overflow: Overflow = Overflow.drop  # drop the sketch (ChiroDiff) | truncate (keep the first max_points)
     representation: Representation = Representation.delta  # delta (dx, dy: ChiroDiff's "velocity") | absolute (x, y)
     feature_scale: float = 10.0  # model input = xy * this; 10: delta std ~0.9 (ChiroDiff's x10); ~4 for absolute
+    pen_threshold: float = 0.8  # decoding: a generated pen value above this ends a stroke (ChiroDiff: 0.8)
     cache_dir: str = ".cache/sparsedm"  # preprocessed data sets and the npm download are kept here
 
     def __post_init__(self):
         self.format = choice(Format, self.format, "data.format")
-        self.overflow = choice(Overflow, self.overflow, "data.overflow")
+        self.stroke_overflow = choice(Overflow, self.stroke_overflow, "data.stroke_overflow")
+        self.point_overflow = choice(Overflow, self.point_overflow, "data.point_overflow")
         self.representation = choice(Representation, self.representation, "data.representation")
         check_stroke_config(self)
 
@@ -76,11 +79,13 @@ def check_stroke_config(cfg) -> None:
     if not cfg.spacing > 0:
         raise bad("spacing", "must be positive, e.g. 0.05")
     if cfg.min_stroke_length < 0:
-        raise bad("min_stroke_length", "must be >= 0, e.g. 0.01")
+        raise bad("min_stroke_length", "must be >= 0, e.g. 0 (keep every stroke)")
     if cfg.max_strokes < 1:
         raise bad("max_strokes", "must be at least 1, e.g. 25")
     if cfg.max_points < 2:
-        raise bad("max_points", "must be at least 2, e.g. 300")
+        raise bad("max_points", "must be at least 2, e.g. 299")
+    if not 0 < cfg.pen_threshold < 1:
+        raise bad("pen_threshold", "must be in (0, 1), e.g. 0.8 (the pen channel is 0 or 1)")
     if not cfg.feature_scale > 0:
         raise bad("feature_scale", "must be positive, e.g. 10")
 

@@ -5,13 +5,17 @@
 the package version of built-in data) and every setting that changes the preprocessed sketches, so a
 second run of the same data starts in seconds and a changed setting never reads a stale cache.
 
-Model features, per point (ChiroDiff's "threeseqdel" / "threeseqabs" without the time channel):
-- `representation="delta"`: (dx, dy) from the previous point, the first point's delta being its absolute
-  position (the origin, after preprocessing); `"absolute"`: (x, y);
+Model features, per point (ChiroDiff's "threeseqdel" / "threeseqabs" without the time channel,
+dasayan05/chirodiff `data/batching.py:74-95, 139-159`):
+- the first point (the origin, after preprocessing) is not a model input, as in the reference: a sketch of
+  N points gives N - 1 rows, and decoding puts the origin back (main.py:471-478);
+- `representation="delta"`: (dx, dy) from the previous point; `"absolute"`: (x, y);
 - xy multiplied by `feature_scale` (default 10, ChiroDiff's x10: with spacing 0.05 the delta features
   have std about 0.9 on KanjiVG and 0.55 / 0.85 (x / y) on mnist-vectorised; absolute xy has std about
   0.26, so use about 4 there);
-- pen in {-1, +1}, +1 on the last point of a stroke, so it can be diffused like a continuous value.
+- pen 1 on the last point of a stroke, else 0 (batching.py:81-82 and 146-147: in the delta form the
+  reference's pen is the difference of a stroke counter, which is the same 0/1); decoding thresholds the
+  generated value at `pen_threshold` (0.8, main.py:487-488).
 """
 
 from __future__ import annotations
@@ -34,8 +38,8 @@ from sparsedm.errors import UserError
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1  # bump when the cache layout or the preprocessing code changes meaning
-_PREPROCESS_KEYS = ("spacing", "min_stroke_length", "max_strokes", "max_points", "overflow")
+CACHE_VERSION = 2  # bump when the cache layout or the preprocessing code changes meaning (2: the reference's rules)
+_PREPROCESS_KEYS = ("spacing", "min_stroke_length", "max_strokes", "stroke_overflow", "max_points", "point_overflow")
 # generated sequences can diverge; decoded coordinates are clipped here so they stay finite and drawable
 _DECODE_LIMIT = 1e4
 
@@ -81,7 +85,7 @@ def cache_path(cfg) -> Path:
 def _save(sketches: list[Sketch], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, points=np.concatenate([s.points for s in sketches]), lengths=sequence_lengths(sketches))
+    np.savez(tmp, points=np.concatenate([s.points for s in sketches]), lengths=[len(s) for s in sketches])
     # atomic: a run killed mid-write, or two runs at once, never leave a truncated cache behind
     os.replace(tmp, path)
 
@@ -104,7 +108,7 @@ def load_sketches(cfg, progress: bool | None = None) -> list[Sketch]:
     if not sketches:
         raise UserError(
             f"preprocessing dropped all {len(raw)} drawings ({dict(counts)}); "
-            "raise data.max_points / data.max_strokes or set data.overflow=truncate"
+            "raise data.max_points or set data.point_overflow=truncate"
         )
     _save(sketches, path)
     log.info("cached %d preprocessed sketches in %s", len(sketches), path)
@@ -134,36 +138,40 @@ def load_stroke_splits(cfg: StrokeDataConfig, progress: bool | None = None) -> t
 
 
 def sketch_to_features(sketch: Sketch, representation: str = "delta", feature_scale: float = 10.0) -> np.ndarray:
-    """(N, 3) float32 model features of one sketch (see the module docstring)."""
-    out = sketch.to_deltas() if representation == "delta" else sketch.points.copy()
+    """(N - 1, 3) float32 model features of a preprocessed sketch of N >= 2 points (see the module docstring)."""
+    if len(sketch) < 2:
+        raise ValueError("a sketch needs at least two points to give model features (the first one is the origin)")
+    out = sketch.to_deltas()[1:] if representation == "delta" else sketch.points[1:].copy()
     out[:, :2] *= feature_scale
-    out[:, 2] = np.where(sketch.points[:, 2] > 0.5, 1.0, -1.0)
     return out
 
 
-def features_to_sketches(x, lengths, representation: str = "delta", feature_scale: float = 10.0) -> list[Sketch]:
-    """Decode (B, L, 3) features (tensor or array) of the given lengths back into sketches.
+def features_to_sketches(
+    x, lengths, representation: str = "delta", feature_scale: float = 10.0, pen_threshold: float = 0.8
+) -> list[Sketch]:
+    """Decode (B, L, 3) features (tensor or array) of the given lengths back into sketches, origin first.
 
-    Always well-formed: at least one point, pen = channel 2 > 0 with the last point forced to end a
-    stroke, non-finite values set to 0 and coordinates clipped to +-1e4 so every result can be drawn.
+    Always well-formed: pen = channel 2 > `pen_threshold`, with the last point forced to end a stroke,
+    non-finite values set to 0 and coordinates clipped to +-1e4 so every result can be drawn.
     """
     x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     lengths = lengths.detach().cpu().numpy() if isinstance(lengths, torch.Tensor) else np.asarray(lengths)
     out = []
     for seq, n in zip(x, lengths):
-        seq = np.nan_to_num(seq[: max(1, int(n))].astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        seq = np.nan_to_num(seq[: int(n)].astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
         xy = np.clip(seq[:, :2] / feature_scale, -_DECODE_LIMIT, _DECODE_LIMIT)
         if representation == "delta":
             xy = np.clip(np.cumsum(xy, axis=0), -_DECODE_LIMIT, _DECODE_LIMIT)
-        pen = (seq[:, 2] > 0).astype(np.float64)
-        pen[-1] = 1.0
-        out.append(Sketch(np.concatenate([xy, pen[:, None]], axis=1)))
+        pen = (seq[:, 2] > pen_threshold).astype(np.float64)
+        points = np.concatenate([np.zeros((1, 3)), np.concatenate([xy, pen[:, None]], axis=1)])
+        points[-1, 2] = 1.0
+        out.append(Sketch(points))
     return out
 
 
 def sequence_lengths(sketches: list[Sketch]) -> np.ndarray:
-    """Number of points of each sketch (int64): sample lengths for generation are drawn from this."""
-    return np.array([len(s) for s in sketches], dtype=np.int64)
+    """Model sequence length of each sketch (points - 1, int64): sample lengths for generation come from this."""
+    return np.array([len(s) - 1 for s in sketches], dtype=np.int64)
 
 
 class StrokeDataset(Dataset):

@@ -1,22 +1,26 @@
 """ChiroDiff preprocessing: start at the origin, unit size, fixed arc-length spacing, capped length.
 
-Follows the published ChiroDiff data pipeline (Das et al., ICLR 2023, `data/qd.py`): move the first point
-to the origin, scale so that the point farthest from the start is at distance 1 ("enclosing radius" 1),
-resample every stroke at a fixed spacing along its arc length. The model-facing multiplication (ChiroDiff
-uses x10) is *not* done here: it is `feature_scale` in `dataset.py`, so cached sketches stay in unit size.
+Follows the published ChiroDiff data pipeline (Das et al., ICLR 2023; dasayan05/chirodiff `data/qd.py:87-102`,
+`data/sketch.py:124-148`, `data/batching.py:34-37`): keep the first `max_strokes` strokes, drop one-point
+strokes, move the first point to the origin, scale so that the point farthest from the start is at distance 1
+("enclosing radius" 1), resample every stroke at a fixed spacing along its arc length, reject long sketches.
+The model-facing multiplication (ChiroDiff uses x10) is *not* done here: it is `feature_scale` in
+`dataset.py`, so cached sketches stay in unit size.
 
-Steps, in order, for one sketch:
-1. drop degenerate strokes: fewer than two distinct points (QuickDraw "dots", repeated taps);
-2. normalise (start at (0, 0), enclosing radius 1);
-3. drop strokes whose arc length is below `min_stroke_length` (measured in that unit size);
-4. cap the number of strokes at `max_strokes`: `overflow="drop"` rejects the sketch, `"truncate"` keeps
-   the first strokes; if steps 3-4 removed anything, normalise again so the invariants still hold;
-5. resample each stroke: n = max(1, round(length / spacing)) equal arc-length steps, so the stroke keeps
-   both its end points and the step is `spacing` up to a factor in [2/3, 2] for strokes near `spacing`
-   long, and within spacing / (2 n) of it for longer strokes; then normalise once more, because the
-   resampled points cut the corners of the polyline (a change of scale of well under 1%);
-6. cap the total number of points at `max_points` (drop, or truncate keeping the first points; truncation
-   keeps the spacing, so the enclosing radius of a truncated sketch may be below 1).
+Steps, in order, for one sketch (defaults are the reference's):
+1. cap the number of strokes at `max_strokes`: `stroke_overflow="truncate"` keeps the first strokes, as the
+   reference does (qd.py:87-89), `"drop"` rejects the sketch;
+2. drop one-point strokes (sketch.py:128-129); a stroke of several points at one place is kept as a dot;
+3. normalise (start at (0, 0), enclosing radius 1);
+4. drop strokes whose arc length is below `min_stroke_length` (unit size; the reference drops none: 0);
+   if that removed anything, normalise again so the invariants still hold;
+5. resample each stroke to n = max(2, floor(length / spacing)) points evenly spaced along its arc length,
+   both ends kept (sketch.py:146, data/utils.py:9-16), so a step is length / (n - 1) >= spacing; then
+   normalise once more, as the reference's final `scale_spatial` does (qd.py:102), because the resampled
+   points cut the corners of the polyline (a change of scale of well under 1%);
+6. cap the total number of points at `max_points` (the reference rejects 300 or more: 299, batching.py:36):
+   `point_overflow="drop"` rejects the sketch, `"truncate"` keeps the first points (the spacing stays, so
+   the enclosing radius of a truncated sketch may be below 1).
 """
 
 from __future__ import annotations
@@ -58,10 +62,10 @@ def normalise(strokes: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def resample_stroke(xy: np.ndarray, spacing: float) -> np.ndarray:
-    """Points at equal arc-length steps of about `spacing` along a polyline, both ends kept (see step 5)."""
+    """max(2, floor(length / spacing)) points evenly spaced along a polyline, both ends kept (see step 5)."""
     arc = _arc_lengths(xy.astype(np.float64))
-    n_steps = max(1, int(round(arc[-1] / spacing)))
-    targets = np.linspace(0.0, arc[-1], n_steps + 1)
+    n_points = max(2, int(arc[-1] / spacing))
+    targets = np.linspace(0.0, arc[-1], n_points)
     return np.stack([np.interp(targets, arc, xy[:, 0]), np.interp(targets, arc, xy[:, 1])], axis=1)
 
 
@@ -71,7 +75,8 @@ def preprocess_sketch(
     spacing: float,
     max_strokes: int,
     max_points: int,
-    overflow: str,
+    stroke_overflow: str,
+    point_overflow: str,
     min_stroke_length: float,
     counts: Counter,
 ) -> Sketch | None:
@@ -79,31 +84,33 @@ def preprocess_sketch(
     if not np.isfinite(sketch.points).all():
         counts["rejected: non-finite coordinates"] += 1
         return None
+    raw = sketch.strokes()
+    if len(raw) > max_strokes:
+        if stroke_overflow == "drop":
+            counts["rejected: more than max_strokes strokes"] += 1
+            return None
+        counts["truncated: more than max_strokes strokes"] += 1
+        raw = raw[:max_strokes]
     strokes = []
-    for stroke in sketch.strokes():
-        stroke = _distinct_points(stroke.astype(np.float64))
+    for stroke in raw:
         if len(stroke) < 2:
             counts["strokes dropped: single point"] += 1
         else:
-            strokes.append(stroke)
+            strokes.append(_distinct_points(stroke.astype(np.float64)))
     if not strokes:
-        counts["rejected: no stroke with two distinct points"] += 1
+        counts["rejected: no stroke of two points"] += 1
+        return None
+    if all((s == strokes[0][0]).all() for s in strokes):  # no size to normalise
+        counts["rejected: every point at one place"] += 1
         return None
 
     strokes = normalise(strokes)
     kept = [s for s in strokes if _arc_lengths(s)[-1] >= min_stroke_length]
     if len(kept) < len(strokes):
         counts["strokes dropped: shorter than min_stroke_length"] += len(strokes) - len(kept)
-    if not kept:
-        counts["rejected: every stroke shorter than min_stroke_length"] += 1
-        return None
-    if len(kept) > max_strokes:
-        if overflow == "drop":
-            counts["rejected: more than max_strokes strokes"] += 1
+        if not kept:
+            counts["rejected: every stroke shorter than min_stroke_length"] += 1
             return None
-        counts["truncated: more than max_strokes strokes"] += 1
-        kept = kept[:max_strokes]
-    if len(kept) < len(strokes):
         kept = normalise(kept)
 
     # resampled points skip the polyline's vertices, so the farthest one may sit just inside radius 1:
@@ -111,7 +118,7 @@ def preprocess_sketch(
     resampled = normalise([resample_stroke(s, spacing) for s in kept])
     total = sum(len(s) for s in resampled)
     if total > max_points:
-        if overflow == "drop":
+        if point_overflow == "drop":
             counts["rejected: more than max_points points"] += 1
             return None
         counts["truncated: more than max_points points"] += 1
@@ -136,7 +143,8 @@ def preprocess_sketches(
     spacing: float,
     max_strokes: int,
     max_points: int,
-    overflow: str,
+    stroke_overflow: str,
+    point_overflow: str,
     min_stroke_length: float,
     progress: bool | None = None,
 ) -> tuple[list[Sketch], Counter]:
@@ -157,7 +165,8 @@ def preprocess_sketches(
             spacing=spacing,
             max_strokes=max_strokes,
             max_points=max_points,
-            overflow=overflow,
+            stroke_overflow=stroke_overflow,
+            point_overflow=point_overflow,
             min_stroke_length=min_stroke_length,
             counts=counts,
         )

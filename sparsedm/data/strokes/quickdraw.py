@@ -4,6 +4,8 @@ Published formats (https://github.com/googlecreativelab/quickdraw-dataset):
 - `.ndjson`, one JSON object per line with a `drawing` field, a list of strokes:
   simplified files: `[[x0, x1, ...], [y0, y1, ...]]` per stroke (0-255 box);
   raw files:        `[[x0, ...], [y0, ...], [t0, ...]]` per stroke (screen pixels, ms). Times are ignored.
+  ChiroDiff trains on the raw files (`full/raw/<category>.ndjson`, its data/unpack_ndjson.py:5), which keep
+  every pen sample before resampling: they are the recommended format; simplified files are still read.
 - sketch-rnn `.npz` (`sketchrnn/<category>.npz`): arrays `train`, `valid`, `test`, each an object array
   of (n, 3) int16 "stroke-3" rows (dx, dy, pen_lift), pen_lift = 1 on the last point of a stroke.
   These are pickled object arrays, so `np.load` needs `allow_pickle=True`: only load files you trust.
