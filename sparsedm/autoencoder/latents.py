@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from sparsedm.autoencoder.model import FirstStage, encode
 from sparsedm.data.images import ImageDataset, load_image_splits
+from sparsedm.runs.files import check_fields, read_npz
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +92,16 @@ def cached_latents(
         log.info("latents cached in %s", path)
     else:
         log.info("latents read from %s", path)
-    with np.load(path) as arrays:
-        return tuple(
-            LatentDataset(
-                torch.from_numpy(arrays[f"{split}_mean"]),
-                torch.from_numpy(arrays[f"{split}_std"]) if f"{split}_std" in arrays else None,
-            )
-            for split in ("train", "val")
+    arrays = read_npz(path, "it is a cache of encoded latents: delete it to encode them again")
+    for split in ("train", "val"):
+        check_fields(arrays, {f"{split}_mean": np.ndarray}, str(path), "delete it to encode the latents again")
+    return tuple(
+        LatentDataset(
+            torch.from_numpy(arrays[f"{split}_mean"]),
+            torch.from_numpy(arrays[f"{split}_std"]) if f"{split}_std" in arrays else None,
         )
+        for split in ("train", "val")
+    )
 
 
 def latent_std(latents: LatentDataset) -> float:

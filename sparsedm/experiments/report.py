@@ -22,6 +22,7 @@ from sparsedm.experiments.aggregate import (
     write_csv,
 )
 from sparsedm.experiments.plots import fid_vs_sparsity, fid_vs_train_flops
+from sparsedm.runs.files import writing
 
 
 @dataclass
@@ -40,8 +41,9 @@ def build_report(sweep_dir) -> Report:
     rows = aggregate(records)
     markdown = markdown_table(rows) + "\n" + protocol_note(protocol)
     files = [sweep_dir / "results.csv", sweep_dir / "results.md"]
-    write_csv(rows, files[0])
-    files[1].write_text(markdown)
-    files.append(fid_vs_sparsity(rows, sweep_dir / "fid_vs_sparsity.png"))
-    files.append(fid_vs_train_flops(rows, sweep_dir / "fid_vs_train_flops.png"))
+    with writing():
+        write_csv(rows, files[0])
+        files[1].write_text(markdown)
+        files.append(fid_vs_sparsity(rows, sweep_dir / "fid_vs_sparsity.png"))
+        files.append(fid_vs_train_flops(rows, sweep_dir / "fid_vs_train_flops.png"))
     return Report(rows, markdown, files)

@@ -34,6 +34,7 @@ from sparsedm.experiments.parallel import run_in_workers
 from sparsedm.experiments.report import Report, build_report
 from sparsedm.runs.checkpoint import latest_checkpoint
 from sparsedm.runs.distributed import DistInfo, resolve_device
+from sparsedm.runs.files import read_json, writing
 from sparsedm.runs.run_dir import METRICS, SUMMARY, RunDir
 from sparsedm.tasks import build_task
 from sparsedm.train.trainer import Trainer
@@ -41,6 +42,7 @@ from sparsedm.train.trainer import Trainer
 log = logging.getLogger(__name__)
 
 SWEEP_FILE = "sweep.json"
+SWEEP_FIX = "it pins the setup of the sweep's runs; restore it, or start the sweep in another --out"
 
 
 def _flatten(tree, prefix: str = "") -> dict:
@@ -69,10 +71,11 @@ def pin_setup(out: Path, setup: dict) -> None:
     """Write SWEEP/sweep.json, or check that the sweep in `out` was started with the same setup."""
     path = out / SWEEP_FILE
     if not path.exists():
-        out.mkdir(parents=True, exist_ok=True)
+        with writing():
+            out.mkdir(parents=True, exist_ok=True)
         write_json_atomically(path, setup)
         return
-    old, new = _flatten(json.loads(path.read_text())), _flatten(setup)
+    old, new = _flatten(read_json(path, SWEEP_FIX, {"config": dict, "eval": dict})), _flatten(setup)
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
             raise UserError(

@@ -9,6 +9,7 @@ import torch
 from sparsedm.errors import UserError
 from sparsedm.runs.checkpoint import latest_checkpoint, load_checkpoint
 from sparsedm.runs.distributed import DistInfo, resolve_device
+from sparsedm.runs.files import writing
 from sparsedm.runs.run_dir import RunDir
 from sparsedm.tasks import build_task
 
@@ -69,7 +70,8 @@ def draw_samples(
         if value is not None:
             cfg.sample[key] = value
     samples = task.sample(model, num or cfg.sample.num, torch.Generator().manual_seed(seed), device, progress=progress)
-    run.samples.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(run.samples / f"{name}.npz", **samples)
-    task.save_picture({key: array[:preview] for key, array in samples.items()}, run.samples / f"{name}.png")
+    with writing():
+        run.samples.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(run.samples / f"{name}.npz", **samples)
+        task.save_picture({key: array[:preview] for key, array in samples.items()}, run.samples / f"{name}.png")
     return samples
