@@ -7,6 +7,7 @@ One tiny sweep (one Static-DM run, 6 steps) is made per module and copied per ca
 
 import builtins
 import hashlib
+import json
 import shutil
 
 import numpy as np
@@ -14,9 +15,14 @@ import pytest
 import torch
 from fid_stub import use_pooled_pixels
 from ldm_helpers import single_thread
+from safetensors.torch import save_file
 
 from sparsedm.cli import main
+from sparsedm.errors import UserError
+from sparsedm.inference.export import load_masks
 from sparsedm.runs.checkpoint import load_checkpoint
+from sparsedm.runs.files import read_json, read_jsonl, read_npz, read_yaml
+from sparsedm.runs.run_dir import SUMMARY_FIELDS
 
 CONFIG = "configs/chirodiff_kanjivg_cpu.yaml"
 RUN = "sweep/runs/static-S0.5-seed0"
@@ -116,7 +122,7 @@ FILES = {
     "config.yaml": (
         lambda w, command: w / ("ldm" if command == "export" else RUN) / "config.yaml",
         "config.yaml",
-        b"- a\n- b\n",
+        b"task: ldm\ntrain: 5\n",
     ),
     "summary.json": (
         lambda w, command: w / RUN / "summary.json",
@@ -289,3 +295,55 @@ def test_a_samples_file_with_an_object_array_is_refused_unrun(world, capsys):
     code, err = run_cli(COMMANDS["fid"](world), capsys)
     assert_one_line(code, err, "eval_samples.npz")
     assert not marker.exists()
+
+
+def test_what_the_summary_error_says_to_do_writes_it_again(world, capsys):
+    summary = world / RUN / "summary.json"
+    original = json.loads(summary.read_text())
+    summary.write_text(summary.read_text()[:50])
+    code, err = run_cli(COMMANDS["evaluate"](world), capsys)
+    assert code == 2 and "`sparsedm train RUN/config.yaml --out RUN --resume`" in err
+    run = str(world / RUN)
+    assert main(["train", f"{run}/config.yaml", "--out", run, "--resume", "--no-progress"]) == 0
+    again = json.loads(summary.read_text())
+    assert {k: again[k] for k in SUMMARY_FIELDS} == {k: original[k] for k in SUMMARY_FIELDS}
+    assert again["weights_sha256"] == original["weights_sha256"]
+
+
+def _valid(path):
+    """A good file of each format, named by its suffix."""
+    if path.suffix == ".npz":
+        np.savez(path, mean=np.zeros(3))
+    elif path.suffix == ".safetensors":
+        save_file({"conv.weight": torch.ones(2, dtype=torch.bool)}, path)
+    else:
+        path.write_text({".json": '{"a": 1}', ".jsonl": '{"step": 1}\n', ".yaml": "a: 1\n"}[path.suffix])
+
+
+READ = {
+    ".json": lambda path: read_json(path, "FIX", {"a": int}),
+    ".jsonl": lambda path: read_jsonl(path, "FIX", {"step": int}),
+    ".yaml": lambda path: read_yaml(path, "FIX"),
+    ".npz": lambda path: read_npz(path, "FIX"),
+    ".safetensors": lambda path: load_masks(path.parent),
+}
+WRONG_TYPES = {".json": b'{"a": "one"}', ".jsonl": b'{"step": 1.5}\n', ".yaml": b"just a string\n"}
+
+
+@pytest.mark.parametrize("suffix", list(READ))
+@pytest.mark.parametrize("how", DAMAGES)
+def test_each_reader_names_the_damaged_file(tmp_path, suffix, how):
+    path = tmp_path / ("masks.safetensors" if suffix == ".safetensors" else f"file{suffix}")
+    _valid(path)
+    READ[suffix](path)  # the good file reads
+    if (suffix, how) in {(".jsonl", "missing")}:
+        path.unlink()
+        assert READ[suffix](path) == []  # no metrics logged yet
+        return
+    if how == "wrong types" and suffix in (".npz", ".safetensors"):
+        path.write_bytes(b'{"a": 1}')  # another format
+    else:
+        damage(path, how, WRONG_TYPES.get(suffix))
+    with pytest.raises(UserError, match=path.name) as error:
+        READ[suffix](path)
+    assert "\n" not in str(error.value)

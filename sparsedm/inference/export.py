@@ -19,7 +19,7 @@ from typing import Dict, Optional
 import torch
 from diffusers import LDMPipeline
 from omegaconf import OmegaConf
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from sparsedm.errors import UserError
@@ -52,8 +52,6 @@ def export_run(run_path, out, checkpoint: Optional[str] = None, overwrite: bool 
 
     if overwrite:
         shutil.rmtree(out, ignore_errors=True)
-    with writing():
-        LDMPipeline(vqvae=vqvae, unet=unet, scheduler=task.diffusion.scheduler("ddim")).save_pretrained(out)
     nonzero = sum(int(m.sum()) for m in masks.values())
     total = sum(m.numel() for m in masks.values())
     metadata = {
@@ -62,6 +60,7 @@ def export_run(run_path, out, checkpoint: Optional[str] = None, overwrite: bool 
         "sparsity": str(1 - nonzero / total if total else 0.0),
     }
     with writing():
+        LDMPipeline(vqvae=vqvae, unet=unet, scheduler=task.diffusion.scheduler("ddim")).save_pretrained(out)
         save_file({name: mask.contiguous() for name, mask in masks.items()}, out / MASKS, metadata=metadata)
     return {
         "out": str(out),
@@ -81,7 +80,7 @@ def load_masks(folder) -> Dict[str, torch.Tensor]:
     try:
         with safe_open(path, framework="pt") as f:
             return {name: f.get_tensor(name) for name in f.keys()}
-    except Exception as exc:  # safetensors raises its own SafetensorError and OSError for damaged files
+    except (SafetensorError, OSError) as exc:
         raise UserError(
             f"{path} is not a readable safetensors file ({str(exc)[:80]}); export the run again with "
             f"`sparsedm export RUN --out {folder} --overwrite`"

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from sparsedm.errors import UserError
@@ -88,12 +89,16 @@ def read_yaml(path: Path, fix: str) -> DictConfig:
     """A YAML mapping (a config)."""
     text = read_text(path, fix)
     try:
-        cfg = OmegaConf.create(text)
-    except Exception as exc:  # yaml's scanner and parser errors and OmegaConf's share no base class
+        # parsed first by yaml itself: OmegaConf would read a lone word as a key, a damaged file as a config
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
         raise UserError(f"{path} is not valid YAML ({type(exc).__name__}); {fix}") from None
-    if not isinstance(cfg, DictConfig):
-        raise UserError(f"{path} holds {_kind_name(type(OmegaConf.to_container(cfg)))}, not a mapping of keys; {fix}")
-    return cfg
+    if not isinstance(tree, dict):
+        raise UserError(f"{path} holds {_kind_name(type(tree))}, not a mapping of keys; {fix}")
+    try:
+        return OmegaConf.create(text)  # OmegaConf's own YAML reading (e.g. 1e-3 is a float)
+    except Exception as exc:  # OmegaConf's errors (a key or value it cannot hold) share no base class with yaml's
+        raise UserError(f"{path} is not a config OmegaConf can read ({type(exc).__name__}); {fix}") from None
 
 
 def read_npz(path: Path, fix: str) -> Dict[str, np.ndarray]:

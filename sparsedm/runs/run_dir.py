@@ -29,11 +29,14 @@ SAMPLES = "samples"
 
 # What to do when each file is damaged (the readers say what is wrong).
 CONFIG_FIX = "it is written by `sparsedm train`; restore it, or train the run again with --overwrite"
-SUMMARY_FIX = "`sparsedm train RUN/config.yaml --out RUN --resume` writes it again from the newest checkpoint"
+SUMMARY_FIX = (
+    "`sparsedm train RUN/config.yaml --out RUN --resume` writes it again from the newest checkpoint "
+    "(without the final training loss)"
+)
 METRICS_FIX = "remove the damaged lines (a crash can leave half a line) or restore the file"
 EVAL_FIX = "delete it and run `sparsedm evaluate RUN` again"
-# The sections of config.yaml every command reads (their keys are checked by the task's schema).
-CONFIG_SECTIONS = {"task": str, **{name: dict for name in ("data", "model", "diffusion", "sparse", "train", "sample")}}
+# The sections of config.yaml must be mappings where present; what they hold is the config schema's to check.
+CONFIG_SECTIONS = {name: dict for name in ("data", "model", "diffusion", "sparse", "train", "sample")}
 
 # What the summary and eval.json must hold for the commands that read them (evaluate, report).
 SUMMARY_FIELDS = {
@@ -98,7 +101,9 @@ class RunDir:
                 f"{self.path} is not a run folder (no {CONFIG}); train one with `sparsedm train CONFIG --out {self.path}`"
             )
         cfg = read_yaml(self.path / CONFIG, CONFIG_FIX)
-        check_fields(OmegaConf.to_container(cfg), CONFIG_SECTIONS, str(self.path / CONFIG), CONFIG_FIX)
+        where, tree = str(self.path / CONFIG), OmegaConf.to_container(cfg)
+        check_fields(tree, {"task": str}, where, CONFIG_FIX)
+        check_fields(tree, CONFIG_SECTIONS, where, CONFIG_FIX, optional=True)
         return cfg
 
     def log(self, record: dict) -> None:
