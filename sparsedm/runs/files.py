@@ -24,8 +24,10 @@ Kinds = Union[type, Tuple[type, ...]]
 
 def _kind_name(kinds: Kinds) -> str:
     kinds = kinds if isinstance(kinds, tuple) else (kinds,)
-    names = {int: "a number", float: "a number", str: "a string", dict: "a mapping", list: "a list", bool: "true/false"}
-    names[type(None)] = "null"
+    names = {int: "a whole number", str: "a string", dict: "a mapping", list: "a list", bool: "true/false"}
+    names.update({float: "a number", type(None): "null"})
+    if float in kinds:  # NUMBER: int or float
+        kinds = tuple(k for k in kinds if k is not int)
     return " or ".join(dict.fromkeys(names.get(k, k.__name__) for k in kinds))
 
 
