@@ -195,3 +195,23 @@ def test_vmnist_unpacked_layout(tmp_path):
         np.testing.assert_array_equal(from_arrays.points[:, :2], [[0, 5], [1, 5], [2, 6]])
     with pytest.raises(UserError, match="not a folder"):
         load_vmnist(str(tmp_path / "missing"))
+
+
+class _OpensAFile:
+    """Unpickling it calls open(marker, "w"): code a downloaded file could run."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_sketch_rnn_npz_carrying_code_is_refused_unrun(tmp_path):
+    marker = tmp_path / "marker"
+    np.savez(tmp_path / "cat.npz", train=_object_array([np.zeros((2, 3), dtype=np.int16), _OpensAFile(marker)]))
+    with pytest.raises(UserError, match="refusing to load .*open"):
+        load_quickdraw(str(tmp_path / "cat.npz"), [])
+    assert not marker.exists()
+    np.load(tmp_path / "cat.npz", allow_pickle=True)["train"]  # the old way runs it
+    assert marker.exists()

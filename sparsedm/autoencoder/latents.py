@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from sparsedm.autoencoder.model import FirstStage, encode
 from sparsedm.data.images import ImageDataset, load_image_splits
+from sparsedm.runs.files import check_fields, read_npz
 
 log = logging.getLogger(__name__)
 
@@ -128,18 +129,21 @@ def cached_latents(
         first_stage.release()
     if path not in missing:
         log.info("latents read from %s", path)
-    with np.load(path) as arrays:
-        train, val = (
-            LatentDataset(
-                torch.from_numpy(arrays[f"{split}_mean"]),
-                torch.from_numpy(arrays[f"{split}_std"]) if f"{split}_std" in arrays else None,
-            )
-            for split in ("train", "val")
+    arrays = read_npz(path, "it is a cache of encoded latents: delete it to encode them again")
+    for split in ("train", "val"):
+        check_fields(arrays, {f"{split}_mean": np.ndarray}, str(path), "delete it to encode the latents again")
+    train, val = (
+        LatentDataset(
+            torch.from_numpy(arrays[f"{split}_mean"]),
+            torch.from_numpy(arrays[f"{split}_std"]) if f"{split}_std" in arrays else None,
         )
+        for split in ("train", "val")
+    )
     if mirror_path is not None:
-        with np.load(mirror_path) as arrays:
-            train.mirrored_mean = torch.from_numpy(arrays["train_mean"])
-            train.mirrored_std = torch.from_numpy(arrays["train_std"]) if "train_std" in arrays else None
+        mirrored = read_npz(mirror_path, "it is a cache of encoded latents: delete it to encode them again")
+        check_fields(mirrored, {"train_mean": np.ndarray}, str(mirror_path), "delete it to encode the latents again")
+        train.mirrored_mean = torch.from_numpy(mirrored["train_mean"])
+        train.mirrored_std = torch.from_numpy(mirrored["train_std"]) if "train_std" in mirrored else None
     return train, val
 
 

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from sparsedm.errors import UserError
 from sparsedm.eval.inception import load_inception
+from sparsedm.runs.files import writing
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 BACKENDS = ("sparsedm", "torch-fidelity")
@@ -138,16 +139,17 @@ def cached_reference_statistics(
     if cached is not None:
         return cached
     statistics = compute_statistics(images_fn(), batch_size=batch_size, device=device, progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz.tmp", delete=False) as file:
-        temporary = Path(file.name)
-        try:
-            mu, sigma, n = statistics
-            np.savez(file, mu=mu, sigma=sigma, n=n, key=key, features=FEATURES_TAG)
-        except BaseException:
-            temporary.unlink()
-            raise
-    os.replace(temporary, path)
+    with writing("the FID cache goes there: remove what is in the way, or set another data.cache_dir"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz.tmp", delete=False) as file:
+            temporary = Path(file.name)
+            try:
+                mu, sigma, n = statistics
+                np.savez(file, mu=mu, sigma=sigma, n=n, key=key, features=FEATURES_TAG)
+                file.close()
+                os.replace(temporary, path)
+            finally:
+                temporary.unlink(missing_ok=True)
     return statistics
 
 

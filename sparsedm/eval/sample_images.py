@@ -10,6 +10,7 @@ import numpy as np
 
 from sparsedm.config import read_run_config
 from sparsedm.errors import UserError
+from sparsedm.runs.files import read_npz
 from sparsedm.runs.run_dir import CONFIG, RunDir
 from sparsedm.tasks import build_task
 
@@ -30,9 +31,19 @@ def samples_npz_to_images(npz: np.lib.npyio.NpzFile) -> np.ndarray:
     # numpy keeps the path it opened in the archive's ZipFile; load_images always opens by path
     path = Path(npz.zip.filename)
     task = build_task(read_run_config(run_of_samples(path)))
+    arrays = read_npz(path, "give a file written by `sparsedm sample` or `sparsedm evaluate`")
+    odd = [name for name, array in arrays.items() if not np.issubdtype(array.dtype, np.number)]
+    if odd:
+        raise UserError(
+            f"{path}: {', '.join(odd)} holds {arrays[odd[0]].dtype} values, not numbers; is it a `sparsedm sample` file?"
+        )
     try:
-        return task.to_images({name: npz[name] for name in npz.files})
+        return task.to_images(arrays)
     except KeyError as error:
         raise UserError(
             f"{path} lacks the array {error} of a {task.name} run's samples; is it a `sparsedm sample` file?"
+        ) from None
+    except (ValueError, TypeError, IndexError) as error:  # arrays of the wrong shapes for this task
+        raise UserError(
+            f"{path} does not hold a {task.name} run's samples ({error}); is it a `sparsedm sample` file?"
         ) from None

@@ -10,7 +10,6 @@ measured for one training sample: forward FLOPs per denoiser call, training FLOP
 
 import csv
 import io
-import json
 import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass, fields
@@ -20,8 +19,9 @@ from typing import Dict, List, Optional
 from sparsedm.errors import UserError
 from sparsedm.eval.evaluate import EVAL
 from sparsedm.experiments.paired import CONFIDENCE, paired_difference
-from sparsedm.runs.run_dir import write_text_atomically
-from sparsedm.sparse.methods import get_method, method_order
+from sparsedm.runs.files import read_json
+from sparsedm.runs.run_dir import EVAL_FIELDS, EVAL_FIX, write_text_atomically
+from sparsedm.sparse.methods import METHODS, find_method, get_method, method_order
 
 RUNS = "runs"  # SWEEP/runs/NAME/
 # What every run of one table must share; a difference would put incomparable numbers side by side.
@@ -70,10 +70,11 @@ def read_runs(sweep_dir) -> List[dict]:
     """eval.json of every evaluated run in SWEEP/runs/, with its folder name as `run`."""
     records = []
     for path in sorted((Path(sweep_dir) / RUNS).glob(f"*/{EVAL}")):
-        try:
-            record = json.loads(path.read_text())
-        except ValueError as error:
-            raise UserError(f"{path} is not valid JSON ({error}); delete it to evaluate that run again") from None
+        record = read_json(path, EVAL_FIX, EVAL_FIELDS)
+        if find_method(record["method"]) is None:
+            raise UserError(
+                f"{path}: method {record['method']!r} is unknown (not one of {', '.join(METHODS)}); {EVAL_FIX}"
+            )
         records.append({**record, "run": path.parent.name})
     return records
 

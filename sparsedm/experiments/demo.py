@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-import numpy as np
 import torch
 
 from sparsedm.config import load_config, read_run_config
@@ -23,6 +22,7 @@ from sparsedm.experiments.grid import SweepGrid
 from sparsedm.experiments.plots import sample_rows
 from sparsedm.experiments.report import Report
 from sparsedm.experiments.sweep import run_sweep
+from sparsedm.runs.files import read_npz
 from sparsedm.runs.run_dir import RunDir
 from sparsedm.sparse.methods import METHODS, get_method, method_order
 from sparsedm.tasks import build_task
@@ -74,8 +74,10 @@ def _sample_pictures(out: Path) -> list:
         label = method.display_name + (f" S={record['sparsity']:g}" if method.sparse else "")
         files.append(out / f"samples_{record['run']}.png")
         shutil.copyfile(run.samples / f"{EVAL_SAMPLES}.png", files[-1])
-        with np.load(run.samples / f"{EVAL_SAMPLES}.npz") as samples:
-            first = {name: samples[name][:ROW_SAMPLES] for name in samples.files}
+        samples = read_npz(
+            run.samples / f"{EVAL_SAMPLES}.npz", "evaluate the run again with `sparsedm evaluate RUN --overwrite`"
+        )
+        first = {name: array[:ROW_SAMPLES] for name, array in samples.items()}
         strips[label] = build_task(read_run_config(run)).to_images(first)
     files.append(sample_rows(strips, out / "samples.png"))
     return files

@@ -27,6 +27,7 @@ from sparsedm.experiments.aggregate import (
     write_csv,
 )
 from sparsedm.experiments.plots import fid_vs_exploration, fid_vs_sparsity, fid_vs_train_flops
+from sparsedm.runs.files import writing
 from sparsedm.runs.run_dir import write_text_atomically
 
 
@@ -47,10 +48,11 @@ def build_report(sweep_dir) -> Report:
     paired = paired_table(rows)
     markdown = markdown_table(rows) + "\n" + (paired + "\n" if paired else "") + protocol_note(protocol)
     files = [sweep_dir / "results.csv", sweep_dir / "results.md"]
-    write_csv(rows, files[0])
-    write_text_atomically(files[1], markdown)
-    files.append(fid_vs_sparsity(rows, sweep_dir / "fid_vs_sparsity.png"))
-    files.append(fid_vs_train_flops(rows, sweep_dir / "fid_vs_train_flops.png"))
-    if any(r.exploration_rate is not None for r in rows if r.method != "dense"):
-        files.append(fid_vs_exploration(rows, sweep_dir / "fid_vs_exploration.png"))
+    with writing():
+        write_csv(rows, files[0])
+        write_text_atomically(files[1], markdown)
+        files.append(fid_vs_sparsity(rows, sweep_dir / "fid_vs_sparsity.png"))
+        files.append(fid_vs_train_flops(rows, sweep_dir / "fid_vs_train_flops.png"))
+        if any(r.exploration_rate is not None for r in rows if r.method != "dense"):
+            files.append(fid_vs_exploration(rows, sweep_dir / "fid_vs_exploration.png"))
     return Report(rows, markdown, files)

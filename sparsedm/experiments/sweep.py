@@ -38,6 +38,7 @@ from sparsedm.experiments.report import Report, build_report
 from sparsedm.experiments.shards import claim, holder, in_slice, lock_path, slice_of
 from sparsedm.runs.checkpoint import latest_checkpoint
 from sparsedm.runs.distributed import DistInfo, resolve_device
+from sparsedm.runs.files import read_json, writing
 from sparsedm.runs.run_dir import METRICS, SUMMARY, RunDir
 from sparsedm.tasks import build_task
 from sparsedm.train.trainer import Trainer
@@ -45,6 +46,7 @@ from sparsedm.train.trainer import Trainer
 log = logging.getLogger(__name__)
 
 SWEEP_FILE = "sweep.json"
+SWEEP_FIX = "it pins the setup of the sweep's runs; restore it, or start the sweep in another --out"
 
 
 def _flatten(tree, prefix: str = "") -> dict:
@@ -74,10 +76,11 @@ def pin_setup(out: Path, setup: dict) -> None:
     """Write SWEEP/sweep.json, or check that the sweep in `out` was started with the same setup."""
     path = out / SWEEP_FILE
     if not path.exists():
-        out.mkdir(parents=True, exist_ok=True)
+        with writing():
+            out.mkdir(parents=True, exist_ok=True)
         write_json_atomically(path, setup)
         return
-    old, new = _flatten(json.loads(path.read_text())), _flatten(setup)
+    old, new = _flatten(read_json(path, SWEEP_FIX, {"config": dict, "eval": dict})), _flatten(setup)
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
             raise UserError(

@@ -18,12 +18,13 @@ from typing import Dict, Optional
 
 import torch
 from diffusers import LDMPipeline
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from sparsedm.config_loader import to_dict
 from sparsedm.errors import UserError
 from sparsedm.inference.sampling import load_run_ema
+from sparsedm.runs.files import writing
 from sparsedm.runs.run_dir import RunDir
 from sparsedm.sparse.masks import apply_masks_
 
@@ -38,6 +39,8 @@ def export_run(run_path, out, checkpoint: Optional[str] = None, overwrite: bool 
         raise UserError(
             f"{run.path} is a task={cfg.task} run; export writes diffusers pipelines of Latent Diffusion (task=ldm) runs"
         )
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; export writes a folder: choose another --out")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out} is not empty; pass --overwrite to replace it or choose another --out")
     cfg, state, task, unet = load_run_ema(run, checkpoint)
@@ -49,7 +52,6 @@ def export_run(run_path, out, checkpoint: Optional[str] = None, overwrite: bool 
 
     if overwrite:
         shutil.rmtree(out, ignore_errors=True)
-    LDMPipeline(vqvae=vqvae, unet=unet, scheduler=task.diffusion.scheduler("ddim")).save_pretrained(out)
     nonzero = sum(int(m.sum()) for m in masks.values())
     total = sum(m.numel() for m in masks.values())
     metadata = {
@@ -57,7 +59,9 @@ def export_run(run_path, out, checkpoint: Optional[str] = None, overwrite: bool 
         "step": str(state["step"]),
         "sparsity": str(1 - nonzero / total if total else 0.0),
     }
-    save_file({name: mask.contiguous() for name, mask in masks.items()}, out / MASKS, metadata=metadata)
+    with writing():
+        LDMPipeline(vqvae=vqvae, unet=unet, scheduler=task.diffusion.scheduler("ddim")).save_pretrained(out)
+        save_file({name: mask.contiguous() for name, mask in masks.items()}, out / MASKS, metadata=metadata)
     return {
         "out": str(out),
         "step": state["step"],
@@ -73,5 +77,11 @@ def load_masks(folder) -> Dict[str, torch.Tensor]:
     path = Path(folder) / MASKS
     if not path.is_file():
         raise UserError(f"{path} does not exist; export the run with `sparsedm export RUN --out {folder}`")
-    with safe_open(path, framework="pt") as f:
-        return {name: f.get_tensor(name) for name in f.keys()}
+    try:
+        with safe_open(path, framework="pt") as f:
+            return {name: f.get_tensor(name) for name in f.keys()}
+    except (SafetensorError, OSError) as exc:
+        raise UserError(
+            f"{path} is not a readable safetensors file ({str(exc)[:80]}); export the run again with "
+            f"`sparsedm export RUN --out {folder} --overwrite`"
+        ) from None

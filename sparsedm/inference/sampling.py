@@ -10,6 +10,7 @@ from sparsedm.config import read_run_config
 from sparsedm.errors import UserError
 from sparsedm.runs.checkpoint import latest_checkpoint, load_checkpoint
 from sparsedm.runs.distributed import DistInfo, resolve_device
+from sparsedm.runs.files import writing
 from sparsedm.runs.run_dir import RunDir
 from sparsedm.tasks import build_task
 from sparsedm.train.config import SampleConfig
@@ -68,7 +69,8 @@ def draw_samples(
     """Sample `num` with the `sampling` settings; writes RUN/samples/NAME.npz and NAME.png (of the first
     `preview` samples)."""
     samples = task.sample(model, num, torch.Generator().manual_seed(seed), device, sampling, progress=progress)
-    run.samples.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(run.samples / f"{name}.npz", **samples)
-    task.save_picture({key: array[:preview] for key, array in samples.items()}, run.samples / f"{name}.png")
+    with writing():
+        run.samples.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(run.samples / f"{name}.npz", **samples)
+        task.save_picture({key: array[:preview] for key, array in samples.items()}, run.samples / f"{name}.png")
     return samples

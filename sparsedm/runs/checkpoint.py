@@ -2,18 +2,30 @@
 
 A checkpoint is written to a temporary file in the same folder and renamed into place, so a process killed
 mid-write leaves the previous checkpoint intact. Only the newest `keep` are kept.
+
+Checkpoints are read with `weights_only=True`: tensors and plain values only, so a checkpoint from someone
+else cannot run code when it is loaded (a pickle naming any other function is refused with one line).
 """
 
 import os
+import pickle
 import re
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
 import torch
 
 from sparsedm.errors import UserError
+from sparsedm.runs.files import check_fields, writing
 
 PATTERN = re.compile(r"^step_(\d{8})\.pt$")
+# Checkpoints written before the task state held tensors carry numpy arrays (ChiroDiff's length table):
+# rebuilding an array of plain numbers runs no code, so these few numpy names are allowed as well.
+NUMPY_ARRAYS = [np.ndarray(0).__reduce__()[0], np.ndarray, np.dtype, type(np.dtype(np.int64))]
+# What every checkpoint the trainer writes holds, and what the commands read from it.
+FIELDS = {"step": int, "model": dict, "optimizer": dict, "ema": dict, "engine": dict, "task": dict}
+FIX = "delete it to fall back to an earlier one, or point at a file under RUN/checkpoints/ written by `sparsedm train`"
 
 
 def checkpoint_path(folder: Path, step: int) -> Path:
@@ -28,30 +40,45 @@ def list_checkpoints(folder: Path) -> List[Path]:
 
 
 def save_checkpoint(state: dict, folder: Path, step: int, keep: int) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
     final = checkpoint_path(folder, step)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
+    with writing():
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
     for old in list_checkpoints(folder)[:-keep] if keep > 0 else []:
         old.unlink()
     return final
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
+    """The checkpoint's dict, read without running any code it may carry; UserError if it is not one."""
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        with torch.serialization.safe_globals(NUMPY_ARRAYS):
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
-        raise UserError(f"checkpoint {path} does not exist")
-    except Exception as exc:  # torch raises several types for truncated or foreign files
+        raise UserError(f"checkpoint {path} does not exist; {FIX}") from None
+    except IsADirectoryError:
+        raise UserError(f"checkpoint {path} is a folder, not a file; {FIX}") from None
+    except pickle.UnpicklingError as exc:
+        named = re.search(r"GLOBAL (\S+)", str(exc))  # what the weights-only unpickler refused to import
+        if named is None:
+            raise UserError(f"checkpoint {path} is corrupt or not a checkpoint (not a torch file); {FIX}") from None
         raise UserError(
-            f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}); delete it to fall back to an earlier one"
-        )
-    if not isinstance(state, dict) or "model" not in state or "step" not in state:
-        raise UserError(f"{path} is not a sparsedm checkpoint (no model/step); point at a file under RUN/checkpoints/")
+            f"checkpoint {path} holds Python objects that are not weights ({named.group(1)}); it was refused "
+            "unread, since loading it could run code (weights_only=True): use checkpoints written by "
+            "`sparsedm train` from a source you trust"
+        ) from None
+    except Exception as exc:  # torch raises several types for truncated or foreign files
+        raise UserError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}); {FIX}") from None
+    check_fields(state, FIELDS, f"checkpoint {path}", f"it is not a sparsedm checkpoint; {FIX}")
+    check_fields(state["ema"], {"module": dict}, f"checkpoint {path} ema", FIX)
     return state
 
 

@@ -122,7 +122,7 @@ class ChiroDiffTask(Task):
         return display_name(self.cfg.data)
 
     def state_dict(self) -> dict:
-        return {"lengths": self.lengths}
+        return {"lengths": torch.as_tensor(self.lengths, dtype=torch.int64)}  # a tensor: loads with weights_only
 
     def load_state_dict(self, state: dict) -> None:
         self.lengths = np.asarray(state.get("lengths", []), dtype=np.int64)

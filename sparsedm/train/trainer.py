@@ -26,6 +26,7 @@ from sparsedm.errors import UserError
 from sparsedm.runs.batches import BatchSchedule
 from sparsedm.runs.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from sparsedm.runs.distributed import DistInfo, init_distributed, main_process_first, resolve_device
+from sparsedm.runs.files import writing
 from sparsedm.runs.plots import plot_run
 from sparsedm.runs.run_dir import CHECKPOINTS, CONFIG, EVAL, METRICS, SAMPLES, SUMMARY, RunDir
 from sparsedm.sparse import (
@@ -57,13 +58,14 @@ def prepare_run_dir(run: RunDir, cfg, resume: bool, overwrite: bool) -> None:
     """Refuse to mix two runs in one folder; on resume the config must be the run's."""
     if not run.exists():
         if resume:
-            raise UserError(f"--resume: {run.path} holds no run to resume; drop --resume to start one")
+            raise UserError(f"--resume: {run.path} holds no run to resume (no {CONFIG}); drop --resume to start one")
         return
     if overwrite:
-        for name in (CHECKPOINTS, SAMPLES, TENSORBOARD):
-            shutil.rmtree(run.path / name, ignore_errors=True)
-        for name in (CONFIG, METRICS, SUMMARY, EVAL):
-            (run.path / name).unlink(missing_ok=True)
+        with writing():
+            for name in (CHECKPOINTS, SAMPLES, TENSORBOARD):
+                shutil.rmtree(run.path / name, ignore_errors=True)
+            for name in (CONFIG, METRICS, SUMMARY, EVAL):
+                (run.path / name).unlink(missing_ok=True)
         return
     if not resume:
         raise UserError(f"{run.path} already holds a run; pass --resume to continue it or --overwrite to replace it")

@@ -58,7 +58,7 @@ def openmoji_images(image_size: int, cache_dir) -> RenderedImages:
         log.info("rendering %d openmoji SVGs at %d px into %s (once)", len(svgs), image_size, cached)
         images, names = render_svgs(svgs, image_size)
         _save_atomically(cached, images=images, names=names)
-    with np.load(cached) as arrays:
+    with np.load(cached, allow_pickle=False) as arrays:
         return RenderedImages(arrays["images"], arrays["names"])
 
 

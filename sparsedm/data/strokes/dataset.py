@@ -91,7 +91,7 @@ def _save(sketches: list[Sketch], path: Path) -> None:
 
 
 def _load(path: Path) -> list[Sketch]:
-    with np.load(path) as data:
+    with np.load(path, allow_pickle=False) as data:
         points, lengths = data["points"], data["lengths"]
     return [Sketch(p) for p in np.split(points, np.cumsum(lengths)[:-1])]
 

@@ -8,7 +8,8 @@ Published formats (https://github.com/googlecreativelab/quickdraw-dataset):
   every pen sample before resampling: they are the recommended format; simplified files are still read.
 - sketch-rnn `.npz` (`sketchrnn/<category>.npz`): arrays `train`, `valid`, `test`, each an object array
   of (n, 3) int16 "stroke-3" rows (dx, dy, pen_lift), pen_lift = 1 on the last point of a stroke.
-  These are pickled object arrays, so `np.load` needs `allow_pickle=True`: only load files you trust.
+  These are pickled object arrays: they are unpickled by `data_pickle.DataOnlyUnpickler`, which builds
+  only numbers and numpy arrays, so a file cannot run code when loaded.
   The three published splits are pooled; `dataset.py` makes its own seeded split (as ChiroDiff did).
 
 File names accepted for category "cat" (case and space/underscore differences ignored): `cat.ndjson`,
@@ -20,11 +21,14 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from sparsedm.data.strokes.data_pickle import read_npz_data_only
 from sparsedm.data.strokes.sketch import LoadResult, Sketch, choose_subset
 from sparsedm.errors import UserError
 
@@ -156,14 +160,13 @@ def _read_ndjson(path: Path, keep: set[int] | None, offset: int, out: LoadResult
 
 def _read_npz_records(path: Path) -> list:
     try:
-        # latin1: the published files were written by Python 2 (sketch-rnn's own loader does the same)
-        with np.load(path, allow_pickle=True, encoding="latin1") as data:
-            splits = [s for s in _NPZ_SPLITS if s in data.files]
-            if not splits:
-                raise UserError(f"{path} has none of the arrays {_NPZ_SPLITS}; is it a sketch-rnn .npz file?")
-            return [record for s in splits for record in data[s]]
-    except (OSError, ValueError, EOFError) as e:
+        data = read_npz_data_only(path)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as e:
         raise UserError(f"cannot read {path} as .npz ({e}); re-download the file") from e
+    splits = [s for s in _NPZ_SPLITS if s in data]
+    if not splits:
+        raise UserError(f"{path} has none of the arrays {_NPZ_SPLITS}; is it a sketch-rnn .npz file?")
+    return [record for s in splits for record in data[s]]
 
 
 def load_quickdraw(

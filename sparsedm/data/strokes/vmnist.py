@@ -19,26 +19,12 @@ import os
 import pickle
 from pathlib import Path
 
+from sparsedm.data.strokes.data_pickle import DataOnlyUnpickler
 from sparsedm.data.strokes.quickdraw import sketch_from_drawing
 from sparsedm.data.strokes.sketch import LoadResult, choose_subset
 from sparsedm.errors import UserError
 
 _SUFFIXES = ("", ".pkl", ".pickle")
-# what numpy (1.x and 2.x, pickle protocols 2-5) needs to rebuild an ndarray; any other callable is refused
-_ALLOWED_GLOBALS = {
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("_codecs", "encode"),
-    *((f"numpy.{core}.multiarray", name) for core in ("core", "_core") for name in ("_reconstruct", "scalar")),
-    *((f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core")),
-}
-
-
-class _DataOnlyUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        if (module, name) in _ALLOWED_GLOBALS:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 
 def find_vmnist_files(path: str) -> list[Path]:
@@ -64,7 +50,7 @@ def load_vmnist(path: str, max_items: int | None = None, seed: int = 0) -> LoadR
     for i in choose_subset(len(files), max_items, seed):
         try:
             # latin1: pickles written by Python 2 store numpy buffers as byte strings
-            record = _DataOnlyUnpickler(io.BytesIO(files[i].read_bytes()), encoding="latin1").load()
+            record = DataOnlyUnpickler(io.BytesIO(files[i].read_bytes()), encoding="latin1").load()
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, OverflowError):
             out.skip("not a readable pickle")
             continue
