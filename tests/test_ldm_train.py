@@ -95,12 +95,14 @@ def test_train_autoencoder_train_sample_writes_the_run_contract(tmp_path, setup,
     ae = root / "ae"
     assert sorted(p.name for p in ae.iterdir()) == sorted(
         [
+            "checkpoints",
             "config.json",
+            "config.yaml",
             "diffusion_pytorch_model.safetensors",
             "metrics.json",
             "metrics.jsonl",
             "reconstructions.png",
-            "train_config.yaml",
+            "summary.json",
         ]
     )
     identity = FirstStage(str(ae)).identity

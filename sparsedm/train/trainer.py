@@ -107,16 +107,10 @@ class Trainer:
         self.model = self.task.build_model().to(self.device)
         self.batches = BatchSchedule(len(self.train_set), tc.batch_size, cfg.seed)
         self.total_steps = tc.epochs * self.batches.batches_per_epoch if tc.epochs else tc.steps
-        # fused: one kernel per step, and no slow path on the zeros of masked weights (see sparse/optim_state.py)
-        fused = self.device.type in ("cpu", "cuda")
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=fused)
+        self.optimizer = self.task.build_optimizer(self.model, self.device)
         self.ema = EMA(self.model, decay=tc.ema_decay)
         self.engine = SparseEngine(
-            self.model,
-            self.optimizer,
-            SparseConfig(**OmegaConf.to_container(cfg.sparse)),
-            total_steps=self.total_steps,
-            ema=self.ema,
+            self.model, self.optimizer, sparse_settings(cfg), total_steps=self.total_steps, ema=self.ema
         )
         self.scaler = torch.amp.GradScaler(self.device.type) if tc.precision == "fp16" else None
         self.forward_model = self.model
@@ -134,6 +128,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.ema.load_state_dict(state["ema"])
         self.engine.load_state_dict(state["engine"])
+        self.task.load_state_dict(state["task"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.wall_before = state["step"], state.get("wall_time_s", 0.0)
@@ -195,6 +190,7 @@ class Trainer:
         else:
             self.optimizer.step()
         update = self.engine.after_optimizer_step()
+        self.task_event = self.task.after_optimizer_step(self.model, self.step + 1)
         self.ema.update(self.model)
         self.step += 1
         return float(loss.detach()), update
@@ -241,7 +237,7 @@ class Trainer:
             self._restore()
         elif self.dist.is_main:
             self.run.write_config(self.cfg)
-            self.run.log({"step": 0, "val_loss": self.validation_loss()})  # the baseline the final one is compared with
+            self._log_validation()  # the baseline the final one is compared with
         stop_at = min(self.total_steps, self.tc.stop_at) if self.tc.stop_at else self.total_steps
 
         start = time.time()
@@ -253,7 +249,7 @@ class Trainer:
             disable=not self.progress,
             dynamic_ncols=True,
         )
-        window, self.last_loss = [], float("nan")
+        window, self.last_loss, self.task_event = [], float("nan"), None
         self.model.train()
         with self._graceful_interrupt():
             while self.step < stop_at and not self.stop_requested:
@@ -282,6 +278,8 @@ class Trainer:
             return
         if update is not None:
             self.run.log({"event": "mask_update", **update})
+        if self.task_event is not None:
+            self.run.log(self.task_event)
         if self.step % self.tc.log_every == 0 or self.step == self.total_steps:
             self.last_loss = sum(window) / len(window)
             self.run.log(
@@ -296,29 +294,36 @@ class Trainer:
             bar.set_postfix(loss=f"{self.last_loss:.4f}")
             window.clear()
         if self.tc.val_every and self.step % self.tc.val_every == 0 and self.step < self.total_steps:
-            self.run.log({"step": self.step, "val_loss": self.validation_loss()})
+            self._log_validation()
+
+    def _log_validation(self) -> float:
+        val_loss = self.validation_loss()
+        self.run.log({"step": self.step, "val_loss": val_loss, **self.task.validation_metrics(self.ema.module)})
+        return val_loss
 
     def _summary(self, wall: float) -> dict:
         cfg, engine = self.cfg, self.engine
-        val_loss = self.validation_loss()
-        self.run.log({"step": self.step, "val_loss": val_loss})
+        val_loss = self._log_validation()
         example = self._batch(self.train_set, self.batches.indices(0)[:1])
         flops = forward_flops(self.model.eval(), self.task.flops_inputs(example), masked_densities(engine.masks))
         summary = {
             "task": cfg.task,
             "data": self.task.data_name(),
             "method": engine.method,
-            "sparsity": cfg.sparse.sparsity if engine.method != "dense" else 0.0,
-            "distribution": cfg.sparse.distribution,
-            "prune_rate": cfg.sparse.prune_rate,
-            "update_interval": cfg.sparse.update_interval,
+            "sparsity": engine.config.sparsity if engine.method != "dense" else 0.0,
+            "distribution": engine.config.distribution,
+            "prune_rate": engine.config.prune_rate,
+            "update_interval": engine.config.update_interval,
             "steps": self.step,
             "seed": cfg.seed,
             **count_parameters(self.model, engine.masks),
             "sparsity_actual": engine.sparsity(),
             **flops,
             "flops_train_step": train_flops_per_step(
-                engine.method, flops["flops_forward_sparse"], flops["flops_forward_dense"], cfg.sparse.update_interval
+                engine.method,
+                flops["flops_forward_sparse"],
+                flops["flops_forward_dense"],
+                engine.config.update_interval,
             ),
             "loss_final": self.last_loss,
             "val_loss_final": val_loss,
@@ -326,8 +331,15 @@ class Trainer:
             "weights_sha256": weights_fingerprint(self.model),
             "masks_sha256": engine.masks_fingerprint(),
         }
+        self.task.finish(self.ema.module, self.run.path, summary)
         self.run.write_summary(summary)
         return summary
+
+
+def sparse_settings(cfg) -> SparseConfig:
+    """The experiment's `sparse` block; an experiment without one (the autoencoder) is trained dense."""
+    sparse = getattr(cfg, "sparse", None)
+    return SparseConfig(method="dense") if sparse is None else SparseConfig(**OmegaConf.to_container(sparse))
 
 
 def check_masks_agree(engine: SparseEngine, step: int, device: torch.device) -> None:
