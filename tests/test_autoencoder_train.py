@@ -101,6 +101,9 @@ def test_the_folder_is_what_an_ldm_run_reads_and_is_not_trained_over(tmp_path, i
     stored = json.loads((ae / "config.json").read_text())["scaling_factor"]
     assert state["task"]["scaling_factor"] == pytest.approx(stored)
 
+    assert main(["sample", str(ae), "--num", "2", "--no-progress"]) == 2  # a first stage has no samples of its own
+    assert "an autoencoder run is neither sampled nor evaluated" in capsys.readouterr().err
+
     # a second run into the folder needs --overwrite, which replaces the autoencoder
     before = weights(ae)
     assert train_autoencoder(images, ae) == 2

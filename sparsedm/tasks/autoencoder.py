@@ -40,6 +40,7 @@ class AutoencoderTask(Task):
         super().__init__(cfg)
         self.factor = 2 ** (len(cfg.model.block_out_channels) - 1)  # f, the downsampling factor
         self.restarts: CodebookRestarts | None = None
+        self.train_set = self.val_set = self.device = None  # set by load_data
 
     @property
     def latent_shape(self) -> list:
@@ -54,6 +55,11 @@ class AutoencoderTask(Task):
     def build_model(self) -> ReconstructionObjective:
         """A fresh autoencoder on the data's device; a VQ codebook starts on encoder outputs of the first batch."""
         cfg, tc = self.cfg, self.cfg.train
+        if self.train_set is None:  # `sample`, `evaluate`: only the training loop builds this model
+            raise UserError(
+                "an autoencoder run is neither sampled nor evaluated; its folder is the autoencoder.path of an ldm "
+                "config (its quality: metrics.json, reconstructions.png)"
+            )
         autoencoder = build_autoencoder(cfg.model, cfg.data.image_size).to(self.device)
         if cfg.model.kind == "vq" and tc.codebook_restart_every:
             generator = torch.Generator(self.device).manual_seed(cfg.seed)
