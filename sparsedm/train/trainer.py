@@ -1,7 +1,9 @@
-"""The training loop: a task's diffusion loss, sparse-trained with the engine, with EMA and checkpoints.
+"""The training loop: a task's loss (a denoiser's, or the autoencoder's), sparse-trained with the engine (or
+dense, for an experiment without a `sparse` block), with EMA and checkpoints.
 
 One step: loss -> backward -> engine.after_backward (dense gradient for RigL, mask gradients) -> clip ->
-optimiser step -> engine.after_optimizer_step (drop/grow every ΔT) -> EMA update.
+optimiser step -> engine.after_optimizer_step (drop/grow every ΔT) -> the task's after_optimizer_step -> EMA
+update.
 
 Everything a step reads is a function of (seed, step): the batch (`BatchSchedule`) and the noise (a generator
 seeded per step), so a resumed run needs only the checkpoint to continue bit-identically.
