@@ -304,7 +304,7 @@ class Trainer:
         return val_loss
 
     def _summary(self, wall: float) -> dict:
-        cfg, engine = self.cfg, self.engine
+        cfg, engine, sparse = self.cfg, self.engine, self.engine.config
         val_loss = self._log_validation()
         example = self._batch(self.train_set, self.batches.indices(0)[:1])
         flops = forward_flops(self.model.eval(), self.task.flops_inputs(example), masked_densities(engine.masks))
@@ -312,20 +312,17 @@ class Trainer:
             "task": cfg.task,
             "data": self.task.data_name(),
             "method": engine.method,
-            "sparsity": engine.config.sparsity if engine.method != "dense" else 0.0,
-            "distribution": engine.config.distribution,
-            "prune_rate": engine.config.prune_rate,
-            "update_interval": engine.config.update_interval,
+            "sparsity": sparse.sparsity if engine.method != "dense" else 0.0,
+            "distribution": sparse.distribution,
+            "prune_rate": sparse.prune_rate,
+            "update_interval": sparse.update_interval,
             "steps": self.step,
             "seed": cfg.seed,
             **count_parameters(self.model, engine.masks),
             "sparsity_actual": engine.sparsity(),
             **flops,
             "flops_train_step": train_flops_per_step(
-                engine.method,
-                flops["flops_forward_sparse"],
-                flops["flops_forward_dense"],
-                engine.config.update_interval,
+                engine.method, flops["flops_forward_sparse"], flops["flops_forward_dense"], sparse.update_interval
             ),
             "loss_final": self.last_loss,
             "val_loss_final": val_loss,
