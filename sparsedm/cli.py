@@ -43,10 +43,20 @@ def _sample(args) -> None:
 
 
 def _train_autoencoder(args) -> None:
-    from sparsedm.autoencoder import load_autoencoder_config, train_autoencoder
+    from sparsedm.config import load_autoencoder_config
+    from sparsedm.tasks.autoencoder import prepare_autoencoder_folder, read_autoencoder_metrics
+    from sparsedm.train.trainer import Trainer
 
     cfg = load_autoencoder_config(args.config, args.overrides)
-    m = train_autoencoder(cfg, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+    prepare_autoencoder_folder(args.out, args.resume, args.overwrite)
+    trainer = Trainer(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    summary = trainer.fit()
+    if summary is None:
+        print("stopped early with a checkpoint; continue with the same command and --resume")
+        return
+    if not summary:  # not rank 0
+        return
+    m = read_autoencoder_metrics(args.out)
     print(
         f"{m['kind']} autoencoder, f={m['downsampling_factor']}, latents {'x'.join(map(str, m['latent_shape']))}: steps {m['steps']}, "
         f"validation L1 {m['val_l1_before']:.4f} -> {m['val_l1_after']:.4f}, PSNR {m['val_psnr_before']:.2f} -> {m['val_psnr_after']:.2f} dB, "
@@ -289,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     autoencoder.add_argument(
         "--out", required=True, help="folder for the diffusers autoencoder (autoencoder.path of an ldm config)"
     )
-    autoencoder.add_argument("--overwrite", action="store_true", help="replace the autoencoder in --out")
+    autoencoder.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    autoencoder.add_argument("--overwrite", action="store_true", help="replace the autoencoder and run in --out")
     autoencoder.add_argument("--no-progress", action="store_true", help="no progress bar")
     autoencoder.set_defaults(func=_train_autoencoder)
 

@@ -2,6 +2,7 @@
 
     cfg = load_config("configs/chirodiff_kanjivg_cpu.yaml", ["sparse.method=rigl", "train.steps=500"])
     cfg.sparse.sparsity, cfg.sample.sampler  # 0.5, Sampler.ddim: a ChiroDiffExperiment, checked
+    cfg = load_autoencoder_config("configs/autoencoder_openmoji_cpu.yaml", ["train.steps=500"])
 
 The YAML names its `task`; the task's schema (below) gives every key its type and default, so an unknown key,
 a value of the wrong type or outside its closed set is rejected by OmegaConf with a one-line message; each
@@ -13,12 +14,13 @@ from typing import List, Optional
 
 from omegaconf import DictConfig
 
-from sparsedm.autoencoder.config import FirstStageConfig
+from sparsedm.autoencoder.config import AutoencoderConfig, FirstStageConfig, ReconLoss
+from sparsedm.config_loader import load_config as load_schema
 from sparsedm.config_loader import merge_config, read_yaml_and_overrides, typed
 from sparsedm.data.images.config import ImageDataConfig
 from sparsedm.data.strokes.config import StrokeDataConfig
 from sparsedm.diffusion.config import BetaSchedule, DiffusionConfig
-from sparsedm.errors import UserError
+from sparsedm.errors import UserError, choice
 from sparsedm.models.chirodiff import ChiroDiffConfig
 from sparsedm.models.unet import UNetConfig
 from sparsedm.runs.run_dir import RunDir
@@ -86,6 +88,54 @@ class LDMExperiment:
     dist: DistConfig = field(default_factory=DistConfig)
 
 
+@dataclass
+class AutoencoderTrainConfig(TrainConfig):
+    """The training loop's settings with the autoencoder's defaults, and its objective: reconstruction only
+    (LDM adds LPIPS and a patch GAN, which are not implemented here)."""
+
+    steps: int = 20000  # optimiser steps (or set `epochs`)
+    batch_size: int = 12  # images per step (global, split over ranks with torchrun)
+    lr: float = 1e-4  # Adam learning rate, constant (taming/LDM: 4.5e-6 x batch size x GPUs)
+    betas: List[float] = field(default_factory=lambda: [0.5, 0.9])  # Adam's (β1, β2), as taming/LDM
+    weight_decay: float = 0.0  # Adam's L2 penalty (taming/LDM: 0)
+    grad_clip: Optional[float] = None  # clip the global gradient norm; null = off (taming/LDM)
+    ema_decay: float = 0.0  # EMA of the weights, written at the end; 0 = the trained weights (taming/LDM)
+    log_every: int = 50  # steps between lines of metrics.jsonl
+    val_batches: int = 1  # batches of the validation loss; L1/MSE/PSNR always use the whole split
+    sample_every: int = 0  # no TensorBoard sample grids: reconstructions.png shows the result
+    recon_loss: ReconLoss = ReconLoss.l1  # pixel loss on [-1, 1] images: l1 | mse
+    codebook_weight: float = 1.0  # vq: weight of the VQ loss (codebook term + 0.25 x commitment), taming's 1.0
+    codebook_restart_every: int = 100  # vq: steps between restarts of codes unused since the last (0 = off)
+    kl_weight: float = 1e-6  # kl: weight of KL(q(z|x) || N(0, I)) (LDM-KL: 1e-6)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise UserError(f"train.betas={list(self.betas)} must be two numbers in [0, 1), e.g. [0.5, 0.9]")
+        self.recon_loss = choice(ReconLoss, self.recon_loss, "train.recon_loss")
+        if self.codebook_weight < 0 or self.kl_weight < 0 or self.codebook_restart_every < 0:
+            raise UserError("train.codebook_weight, train.kl_weight and train.codebook_restart_every must be >= 0")
+
+
+@dataclass
+class AutoencoderExperiment:
+    """Latent Diffusion's first stage, trained dense by the same loop (no `sparse` block: nothing is sparse)."""
+
+    task: str = "autoencoder"  # train it with `sparsedm train-autoencoder`; an ldm run points at its folder
+    seed: int = 0  # seeds weights, data order, codebook restarts and the KL posterior's samples
+    data: ImageDataConfig = field(default_factory=ImageDataConfig)
+    model: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    train: AutoencoderTrainConfig = field(default_factory=AutoencoderTrainConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+
+    def __post_init__(self):
+        factor = self.model.downsampling_factor
+        if self.data.image_size % factor:
+            raise UserError(
+                f"data.image_size={self.data.image_size} is not divisible by the downsampling factor f={factor}"
+            )
+
+
 Experiment = ChiroDiffExperiment | LDMExperiment
 SCHEMAS = {"chirodiff": ChiroDiffExperiment, "ldm": LDMExperiment}
 
@@ -106,9 +156,21 @@ def load_config(path: Optional[str] = None, overrides: List[str] = (), task: Opt
     return typed(merge_config(_schema(task), file_cfg, override_cfg))
 
 
-def experiment(cfg: DictConfig) -> Experiment:
-    """The typed, checked experiment of a plain config (e.g. a run folder's config.yaml)."""
-    return typed(merge_config(_schema(cfg.get("task") or "chirodiff"), cfg))
+def experiment(cfg: DictConfig) -> Experiment | AutoencoderExperiment:
+    """The typed, checked experiment of a plain config (e.g. a run folder's config.yaml, which may also be an
+    autoencoder's: its task then says what a command can do with it)."""
+    task = cfg.get("task") or "chirodiff"
+    return typed(merge_config(AutoencoderExperiment if task == "autoencoder" else _schema(task), cfg))
+
+
+def load_autoencoder_config(path: Optional[str], overrides=()) -> AutoencoderExperiment:
+    """Schema defaults <- YAML <- overrides for `train-autoencoder`, checked."""
+    cfg = load_schema(path, overrides, AutoencoderExperiment)
+    if cfg.task != "autoencoder":
+        raise UserError(
+            f"{path} is a task={cfg.task} config; train-autoencoder takes one such as configs/autoencoder_openmoji_cpu.yaml"
+        )
+    return cfg
 
 
 def read_run_config(run: RunDir) -> Experiment:

@@ -7,7 +7,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sparsedm.autoencoder import load_autoencoder_config, train_autoencoder
+from sparsedm.config import load_autoencoder_config
+from sparsedm.tasks.autoencoder import read_autoencoder_metrics
+from sparsedm.train.trainer import Trainer
 
 SIZE = 16  # pixels; f = 4 gives 4 x 4 latents
 
@@ -58,7 +60,8 @@ def train_tiny_autoencoder(images, cache, out, kind: str = "vq", steps: int = 60
             *extra,
         ],
     )
-    return train_autoencoder(cfg, out, progress=False)
+    Trainer(cfg, out, progress=False).fit()
+    return read_autoencoder_metrics(out)
 
 
 def ldm_overrides(images, cache, autoencoder) -> list:

@@ -38,22 +38,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def launcher(nproc) -> list:
+    """`python -m sparsedm`, under torchrun with `nproc` CPU processes when more than one."""
+    if nproc == 1:
+        return [sys.executable, "-m", "sparsedm"]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(nproc),
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(free_port()),
+        "-m",
+        "sparsedm",
+    ]
+
+
 def launch(out, nproc, *overrides):
-    prefix = [sys.executable, "-m", "sparsedm"]
-    if nproc > 1:
-        prefix = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc-per-node",
-            str(nproc),
-            "--master-addr",
-            "127.0.0.1",
-            "--master-port",
-            str(free_port()),
-            "-m",
-            "sparsedm",
-        ]
+    prefix = launcher(nproc)
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     return subprocess.run(
         [*prefix, "train", "configs/chirodiff_kanjivg_cpu.yaml", "--out", str(out), "--no-progress", *TINY, *overrides],
@@ -146,3 +151,66 @@ def test_rank_zero_fills_the_data_cache_before_the_others_read_it(tmp_path):
     torch.multiprocessing.spawn(_first_worker, args=(free_port(), tmp_path), nprocs=2)
     assert (tmp_path / "rank0").read_text() == "False filled by rank 0"
     assert (tmp_path / "rank1").read_text() == "True filled by rank 0"
+
+
+def _restart_worker(rank, port, folder):
+    import torch.distributed as dist
+    from diffusers import VQModel
+
+    from sparsedm.autoencoder.codebook import CodebookRestarts
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    model = VQModel(block_out_channels=(8,), norm_num_groups=4, num_vq_embeddings=16, latent_channels=2)
+    restarts = CodebookRestarts(model, every=1, generator=torch.Generator().manual_seed(0))
+    codebook = model.quantize.embedding.weight
+    with torch.no_grad():
+        codebook[:] = torch.arange(16.0)[:, None].repeat(1, 2)  # codes (j, j)
+    # each rank's batch is its own: near code `rank`, at other random places
+    restarts.observe(rank + 0.01 * torch.randn(2, 2, 3, 3, generator=torch.Generator().manual_seed(rank)))
+    result = restarts.after_step(1)
+    torch.save({"result": result, "codebook": codebook.detach().clone()}, folder / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_codebook_restarts_pool_the_ranks_and_keep_their_codebooks_identical(tmp_path):
+    torch.multiprocessing.spawn(_restart_worker, args=(free_port(), tmp_path), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    assert [r["result"] for r in ranks] == [{"codes_used": 2, "codes_restarted": 14}] * 2  # codes 0 and 1 pooled
+    assert torch.equal(ranks[0]["codebook"], ranks[1]["codebook"])
+    assert ranks[0]["codebook"][:2].tolist() == [[0.0, 0.0], [1.0, 1.0]]
+
+
+def test_two_ranks_train_the_autoencoder_as_one_process(tmp_path):
+    """The task's loss goes through the DDP-wrapped model; the KL noise follows each sample's seed."""
+    sys.path.insert(0, os.path.dirname(__file__))
+    from ldm_helpers import data_overrides, write_shapes
+
+    images = write_shapes(tmp_path / "shapes")
+    runs = {}
+    for nproc in (2, 1):
+        out = tmp_path / f"ae{nproc}"
+        args = [
+            "train-autoencoder",
+            "configs/autoencoder_openmoji_cpu.yaml",
+            "--out",
+            str(out),
+            "--no-progress",
+            *data_overrides(images, tmp_path / "cache"),
+            "model.kind=kl",
+            "model.block_out_channels=[8,16,16]",
+            "model.norm_num_groups=4",
+            "train.steps=6",
+            "train.batch_size=16",
+            "train.lr=3e-3",
+        ]
+        done = subprocess.run(
+            [*launcher(nproc), *args],
+            env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        runs[nproc] = load_checkpoint(list_checkpoints(out / "checkpoints")[-1])["model"]
+    for name, weight in runs[1].items():
+        torch.testing.assert_close(runs[2][name], weight, rtol=1e-4, atol=1e-4, msg=name)

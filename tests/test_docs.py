@@ -151,8 +151,7 @@ def parse_sparsedm(args: list):
 
 
 def check_config(ns) -> None:
-    from sparsedm.autoencoder import load_autoencoder_config
-    from sparsedm.config import load_config
+    from sparsedm.config import load_autoencoder_config, load_config
     from sparsedm.experiments.demo import DemoSettings
     from sparsedm.experiments.grid import SweepGrid
 
@@ -413,8 +412,7 @@ def test_modules_in_backquotes_import():
 
 
 def config_trees() -> list:
-    from sparsedm.autoencoder.config import AutoencoderExperiment
-    from sparsedm.config import SCHEMAS
+    from sparsedm.config import SCHEMAS, AutoencoderExperiment
 
     return [OmegaConf.structured(schema) for schema in [*SCHEMAS.values(), AutoencoderExperiment]]
 

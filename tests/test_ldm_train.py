@@ -112,12 +112,16 @@ def test_train_autoencoder_train_sample_writes_the_run_contract(tmp_path, setup,
     ae = root / "ae"
     assert sorted(p.name for p in ae.iterdir()) == sorted(
         [
+            "checkpoints",
             "config.json",
+            "config.yaml",
+            "curves.png",
             "diffusion_pytorch_model.safetensors",
             "metrics.json",
             "metrics.jsonl",
             "reconstructions.png",
-            "train_config.yaml",
+            "summary.json",
+            "tb",
         ]
     )
     identity = FirstStage(str(ae)).identity
@@ -128,7 +132,15 @@ def test_train_autoencoder_train_sample_writes_the_run_contract(tmp_path, setup,
         )
         == 0
     )
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "metrics.jsonl", "summary.json"]
+    assert sorted(p.name for p in run.iterdir()) == [
+        "checkpoints",
+        "config.yaml",
+        "curves.png",
+        "layers.png",
+        "metrics.jsonl",
+        "summary.json",
+        "tb",
+    ]
     summary = json.loads((run / "summary.json").read_text())
     assert SUMMARY_KEYS <= set(summary) and summary["task"] == "ldm" and summary["data"] == "image folder"
     assert (

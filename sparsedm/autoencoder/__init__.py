@@ -4,24 +4,17 @@
     first_stage = FirstStage("runs/ae")                                             # config.json only
     train, val = cached_latents(cfg.data, first_stage, device, batch_size=64)        # encoded once, then cached
 
-Layout: config (settings), model (build, load, encode, decode), latents (the cache), train (the loop).
+Layout: config (settings), model (build, load, encode, decode), latents (the cache), objective (the training
+loss), codebook (VQ restarts), reconstruction (error and picture). The training loop is sparsedm.train's, with
+the task sparsedm.tasks.autoencoder.
 """
 
-from sparsedm.autoencoder.config import (
-    AutoencoderConfig,
-    AutoencoderExperiment,
-    AutoencoderTrainConfig,
-    FirstStageConfig,
-    load_autoencoder_config,
-)
+from sparsedm.autoencoder.config import AutoencoderConfig, FirstStageConfig
 from sparsedm.autoencoder.latents import LatentDataset, cached_latents, latent_std
 from sparsedm.autoencoder.model import FirstStage, build_autoencoder, decode, encode
-from sparsedm.autoencoder.train import train_autoencoder
 
 __all__ = [
     "AutoencoderConfig",
-    "AutoencoderExperiment",
-    "AutoencoderTrainConfig",
     "FirstStage",
     "FirstStageConfig",
     "LatentDataset",
@@ -30,6 +23,4 @@ __all__ = [
     "decode",
     "encode",
     "latent_std",
-    "load_autoencoder_config",
-    "train_autoencoder",
 ]

@@ -5,9 +5,13 @@ no gradient and stays dead. As in Jukebox (Dhariwal et al. 2020), codes start on
 every `every` steps the codes no batch selected since the last restart move onto random encoder outputs of
 the current batch (configs/autoencoder_openmoji_cpu.yaml: about 7,950 of 8,192 codes in use per 100 steps).
 Not part of LDM, which trains for far longer with LPIPS and a GAN.
+
+With torchrun every rank keeps the same generator; at a restart the ranks pool which codes they used and
+rank 0's new codebook is sent to all, so the ranks' models stay identical.
 """
 
 import torch
+import torch.distributed as dist
 from diffusers import VQModel
 
 
@@ -48,7 +52,22 @@ class CodebookRestarts:
         """On every `every`-th step: restart the dead codes; returns {codes_used, codes_restarted}."""
         if not self.every or step % self.every:
             return None
+        distributed = dist.is_available() and dist.is_initialized()
+        if distributed:
+            pooled = self.used.to(torch.uint8)
+            dist.all_reduce(pooled, op=dist.ReduceOp.MAX)
+            self.used = pooled.bool()
         used = int(self.used.sum())
         restarted = self.restart(~self.used)
+        if distributed:
+            dist.broadcast(self.codebook.data, src=0)
         self.used.zero_()
         return {"codes_used": used, "codes_restarted": restarted}
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs beyond the weights: the codes used since the last restart, the generator."""
+        return {"used": self.used.cpu(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.used = state["used"].to(self.used.device)
+        self.generator.set_state(state["generator"])

@@ -1,16 +1,12 @@
-"""Settings of Latent Diffusion's first stage: the autoencoder trained here (`sparsedm train-autoencoder`)
-and how a diffusion run uses a trained one (the `autoencoder:` block of an `ldm` config).
-
-    cfg = load_autoencoder_config("configs/autoencoder_openmoji_cpu.yaml", ["train.steps=500"])
+"""Settings of Latent Diffusion's first stage: the autoencoder's architecture (`sparsedm train-autoencoder`,
+whose experiment schema is sparsedm.config.AutoencoderExperiment) and how a diffusion run uses a trained one
+(the `autoencoder:` block of an `ldm` config).
 """
 
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import List, Optional
 
-from sparsedm.config_checks import check_run_length
-from sparsedm.config_loader import load_config
-from sparsedm.data.images import ImageDataConfig
 from sparsedm.errors import UserError, choice
 
 
@@ -60,49 +56,6 @@ class AutoencoderConfig:
 
 
 @dataclass
-class AutoencoderTrainConfig:
-    """The reconstruction objective only: LDM adds LPIPS and a patch GAN, which are not implemented here."""
-
-    steps: int = 20000  # optimiser steps (or set `epochs`)
-    epochs: Optional[int] = None  # if set, steps = epochs x batches per epoch
-    batch_size: int = 12  # images per step
-    lr: float = 1e-4  # Adam learning rate, constant (taming/LDM: 4.5e-6 x batch size x GPUs)
-    betas: List[float] = field(default_factory=lambda: [0.5, 0.9])  # Adam's (β1, β2), as taming/LDM
-    recon_loss: ReconLoss = ReconLoss.l1  # pixel loss on [-1, 1] images: l1 | mse
-    codebook_weight: float = 1.0  # vq: weight of the VQ loss (codebook term + 0.25 x commitment), taming's 1.0
-    codebook_restart_every: int = 100  # vq: steps between restarts of codes unused since the last (0 = off)
-    kl_weight: float = 1e-6  # kl: weight of KL(q(z|x) || N(0, I)) (LDM-KL: 1e-6)
-    device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
-    log_every: int = 50  # steps between lines of metrics.jsonl
-
-    def __post_init__(self):
-        check_run_length(self)
-        if self.log_every < 1:
-            raise UserError(f"train.log_every={self.log_every} must be >= 1")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise UserError(f"train.betas={list(self.betas)} must be two numbers in [0, 1), e.g. [0.5, 0.9]")
-        self.recon_loss = choice(ReconLoss, self.recon_loss, "train.recon_loss")
-        if self.codebook_weight < 0 or self.kl_weight < 0 or self.codebook_restart_every < 0:
-            raise UserError("train.codebook_weight, train.kl_weight and train.codebook_restart_every must be >= 0")
-
-
-@dataclass
-class AutoencoderExperiment:
-    task: str = "autoencoder"  # the first stage of Latent Diffusion; train it with `sparsedm train-autoencoder`
-    seed: int = 0  # seeds weights, data order and the KL posterior's samples
-    data: ImageDataConfig = field(default_factory=ImageDataConfig)
-    model: AutoencoderConfig = field(default_factory=AutoencoderConfig)
-    train: AutoencoderTrainConfig = field(default_factory=AutoencoderTrainConfig)
-
-    def __post_init__(self):
-        factor = self.model.downsampling_factor
-        if self.data.image_size % factor:
-            raise UserError(
-                f"data.image_size={self.data.image_size} is not divisible by the downsampling factor f={factor}"
-            )
-
-
-@dataclass
 class FirstStageConfig:
     """The frozen, dense autoencoder a Latent Diffusion run works in (never sparse, never trained there)."""
 
@@ -121,13 +74,3 @@ class FirstStageConfig:
             raise UserError(
                 f"autoencoder.scaling_factor={self.scaling_factor} must be > 0 (or null: the autoencoder's own)"
             )
-
-
-def load_autoencoder_config(path: Optional[str], overrides=()) -> AutoencoderExperiment:
-    """Schema defaults <- YAML <- overrides for `train-autoencoder`, checked."""
-    cfg = load_config(path, overrides, AutoencoderExperiment)
-    if cfg.task != "autoencoder":
-        raise UserError(
-            f"{path} is a task={cfg.task} config; train-autoencoder takes one such as configs/autoencoder_openmoji_cpu.yaml"
-        )
-    return cfg

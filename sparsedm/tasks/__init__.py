@@ -1,4 +1,5 @@
-"""Tasks: each pairs a denoiser, a data layer and the diffusion process (ChiroDiff; Latent Diffusion)."""
+"""Tasks: each pairs a denoiser, a data layer and the diffusion process (ChiroDiff; Latent Diffusion), or
+trains Latent Diffusion's autoencoder."""
 
 from sparsedm.errors import UserError
 from sparsedm.tasks.base import Task
@@ -14,7 +15,11 @@ def build_task(cfg) -> Task:
         from sparsedm.tasks.ldm import LatentDiffusionTask
 
         return LatentDiffusionTask(cfg)
-    raise UserError(f"task={cfg.task!r} is unknown; use chirodiff or ldm")
+    if cfg.task == "autoencoder":
+        from sparsedm.tasks.autoencoder import AutoencoderTask
+
+        return AutoencoderTask(cfg)
+    raise UserError(f"task={cfg.task!r} is unknown; use chirodiff, ldm or autoencoder")
 
 
 __all__ = ["Task", "build_task"]

@@ -1,13 +1,16 @@
 """What a diffusion task gives the generic training loop.
 
 A task owns its model, data and diffusion process; the loop owns optimisation, sparsity, EMA, logging and
-checkpoints. Neither knows how the other works.
+checkpoints. Neither knows how the other works. A task that needs more than a loss (the autoencoder: Adam
+with its own betas, codebook restarts, a diffusers folder at the end) uses the optional hooks below, whose
+defaults do nothing beyond what a denoiser needs.
 """
 
 import hashlib
 import json
 from dataclasses import asdict
-from typing import Any, Dict, Sequence, Tuple
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -21,7 +24,7 @@ class Task:
         self.cfg = cfg
 
     def build_model(self) -> nn.Module:
-        """The denoiser, the only part that is sparse-trained."""
+        """The trained model: the denoiser (the only part that is sparse-trained), or the autoencoder."""
         raise NotImplementedError
 
     def load_data(
@@ -43,6 +46,25 @@ class Task:
     def flops_inputs(self, batch: Dict[str, torch.Tensor]) -> tuple:
         """Positional arguments of one forward pass for one sample, for FLOP counting."""
         raise NotImplementedError
+
+    def build_optimizer(self, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
+        """AdamW with cfg.train's learning rate and weight decay; fused: one kernel per step, and no slow path
+        on the zeros of masked weights (see sparse/optim_state.py)."""
+        tc = self.cfg.train
+        fused = device.type in ("cpu", "cuda")
+        return torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=fused)
+
+    def after_optimizer_step(self, model: nn.Module, step: int) -> Optional[dict]:
+        """Work of the task's own after optimiser step `step` (from 1) on the trained model, before the EMA
+        update; a dict returned is logged to metrics.jsonl as an event."""
+        return None
+
+    def validation_metrics(self, model: nn.Module) -> dict:
+        """Measures of the validated (EMA) model logged beside each validation loss; none by default."""
+        return {}
+
+    def finish(self, model: nn.Module, folder: Path, summary: dict) -> None:
+        """Write the task's own results of a finished run (the EMA model, the run's summary) into its folder."""
 
     @torch.no_grad()
     def sample(
@@ -78,7 +100,8 @@ class Task:
         raise NotImplementedError
 
     def state_dict(self) -> dict:
-        """What sampling needs from the data (e.g. the length distribution), stored in checkpoints."""
+        """What sampling or a resumed run needs from the task (e.g. the length distribution), stored in
+        checkpoints."""
         return {}
 
     def load_state_dict(self, state: dict) -> None:

@@ -1,7 +1,9 @@
-"""The training loop: a task's diffusion loss, sparse-trained with the engine, with EMA and checkpoints.
+"""The training loop: a task's loss (a denoiser's, or the autoencoder's), sparse-trained with the engine (or
+dense, for an experiment without a `sparse` block), with EMA and checkpoints.
 
 One step: loss -> backward -> engine.after_backward (dense gradient for RigL, mask gradients) -> clip ->
-optimiser step -> engine.after_optimizer_step (drop/grow every ΔT) -> EMA update.
+optimiser step -> engine.after_optimizer_step (drop/grow every ΔT) -> the task's after_optimizer_step -> EMA
+update.
 
 Everything a step reads is a function of (seed, step): the batch (`BatchSchedule`) and the noise (a generator
 seeded per step), so a resumed run needs only the checkpoint to continue bit-identically.
@@ -31,6 +33,7 @@ from sparsedm.runs.plots import plot_run
 from sparsedm.runs.run_dir import CHECKPOINTS, CONFIG, EVAL, METRICS, SAMPLES, SUMMARY, RunDir
 from sparsedm.sparse import (
     EMA,
+    SparseConfig,
     SparseEngine,
     count_parameters,
     forward_flops,
@@ -113,16 +116,10 @@ class Trainer:
         self.model = self.task.build_model().to(self.device)
         self.batches = BatchSchedule(len(self.train_set), tc.batch_size, cfg.seed)
         self.total_steps = tc.epochs * self.batches.batches_per_epoch if tc.epochs else tc.steps
-        # fused: one kernel per step, and no slow path on the zeros of masked weights (see sparse/optim_state.py)
-        fused = self.device.type in ("cpu", "cuda")
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=fused)
+        self.optimizer = self.task.build_optimizer(self.model, self.device)
         self.ema = EMA(self.model, decay=tc.ema_decay)
         self.engine = SparseEngine(
-            self.model,
-            self.optimizer,
-            cfg.sparse,
-            total_steps=self.total_steps,
-            ema=self.ema,
+            self.model, self.optimizer, sparse_settings(cfg), total_steps=self.total_steps, ema=self.ema
         )
         self.scaler = torch.amp.GradScaler(self.device.type) if tc.precision == "fp16" else None
         self.forward_model = self.model
@@ -140,6 +137,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.ema.load_state_dict(state["ema"])
         self.engine.load_state_dict(state["engine"])
+        self.task.load_state_dict(state["task"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.wall_before = state["step"], state.get("wall_time_s", 0.0)
@@ -219,6 +217,7 @@ class Trainer:
         else:
             self.optimizer.step()
         update = self.engine.after_optimizer_step()
+        self.task_event = self.task.after_optimizer_step(self.model, self.step + 1)
         self.ema.update(self.model)
         self.step += 1
         return float(loss.detach()), update
@@ -269,9 +268,7 @@ class Trainer:
             purge = self.step + 1 if self.resume else None  # TensorBoard hides what came after the checkpoint
             self.logger = RunLogger(self.run, self.tc.log_to, self.tc.sample_every, purge)
             if not self.resume:
-                self.logger.log(
-                    {"step": 0, "val_loss": self.validation_loss()}
-                )  # the baseline the final one is compared with
+                self._log_validation()  # the baseline the final one is compared with
         stop_at = min(self.total_steps, self.tc.stop_at) if self.tc.stop_at else self.total_steps
 
         start = time.time()
@@ -283,7 +280,7 @@ class Trainer:
             disable=not self.progress,
             dynamic_ncols=True,
         )
-        window, self.last_loss = [], float("nan")
+        window, self.last_loss, self.task_event = [], float("nan"), None
         self.model.train()
         with self._graceful_interrupt():
             while self.step < stop_at and not self.stop_requested:
@@ -323,6 +320,8 @@ class Trainer:
             return
         if update is not None:
             self.logger.log({"event": "mask_update", **update})
+        if self.task_event is not None:
+            self.logger.log(self.task_event)
         if self.step % self.tc.log_every == 0 or self.step == self.total_steps:
             self.last_loss = sum(window) / len(window)
             self.logger.log(
@@ -337,24 +336,28 @@ class Trainer:
             bar.set_postfix(loss=f"{self.last_loss:.4f}")
             window.clear()
         if self.tc.val_every and self.step % self.tc.val_every == 0 and self.step < self.total_steps:
-            self.logger.log({"step": self.step, "val_loss": self.validation_loss()})
+            self._log_validation()
         if self.logger.wants_pictures(self.step):
             self.logger.pictures(self.step, sample_pictures(self.task, self.ema.module, self.device))
 
-    def _summary(self, wall: float) -> dict:
-        cfg, engine = self.cfg, self.engine
+    def _log_validation(self) -> float:
         val_loss = self.validation_loss()
-        self.logger.log({"step": self.step, "val_loss": val_loss})
+        self.logger.log({"step": self.step, "val_loss": val_loss, **self.task.validation_metrics(self.ema.module)})
+        return val_loss
+
+    def _summary(self, wall: float) -> dict:
+        cfg, engine, sparse = self.cfg, self.engine, self.engine.config
+        val_loss = self._log_validation()
         example = self._batch(self.train_set, self.batches.indices(0)[:1])
         flops = forward_flops(self.model.eval(), self.task.flops_inputs(example), masked_densities(engine.masks))
         summary = {
             "task": cfg.task,
             "data": self.task.data_name(),
             "method": engine.method,
-            "sparsity": cfg.sparse.sparsity if engine.method_record.sparse else 0.0,
-            "distribution": cfg.sparse.distribution,
-            "prune_rate": cfg.sparse.prune_rate,
-            "update_interval": cfg.sparse.update_interval,
+            "sparsity": sparse.sparsity if engine.method_record.sparse else 0.0,
+            "distribution": sparse.distribution,
+            "prune_rate": sparse.prune_rate,
+            "update_interval": sparse.update_interval,
             "steps": self.step,
             "seed": cfg.seed,
             **count_parameters(self.model, engine.masks),
@@ -362,7 +365,7 @@ class Trainer:
             "exploration_rate": engine.exploration_rate(),
             **flops,
             "flops_train_step": train_flops_per_step(
-                engine.method, flops["flops_forward_sparse"], flops["flops_forward_dense"], cfg.sparse.update_interval
+                engine.method, flops["flops_forward_sparse"], flops["flops_forward_dense"], sparse.update_interval
             ),
             "loss_final": self.last_loss,
             "val_loss_final": val_loss,
@@ -371,8 +374,15 @@ class Trainer:
             "masks_sha256": engine.masks_fingerprint(),
             "tensors": [asdict(row) for row in engine.report()],  # per sparse tensor, in model order
         }
+        self.task.finish(self.ema.module, self.run.path, summary)
         self.run.write_summary(summary)
         return summary
+
+
+def sparse_settings(cfg) -> SparseConfig:
+    """The experiment's `sparse` block; an experiment without one (the autoencoder) is trained dense."""
+    sparse = getattr(cfg, "sparse", None)
+    return SparseConfig(method="dense") if sparse is None else sparse
 
 
 def check_masks_agree(engine: SparseEngine, step: int, device: torch.device) -> None:
