@@ -123,4 +123,4 @@ def test_dense_layers_are_no_candidates_and_first_call_converts():
         torch.testing.assert_close(model(x), expected)  # the first call runs dense and records inputs
         assert isinstance(model[1], SparseLinear) and isinstance(model[0], nn.Linear)
         torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-6)
-    assert plan.summary()["sparse_kernel_layers"] == ["1"]
+    assert plan.swapped() == ["1"] and plan.describe() == "1 of 1 sparse layers took a sparse kernel"

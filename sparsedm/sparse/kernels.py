@@ -333,14 +333,12 @@ class SparseKernelsOnFirstCall:
         self.choices = choose_and_swap(self.model, self.inputs, **self.options)
         self.inputs.clear()
 
-    def summary(self) -> dict:
-        """What eval.json records: whether kernels were used and which layers took one."""
-        choices = self.choices or []
-        return {
-            "sparse_kernels": True,
-            "sparse_kernel_layers": [c.name for c in choices if c.kernel != "dense"],
-            "sparse_kernel_candidates": len(choices),
-        }
+    def swapped(self) -> List[str]:
+        """Names of the layers that took a sparse kernel (empty before the first call)."""
+        return [c.name for c in self.choices or [] if c.kernel != "dense"]
+
+    def describe(self) -> str:
+        return f"{len(self.swapped())} of {len(self.choices or [])} sparse layers took a sparse kernel"
 
 
 def format_choices(choices: List[LayerChoice]) -> str:
