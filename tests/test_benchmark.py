@@ -41,3 +41,23 @@ def test_engine_overhead_benchmark_prints_every_method(fused):
     assert rows["dense"][1] == "1.000" and rows["dense"][2] == "-" and rows["static"][2] == "-"
     assert float(rows["magran"][2]) > 0 and float(rows["rigl"][2]) > 0  # a timed update that replaced weights
     assert all(float(r[3]) > 1.0 for m, r in rows.items() if m != "dense")  # masks cost memory
+
+
+def test_sparse_inference_benchmark_prints_every_model_and_sparsity():
+    args = [sys.executable, "benchmarks/sparse_inference.py", "--tiny", "--sparsities", "0.5", "0.9"]
+    args += ["--distributions", "uniform", "--steps", "1", "--rounds", "1", "--batch", "2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    result = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = re.findall(
+        r"^(cpu-ldm|ldm4-small|chirodiff)\s+uniform\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x\s+([\d.]+)\s+(.+)$",
+        result.stdout,
+        re.M,
+    )
+    assert [(r[0], r[1]) for r in rows] == [
+        (model, s) for model in ("cpu-ldm", "ldm4-small", "chirodiff") for s in ("0.50", "0.90")
+    ]
+    compressed = {(r[0], r[1]): float(r[5]) for r in rows}
+    assert all(compressed[(m, "0.90")] < compressed[(m, "0.50")] for m in ("cpu-ldm", "ldm4-small", "chirodiff"))
+    assert all(re.search(r"(Conv2d 3x3|Linear) \d+/\d+", r[6]) for r in rows)  # the per-kind layer counts
+    assert re.search(r"GRU layer 8 units, 12 steps, S = 0.9: CSR step loop / dense fused GRU [\d.]+", result.stdout)
