@@ -23,7 +23,6 @@ import copy
 import os
 import statistics
 import tempfile
-import time
 from collections import Counter
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -36,7 +35,7 @@ from sparsedm.models.chirodiff import ChiroDiffConfig, ChiroDiffDenoiser  # noqa
 from sparsedm.models.unet import UNetConfig, build_unet  # noqa: E402
 from sparsedm.sparse import SparseConfig, SparseEngine  # noqa: E402
 from sparsedm.sparse.compress import dense_bytes, save_compressed  # noqa: E402
-from sparsedm.sparse.kernels import use_sparse_kernels  # noqa: E402
+from sparsedm.sparse.kernels import clock, use_sparse_kernels  # noqa: E402
 from sparsedm.sparse.masks import random_mask  # noqa: E402
 
 MODELS = ("cpu-ldm", "ldm4-small", "chirodiff")
@@ -84,10 +83,11 @@ def masked_copy(model: nn.Module, sparsity: float, distribution: str):
 
 @torch.no_grad()
 def sampling_run(work: Workload, model: nn.Module, steps: int) -> float:
-    start = time.perf_counter()
+    now = clock()
+    start = now()
     for i in range(steps):
         work.call(model, 999 - i * (1000 // steps))
-    return time.perf_counter() - start
+    return now() - start
 
 
 def kernel_counts(choices) -> str:
@@ -122,12 +122,12 @@ def gru_probe(hidden: int, batch: int, length: int, sparsity: float, rounds: int
         return h
 
     torch.testing.assert_close(csr_loop(), gru(x)[0][:, -1], rtol=1e-4, atol=1e-5)
-    dense, sparse = [], []
+    dense, sparse, now = [], [], clock()
     for _ in range(rounds):
         for times, fn in ((dense, lambda: gru(x)), (sparse, csr_loop)):
-            start = time.perf_counter()
+            start = now()
             fn()
-            times.append(time.perf_counter() - start)
+            times.append(now() - start)
     return statistics.median(sparse) / statistics.median(dense)
 
 

@@ -34,8 +34,9 @@ def sparsify_(model: nn.Module, sparsity: float, generator: torch.Generator) -> 
     return masks
 
 
+@pytest.mark.parametrize("backend", ["torch", "scipy"])
 @pytest.mark.parametrize("kernel", ["taps", "unfold"])
-def test_forced_kernels_match_the_masked_unet(kernel):
+def test_forced_kernels_match_the_masked_unet(kernel, backend):
     g = torch.Generator().manual_seed(0)
     model = tiny_unet().eval()
     masks = sparsify_(model, 0.8, g)
@@ -43,7 +44,11 @@ def test_forced_kernels_match_the_masked_unet(kernel):
     with torch.no_grad():
         expected = model(x, t).sample
     choices = use_sparse_kernels(
-        model, lambda: model(x, t), names=masks, force=True, kernels=(kernel, "unfold", "linear")
+        model,
+        lambda: model(x, t),
+        names=masks,
+        force=True,
+        kernels=[f"{k}:{backend}" for k in (kernel, "unfold", "linear")],
     )
     swapped = {c.name for c in choices if c.kernel != "dense"}
     convs = [m for m in model.modules() if isinstance(m, SparseConv2d)]
@@ -52,7 +57,7 @@ def test_forced_kernels_match_the_masked_unet(kernel):
     assert len(convs) == sum(c.kind == "Conv2d" for c in choices) and linears
     assert {m.kernel for m in convs if m.stride == (1, 1)} == {kernel}
     assert {m.kernel for m in convs if m.stride != (1, 1)} == {"unfold"}
-    assert len(swapped) == len(choices)
+    assert len(swapped) == len(choices) and {m.backend for m in convs + linears} == {backend}
     assert not any(isinstance(m, (nn.Conv2d, nn.Linear)) and f"{n}.weight" in masks for n, m in model.named_modules())
     with torch.no_grad():
         got = model(x, t).sample
@@ -61,7 +66,8 @@ def test_forced_kernels_match_the_masked_unet(kernel):
 
 @pytest.mark.parametrize("padding", [0, 1, 2])
 @pytest.mark.parametrize("kernel", ["taps", "unfold"])
-def test_conv_kernels_match_conv1d_and_conv2d(kernel, padding):
+@pytest.mark.parametrize("backend", ["torch", "scipy"])
+def test_conv_kernels_match_conv1d_and_conv2d(kernel, padding, backend):
     g = torch.Generator().manual_seed(1)
     for conv, x in (
         (nn.Conv2d(5, 7, 3, padding=padding), torch.randn(2, 5, 6, 5, generator=g)),
@@ -69,7 +75,7 @@ def test_conv_kernels_match_conv1d_and_conv2d(kernel, padding):
         (nn.Conv1d(5, 7, 3, padding=padding), torch.randn(2, 5, 9, generator=g)),
     ):
         sparsify_(conv, 0.7, g)
-        torch.testing.assert_close(SparseConv2d(conv, kernel)(x), conv(x), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(SparseConv2d(conv, kernel, backend)(x), conv(x), rtol=1e-5, atol=1e-6)
 
 
 def test_chirodiff_linear_layers_match():
@@ -82,7 +88,7 @@ def test_chirodiff_linear_layers_match():
         expected = model(x, t, mask)
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and f"{n}.weight" in masks]
     choices = use_sparse_kernels(model, lambda: model(x, t, mask), names=masks, force=True)
-    assert linears and sorted(c.name for c in choices if c.kernel == "linear") == sorted(linears)
+    assert linears and sorted(c.name for c in choices if c.kernel == "linear:torch") == sorted(linears)
     assert isinstance(model.gru, nn.GRU)  # recurrent weights stay dense
     with torch.no_grad():
         torch.testing.assert_close(model(x, t, mask), expected, rtol=1e-5, atol=1e-6)
@@ -100,12 +106,13 @@ def test_measured_choice_is_cached_and_reused(tmp_path):
     assert sorted(k for k, _ in entries.values()) == sorted(c.kernel for c in first)
     # a doctored cache decides without timing: the next conversion of the same layers follows it
     for key in entries:
-        entries[key] = ["linear", 123.0]
+        entries[key] = ["linear:scipy", 123.0]
     (tmp_path / CACHE_FILE).write_text(json.dumps(cache))
     fresh = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
     sparsify_(fresh, 0.95, torch.Generator().manual_seed(3))
     second = use_sparse_kernels(fresh, lambda: fresh(x), cache_dir=tmp_path)
-    assert [c.speedup for c in second] == [123.0, 123.0] and all(isinstance(fresh[i], SparseLinear) for i in (0, 2))
+    assert [c.speedup for c in second] == [123.0, 123.0]
+    assert all(isinstance(fresh[i], SparseLinear) and fresh[i].backend == "scipy" for i in (0, 2))
 
 
 def test_dense_layers_are_no_candidates_and_first_call_converts():
