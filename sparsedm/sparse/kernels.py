@@ -26,7 +26,7 @@ import os
 import platform
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
@@ -375,16 +375,3 @@ class SparseKernelsOnFirstCall:
 
     def describe(self) -> str:
         return f"{len(self.swapped())} of {len(self.choices or [])} sparse layers took a sparse kernel"
-
-
-def format_choices(choices: List[LayerChoice]) -> str:
-    """One line per layer: name, shapes, sparsity, chosen kernel, measured speed-up."""
-    lines = []
-    for c in choices:
-        speed = "forced" if c.speedup is None else f"{c.speedup:.2f}x"
-        lines.append(f"{c.name:<48} {c.kind:<7} S={c.sparsity:.2f} x{c.input_shape} -> {c.kernel:<12} ({speed})")
-    return "\n".join(lines)
-
-
-def choices_as_dicts(choices: List[LayerChoice]) -> List[dict]:
-    return [asdict(c) for c in choices]
