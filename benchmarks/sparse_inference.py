@@ -9,7 +9,8 @@ dense vs sparse kernels on its real input, swapped where the sparse one is faste
 `--steps` denoiser calls on a batch at decreasing t (the scheduler's arithmetic, the same for all, is left
 out). The three take turns for `--rounds` rounds, so a busy machine slows them alike; printed are the median
 times per image as ratios to the dense model's in the same rounds, how many sparse layers took a sparse
-kernel, and the compressed weights' bytes / dense fp32 bytes. Then one GRU layer of the ChiroDiff shape,
+kernel, the largest difference of the sparse model's output from the masked one's (relative to its largest
+entry, one call at t = 500), and the compressed weights' bytes / dense fp32 bytes. Then one GRU layer of the ChiroDiff shape,
 dense (torch's fused kernel) against a step loop with CSR weights, which is why GRU weights stay dense.
 
 Models: cpu-ldm is configs/ldm_openmoji_cpu.yaml's UNet on its 3 x 8 x 8 latents; ldm4-small is LDM-4's
@@ -147,7 +148,7 @@ def main():
     print(f"{torch.get_num_threads()} thread(s), load average {load:.2f} at start, torch {torch.__version__}")
     print(
         f"{'model':<11} {'dist':<8} {'S':>5}  {'masked/dense':>12}  {'sparse/dense':>12}  {'speed-up':>8}  "
-        f"{'compressed':>10}  layers with a sparse kernel / sparse layers"
+        f"{'error':>7}  {'compressed':>10}  layers with a sparse kernel / sparse layers"
     )
     with tempfile.TemporaryDirectory() as tmp:
         cache = args.cache_dir or tmp
@@ -160,6 +161,9 @@ def main():
                     choices = use_sparse_kernels(
                         sparse, lambda model=sparse: work.call(model, 500), names=masks, cache_dir=cache, repeats=3
                     )
+                    with torch.no_grad():
+                        reference = work.call(masked, 500)
+                        error = float((work.call(sparse, 500) - reference).abs().max() / reference.abs().max())
                     state = masked.state_dict()
                     compressed = save_compressed(f"{tmp}/weights.safetensors", state, masks) / dense_bytes(state)
                     times = {"dense": [], "masked": [], "sparse": []}
@@ -172,7 +176,7 @@ def main():
                     dense, masked_t, sparse_t = (statistics.median(times[k]) for k in ("dense", "masked", "sparse"))
                     print(
                         f"{name:<11} {distribution:<8} {sparsity:>5.2f}  {masked_t / dense:>12.3f}  "
-                        f"{sparse_t / dense:>12.3f}  {dense / sparse_t:>7.2f}x  {compressed:>10.3f}  "
+                        f"{sparse_t / dense:>12.3f}  {dense / sparse_t:>7.2f}x  {error:>7.1e}  {compressed:>10.3f}  "
                         f"{kernel_counts(choices)}",
                         flush=True,
                     )
