@@ -6,7 +6,7 @@ Every Linear, Conv1d and Conv2d whose weight is sparse (in `names`, or holding e
 input it sees in one example forward: the dense module against each sparse kernel that fits it, interleaved,
 the best of `repeats`. It is swapped only where a sparse kernel beats dense by `margin`. The kernels multiply a
 CSR copy of the weight with a dense matrix, by torch's sparse product (`torch`: MKL on CPU, cuSPARSE on CUDA)
-or by scipy's (`scipy`, CPU only): neither wins everywhere (torch's is ~10x slower than scipy's on the
+or by scipy's (`scipy`, CPU only): neither wins everywhere (torch's is ~20x slower than scipy's on the
 (432 x 48) @ (48 x 4096) product of a 48-channel 3 x 3 convolution at S = 0.9, measured on an AMD EPYC).
 A kernel is named KIND:BACKEND, e.g. `taps:scipy`:
 
