@@ -38,6 +38,7 @@ def _sample(args) -> None:
         seed=args.seed,
         checkpoint=args.checkpoint,
         progress=not args.no_progress,
+        sparse_kernels=args.sparse_kernels,
     )
     print(f"samples -> {out / 'samples.npz'}, {out / 'samples.png'}")
 
@@ -67,10 +68,12 @@ def _train_autoencoder(args) -> None:
 def _export(args) -> None:
     from sparsedm.inference.export import export_run
 
-    info = export_run(args.run, args.out, checkpoint=args.checkpoint, overwrite=args.overwrite)
+    info = export_run(args.run, args.out, checkpoint=args.checkpoint, overwrite=args.overwrite, compress=args.compress)
     print(
         f"LDMPipeline (step {info['step']}, non-zero {info['nonzero']:,}/{info['total']:,} in the sparse tensors) -> {info['out']}"
     )
+    if args.compress:
+        print(f"compressed UNet ({info['compressed_ratio']:.3f}x of dense fp32) -> {info['compressed']}")
 
 
 def _fid(args) -> None:
@@ -100,6 +103,7 @@ def _eval_settings(args):
         eta=args.eta,
         split=args.split,
         seed=args.sample_seed,
+        sparse_kernels=args.sparse_kernels,
     )
 
 
@@ -111,6 +115,8 @@ def _evaluate(args) -> None:
         f"{r['method']}: FID {r['fid']:.2f} ({r['n_samples']} samples, {r['sampler']} {r['steps']} steps, against "
         f"{r['reference_size']} {r['reference_split']} images), EMA sparsity {r['ema_sparsity']:.3f} -> {Path(args.run) / EVAL}"
     )
+    if r["sparse_kernels"]:
+        print(f"sampled with sparse kernels in {len(r['sparse_kernel_layers'])} layers")
 
 
 def _print_report(report) -> None:
@@ -204,6 +210,17 @@ def _add_eval_options(parser, prefix: str) -> None:
     parser.add_argument("--split", choices=["val", "train"], default="val", help="real split FID compares with")
     parser.add_argument(f"{prefix}seed", dest="sample_seed", type=int, default=0, help="seed of the sampling noise")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_sparse_kernels_option(parser)
+
+
+def _add_sparse_kernels_option(parser) -> None:
+    parser.add_argument(
+        "--sparse-kernels",
+        nargs="?",
+        const="measure",
+        choices=["measure", "all"],
+        help="sample with sparse kernels: in each sparse layer where measured faster (measure, the default), or in all",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -229,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--checkpoint", help="a checkpoint file instead of the newest")
     sample.add_argument("--no-progress", action="store_true")
+    _add_sparse_kernels_option(sample)
     sample.set_defaults(func=_sample)
 
     fid = sub.add_parser("fid", help="FID between two image sets (folders, .npz, or a run's samples .npz)")
@@ -309,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="pipeline folder to write")
     export.add_argument("--checkpoint", help="a checkpoint file instead of the newest")
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    export.add_argument(
+        "--compress", action="store_true", help="also write unet_sparse.safetensors: non-zeros + bit-packed masks"
+    )
     export.set_defaults(func=_export)
     return parser
 

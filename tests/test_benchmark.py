@@ -1,5 +1,6 @@
 """The engine benchmark runs end to end (a smoke test: its timings depend on the machine and are not checked)."""
 
+import json
 import os
 import re
 import subprocess
@@ -41,3 +42,43 @@ def test_engine_overhead_benchmark_prints_every_method(fused):
     assert rows["dense"][1] == "1.000" and rows["dense"][2] == "-" and rows["static"][2] == "-"
     assert float(rows["magran"][2]) > 0 and float(rows["rigl"][2]) > 0  # a timed update that replaced weights
     assert all(float(r[3]) > 1.0 for m, r in rows.items() if m != "dense")  # masks cost memory
+
+
+def test_sparse_inference_benchmark_prints_every_model_and_sparsity():
+    args = [sys.executable, "benchmarks/sparse_inference.py", "--tiny", "--sparsities", "0.5", "0.9"]
+    args += ["--distributions", "uniform", "--steps", "1", "--rounds", "1", "--batch", "2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    result = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = re.findall(
+        r"^(cpu-ldm|ldm4-small|chirodiff)\s+uniform\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x\s+(\S+)\s+([\d.]+)\s+(.+)$",
+        result.stdout,
+        re.M,
+    )
+    assert [(r[0], r[1]) for r in rows] == [
+        (model, s) for model in ("cpu-ldm", "ldm4-small", "chirodiff") for s in ("0.50", "0.90")
+    ]
+    assert all(float(r[5]) < 1e-4 for r in rows)  # the sparse model computes what the masked one does
+    compressed = {(r[0], r[1]): float(r[6]) for r in rows}
+    assert all(compressed[(m, "0.90")] < compressed[(m, "0.50")] for m in ("cpu-ldm", "ldm4-small", "chirodiff"))
+    assert all(re.search(r"(Conv2d 3x3|Linear) \d+/\d+", r[7]) for r in rows)  # the per-kind layer counts
+    assert re.search(r"GRU layer 8 units, 12 steps, S = 0.9: CSR step loop / dense fused GRU [\d.]+", result.stdout)
+
+
+@pytest.mark.slow
+def test_gpu_check_without_a_gpu_says_so_and_checks_the_rest(tmp_path):
+    """The CPU path of benchmarks/gpu_check.py, on ChiroDiff (the LDM half runs the same checks)."""
+    args = [sys.executable, "benchmarks/gpu_check.py", "--out", str(tmp_path), "--tasks", "chirodiff"]
+    args += ["--steps", "2", "--block", "1", "--resume-steps", "4"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.stdout.startswith("no GPU: checking on the CPU")
+    ratios = re.findall(r"^chirodiff (\w+): time per step RigL S = 0.5 / dense = ([\d.]+)$", result.stdout, re.M)
+    assert [p for p, _ in ratios] == ["fp32", "bf16"] and all(float(r) > 0 for _, r in ratios)
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["device"] == "cpu"
+    checks = [k for k in report if k.startswith("chirodiff: ")]
+    assert len(checks) == 3 and all(report[k] is True for k in checks)
+    assert (tmp_path / "chirodiff" / "full" / "samples" / "samples.npz").is_file()
+    assert result.stdout.rstrip().endswith("all checks passed")

@@ -13,7 +13,9 @@ import torch
 
 from sparsedm.cli import main
 from sparsedm.data.strokes import load_stroke_splits
+from sparsedm.eval.evaluate import ema_sparsity
 from sparsedm.runs.run_dir import RunDir
+from sparsedm.tasks import build_task
 from sparsedm.tasks.chirodiff import ChiroDiffTask
 
 EVAL_KEYS = {
@@ -47,6 +49,8 @@ EVAL_KEYS = {
     "flops_sample",
     "eval_time_s",
     "fid_features",
+    "sparse_kernels",
+    "sparse_kernel_layers",
 }
 COPIED_FROM_SUMMARY = (
     "method",
@@ -144,6 +148,46 @@ def test_evaluate_writes_eval_json_and_reuses_the_reference_statistics(trained, 
     code, out = evaluate(run, capsys, "--num", "6", "--steps", "3", "--overwrite")
     assert code == 0, out.err
     assert json.loads((run / "eval.json").read_text())["fid"] == result["fid"]
+
+
+def sparsify_linear_layers(run) -> set:
+    """Zero half of every Linear weight in the run's EMA (ERK leaves the small ones dense) and set its mask;
+    summary.json gets the resulting sparsity, as if trained so. Returns the Linear layers' names."""
+    checkpoint = sorted((run / "checkpoints").iterdir())[-1]
+    state = torch.load(checkpoint, weights_only=False)
+    cfg = RunDir(run).read_config()
+    model = build_task(cfg).build_model()
+    linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)} & {
+        n.removesuffix(".weight") for n in state["engine"]["masks"]
+    }
+    for name in linears:
+        mask = state["engine"]["masks"][f"{name}.weight"]
+        mask &= torch.rand(mask.shape, generator=torch.Generator().manual_seed(0)) < 0.5
+        state["ema"]["module"][f"{name}.weight"] *= mask
+    torch.save(state, checkpoint)
+    model.load_state_dict(state["ema"]["module"])
+    summary = json.loads((run / "summary.json").read_text())
+    summary["sparsity_actual"] = ema_sparsity(model, cfg)
+    (run / "summary.json").write_text(json.dumps(summary))
+    return linears
+
+
+def test_sparse_kernels_give_the_same_samples_and_are_recorded(run, capsys):
+    linears = sparsify_linear_layers(run)
+    assert linears
+    code, out = evaluate(run, capsys, "--num", "6", "--steps", "3")
+    assert code == 0, out.err
+    plain = json.loads((run / "eval.json").read_text())
+    features = np.load(run / "samples" / "eval_samples.npz")["features"]
+    assert plain["sparse_kernels"] is False and plain["sparse_kernel_layers"] == []
+
+    code, out = evaluate(run, capsys, "--num", "6", "--steps", "3", "--overwrite", "--sparse-kernels", "all")
+    assert code == 0, out.err
+    result = json.loads((run / "eval.json").read_text())
+    assert result["sparse_kernels"] is True and set(result["sparse_kernel_layers"]) == linears
+    assert "sampled with sparse kernels in" in out.out
+    np.testing.assert_allclose(np.load(run / "samples" / "eval_samples.npz")["features"], features, atol=1e-4)
+    assert result["fid"] == pytest.approx(plain["fid"], rel=1e-3)
 
 
 def test_evaluate_refuses_an_ema_without_the_run_sparsity(run, capsys):

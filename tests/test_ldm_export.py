@@ -2,6 +2,8 @@
 `sparsedm sample` samples, keeps the run's sparsity in its UNet weights, and carries the masks beside it."""
 
 import json
+import logging
+import re
 
 import numpy as np
 import pytest
@@ -12,9 +14,10 @@ from safetensors import safe_open
 
 from sparsedm.cli import main
 from sparsedm.config import read_run_config
-from sparsedm.inference.export import load_masks
+from sparsedm.inference.export import COMPRESSED_UNET, load_masks
 from sparsedm.runs.run_dir import RunDir
 from sparsedm.sparse import SparseEngine
+from sparsedm.sparse.compress import load_compressed
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +91,36 @@ def test_diffusers_samples_what_sparsedm_samples(exported, one_thread):
     )
     ours = np.load(exported / "run" / "samples" / "samples.npz")["images"]
     assert np.abs(np.round(images * 255).astype(int) - ours).max() <= 1
+
+
+def sample(run, *options):
+    args = ["sample", str(run), "--num", "3", "--steps", "4", "--seed", "5", "--no-progress", *options]
+    assert main(args) == 0
+    with np.load(run / "samples" / "samples.npz") as samples:
+        return {key: samples[key] for key in samples}
+
+
+def test_sparse_kernels_sample_the_same_images(exported, one_thread, caplog):
+    plain = sample(exported / "run")
+    with caplog.at_level(logging.INFO, logger="sparsedm.inference.sampling"):
+        sparse = sample(exported / "run", "--sparse-kernels", "all")
+    (message,) = [r.getMessage() for r in caplog.records if "sparse kernels" in r.getMessage()]
+    swapped, candidates = map(int, re.match(r"sparse kernels: (\d+) of (\d+)", message).groups())
+    assert swapped == candidates > 10  # the UNet's masked convs and linears all took a sparse kernel
+    np.testing.assert_allclose(sparse["latents"], plain["latents"], rtol=1e-4, atol=1e-4)
+    assert np.abs(sparse["images"].astype(int) - plain["images"]).max() <= 1
+
+
+def test_export_compress_writes_the_unet_bit_identically_in_a_fifth(exported, tmp_path, capsys):
+    out = tmp_path / "pipeline"
+    assert main(["export", str(exported / "run"), "--out", str(out), "--compress"]) == 0
+    ratio = float(re.search(r"compressed UNet \(([\d.]+)x of dense fp32\)", capsys.readouterr().out).group(1))
+    assert 0.4 < ratio < 0.6  # S = 0.6: 0.4 x 4 + 1/8 bytes per sparse entry, biases and norms dense
+    unet = LDMPipeline.from_pretrained(out).unet  # diffusers still loads the folder
+    state, masks = load_compressed(out / COMPRESSED_UNET)
+    assert set(state) == set(unet.state_dict())
+    assert all(torch.equal(state[n].view(torch.uint8), t.view(torch.uint8)) for n, t in unet.state_dict().items())
+    assert set(masks) == set(load_masks(out)) and all(torch.equal(masks[n], m) for n, m in load_masks(out).items())
 
 
 def test_the_exported_unet_has_the_run_sparsity(exported):

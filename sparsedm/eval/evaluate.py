@@ -26,7 +26,7 @@ from sparsedm.eval.fid import (
     compute_statistics,
     fid_from_statistics,
 )
-from sparsedm.inference.sampling import draw_samples, load_run_model
+from sparsedm.inference.sampling import attach_sparse_kernels, draw_samples, load_run_model
 from sparsedm.runs.run_dir import EVAL, RunDir, write_json_atomically
 from sparsedm.sparse.cost import sampling_flops, train_flops_per_step
 from sparsedm.sparse.selection import select_sparse_parameters
@@ -54,6 +54,7 @@ class EvalSettings:
     split: Split = Split.val  # the real split FID compares with: val | train
     seed: int = 0  # seed of the sampling noise (and, for strokes, of the drawn lengths)
     batch_size: int = 50  # images per Inception forward pass
+    sparse_kernels: Optional[str] = None  # None | measure | all: sample with sparse kernels (same FID within noise)
 
     def validate(self) -> "EvalSettings":
         if self.num is not None and self.num < 2:
@@ -111,6 +112,7 @@ def evaluate_run(
     start = time.time()
     cfg, task, model, device = load_run_model(run)
     measured = check_ema_sparsity(model, cfg, summary, run)
+    kernels = attach_sparse_kernels(model, cfg, settings.sparse_kernels)
     reference = reference_statistics(task, settings, device, progress)
 
     num = settings.num or reference.n
@@ -153,6 +155,8 @@ def evaluate_run(
         "flops_train_step_dense": train_flops_per_step("dense", f_sparse, f_dense, summary["update_interval"]),
         "flops_train_total": summary["flops_train_step"] * cfg.train.batch_size * summary["steps"],
         "flops_sample": sampling_flops(f_sparse, sampling.steps),
+        "sparse_kernels": kernels is not None,  # sampled with sparse kernels (--sparse-kernels)
+        "sparse_kernel_layers": kernels.swapped() if kernels is not None else [],
         "eval_time_s": time.time() - start,
     }
     write_json_atomically(run.path / EVAL, result)
@@ -160,7 +164,8 @@ def evaluate_run(
 
 
 def settings_record(settings: EvalSettings) -> dict:
-    """What makes two evaluations comparable (the Inception batch size does not change FID)."""
+    """What makes two evaluations comparable (neither the Inception batch size nor sparse kernels change FID)."""
     record = asdict(settings)
     record.pop("batch_size")
+    record.pop("sparse_kernels")
     return record

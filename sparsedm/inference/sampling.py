@@ -1,5 +1,6 @@
 """Sampling from a trained run: the EMA weights of its newest checkpoint, written as samples.npz and a PNG."""
 
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -12,8 +13,12 @@ from sparsedm.runs.checkpoint import latest_checkpoint, load_checkpoint
 from sparsedm.runs.distributed import DistInfo, resolve_device
 from sparsedm.runs.files import writing
 from sparsedm.runs.run_dir import RunDir
+from sparsedm.sparse.kernels import SparseKernelsOnFirstCall
 from sparsedm.tasks import build_task
 from sparsedm.train.config import SampleConfig
+
+log = logging.getLogger(__name__)
+SPARSE_KERNEL_MODES = ("measure", "all")  # --sparse-kernels: swap where measured faster | every sparse layer
 
 
 def load_run_ema(run: RunDir, checkpoint: Optional[str] = None):
@@ -46,12 +51,27 @@ def sample_run(
     seed: int = 0,
     checkpoint: Optional[str] = None,
     progress: bool = True,
+    sparse_kernels: Optional[str] = None,
 ) -> Path:
+    """Write RUN/samples/samples.npz and .png; `sparse_kernels` (measure | all) samples with sparse kernels."""
     run = RunDir(run_path)
     cfg, task, model, device = load_run_model(run, checkpoint)
     sampling = cfg.sample.with_options(num=num, steps=steps, sampler=sampler, eta=eta)
+    kernels = attach_sparse_kernels(model, cfg, sparse_kernels)
     draw_samples(run, task, model, device, sampling, sampling.num, seed, "samples", progress)
+    if kernels is not None:
+        log.info("sparse kernels: %s", kernels.describe())
     return run.samples
+
+
+def attach_sparse_kernels(model, cfg, mode: Optional[str]) -> Optional[SparseKernelsOnFirstCall]:
+    """None, or hooks that swap the layers with zeros in their weights for sparse kernels at the first forward:
+    where measured faster (mode=measure; decisions cached under data.cache_dir/kernels) or all (mode=all)."""
+    if mode is None:
+        return None
+    if mode not in SPARSE_KERNEL_MODES:
+        raise UserError(f"--sparse-kernels {mode!r} is unknown; use one of {', '.join(SPARSE_KERNEL_MODES)}")
+    return SparseKernelsOnFirstCall(model, cache_dir=Path(cfg.data.cache_dir) / "kernels", force=mode == "all")
 
 
 def draw_samples(

@@ -2,7 +2,8 @@
 
 Layout: which tensors (selection), how dense each is (density), the masks (masks), when and how much to
 change (schedule), what to remove (drop) and add (grow), optimiser-state surgery (optim_state), the masked
-EMA (ema), the engine tying them to a training step (engine), parameter and FLOP accounting (cost).
+EMA (ema), the engine tying them to a training step (engine), parameter and FLOP accounting (cost); after
+training, sparse inference kernels chosen per layer by measurement (kernels) and compressed files (compress).
 """
 
 from sparsedm.sparse.config import SparseConfig

@@ -1,0 +1,167 @@
+"""A check to run on a GPU machine (never in CI): both tasks train, resume, count FLOPs and sample there.
+
+    python benchmarks/gpu_check.py [--out /tmp/gpu_check] [--steps 20] [--tasks chirodiff ldm]
+
+For each task (ChiroDiff on KanjiVG from the kanjivg package; Latent Diffusion on generated shape images
+with a tiny autoencoder trained first, as the tests do), shrunk to seconds by config overrides:
+1. per precision (fp32, bf16, and fp16 on CUDA): a dense and a RigL S = 0.5 `Trainer` take turns, block by
+   block, and the time per `train_step` of RigL / dense is printed;
+2. the RigL fp32 run's FLOPs (`summary.json`, counted on the device) equal the count of the same model,
+   masks and input on the CPU;
+3. the same run stopped half-way and resumed ends with the same weights and masks fingerprints;
+4. `sample_run` draws finite samples, and with every sparse layer on a sparse kernel the same ones.
+Without CUDA it says "no GPU" and checks all it can on the CPU (fp32 and bf16). Exit status 1 on a failure.
+"""
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sparsedm.config import load_config
+from sparsedm.inference.sampling import sample_run
+from sparsedm.sparse import forward_flops, masked_densities
+from sparsedm.train.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the tests' shape images and tiny autoencoder
+
+from tests.ldm_helpers import ldm_overrides, train_tiny_autoencoder, write_shapes  # noqa: E402
+
+CHIRODIFF_TINY = [
+    "data.max_items=200",
+    "data.max_points=50",
+    "data.max_strokes=8",
+    "data.spacing=0.1",
+    "model.hidden_size=32",
+    "model.num_layers=2",
+    "train.batch_size=16",
+    "train.val_batches=1",
+    "sparse.update_interval=4",
+]
+
+
+def task_setup(task: str, out: Path, device: str):
+    """(config file, overrides) of a tiny run of `task` on `device`; LDM's autoencoder is trained here first."""
+    cache = out / "cache"
+    if task == "chirodiff":
+        return "configs/chirodiff_kanjivg_cpu.yaml", [
+            *CHIRODIFF_TINY,
+            f"data.cache_dir={cache}",
+            f"train.device={device}",
+        ]
+    images, autoencoder = out / "shapes", out / "autoencoder"
+    if not (autoencoder / "config.json").exists():
+        write_shapes(images)
+        train_tiny_autoencoder(images, cache, autoencoder, steps=20)
+    return "configs/ldm_openmoji_cpu.yaml", [*ldm_overrides(images, cache, autoencoder), f"train.device={device}"]
+
+
+def trainer(config, overrides, out, **kwargs) -> Trainer:
+    return Trainer(load_config(config, overrides), str(out), progress=False, **kwargs)
+
+
+def step_ratio(config, overrides, out: Path, precision: str, steps: int, block: int, sync) -> float:
+    """Time per train_step of RigL S = 0.5 / dense, the two taking turns in blocks of `block` steps."""
+    runs = {}
+    for method in ("dense", "rigl"):
+        run = trainer(
+            config,
+            [*overrides, f"sparse.method={method}", f"train.precision={precision}", f"train.steps={steps + 2}"],
+            out / f"time_{method}_{precision}",
+            overwrite=True,
+        )
+        run._build()
+        for _ in range(2):  # warm-up: kernels picked, caches filled
+            run.train_step()
+        runs[method] = [run, 0.0]
+    for _ in range(0, steps, block):
+        for entry in runs.values():
+            sync()
+            start = time.perf_counter()
+            for _ in range(block):
+                entry[0].train_step()
+            sync()
+            entry[1] += time.perf_counter() - start
+    return runs["rigl"][1] / runs["dense"][1]
+
+
+def check_flops(run: Trainer, summary: dict) -> bool:
+    """The device's FLOPs figure equals the count of a CPU copy of the model, masks and example."""
+    model = copy.deepcopy(run.model).cpu().eval()
+    masks = {n: m.cpu() for n, m in run.engine.masks.items()}
+    example = run.task.collate([run.train_set[i] for i in run.batches.indices(0)[:1]])
+    cpu = forward_flops(model, run.task.flops_inputs(example), masked_densities(masks))
+    return all(cpu[k] == summary[k] for k in ("flops_forward_sparse", "flops_forward_dense"))
+
+
+def check_resume(config, overrides, out: Path, steps: int) -> bool:
+    full = trainer(config, [*overrides, f"train.steps={steps}"], out / "full", overwrite=True).fit()
+    assert (
+        trainer(
+            config, [*overrides, f"train.steps={steps}", f"train.stop_at={steps // 2}"], out / "split", overwrite=True
+        ).fit()
+        is None
+    )
+    split = trainer(config, [*overrides, f"train.steps={steps}"], out / "split", resume=True).fit()
+    return all(full[k] == split[k] for k in ("weights_sha256", "masks_sha256"))
+
+
+def check_samples(run_dir: Path) -> bool:
+    """Finite samples, and the same (to fp32 tolerance) with every sparse layer on a sparse kernel."""
+    drawn = {}
+    for mode in (None, "all"):
+        sample_run(str(run_dir), num=4, steps=3, seed=1, progress=False, sparse_kernels=mode)
+        with np.load(run_dir / "samples" / "samples.npz") as f:
+            drawn[mode] = {k: f[k] for k in f}
+    numeric = [k for k in drawn[None] if drawn[None][k].dtype.kind == "f"]
+    finite = all(np.isfinite(drawn[None][k]).all() for k in numeric)
+    same = all(np.allclose(drawn[None][k], drawn["all"][k], rtol=1e-3, atol=1e-3) for k in numeric)
+    return finite and same
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="/tmp/sparsedm_gpu_check", help="folder for the runs (replaced)")
+    parser.add_argument("--tasks", nargs="+", choices=["chirodiff", "ldm"], default=["chirodiff", "ldm"])
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per method and precision")
+    parser.add_argument("--block", type=int, default=5, help="steps a method runs before the other's turn")
+    parser.add_argument("--resume-steps", type=int, default=8, help="length of the stop-and-resume run")
+    args = parser.parse_args()
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    precisions = ["fp32", "bf16"] + (["fp16"] if cuda else [])
+    print(f"GPU: {torch.cuda.get_device_name()}" if cuda else "no GPU: checking on the CPU (fp32, bf16; no fp16)")
+    results = {}
+    for task in args.tasks:
+        out = Path(args.out) / task
+        out.mkdir(parents=True, exist_ok=True)
+        config, overrides = task_setup(task, out, device)
+        for precision in precisions:
+            ratio = step_ratio(config, overrides, out, precision, args.steps, args.block, sync)
+            print(f"{task} {precision}: time per step RigL S = 0.5 / dense = {ratio:.3f}", flush=True)
+            results[f"{task} {precision} step ratio"] = ratio
+        rigl = [*overrides, "sparse.method=rigl", "sparse.sparsity=0.5", "train.precision=fp32"]
+        run = trainer(config, [*rigl, f"train.steps={args.resume_steps}"], out / "flops", overwrite=True)
+        checks = {
+            "FLOPs equal the CPU count": check_flops(run, run.fit()),
+            "stop-and-resume fingerprints equal": check_resume(config, rigl, out, args.resume_steps),
+            "samples finite, same with sparse kernels": check_samples(out / "full"),
+        }
+        for name, ok in checks.items():
+            print(f"{task}: {name}: {'ok' if ok else 'FAILED'}", flush=True)
+            results[f"{task}: {name}"] = ok
+    (Path(args.out) / "gpu_check.json").write_text(json.dumps({"device": device, **results}, indent=1))
+    failed = [k for k, v in results.items() if v is False]
+    print("all checks passed" if not failed else f"FAILED: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Compressed weights: each sparse tensor as its non-zeros plus a bit-packed mask, in one safetensors file.
+
+    save_compressed("unet_sparse.safetensors", model.state_dict(), masks=engine.masks)
+    state, masks = load_compressed("unet_sparse.safetensors")  # state: bit-identical to the saved state dict
+
+A sparse tensor NAME is stored as NAME::values (its entries at the mask's True positions, in row-major order)
+and NAME::mask (uint8, 8 positions per byte, numpy's `packbits` order); its shape and dtype go in the
+metadata. At S = 0.9 that is 0.1 x 4 + 1/8 bytes per fp32 entry, 0.13x of dense. A stored mask is the given
+training mask, widened by any entry that is not bit-for-bit +0.0 outside it, so loading restores every bit.
+Without `masks`, every floating-point tensor is stored this way where that is smaller than dense.
+"""
+
+import json
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from sparsedm.errors import UserError
+
+FORMAT_KEY = "sparsedm.compressed"  # metadata: {name: {"shape": [...], "dtype": "float32"}} of the sparse tensors
+VALUES, MASK = "::values", "::mask"
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # same-size integers to read raw bits
+
+
+def nonzero_bits(tensor: torch.Tensor) -> torch.Tensor:
+    """True where the entry is not bit-for-bit zero (-0.0 counts as non-zero: it must come back as -0.0)."""
+    return tensor.contiguous().view(_BITS[tensor.element_size()]) != 0
+
+
+def pack_mask(mask: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(np.packbits(mask.reshape(-1).cpu().numpy()))
+
+
+def unpack_mask(packed: torch.Tensor, shape) -> torch.Tensor:
+    numel = int(np.prod(shape))
+    return torch.from_numpy(np.unpackbits(packed.numpy(), count=numel).astype(bool)).reshape(shape)
+
+
+def _worth_compressing(tensor: torch.Tensor, mask: torch.Tensor) -> bool:
+    dense = tensor.numel() * tensor.element_size()
+    return int(mask.sum()) * tensor.element_size() + (tensor.numel() + 7) // 8 < dense
+
+
+def compress_state_dict(
+    state: Dict[str, torch.Tensor], masks: Optional[Dict[str, torch.Tensor]] = None
+) -> Tuple[Dict[str, torch.Tensor], dict]:
+    """(tensors to save, {name: shape and dtype} of the compressed ones); see the module's docstring."""
+    tensors, layout = {}, {}
+    for name, tensor in state.items():
+        tensor = tensor.detach().cpu()
+        if VALUES in name or MASK in name:
+            raise UserError(f"tensor name {name!r} contains {VALUES!r} or {MASK!r}, which this format reserves")
+        if not tensor.is_floating_point() or tensor.dim() == 0:
+            tensors[name] = tensor.contiguous()
+            continue
+        mask = nonzero_bits(tensor)
+        if masks is not None and name in masks:
+            mask |= masks[name].cpu().bool()
+        elif masks is not None or not _worth_compressing(tensor, mask):
+            tensors[name] = tensor.contiguous()
+            continue
+        tensors[name + VALUES] = tensor[mask].contiguous()
+        tensors[name + MASK] = pack_mask(mask)
+        layout[name] = {"shape": list(tensor.shape), "dtype": str(tensor.dtype).removeprefix("torch.")}
+    return tensors, layout
+
+
+def save_compressed(
+    path, state: Dict[str, torch.Tensor], masks: Optional[Dict[str, torch.Tensor]] = None, metadata=None
+) -> int:
+    """Write the compressed state dict (tensors in `masks` sparse, or every one where smaller); returns bytes."""
+    tensors, layout = compress_state_dict(state, masks)
+    save_file(tensors, str(path), metadata={**(metadata or {}), FORMAT_KEY: json.dumps(layout)})
+    return Path(path).stat().st_size
+
+
+def load_compressed(path) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+    """(state dict, {name: stored mask} of the sparse tensors) of a file `save_compressed` wrote."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; write it with `sparsedm export RUN --out DIR --compress`")
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+        if FORMAT_KEY not in metadata:
+            raise UserError(f"{path} is not a compressed sparsedm file (no {FORMAT_KEY!r} metadata)")
+        layout = json.loads(metadata[FORMAT_KEY])
+        raw = {name: f.get_tensor(name) for name in f.keys()}
+    state, masks = {}, {}
+    for name, tensor in raw.items():
+        if not name.endswith((VALUES, MASK)):
+            state[name] = tensor
+    for name, info in layout.items():
+        mask = unpack_mask(raw[name + MASK], info["shape"])
+        tensor = torch.zeros(info["shape"], dtype=getattr(torch, info["dtype"]))
+        tensor[mask] = raw[name + VALUES]
+        state[name], masks[name] = tensor, mask
+    return state, masks
+
+
+def dense_bytes(state: Dict[str, torch.Tensor]) -> int:
+    """Bytes of the tensors themselves, as a dense file holds them."""
+    return sum(t.numel() * t.element_size() for t in state.values())
