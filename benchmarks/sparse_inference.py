@@ -64,6 +64,9 @@ class Workload:
                 cfg, size = UNetConfig(attention_resolutions=[8, 4, 2]), 16
             if tiny:
                 cfg.base_channels, cfg.norm_num_groups, cfg.attention_head_dim = 8, 4, 4
+            # untrained stand-ins for trained weights: LDM's zero-initialised output layers would make every
+            # output exactly 0, which a trained UNet's is not (and leave nothing to compare)
+            cfg.zero_init = False
             self.model = build_unet(cfg, size, 3)
             self.x, self.mask = torch.randn(batch, 3, size, size, generator=g), None
         self.model.eval()
