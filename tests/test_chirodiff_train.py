@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny_models import tiny_chirodiff
 
 from sparsedm.cli import main
 from sparsedm.data.strokes import features_to_sketches
@@ -36,14 +37,8 @@ SUMMARY_KEYS = {
 def tiny(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     return [
-        f"data.cache_dir={cache}",
-        "data.max_items=240",
-        "data.max_points=60",
-        "data.max_strokes=8",
-        "data.spacing=0.1",
-        "model.hidden_size=24",
+        *tiny_chirodiff(cache, hidden_size=24, batch_size=32),
         "model.num_layers=2",
-        "train.batch_size=32",
         "train.log_every=10",
         "train.checkpoint_every=20",
         "train.val_batches=2",

@@ -5,6 +5,7 @@ FID uses pooled pixels (fid_stub) instead of Inception."""
 import pytest
 from fid_stub import use_pooled_pixels
 from PIL import Image
+from tiny_models import tiny_chirodiff
 
 from sparsedm.cli import main
 
@@ -29,13 +30,7 @@ def test_short_demo_writes_its_report_and_skips_finished_runs(tmp_path, capsys):
         "--workers",
         "1",
         "--no-progress",
-        f"data.cache_dir={tmp_path / 'cache'}",
-        "data.max_items=240",
-        "data.max_points=60",
-        "data.max_strokes=8",
-        "data.spacing=0.1",
-        "model.hidden_size=16",
-        "train.batch_size=16",
+        *tiny_chirodiff(tmp_path / "cache"),
         "train.val_batches=1",
         "sample.steps=2",
     ]

@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from tiny_models import tiny_chirodiff
 
 from sparsedm.cli import main
 from sparsedm.data.strokes import load_stroke_splits
@@ -87,13 +88,7 @@ def trained(tmp_path_factory):
             "--out",
             str(run),
             "--no-progress",
-            f"data.cache_dir={root / 'cache'}",
-            "data.max_items=240",
-            "data.max_points=60",
-            "data.max_strokes=8",
-            "data.spacing=0.1",
-            "model.hidden_size=16",
-            "train.batch_size=16",
+            *tiny_chirodiff(root / "cache"),
             "train.steps=12",
             "train.val_batches=1",
             "sparse.method=rigl",

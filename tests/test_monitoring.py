@@ -5,6 +5,7 @@ import json
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tiny_models import tiny_chirodiff
 
 from sparsedm.cli import main
 
@@ -17,13 +18,7 @@ def _one_thread(one_thread):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return [
-        f"data.cache_dir={tmp_path_factory.mktemp('cache')}",
-        "data.max_items=240",
-        "data.max_points=60",
-        "data.max_strokes=8",
-        "data.spacing=0.1",
-        "model.hidden_size=16",
-        "train.batch_size=16",
+        *tiny_chirodiff(tmp_path_factory.mktemp("cache")),
         "train.steps=8",
         "train.log_every=2",
         "train.val_every=4",

@@ -16,6 +16,7 @@ import torch
 from fid_stub import use_pooled_pixels
 from ldm_helpers import single_thread
 from safetensors.torch import save_file
+from tiny_models import tiny_chirodiff
 
 from sparsedm.cli import main
 from sparsedm.errors import UserError
@@ -27,12 +28,7 @@ from sparsedm.runs.run_dir import SUMMARY_FIELDS
 CONFIG = "configs/chirodiff_kanjivg_cpu.yaml"
 RUN = "sweep/runs/static-S0.5-seed0"
 TINY = [
-    "data.max_items=240",
-    "data.max_points=60",
-    "data.max_strokes=8",
-    "data.spacing=0.1",
-    "model.hidden_size=16",
-    "train.batch_size=16",
+    *tiny_chirodiff(),
     "train.steps=6",
     "train.checkpoint_every=3",
     "train.val_batches=1",

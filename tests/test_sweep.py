@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 from fid_stub import use_pooled_pixels
+from tiny_models import tiny_chirodiff
 
 from sparsedm.cli import main
 from sparsedm.config import load_config
@@ -25,13 +26,7 @@ def _stub_and_one_thread(monkeypatch, one_thread):
 
 def tiny(cache):
     return [
-        f"data.cache_dir={cache}",
-        "data.max_items=240",
-        "data.max_points=60",
-        "data.max_strokes=8",
-        "data.spacing=0.1",
-        "model.hidden_size=16",
-        "train.batch_size=16",
+        *tiny_chirodiff(cache),
         "train.steps=6",
         "train.checkpoint_every=3",
         "train.val_batches=1",

@@ -1,4 +1,5 @@
-"""Tiny models for engine tests: a few-channel diffusers UNet with attention and a small bidirectional GRU."""
+"""Tiny models for tests: a few-channel diffusers UNet with attention, a small bidirectional GRU, and the
+overrides of the tiny ChiroDiff run that the end-to-end tests train on the built-in KanjiVG data in seconds."""
 
 import torch
 from torch import nn
@@ -54,3 +55,17 @@ def sparse_step(model, loss_fn, engine, optimizer, generator):
     engine.after_backward()
     optimizer.step()
     return engine.after_optimizer_step()
+
+
+def tiny_chirodiff(cache=None, hidden_size: int = 16, batch_size: int = 16) -> list:
+    """Overrides of configs/chirodiff_kanjivg_cpu.yaml for a run of seconds: 240 short characters, a small GRU.
+    Tests add the steps, methods and intervals they check; `cache`: the data cache folder (None: the config's)."""
+    return [
+        *([f"data.cache_dir={cache}"] if cache is not None else []),
+        "data.max_items=240",
+        "data.max_points=60",
+        "data.max_strokes=8",
+        "data.spacing=0.1",
+        f"model.hidden_size={hidden_size}",
+        f"train.batch_size={batch_size}",
+    ]
