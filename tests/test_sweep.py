@@ -34,33 +34,15 @@ def tiny(cache):
     ]
 
 
+def sweep_args(out, cache, *extra):
+    """`sparsedm sweep` of the tiny config: Dense, Static-DM and RigL-DM (p 0.1 and 0.5) at S = 0.5, one seed."""
+    grid = ["--methods", "dense", "static", "rigl", "--sparsities", "0.5", "--prune-rates", "0.1", "0.5"]
+    evaluation = ["--seeds", "1", "--num", "4", "--sample-steps", "2", "--no-progress"]
+    return ["sweep", "configs/chirodiff_kanjivg_cpu.yaml", *tiny(cache), "--out", str(out), *grid, *evaluation, *extra]
+
+
 def sweep(out, capsys, *extra, cache=None):
-    code = main(
-        [
-            "sweep",
-            "configs/chirodiff_kanjivg_cpu.yaml",
-            *tiny(cache or out.parent / "cache"),
-            "--out",
-            str(out),
-            "--methods",
-            "dense",
-            "static",
-            "rigl",
-            "--sparsities",
-            "0.5",
-            "--prune-rates",
-            "0.1",
-            "0.5",
-            "--seeds",
-            "1",
-            "--num",
-            "4",
-            "--sample-steps",
-            "2",
-            "--no-progress",
-            *extra,
-        ]
-    )
+    code = main(sweep_args(out, cache or out.parent / "cache", *extra))
     return code, capsys.readouterr()
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from fid_stub import use_pooled_pixels
-from test_sweep import tiny
+from test_sweep import sweep_args
 
 from sparsedm.cli import main
 from sparsedm.errors import UserError
@@ -28,33 +28,6 @@ REPORT = ["results.csv", "results.md"]
 @pytest.fixture(autouse=True)
 def _stub_and_one_thread(monkeypatch, one_thread):
     use_pooled_pixels(monkeypatch)
-
-
-def sweep_args(out, cache, *extra):
-    return [
-        "sweep",
-        "configs/chirodiff_kanjivg_cpu.yaml",
-        *tiny(cache),
-        "--out",
-        str(out),
-        "--methods",
-        "dense",
-        "static",
-        "rigl",
-        "--sparsities",
-        "0.5",
-        "--prune-rates",
-        "0.1",
-        "0.5",
-        "--seeds",
-        "1",
-        "--num",
-        "4",
-        "--sample-steps",
-        "2",
-        "--no-progress",
-        *extra,
-    ]
 
 
 def counts(printed):
