@@ -15,6 +15,7 @@ from tiny_models import tiny_chirodiff
 from sparsedm.cli import main
 from sparsedm.data.strokes import load_stroke_splits
 from sparsedm.eval.evaluate import ema_sparsity
+from sparsedm.runs.checkpoint import load_checkpoint
 from sparsedm.runs.run_dir import RunDir
 from sparsedm.tasks import build_task
 from sparsedm.tasks.chirodiff import ChiroDiffTask
@@ -149,7 +150,7 @@ def sparsify_linear_layers(run) -> set:
     """Zero half of every Linear weight in the run's EMA (ERK leaves the small ones dense) and set its mask;
     summary.json gets the resulting sparsity, as if trained so. Returns the Linear layers' names."""
     checkpoint = sorted((run / "checkpoints").iterdir())[-1]
-    state = torch.load(checkpoint, weights_only=False)
+    state = load_checkpoint(checkpoint)
     cfg = RunDir(run).read_config()
     model = build_task(cfg).build_model()
     linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)} & {
@@ -187,7 +188,7 @@ def test_sparse_kernels_give_the_same_samples_and_are_recorded(run, capsys):
 
 def test_evaluate_refuses_an_ema_without_the_run_sparsity(run, capsys):
     checkpoint = sorted((run / "checkpoints").iterdir())[-1]
-    state = torch.load(checkpoint, weights_only=False)
+    state = load_checkpoint(checkpoint)
     name = next(iter(state["engine"]["masks"]))
     state["ema"]["module"][name].fill_(0.5)  # a dense tensor where the mask has zeros
     torch.save(state, checkpoint)

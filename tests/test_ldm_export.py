@@ -10,11 +10,13 @@ import pytest
 import torch
 from diffusers import LDMPipeline
 from ldm_helpers import ldm_overrides, single_thread, train_tiny_autoencoder, write_shapes
+from omegaconf import OmegaConf
 from safetensors import safe_open
 
 from sparsedm.cli import main
-from sparsedm.config import read_run_config
+from sparsedm.config import ChiroDiffExperiment, read_run_config
 from sparsedm.inference.export import COMPRESSED_UNET, load_masks
+from sparsedm.runs.checkpoint import load_checkpoint
 from sparsedm.runs.run_dir import RunDir
 from sparsedm.sparse import SparseEngine
 from sparsedm.sparse.compress import load_compressed
@@ -62,7 +64,7 @@ def test_the_folder_is_an_ldm_pipeline(exported):
 
 def test_diffusers_samples_what_sparsedm_samples(exported, one_thread):
     pipe = LDMPipeline.from_pretrained(exported / "pipeline")
-    state = torch.load(sorted((exported / "run" / "checkpoints").iterdir())[-1], weights_only=False)
+    state = load_checkpoint(sorted((exported / "run" / "checkpoints").iterdir())[-1])
     assert pipe.vqvae.config.scaling_factor == pytest.approx(state["task"]["scaling_factor"])
     images = pipe(
         batch_size=3, num_inference_steps=5, generator=torch.Generator().manual_seed(7), output_type="np"
@@ -126,7 +128,7 @@ def test_export_compress_writes_the_unet_bit_identically_in_a_fifth(exported, tm
 def test_the_exported_unet_has_the_run_sparsity(exported):
     pipeline, run = exported / "pipeline", RunDir(exported / "run")
     summary = run.read_summary()
-    state = torch.load(sorted(run.checkpoints.iterdir())[-1], weights_only=False)
+    state = load_checkpoint(sorted(run.checkpoints.iterdir())[-1])
     masks = load_masks(pipeline)
     assert set(masks) == set(state["engine"]["masks"]) and all(
         torch.equal(masks[n], state["engine"]["masks"][n]) for n in masks
@@ -168,7 +170,7 @@ def test_export_refuses_bad_input(exported, tmp_path, capsys):
     assert "is not a run folder" in capsys.readouterr().err
     chiro = tmp_path / "chiro"
     chiro.mkdir()
-    (chiro / "config.yaml").write_text("task: chirodiff\n")
+    (chiro / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(ChiroDiffExperiment)))
     assert main(["export", str(chiro), "--out", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err.strip()
     assert "is a task=chirodiff run; export writes diffusers pipelines of Latent Diffusion" in err and "\n" not in err

@@ -15,6 +15,7 @@ from test_chirodiff_train import SUMMARY_KEYS, read_metrics
 from sparsedm.autoencoder import FirstStage
 from sparsedm.cli import main
 from sparsedm.models.unet import UNetConfig, unet_kwargs
+from sparsedm.runs.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +150,7 @@ def test_train_autoencoder_train_sample_writes_the_run_contract(tmp_path, setup,
         and summary["flops_forward_sparse"] < summary["flops_forward_dense"]
     )
     # only the UNet is trained and counted: the autoencoder is untouched and not part of the model
-    state = torch.load(sorted((run / "checkpoints").iterdir())[-1], weights_only=False)
+    state = load_checkpoint(sorted((run / "checkpoints").iterdir())[-1])
     assert summary["params_total"] == sum(v.numel() for v in state["model"].values())
     assert not any(name.startswith(("encoder.", "decoder.", "quantize.")) for name in state["model"])
     assert FirstStage(str(ae)).identity == identity

@@ -15,10 +15,12 @@ import pytest
 import torch
 from fid_stub import use_pooled_pixels
 from ldm_helpers import single_thread
+from omegaconf import OmegaConf
 from safetensors.torch import save_file
 from tiny_models import tiny_chirodiff
 
 from sparsedm.cli import main
+from sparsedm.config import LDMExperiment
 from sparsedm.errors import UserError
 from sparsedm.inference.export import load_masks
 from sparsedm.runs.checkpoint import load_checkpoint
@@ -26,6 +28,7 @@ from sparsedm.runs.files import read_json, read_jsonl, read_npz, read_yaml
 from sparsedm.runs.run_dir import SUMMARY_FIELDS
 
 CONFIG = "configs/chirodiff_kanjivg_cpu.yaml"
+LDM_CONFIG = "configs/ldm_openmoji_cpu.yaml"
 RUN = "sweep/runs/static-S0.5-seed0"
 TINY = [
     *tiny_chirodiff(),
@@ -48,7 +51,9 @@ def base(tmp_path_factory):
         use_pooled_pixels(patch)
         assert main([*argv, "--no-progress"]) == 0
     (root / "ldm").mkdir()
-    shutil.copy(CONFIG.replace("chirodiff_kanjivg", "ldm_openmoji"), root / "ldm" / "config.yaml")
+    # the whole config a run folder holds, as the trainer writes it (every section)
+    ldm = OmegaConf.structured(LDMExperiment)
+    (root / "ldm" / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.merge(ldm, OmegaConf.load(LDM_CONFIG))))
     shutil.copytree(root / RUN / "checkpoints", root / "ldm" / "checkpoints")
     return root
 

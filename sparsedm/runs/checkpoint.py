@@ -18,6 +18,7 @@ import torch
 
 from sparsedm.errors import UserError
 from sparsedm.runs.files import check_fields, writing
+from sparsedm.sparse.compress import expand_tensors, shrink_tensors
 
 PATTERN = re.compile(r"^step_(\d{8})\.pt$")
 # Checkpoints written before the task state held tensors carry numpy arrays (ChiroDiff's length table):
@@ -39,14 +40,16 @@ def list_checkpoints(folder: Path) -> List[Path]:
     return sorted(p for p in folder.iterdir() if PATTERN.match(p.name))
 
 
-def save_checkpoint(state: dict, folder: Path, step: int, keep: int) -> Path:
+def save_checkpoint(state: dict, folder: Path, step: int, keep: int, compress: bool = False) -> Path:
+    """Write `state` atomically; `compress` stores the zeros of its tensors as bit-packed masks (read back
+    bit-identically by `load_checkpoint`), so a sparse run's checkpoints shrink with its sparsity."""
     final = checkpoint_path(folder, step)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     with writing():
         folder.mkdir(parents=True, exist_ok=True)
         try:
             with open(tmp, "wb") as f:
-                torch.save(state, f)
+                torch.save(shrink_tensors(state) if compress else state, f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, final)
@@ -78,6 +81,10 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     except Exception as exc:  # torch raises several types for truncated or foreign files
         raise UserError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}); {FIX}") from None
     check_fields(state, FIELDS, f"checkpoint {path}", f"it is not a sparsedm checkpoint; {FIX}")
+    try:
+        state = expand_tensors(state, map_location)
+    except (RuntimeError, ValueError, KeyError, IndexError, TypeError) as exc:
+        raise UserError(f"checkpoint {path} holds a damaged compressed tensor ({type(exc).__name__}); {FIX}") from None
     check_fields(state["ema"], {"module": dict}, f"checkpoint {path} ema", FIX)
     return state
 

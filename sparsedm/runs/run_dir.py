@@ -37,6 +37,9 @@ METRICS_FIX = "remove the damaged lines (a crash can leave half a line) or resto
 EVAL_FIX = "delete it and run `sparsedm evaluate RUN` again"
 # The sections of config.yaml must be mappings where present; what they hold is the config schema's to check.
 CONFIG_SECTIONS = {name: dict for name in ("data", "model", "diffusion", "sparse", "train", "sample")}
+# What every config.yaml the trainer writes holds, whatever the task; `dist` is written last, so a file cut short
+# lacks it (a missing section would otherwise be filled with defaults, silently).
+CONFIG_REQUIRED = {"task": str, "seed": int, "data": dict, "model": dict, "train": dict, "dist": dict}
 
 # What the summary and eval.json must hold for the commands that read them (evaluate, report).
 SUMMARY_FIELDS = {
@@ -106,7 +109,7 @@ class RunDir:
             )
         cfg = read_yaml(self.path / CONFIG, CONFIG_FIX)
         where, tree = str(self.path / CONFIG), OmegaConf.to_container(cfg)
-        check_fields(tree, {"task": str}, where, CONFIG_FIX)
+        check_fields(tree, CONFIG_REQUIRED, where, CONFIG_FIX)
         check_fields(tree, CONFIG_SECTIONS, where, CONFIG_FIX, optional=True)
         return cfg
 

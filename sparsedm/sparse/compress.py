@@ -104,3 +104,43 @@ def load_compressed(path) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tens
 def dense_bytes(state: Dict[str, torch.Tensor]) -> int:
     """Bytes of the tensors themselves, as a dense file holds them."""
     return sum(t.numel() * t.element_size() for t in state.values())
+
+
+SPARSE_TENSOR = "__sparsedm_sparse_tensor__"  # marks a tensor stored as non-zeros + packed mask in a nested state
+
+
+def shrink_tensors(obj):
+    """A nested state (dicts, lists, tensors: a checkpoint) with every floating-point tensor whose zeros make it
+    smaller stored as {values, packed mask, shape, dtype}; `expand_tensors` restores every bit. Masked weights,
+    their EMA copies and their optimiser moments are exact zeros, so a sparse run's checkpoint shrinks with S."""
+    if isinstance(obj, dict):
+        return {key: shrink_tensors(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(shrink_tensors(value) for value in obj)
+    if not isinstance(obj, torch.Tensor) or not obj.is_floating_point() or obj.dim() == 0:
+        return obj
+    tensor = obj.detach().cpu()
+    mask = nonzero_bits(tensor)
+    if not _worth_compressing(tensor, mask):
+        return obj
+    return {
+        SPARSE_TENSOR: True,
+        "values": tensor[mask].contiguous(),
+        "mask": pack_mask(mask),
+        "shape": list(tensor.shape),
+        "device": str(obj.device),
+    }
+
+
+def expand_tensors(obj, map_location=None):
+    """The inverse of `shrink_tensors`; tensors go to `map_location` (None: where they were saved from)."""
+    if isinstance(obj, dict):
+        if obj.get(SPARSE_TENSOR) is True:
+            values = obj["values"]
+            tensor = torch.zeros(obj["shape"], dtype=values.dtype)
+            tensor[unpack_mask(obj["mask"].cpu(), obj["shape"])] = values.cpu()
+            return tensor.to(map_location if map_location is not None else obj["device"])
+        return {key: expand_tensors(value, map_location) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(expand_tensors(value, map_location) for value in obj)
+    return obj

@@ -38,6 +38,7 @@ class TrainConfig:
         None  # stop after this step with a checkpoint; --resume continues bit-exactly (the way to split a run into jobs)
     )
     checkpoint_every: int = 500  # steps between checkpoints (one is always written at the end)
+    compress_checkpoints: bool = True  # store the zeros of weights, EMA and Adam moments as bit-packed masks
     keep_checkpoints: int = 2  # how many recent checkpoints to keep
 
     def __post_init__(self):

@@ -45,7 +45,13 @@ from sparsedm.train.loggers import TENSORBOARD, RunLogger, sample_pictures
 
 log = logging.getLogger(__name__)
 
-RESUMABLE_CHANGES = ("steps", "stop_at", "log_to", "sample_every")  # train.* keys a resumed run may change
+RESUMABLE_CHANGES = (
+    "steps",
+    "stop_at",
+    "log_to",
+    "sample_every",
+    "compress_checkpoints",
+)  # train.* keys a resumed run may change
 
 
 def weights_fingerprint(module: torch.nn.Module) -> str:
@@ -74,7 +80,7 @@ def prepare_run_dir(run: RunDir, cfg, resume: bool, overwrite: bool) -> None:
         raise UserError(f"{run.path} already holds a run; pass --resume to continue it or --overwrite to replace it")
     old, new = to_dict(run.read_config()), to_dict(cfg)
     for key in RESUMABLE_CHANGES:
-        old["train"].pop(key, None), new["train"].pop(key, None)
+        old.get("train", {}).pop(key, None), new["train"].pop(key, None)
     if old != new:
         raise UserError(
             f"--resume: the config differs from the one in {run.path / CONFIG}; resume with the run's config (only train.steps and train.stop_at may change)"
@@ -177,7 +183,7 @@ class Trainer:
             "config": to_dict(self.cfg),
             "wall_time_s": elapsed,
         }
-        save_checkpoint(state, self.run.checkpoints, self.step, self.tc.keep_checkpoints)
+        save_checkpoint(state, self.run.checkpoints, self.step, self.tc.keep_checkpoints, self.tc.compress_checkpoints)
 
     # -- one step -------------------------------------------------------------------------------------
 
