@@ -10,6 +10,7 @@ from tiny_models import tiny_chirodiff
 
 from sparsedm.cli import main
 from sparsedm.data.strokes import features_to_sketches
+from sparsedm.runs.checkpoint import load_checkpoint
 
 SUMMARY_KEYS = {
     "method",
@@ -100,12 +101,10 @@ def test_every_method_trains_and_samples(tmp_path, tiny, method, capsys):
 
 
 def test_the_ema_used_for_sampling_has_the_run_sparsity(tmp_path, tiny):
-    import torch
-
     code, run = train(
         tmp_path, tiny, "train.steps=20", "sparse.method=magran", "sparse.sparsity=0.5", "sparse.update_interval=5"
     )
-    state = torch.load(sorted((run / "checkpoints").iterdir())[-1], weights_only=False)
+    state = load_checkpoint(sorted((run / "checkpoints").iterdir())[-1])
     for name, mask in state["engine"]["masks"].items():
         ema_weight = state["ema"]["module"][name]
         assert (ema_weight[~mask] == 0).all() and (ema_weight[mask] != 0).float().mean() > 0.9
