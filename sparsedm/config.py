@@ -137,13 +137,15 @@ class AutoencoderExperiment:
 
 
 Experiment = ChiroDiffExperiment | LDMExperiment
-SCHEMAS = {"chirodiff": ChiroDiffExperiment, "ldm": LDMExperiment}
+SCHEMAS = {"chirodiff": ChiroDiffExperiment, "ldm": LDMExperiment}  # what `sparsedm train` trains
+# what a run folder may hold: an autoencoder's too (its task then says what a command can do with it)
+RUN_SCHEMAS = {**SCHEMAS, "autoencoder": AutoencoderExperiment}
 
 
-def _schema(task: str):
-    if task not in SCHEMAS:
-        raise UserError(f"task={task!r} is unknown; use one of {', '.join(SCHEMAS)}")
-    return SCHEMAS[task]
+def _schema(task: str, schemas: dict = SCHEMAS):
+    if task not in schemas:
+        raise UserError(f"task={task!r} is unknown; use one of {', '.join(schemas)}")
+    return schemas[task]
 
 
 def load_config(path: Optional[str] = None, overrides: List[str] = (), task: Optional[str] = None) -> Experiment:
@@ -157,10 +159,8 @@ def load_config(path: Optional[str] = None, overrides: List[str] = (), task: Opt
 
 
 def experiment(cfg: DictConfig) -> Experiment | AutoencoderExperiment:
-    """The typed, checked experiment of a plain config (e.g. a run folder's config.yaml, which may also be an
-    autoencoder's: its task then says what a command can do with it)."""
-    task = cfg.get("task") or "chirodiff"
-    return typed(merge_config(AutoencoderExperiment if task == "autoencoder" else _schema(task), cfg))
+    """The typed, checked experiment of a plain config (e.g. a run folder's config.yaml)."""
+    return typed(merge_config(_schema(cfg.get("task") or "chirodiff", RUN_SCHEMAS), cfg))
 
 
 def load_autoencoder_config(path: Optional[str], overrides=()) -> AutoencoderExperiment:

@@ -80,7 +80,7 @@ def prepare_run_dir(run: RunDir, cfg, resume: bool, overwrite: bool) -> None:
         raise UserError(f"{run.path} already holds a run; pass --resume to continue it or --overwrite to replace it")
     old, new = to_dict(run.read_config()), to_dict(cfg)
     for key in RESUMABLE_CHANGES:
-        old.get("train", {}).pop(key, None), new["train"].pop(key, None)
+        old["train"].pop(key, None), new["train"].pop(key, None)
     if old != new:
         raise UserError(
             f"--resume: the config differs from the one in {run.path / CONFIG}; resume with the run's config (only train.steps and train.stop_at may change)"
@@ -201,7 +201,7 @@ class Trainer:
         return (self.cfg.seed * 1_000_003 + step) * 100_003 + positions
 
     def train_step(self):
-        """One optimiser step; returns (loss, the engine's update statistics or None)."""
+        """One optimiser step; returns (loss, the engine's update statistics or None, the task's event or None)."""
         batch = self._batch(self.train_set, self.batches.indices(self.step, self.dist.rank, self.dist.world_size))
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.tc.precision, self.device):
@@ -223,10 +223,10 @@ class Trainer:
         else:
             self.optimizer.step()
         update = self.engine.after_optimizer_step()
-        self.task_event = self.task.after_optimizer_step(self.model, self.step + 1)
+        task_event = self.task.after_optimizer_step(self.model, self.step + 1)
         self.ema.update(self.model)
         self.step += 1
-        return float(loss.detach()), update
+        return float(loss.detach()), update, task_event
 
     @torch.no_grad()
     def validation_loss(self) -> float:
@@ -286,13 +286,13 @@ class Trainer:
             disable=not self.progress,
             dynamic_ncols=True,
         )
-        window, self.last_loss, self.task_event = [], float("nan"), None
+        window, self.last_loss = [], float("nan")
         self.model.train()
         with self._graceful_interrupt():
             while self.step < stop_at and not self.stop_requested:
-                loss, update = self.train_step()
+                loss, update, task_event = self.train_step()
                 window.append(loss)
-                self._after_step(update, window, bar, elapsed)
+                self._after_step(update, task_event, window, bar, elapsed)
                 if self.step % self.tc.checkpoint_every == 0 and self.step < self.total_steps:
                     self._checkpoint(elapsed())
                 bar.update(1)
@@ -319,15 +319,15 @@ class Trainer:
         if finished:
             plot_run(self.run.path)
 
-    def _after_step(self, update, window, bar, elapsed) -> None:
+    def _after_step(self, update, task_event, window, bar, elapsed) -> None:
         if update is not None and self.cfg.dist.check_masks and self.dist.enabled:
             check_masks_agree(self.engine, self.step, self.device)
         if not self.dist.is_main:
             return
         if update is not None:
             self.logger.log({"event": "mask_update", **update})
-        if self.task_event is not None:
-            self.logger.log(self.task_event)
+        if task_event is not None:
+            self.logger.log(task_event)
         if self.step % self.tc.log_every == 0 or self.step == self.total_steps:
             self.last_loss = sum(window) / len(window)
             self.logger.log(
