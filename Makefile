@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test setup clean
+.PHONY: demo test study setup clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,22 @@ setup: $(STAMP)
 # Dense, Static-DM, RigL-DM and MagRan-DM at S = 0.5, compared by FID; a second call skips finished runs
 demo: $(STAMP)
 	$(PY) -m sparsedm demo --out reports/demo
+
+# The study of docs/results.md (configs/study_kanjivg.yaml): 57 runs, about 4.5 hours on 2 cores; resumable.
+# The sampling noise: the grid's dense-seed0 run, copied, evaluated again with sampling seeds 1 and 2.
+STUDY := $(PY) -m sparsedm sweep configs/study_kanjivg.yaml --seeds 3 --workers 2 --num 1000 --no-progress
+study: $(STAMP)
+	$(STUDY) --out reports/study --methods dense static rigl magran --sparsities 0.25 0.5 0.75 0.9 --prune-rates 0.1
+	$(STUDY) --out reports/study --methods rigl magran --sparsities 0.75 0.9 --prune-rates 0.05
+	$(STUDY) --out reports/study_4x train.steps=6000 --methods dense rigl --sparsities 0.5 --prune-rates 0.1
+	for s in 1 2; do \
+	  d=reports/study_noise/dense-seed0-sample$$s; test -f $$d/eval.json && continue; \
+	  rm -rf $$d && mkdir -p $$d && cp -r reports/study/runs/dense-seed0/config.yaml \
+	    reports/study/runs/dense-seed0/summary.json reports/study/runs/dense-seed0/checkpoints $$d/ && \
+	  $(PY) -m sparsedm evaluate $$d --seed $$s --num 1000 --no-progress || exit 1; \
+	done
+	$(PY) -m sparsedm report reports/study
+	$(PY) -m sparsedm report reports/study_4x
 
 # lint and format checks first (seconds), then the suite
 test: $(STAMP)

@@ -39,7 +39,7 @@ def test_short_demo_writes_its_report_and_skips_finished_runs(tmp_path, capsys):
     assert "4 runs: 4 trained, 0 evaluated, 0 finished before" in printed
     assert sorted(p.name for p in (out / "runs").iterdir()) == RUNS
     pictures = [f"samples_{name}.png" for name in RUNS] + [
-        "samples.png",
+        "samples_S0.5.png",
         "fid_vs_sparsity.png",
         "fid_vs_train_flops.png",
     ]
@@ -51,7 +51,7 @@ def test_short_demo_writes_its_report_and_skips_finished_runs(tmp_path, capsys):
     rows = [line for line in first_table.splitlines() if line.startswith("| ") and not line.startswith("| Method")]
     assert [row.split(" | ")[0] for row in rows] == ["| Dense", "| Static-DM", "| RigL-DM", "| MagRan-DM"]
     assert "6 samples (DDIM, 2 steps)" in table
-    with Image.open(out / "samples.png") as picture:
+    with Image.open(out / "samples_S0.5.png") as picture:
         assert picture.size[1] > 4 * 40  # a row per method
 
     before = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("eval.json")}

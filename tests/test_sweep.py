@@ -8,12 +8,14 @@ import shutil
 
 import pytest
 from fid_stub import use_pooled_pixels
+from PIL import Image
 from tiny_models import tiny_chirodiff
 
 from sparsedm.cli import main
 from sparsedm.config import load_config
 from sparsedm.experiments import sweep as sweep_module
 from sparsedm.experiments.grid import RunSpec
+from sparsedm.experiments.report import build_report
 from sparsedm.runs.run_dir import RunDir
 
 RUNS = ["dense-seed0", "static-S0.5-seed0", "rigl-S0.5-p0.1-seed0", "rigl-S0.5-p0.5-seed0"]
@@ -62,6 +64,7 @@ def test_sweep_runs_the_grid_writes_every_file_and_continues_without_redoing(tmp
         "results.csv",
         "results.md",
         "runs",
+        "samples_S0.5.png",
         "sweep.json",
     ]
     for name in RUNS:
@@ -99,6 +102,16 @@ def test_sweep_runs_the_grid_writes_every_file_and_continues_without_redoing(tmp
     assert resumes == [f"resumed from {resumed / 'checkpoints' / 'step_00000003.pt'} at step 3"]
     assert json.loads((restarted / "summary.json").read_text())["steps"] == 6
     assert (unevaluated / "summary.json").read_text() == unevaluated_summary  # not trained again
+
+    # a run whose samples are gone is left out of the sample picture, with a warning, and the report is still built
+    with Image.open(out / "samples_S0.5.png") as picture:
+        four_rows = picture.size[1]
+    (unevaluated / "samples" / "eval_samples.npz").unlink()
+    with caplog.at_level(logging.WARNING, logger="sparsedm.experiments.sample_pictures"):
+        assert "| RigL-DM | 0.5 | 0.5 |" in build_report(out).markdown
+    assert any("rigl-S0.5-p0.5-seed0 left out of samples_S0.5.png" in r.getMessage() for r in caplog.records)
+    with Image.open(out / "samples_S0.5.png") as picture:
+        assert picture.size[1] == pytest.approx(four_rows * 3 / 4, abs=2)
 
 
 def test_a_sweep_folder_keeps_one_setup(tmp_path, capsys):

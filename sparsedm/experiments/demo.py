@@ -5,7 +5,7 @@ sampled from its sparse EMA weights and scored by FID against the validation spl
 the finished runs. The report folder holds the sweep's table and plots plus
 
     OUT/samples_<method>.png   the first evaluation samples of each method
-    OUT/samples.png            a few samples of every method, one labelled row each
+    OUT/samples_S0.5.png       a few samples of every method from the same noise, one labelled row each (report)
 """
 
 import shutil
@@ -15,19 +15,14 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from sparsedm.config import load_config, read_run_config
+from sparsedm.config import load_config
 from sparsedm.eval.evaluate import EVAL_SAMPLES, EvalSettings
 from sparsedm.experiments.aggregate import RUNS, read_runs
 from sparsedm.experiments.grid import SweepGrid
-from sparsedm.experiments.plots import sample_rows
 from sparsedm.experiments.report import Report
 from sparsedm.experiments.sweep import run_sweep
-from sparsedm.runs.files import read_npz
 from sparsedm.runs.run_dir import RunDir
-from sparsedm.sparse.methods import METHODS, get_method, method_order
-from sparsedm.tasks import build_task
-
-ROW_SAMPLES = 8  # samples per method in samples.png
+from sparsedm.sparse.methods import METHODS, method_order
 
 
 @dataclass
@@ -65,19 +60,9 @@ def run_demo(settings: Optional[DemoSettings] = None, progress: bool = True) -> 
 
 
 def _sample_pictures(out: Path) -> list:
-    """Copy each method's sample grid into the report and draw a few samples of each in one picture."""
-    records = sorted(read_runs(out), key=lambda r: (method_order(r["method"]), r["run"]))
-    files, strips = [], {}
-    for record in records:
-        run = RunDir(out / RUNS / record["run"])
-        method = get_method(record["method"])
-        label = method.display_name + (f" S={record['sparsity']:g}" if method.sparse else "")
+    """Copy each method's evaluation sample grid into the report (samples_S<S>.png comes with the report)."""
+    files = []
+    for record in sorted(read_runs(out), key=lambda r: (method_order(r["method"]), r["run"])):
         files.append(out / f"samples_{record['run']}.png")
-        shutil.copyfile(run.samples / f"{EVAL_SAMPLES}.png", files[-1])
-        samples = read_npz(
-            run.samples / f"{EVAL_SAMPLES}.npz", "evaluate the run again with `sparsedm evaluate RUN --overwrite`"
-        )
-        first = {name: array[:ROW_SAMPLES] for name, array in samples.items()}
-        strips[label] = build_task(read_run_config(run)).to_images(first)
-    files.append(sample_rows(strips, out / "samples.png"))
+        shutil.copyfile(RunDir(out / RUNS / record["run"]).samples / f"{EVAL_SAMPLES}.png", files[-1])
     return files

@@ -96,5 +96,4 @@ def sample_rows(images: Dict[str, np.ndarray], path: Path, gap: int = 2) -> Path
         axes.set_axis_off()
         axes.set_title(name, loc="left", fontsize="medium")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    return path
+    return save_figure(figure, path, dpi=100)

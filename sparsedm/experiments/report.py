@@ -6,6 +6,8 @@ SWEEP/results.md              the paper's table, the paired comparison with Dens
 SWEEP/fid_vs_sparsity.png     FID against S, a line per method (and p); Dense as a level with its ± std band
 SWEEP/fid_vs_train_flops.png  FID against training FLOPs as a fraction of dense
 SWEEP/fid_vs_exploration.png  FID against the exploration rate (runs that recorded it)
+SWEEP/samples_S<S>.png        for each S: the first samples of Dense and of each sparse method from the same
+                              noise, one row per run (sample_pictures.py)
 
 Every file is replaced atomically: the jobs of a sharded sweep may rebuild the report at the same time.
 """
@@ -27,6 +29,7 @@ from sparsedm.experiments.aggregate import (
     write_csv,
 )
 from sparsedm.experiments.plots import fid_vs_exploration, fid_vs_sparsity, fid_vs_train_flops
+from sparsedm.experiments.sample_pictures import sparsity_pictures
 from sparsedm.runs.files import writing
 from sparsedm.runs.run_dir import write_text_atomically
 
@@ -55,4 +58,5 @@ def build_report(sweep_dir) -> Report:
         files.append(fid_vs_train_flops(rows, sweep_dir / "fid_vs_train_flops.png"))
         if any(r.exploration_rate is not None for r in rows if r.method != "dense"):
             files.append(fid_vs_exploration(rows, sweep_dir / "fid_vs_exploration.png"))
+        files += sparsity_pictures(sweep_dir, records)
     return Report(rows, markdown, files)
