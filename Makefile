@@ -25,7 +25,7 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m sparsedm demo --out reports/demo
 
-# The study of docs/results.md (configs/study_kanjivg.yaml): 57 runs, about 4.5 hours on 2 cores; resumable.
+# The study of docs/results.md (configs/study_kanjivg.yaml): 57 runs, 4.4-5.3 hours on 2 cores; resumable.
 # The sampling noise: the grid's dense-seed0 run, copied, evaluated again with sampling seeds 1 and 2.
 STUDY := $(PY) -m sparsedm sweep configs/study_kanjivg.yaml --seeds 3 --workers 2 --num 1000 --no-progress
 study: $(STAMP)

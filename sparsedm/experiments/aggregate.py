@@ -92,7 +92,8 @@ def common_protocol(records: List[dict]) -> dict:
     return {key: first.get(key) for key in PROTOCOL}
 
 
-def _group_key(record: dict) -> tuple:
+def group_key(record: dict) -> tuple:
+    """(method, S, p) of a run: S is None for Dense, p None for Dense and Static-DM."""
     method = get_method(record["method"])
     sparsity = record["sparsity"] if method.sparse else None
     prune_rate = record["prune_rate"] if method.dynamic else None
@@ -107,7 +108,7 @@ def aggregate(records: List[dict]) -> List[Row]:
     """One row per (method, S, p), Dense first, then by S and p."""
     groups = defaultdict(list)
     for record in records:
-        groups[_group_key(record)].append(record)
+        groups[group_key(record)].append(record)
     rows = []
     for (method, sparsity, prune_rate), runs in groups.items():
         fids = [r["fid"] for r in runs]

@@ -16,7 +16,7 @@ import numpy as np
 from sparsedm.config import read_run_config
 from sparsedm.errors import UserError
 from sparsedm.eval.evaluate import EVAL_SAMPLES
-from sparsedm.experiments.aggregate import RUNS
+from sparsedm.experiments.aggregate import RUNS, group_key
 from sparsedm.experiments.plots import sample_rows
 from sparsedm.runs.files import read_npz
 from sparsedm.runs.run_dir import RunDir
@@ -53,36 +53,28 @@ def _lowest_seed(records: List[dict]) -> Dict[tuple, dict]:
     """The record with the lowest seed of each (method, S, p), in the table's order."""
     chosen = {}
     for record in sorted(records, key=lambda r: (r.get("seed") is None, r.get("seed") or 0, r["run"])):
-        method = get_method(record["method"])
-        key = (
-            record["method"],
-            record["sparsity"] if method.sparse else None,
-            record["prune_rate"] if method.dynamic else None,
-        )
-        chosen.setdefault(key, record)
+        chosen.setdefault(group_key(record), record)
     return dict(sorted(chosen.items(), key=lambda item: (method_order(item[0][0]), item[0][1] or 0, item[0][2] or 0)))
 
 
 def rows_at_sparsity(records: List[dict], sparsity: float) -> List[dict]:
     """Dense and each sparse (method, p) at S = `sparsity`, at its lowest seed: the rows of samples_S<S>.png."""
     picked = _lowest_seed(records)
-    return [
-        record
-        for (method, s, _), record in picked.items()
-        if not get_method(method).sparse or (s is not None and abs(s - sparsity) < 1e-9)
-    ]
+    return [record for (method, s, _), record in picked.items() if not get_method(method).sparse or s == sparsity]
 
 
 def sparsity_pictures(sweep_dir, records: List[dict]) -> List[Path]:
     """samples_S<S>.png for each S among the sparse runs; a run whose samples cannot be read is left out, logged."""
     sweep_dir = Path(sweep_dir)
     levels = sorted({r["sparsity"] for r in records if get_method(r["method"]).sparse})
-    files = []
+    files, drawn = [], {}  # drawn: each run's pictures, read once (Dense is in every picture)
     for sparsity in levels:
         strips: Dict[str, np.ndarray] = {}
         for record in rows_at_sparsity(records, sparsity):
             try:
-                strips[run_label(record)] = first_samples(sweep_dir, record)
+                if record["run"] not in drawn:
+                    drawn[record["run"]] = first_samples(sweep_dir, record)
+                strips[run_label(record)] = drawn[record["run"]]
             except UserError as error:  # a picture must not cost the table: say what is missing and go on
                 log.warning("samples of %s left out of samples_S%g.png: %s", record["run"], sparsity, error)
         if strips:
