@@ -40,6 +40,7 @@ study: $(STAMP)
 	done
 	$(PY) -m sparsedm report reports/study
 	$(PY) -m sparsedm report reports/study_4x
+	$(PY) -m sparsedm compare reports/study reports/study_4x | tee reports/study_4x/compare.md
 
 # lint and format checks first (seconds), then the suite
 test: $(STAMP)

@@ -183,6 +183,12 @@ def _report(args) -> None:
     _print_report(build_report(args.sweep))
 
 
+def _compare(args) -> None:
+    from sparsedm.experiments.comparisons import compare_sweeps
+
+    print(compare_sweeps(args.a, args.b), end="")
+
+
 def _plot(args) -> None:
     from sparsedm.runs.plots import plot_run
 
@@ -295,6 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="rebuild a sweep's results.csv, results.md and plots from its finished runs")
     report.add_argument("sweep", help="sweep folder")
     report.set_defaults(func=_report)
+
+    compare = sub.add_parser(
+        "compare", help="each configuration of sweep B against the same one in sweep A, paired by seed (markdown)"
+    )
+    compare.add_argument("a", help="sweep folder A (the reference, e.g. the grid)")
+    compare.add_argument("b", help="sweep folder B (e.g. the same runs trained longer)")
+    compare.set_defaults(func=_compare)
 
     plot = sub.add_parser("plot", help="draw a run's loss curves and per-layer density/exploration (PNG in the run)")
     plot.add_argument("run", help="run folder (while it trains too)")

@@ -79,6 +79,14 @@ def read_runs(sweep_dir) -> List[dict]:
     return records
 
 
+def read_evaluated_runs(sweep_dir) -> List[dict]:
+    """read_runs, or UserError when the sweep has no evaluated run yet."""
+    records = read_runs(sweep_dir)
+    if not records:
+        raise UserError(f"{Path(sweep_dir) / RUNS} holds no evaluated run (no */eval.json); run `sparsedm sweep` first")
+    return records
+
+
 def common_protocol(records: List[dict]) -> dict:
     """The settings all runs share; UserError naming the first run that differs."""
     first = records[0]

@@ -2,7 +2,8 @@
 
 SWEEP/results.csv             one row per (method, S, p): FID mean and std, the per-seed FIDs, the paired
                               difference to Dense with its 95% interval and verdict, costs and their ratios
-SWEEP/results.md              the paper's table, the paired comparison with Dense, a note on what they are
+SWEEP/results.md              the paper's table, the paired comparison with Dense, then dynamic methods paired
+                              with Static-DM and with their largest p (comparisons.py), a note on what they are
 SWEEP/fid_vs_sparsity.png     FID against S, a line per method (and p); Dense as a level with its ± std band
 SWEEP/fid_vs_train_flops.png  FID against training FLOPs as a fraction of dense
 SWEEP/fid_vs_exploration.png  FID against the exploration rate (runs that recorded it)
@@ -16,18 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List
 
-from sparsedm.errors import UserError
 from sparsedm.experiments.aggregate import (
-    RUNS,
     Row,
     aggregate,
     common_protocol,
     markdown_table,
     paired_table,
     protocol_note,
-    read_runs,
+    read_evaluated_runs,
     write_csv,
 )
+from sparsedm.experiments.comparisons import OTHERS_NOTE, comparison_table, versus_largest_prune_rate, versus_static
 from sparsedm.experiments.plots import fid_vs_exploration, fid_vs_sparsity, fid_vs_train_flops
 from sparsedm.experiments.sample_pictures import sparsity_pictures
 from sparsedm.runs.files import writing
@@ -43,13 +43,12 @@ class Report:
 
 def build_report(sweep_dir) -> Report:
     sweep_dir = Path(sweep_dir)
-    records = read_runs(sweep_dir)
-    if not records:
-        raise UserError(f"{sweep_dir / RUNS} holds no evaluated run (no */eval.json); run `sparsedm sweep` first")
+    records = read_evaluated_runs(sweep_dir)
     protocol = common_protocol(records)
     rows = aggregate(records)
-    paired = paired_table(rows)
-    markdown = markdown_table(rows) + "\n" + (paired + "\n" if paired else "") + protocol_note(protocol)
+    tables = [markdown_table(rows), paired_table(rows)]
+    tables.append(comparison_table(versus_static(rows) + versus_largest_prune_rate(rows)))
+    markdown = "\n".join(t for t in tables if t) + "\n" + protocol_note(protocol) + (OTHERS_NOTE if tables[2] else "")
     files = [sweep_dir / "results.csv", sweep_dir / "results.md"]
     with writing():
         write_csv(rows, files[0])
