@@ -31,6 +31,9 @@ class Comparison:
     result: PairedDifference
 
 
+DENSE_KEY = ("dense", None, None)
+
+
 def _key(row: Row) -> Tuple:
     return row.method, row.sparsity, row.prune_rate
 
@@ -73,35 +76,37 @@ class SweepChange:
     row: Row  # the configuration in sweep B
     before: Row  # the same configuration in sweep A
     change: PairedDifference  # FID_B - FID_A, by seed
-    gap_change: Optional[
-        PairedDifference
-    ]  # (gap to Dense in B) - (gap in A), by seed; None for Dense itself or without Dense
+    # (gap to Dense in B) - (gap in A), by seed; None for Dense itself, or when a sweep has no Dense
+    gap_change: Optional[PairedDifference]
 
 
-def _gaps(row: Row, dense: Optional[Row]) -> Optional[Dict[int, float]]:
-    if dense is None:
-        return None
+def _gaps(row: Row, dense: Row) -> Dict[int, float]:
     return {seed: fid - dense.fid_by_seed[seed] for seed, fid in row.fid_by_seed.items() if seed in dense.fid_by_seed}
 
 
 def across_sweeps(rows_a: List[Row], rows_b: List[Row]) -> List[SweepChange]:
     """Each configuration present in both sweeps, in B's order."""
     in_a = {_key(row): row for row in rows_a}
-    dense_a, dense_b = in_a.get(("dense", None, None)), next((r for r in rows_b if r.method == "dense"), None)
+    dense_a = in_a.get(DENSE_KEY)
+    dense_b = next((row for row in rows_b if _key(row) == DENSE_KEY), None)
     changes = []
     for row in rows_b:
         before = in_a.get(_key(row))
         if before is None:
             continue
         gap_change = None
-        if row.method != "dense" and dense_a is not None and dense_b is not None:
+        if row is not dense_b and dense_a is not None and dense_b is not None:
             gap_change = paired_difference(_gaps(row, dense_b), _gaps(before, dense_a))
         changes.append(SweepChange(row, before, paired_difference(row.fid_by_seed, before.fid_by_seed), gap_change))
     return changes
 
 
+def _signed(value: Optional[float]) -> str:
+    return "–" if value is None else f"{value:+.2f}"
+
+
 def _cells(result: PairedDifference) -> str:
-    delta = "–" if result.mean is None else f"{result.mean:+.2f}"
+    delta = _signed(result.mean)
     interval = "–" if result.ci_low is None else f"[{result.ci_low:+.2f}, {result.ci_high:+.2f}]"
     return f"{result.n} | {delta} | {interval} | {result.verdict}"
 
@@ -112,44 +117,41 @@ def _config_cells(row: Row) -> str:
     return f"{get_method(row.method).display_name} | {sparsity} | {prune_rate}"
 
 
+def _table(header: List[str], lines: List[str]) -> List[str]:
+    """A markdown table: the header row, its rule, then `lines` (each already "| ... |")."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + lines
+
+
 def comparison_table(comparisons: List[Comparison]) -> str:
     """Markdown: one line per comparison; empty without any."""
     if not comparisons:
         return ""
-    lines = [
-        f"| Method | S | p | Against | Paired seeds | ΔFID | {CONFIDENCE:.0%} CI | Verdict |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    lines += [f"| {_config_cells(c.row)} | {c.against} | {_cells(c.result)} |" for c in comparisons]
-    return "\n".join(lines) + "\n"
+    header = ["Method", "S", "p", "Against", "Paired seeds", "ΔFID", f"{CONFIDENCE:.0%} CI", "Verdict"]
+    lines = [f"| {_config_cells(c.row)} | {c.against} | {_cells(c.result)} |" for c in comparisons]
+    return "\n".join(_table(header, lines)) + "\n"
 
 
 def sweep_change_tables(changes: List[SweepChange]) -> str:
     """Markdown: FID in A and B with the paired change; then the change of each gap to Dense."""
     if not changes:
         return ""
+    ci = f"{CONFIDENCE:.0%} CI"
+    header = ["Method", "S", "p", "FID A", "FID B", "Paired seeds", "ΔFID (B - A)", ci, "Verdict (B vs A)"]
     lines = [
-        f"| Method | S | p | FID A | FID B | Paired seeds | ΔFID (B - A) | {CONFIDENCE:.0%} CI | Verdict (B vs A) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    lines += [
         f"| {_config_cells(c.row)} | {c.before.fid_mean:.2f} | {c.row.fid_mean:.2f} | {_cells(c.change)} |"
         for c in changes
     ]
+    tables = _table(header, lines)
     gaps = [c for c in changes if c.gap_change is not None]
     if gaps:
-        lines += [
-            "",
-            f"| Method | S | p | Gap to Dense in A | Gap in B | Paired seeds | Change of gap | {CONFIDENCE:.0%} CI | Verdict |",
-            "|---|---|---|---|---|---|---|---|---|",
+        header = ["Method", "S", "p", "Gap to Dense in A", "Gap in B", "Paired seeds", "Change of gap", ci, "Verdict"]
+        lines = [
+            f"| {_config_cells(c.row)} | {_signed(c.before.delta_mean)} | {_signed(c.row.delta_mean)} "
+            f"| {_cells(c.gap_change)} |"
+            for c in gaps
         ]
-        for c in gaps:
-            gap_a, gap_b = c.before.delta_mean, c.row.delta_mean
-            lines.append(
-                f"| {_config_cells(c.row)} | {'–' if gap_a is None else f'{gap_a:+.2f}'} "
-                f"| {'–' if gap_b is None else f'{gap_b:+.2f}'} | {_cells(c.gap_change)} |"
-            )
-    return "\n".join(lines) + "\n"
+        tables += [""] + _table(header, lines)
+    return "\n".join(tables) + "\n"
 
 
 def _sweep_rows(sweep_dir) -> Tuple[List[Row], dict]:

@@ -46,9 +46,9 @@ def build_report(sweep_dir) -> Report:
     records = read_evaluated_runs(sweep_dir)
     protocol = common_protocol(records)
     rows = aggregate(records)
-    tables = [markdown_table(rows), paired_table(rows)]
-    tables.append(comparison_table(versus_static(rows) + versus_largest_prune_rate(rows)))
-    markdown = "\n".join(t for t in tables if t) + "\n" + protocol_note(protocol) + (OTHERS_NOTE if tables[2] else "")
+    others = comparison_table(versus_static(rows) + versus_largest_prune_rate(rows))
+    tables = "\n".join(table for table in (markdown_table(rows), paired_table(rows), others) if table)
+    markdown = tables + "\n" + protocol_note(protocol) + (OTHERS_NOTE if others else "")
     files = [sweep_dir / "results.csv", sweep_dir / "results.md"]
     with writing():
         write_csv(rows, files[0])
