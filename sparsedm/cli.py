@@ -173,6 +173,7 @@ def _sweep(args) -> None:
         progress=not args.no_progress,
         workers=args.workers,
         shard=shard,
+        train_only=args.train_only,
     )
     _print_sweep(outcomes, report)
 
@@ -294,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument(
         "--list", action="store_true", help="print every run with its slice of N (from --shard) and its state"
+    )
+    sweep.add_argument(
+        "--train-only", action="store_true", help="train the runs, score none (the same command without it scores them)"
     )
     _add_eval_options(sweep, "--sample-")
     sweep.set_defaults(func=_sweep)

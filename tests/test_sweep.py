@@ -192,3 +192,16 @@ def test_with_workers_the_reference_comes_first_and_every_run_is_handed_out(tmp_
     assert handed == [
         ["dense-seed0", "rigl-S0.5-p0.1-seed0", "static-S0.5-seed0"]
     ]  # all three went to the workers, at once
+
+
+def test_train_only_trains_and_a_later_call_scores(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    code, captured = sweep(out, capsys, "--methods", "dense", "--train-only")
+    assert code == 0 and "1 runs: 1 trained, 0 evaluated, 0 finished before" in captured.out, captured
+    assert (out / "runs" / "dense-seed0" / "summary.json").exists()
+    assert not (out / "runs" / "dense-seed0" / "eval.json").exists() and not (out / "results.md").exists()
+    code, captured = sweep(out, capsys, "--methods", "dense", "--train-only")
+    assert code == 0 and "1 runs: 0 trained, 0 evaluated, 1 finished before" in captured.out
+    code, captured = sweep(out, capsys, "--methods", "dense")
+    assert code == 0 and "1 runs: 0 trained, 1 evaluated, 0 finished before" in captured.out
+    assert (out / "runs" / "dense-seed0" / "eval.json").exists() and (out / "results.md").exists()

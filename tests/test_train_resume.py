@@ -206,3 +206,30 @@ def test_a_resume_that_changes_the_steps_says_it_moves_t_end(tmp_path, cache, ca
     with caplog.at_level(logging.WARNING, logger="sparsedm"):
         assert train(tmp_path / "split", cache, "sparse.method=rigl", "train.steps=8", flags=["--resume"]) == 0
     assert "moves t_end" not in caplog.text
+
+
+def test_milestones_are_kept_beside_the_rolling_checkpoints_and_resume_stays_exact(tmp_path, cache):
+    steps = ["train.steps=14", "train.checkpoint_every=4", "train.keep_checkpoints=1", "train.keep_steps=[3,7]"]
+    assert train(tmp_path / "full", cache, "sparse.method=rigl", *steps) == 0
+    kept = [p.name for p in list_checkpoints(tmp_path / "full" / "checkpoints")]
+    # 3 and 7 are milestones (3 is not a multiple of checkpoint_every); of 4, 8, 12 and 14 only the newest stays
+    assert kept == ["step_00000003.pt", "step_00000007.pt", "step_00000014.pt"]
+    assert load_checkpoint(tmp_path / "full" / "checkpoints" / "step_00000003.pt")["step"] == 3
+    # stopped at 5 and resumed: the milestone written after the resume is the straight run's
+    assert train(tmp_path / "split", cache, "sparse.method=rigl", *steps, "train.stop_at=5") == 0
+    assert train(tmp_path / "split", cache, "sparse.method=rigl", *steps, flags=["--resume"]) == 0
+    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "step_00000007.pt")
+    b = load_checkpoint(tmp_path / "split" / "checkpoints" / "step_00000007.pt")
+    for name, tensor in a["ema"]["module"].items():
+        assert torch.equal(tensor, b["ema"]["module"][name]), name
+    full = json.loads((tmp_path / "full" / "summary.json").read_text())
+    assert full["weights_sha256"] == json.loads((tmp_path / "split" / "summary.json").read_text())["weights_sha256"]
+    assert full["provenance"]["torch"] == torch.__version__ and full["provenance"]["threads"] == 1
+
+
+def test_milestones_past_the_end_are_refused(tmp_path, cache, capsys):
+    assert train(tmp_path / "run", cache, "train.steps=4", "train.keep_steps=[2,9]") == 2
+    err = capsys.readouterr().err
+    assert "keep_steps=[2, 9] goes past the run's 4 steps" in err and not (tmp_path / "run" / "checkpoints").exists()
+    assert train(tmp_path / "run2", cache, "train.steps=4", "train.keep_steps=[0]") == 2
+    assert "must hold steps >= 1" in capsys.readouterr().err

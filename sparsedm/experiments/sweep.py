@@ -89,19 +89,39 @@ def pin_setup(out: Path, setup: dict) -> None:
             )
 
 
-def run_one(spec: RunSpec, config: str, overrides: List[str], out: Path, settings: EvalSettings, progress: bool) -> str:
-    """Bring one grid point to a finished evaluation; returns what it took: done, evaluated, trained, stopped
-    (at train.stop_at, with a checkpoint) or busy (another process holds its lock). A Ctrl-C that stopped
-    training stops the sweep too."""
-    if (out / RUNS / spec.name / EVAL).exists():
+def run_one(
+    spec: RunSpec,
+    config: str,
+    overrides: List[str],
+    out: Path,
+    settings: EvalSettings,
+    progress: bool,
+    train_only: bool = False,
+) -> str:
+    """Bring one grid point to a finished evaluation (with `train_only`, to a finished training); returns what
+    it took: done, evaluated, trained, stopped (at train.stop_at, with a checkpoint) or busy (another process
+    holds its lock). A Ctrl-C that stopped training stops the sweep too."""
+    if _finished(out / RUNS / spec.name, train_only):
         return "done"
     with claim(out, spec.name) as claimed:
-        return _finish(spec, config, overrides, out, settings, progress) if claimed else "busy"
+        return _finish(spec, config, overrides, out, settings, progress, train_only) if claimed else "busy"
 
 
-def _finish(spec: RunSpec, config: str, overrides: List[str], out: Path, settings: EvalSettings, progress: bool) -> str:
+def _finished(path: Path, train_only: bool) -> bool:
+    return (path / (SUMMARY if train_only else EVAL)).exists()
+
+
+def _finish(
+    spec: RunSpec,
+    config: str,
+    overrides: List[str],
+    out: Path,
+    settings: EvalSettings,
+    progress: bool,
+    train_only: bool,
+) -> str:
     path = out / RUNS / spec.name
-    if (path / EVAL).exists():  # finished by another process between the listing and the claim
+    if _finished(path, train_only):  # finished by another process between the listing and the claim
         return "done"
     if not (path / SUMMARY).exists():
         cfg = load_config(config, [*overrides, *spec.overrides()])
@@ -113,7 +133,8 @@ def _finish(spec: RunSpec, config: str, overrides: List[str], out: Path, setting
             if trainer.stop_requested:
                 raise KeyboardInterrupt
             return "stopped"
-        evaluate_run(path, settings, progress=progress)
+        if not train_only:
+            evaluate_run(path, settings, progress=progress)
         return "trained"
     evaluate_run(path, settings, progress=progress)
     return "evaluated"
@@ -145,9 +166,11 @@ def run_sweep(
     progress: bool = True,
     workers: int = 1,
     shard: Optional[Tuple[int, int]] = None,
+    train_only: bool = False,
 ) -> Tuple[Dict[str, str], Optional[Report]]:
     """Train and evaluate every run of `grid` (of its slice K of N with `shard`) not finished yet, then rebuild
-    the report (report.py) from every finished run in `out`.
+    the report (report.py) from every finished run in `out`. With `train_only` runs are trained but not
+    evaluated (a later sweep without it evaluates them), for example to train on one machine and score on another.
 
     `workers` > 1 runs that many at a time, each in its own single-threaded process (parallel.py). Returns
     what each run took (done, evaluated, trained, stopped or failed; see `run_one`), by name, and the report
@@ -163,14 +186,14 @@ def run_sweep(
         )
     overrides, specs = list(overrides), in_slice(grid.runs(), shard)
     pin_setup(out, _setup(config, overrides, settings))
-    outcomes = {spec.name: "done" for spec in specs if (out / RUNS / spec.name / EVAL).exists()}
+    outcomes = {spec.name: "done" for spec in specs if _finished(out / RUNS / spec.name, train_only)}
     todo = [spec for spec in specs if spec.name not in outcomes]
     part = f" slice {shard[0]}/{shard[1]}" if shard else ""
     log.info("sweep %s%s: %d runs, %d finished before", out, part, len(specs), len(outcomes))
     if workers > 1 and len(todo) > 1:
-        outcomes.update(_run_in_workers(todo, config, overrides, out, settings, progress, workers))
+        outcomes.update(_run_in_workers(todo, config, overrides, out, settings, progress, workers, train_only))
     else:
-        outcomes.update(_run_in_turn(todo, config, overrides, out, settings, progress))
+        outcomes.update(_run_in_turn(todo, config, overrides, out, settings, progress, train_only))
     outcomes = {spec.name: outcomes[spec.name] for spec in specs}
     return outcomes, build_report(out) if read_runs(out) else None
 
@@ -196,13 +219,19 @@ def list_sweep(out, grid: SweepGrid, shards: int = 1) -> List[Tuple[int, str, st
 
 
 def _run_in_turn(
-    todo: List[RunSpec], config: str, overrides: List[str], out: Path, settings: EvalSettings, progress: bool
+    todo: List[RunSpec],
+    config: str,
+    overrides: List[str],
+    out: Path,
+    settings: EvalSettings,
+    progress: bool,
+    train_only: bool,
 ) -> Dict[str, str]:
     outcomes = {}
     for i, spec in enumerate(todo, 1):
         log.info("sweep [%d/%d] %s", i, len(todo), spec.name)
         try:
-            outcomes[spec.name] = run_one(spec, config, overrides, out, settings, progress)
+            outcomes[spec.name] = run_one(spec, config, overrides, out, settings, progress, train_only)
         except UserError as error:
             log.error("sweep: %s failed: %s", spec.name, error)
             outcomes[spec.name] = "failed"
@@ -217,13 +246,14 @@ def _run_in_workers(
     settings: EvalSettings,
     progress: bool,
     workers: int,
+    train_only: bool,
 ) -> Dict[str, str]:
     cfg = load_config(config, overrides)
-    # the reference statistics first, or every worker would compute them at once
-    reference_statistics(build_task(cfg), settings, resolve_device(cfg.train.device, DistInfo()), progress)
+    if not train_only:  # the reference statistics first, or every worker would compute them at once
+        reference_statistics(build_task(cfg), settings, resolve_device(cfg.train.device, DistInfo()), progress)
     results = run_in_workers(
         run_one,
-        {spec.name: (spec, config, overrides, out, settings, False) for spec in todo},
+        {spec.name: (spec, config, overrides, out, settings, False, train_only) for spec in todo},
         workers,
         progress_count=lambda: sum(steps_done(out / RUNS / spec.name) for spec in todo),
         total=None if cfg.train.epochs else cfg.train.steps * len(todo),

@@ -1,7 +1,8 @@
 """Checkpoints: a plain dict (model, optimiser, EMA, engine, RNG, step), written atomically.
 
 A checkpoint is written to a temporary file in the same folder and renamed into place, so a process killed
-mid-write leaves the previous checkpoint intact. Only the newest `keep` are kept.
+mid-write leaves the previous checkpoint intact. Only the newest `keep` are kept, besides the milestones
+(`keep_steps`), which are kept for good so that they can be scored later (`sparsedm evaluate RUN --at-step N`).
 
 Checkpoints are read with `weights_only=True`: tensors and plain values only, so a checkpoint from someone
 else cannot run code when it is loaded (a pickle naming any other function is refused with one line).
@@ -11,7 +12,7 @@ import os
 import pickle
 import re
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterable, List, Optional
 
 import numpy as np
 import torch
@@ -40,9 +41,16 @@ def list_checkpoints(folder: Path) -> List[Path]:
     return sorted(p for p in folder.iterdir() if PATTERN.match(p.name))
 
 
-def save_checkpoint(state: dict, folder: Path, step: int, keep: int, compress: bool = False) -> Path:
+def checkpoint_step(path: Path) -> int:
+    return int(PATTERN.match(path.name).group(1))
+
+
+def save_checkpoint(
+    state: dict, folder: Path, step: int, keep: int, compress: bool = False, keep_steps: Iterable[int] = ()
+) -> Path:
     """Write `state` atomically; `compress` stores the zeros of its tensors as bit-packed masks (read back
-    bit-identically by `load_checkpoint`), so a sparse run's checkpoints shrink with its sparsity."""
+    bit-identically by `load_checkpoint`), so a sparse run's checkpoints shrink with its sparsity. Of the
+    others, the newest `keep` stay; those of `keep_steps` are never removed."""
     final = checkpoint_path(folder, step)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     with writing():
@@ -55,7 +63,9 @@ def save_checkpoint(state: dict, folder: Path, step: int, keep: int, compress: b
             os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
-    for old in list_checkpoints(folder)[:-keep] if keep > 0 else []:
+    milestones = set(keep_steps)
+    rolling = [path for path in list_checkpoints(folder) if checkpoint_step(path) not in milestones]
+    for old in rolling[:-keep] if keep > 0 else []:
         old.unlink()
     return final
 

@@ -32,7 +32,7 @@ class TrainConfig:
         default_factory=lambda: ["jsonl", "tensorboard"]
     )  # jsonl (RUN/metrics.jsonl, required) and tensorboard (RUN/tb/); [jsonl] turns TensorBoard off
     sample_every: int = 500  # steps between TensorBoard grids of 16 samples from the EMA weights (0 = none)
-    val_every: int = 0  # steps between validation losses (0 = only at the end)
+    val_every: int = 500  # steps between validation losses of the EMA model (0 = only at the start and the end)
     val_batches: int = 4  # validation batches per evaluation
     stop_at: Optional[int] = (
         None  # stop after this step with a checkpoint; --resume continues bit-exactly (the way to split a run into jobs)
@@ -40,6 +40,7 @@ class TrainConfig:
     checkpoint_every: int = 500  # steps between checkpoints (one is always written at the end)
     compress_checkpoints: bool = True  # store the zeros of weights, EMA and Adam moments as bit-packed masks
     keep_checkpoints: int = 2  # how many recent checkpoints to keep
+    keep_steps: List[int] = field(default_factory=list)  # milestones kept for good, e.g. [1500, 3000] (to score later)
 
     def __post_init__(self):
         check_run_length(self)
@@ -51,6 +52,13 @@ class TrainConfig:
         if self.checkpoint_every < 1 or self.log_every < 1 or self.keep_checkpoints < 1:
             raise UserError("train.checkpoint_every, train.log_every and train.keep_checkpoints must be >= 1")
         self.log_to = check_log_to(self.log_to)
+        if self.val_every < 0:
+            raise UserError(
+                f"train.val_every={self.val_every} must be >= 0 (0 = validation loss only at the start and end)"
+            )
+        if any(step < 1 for step in self.keep_steps):
+            raise UserError(f"train.keep_steps={list(self.keep_steps)} must hold steps >= 1")
+        self.keep_steps = sorted(set(self.keep_steps))
         if self.sample_every < 0:
             raise UserError(f"train.sample_every={self.sample_every} must be >= 0 (0 = no sample grids)")
 

@@ -30,6 +30,7 @@ from sparsedm.runs.checkpoint import latest_checkpoint, load_checkpoint, save_ch
 from sparsedm.runs.distributed import DistInfo, init_distributed, main_process_first, resolve_device
 from sparsedm.runs.files import writing
 from sparsedm.runs.plots import plot_run
+from sparsedm.runs.provenance import provenance
 from sparsedm.runs.run_dir import CHECKPOINTS, CONFIG, EVAL, METRICS, SAMPLES, SUMMARY, RunDir
 from sparsedm.sparse import (
     EMA,
@@ -51,6 +52,8 @@ RESUMABLE_CHANGES = (
     "log_to",
     "sample_every",
     "compress_checkpoints",
+    "keep_steps",
+    "val_every",
 )  # train.* keys a resumed run may change
 
 
@@ -83,7 +86,7 @@ def prepare_run_dir(run: RunDir, cfg, resume: bool, overwrite: bool) -> None:
         old["train"].pop(key, None), new["train"].pop(key, None)
     if old != new:
         raise UserError(
-            f"--resume: the config differs from the one in {run.path / CONFIG}; resume with the run's config (only train.steps and train.stop_at may change)"
+            f"--resume: the config differs from the one in {run.path / CONFIG}; resume with the run's config (only train.{', train.'.join(RESUMABLE_CHANGES)} may change)"
         )
 
 
@@ -122,6 +125,11 @@ class Trainer:
         self.model = self.task.build_model().to(self.device)
         self.batches = BatchSchedule(len(self.train_set), tc.batch_size, cfg.seed)
         self.total_steps = tc.epochs * self.batches.batches_per_epoch if tc.epochs else tc.steps
+        if tc.keep_steps and tc.keep_steps[-1] > self.total_steps:
+            raise UserError(
+                f"train.keep_steps={list(tc.keep_steps)} goes past the run's {self.total_steps} steps; "
+                "keep only steps the run reaches"
+            )
         self.optimizer = self.task.build_optimizer(self.model, self.device)
         self.ema = EMA(self.model, decay=tc.ema_decay)
         self.engine = SparseEngine(
@@ -183,7 +191,14 @@ class Trainer:
             "config": to_dict(self.cfg),
             "wall_time_s": elapsed,
         }
-        save_checkpoint(state, self.run.checkpoints, self.step, self.tc.keep_checkpoints, self.tc.compress_checkpoints)
+        save_checkpoint(
+            state,
+            self.run.checkpoints,
+            self.step,
+            self.tc.keep_checkpoints,
+            self.tc.compress_checkpoints,
+            self.tc.keep_steps,
+        )
 
     # -- one step -------------------------------------------------------------------------------------
 
@@ -293,7 +308,8 @@ class Trainer:
                 loss, update, task_event = self.train_step()
                 window.append(loss)
                 self._after_step(update, task_event, window, bar, elapsed)
-                if self.step % self.tc.checkpoint_every == 0 and self.step < self.total_steps:
+                due = self.step % self.tc.checkpoint_every == 0 or self.step in self.tc.keep_steps
+                if due and self.step < self.total_steps:
                     self._checkpoint(elapsed())
                 bar.update(1)
         bar.close()
@@ -376,6 +392,7 @@ class Trainer:
             "loss_final": self.last_loss,
             "val_loss_final": val_loss,
             "wall_time_s": wall,
+            "provenance": provenance(self.device),
             "weights_sha256": weights_fingerprint(self.model),
             "masks_sha256": engine.masks_fingerprint(),
             "tensors": [asdict(row) for row in engine.report()],  # per sparse tensor, in model order
