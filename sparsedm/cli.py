@@ -5,7 +5,6 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
 
 from sparsedm.errors import UserError
 
@@ -104,19 +103,40 @@ def _eval_settings(args):
         split=args.split,
         seed=args.sample_seed,
         sparse_kernels=args.sparse_kernels,
+        memorisation=not args.no_memorisation,
     )
+
+
+def _at_steps(values):
+    """--at-step: None (the final step), "all", or whole steps; UserError otherwise."""
+    if values is None or values == ["all"]:
+        return values and "all"
+    try:
+        return [int(value) for value in values]
+    except ValueError:
+        raise UserError(f"--at-step {' '.join(values)}: give steps (e.g. 1500 3000) or all") from None
 
 
 def _evaluate(args) -> None:
-    from sparsedm.eval.evaluate import EVAL, evaluate_run
+    from sparsedm.eval.evaluate import evaluate_run, evaluate_steps, step_file
+    from sparsedm.runs.run_dir import RunDir
 
-    r = evaluate_run(args.run, _eval_settings(args), overwrite=args.overwrite, progress=not args.no_progress)
-    print(
-        f"{r['method']}: FID {r['fid']:.2f} ({r['n_samples']} samples, {r['sampler']} {r['steps']} steps, against "
-        f"{r['reference_size']} {r['reference_split']} images), EMA sparsity {r['ema_sparsity']:.3f} -> {Path(args.run) / EVAL}"
-    )
-    if r["sparse_kernels"]:
-        print(f"sampled with sparse kernels in {len(r['sparse_kernel_layers'])} layers")
+    settings, steps, progress = _eval_settings(args), _at_steps(args.at_step), not args.no_progress
+    if steps is None:
+        results = [evaluate_run(args.run, settings, overwrite=args.overwrite, progress=progress)]
+    else:
+        results = evaluate_steps(args.run, steps, settings, overwrite=args.overwrite, progress=progress)
+    if not results:
+        print(f"every kept step of {args.run} is scored already (--overwrite scores them again)")
+    for r in results:
+        copies = f", near copies {r['near_copy']:.1%}" if "near_copy" in r else ""
+        print(
+            f"{r['method']} step {r['step']}: FID {r['fid']:.2f} ({r['n_samples']} samples, {r['sampler']} "
+            f"{r['steps']} steps, against {r['reference_size']} {r['reference_split']} images){copies}, EMA sparsity "
+            f"{r['ema_sparsity']:.3f} -> {step_file(RunDir(args.run), r['step'])}"
+        )
+        if r["sparse_kernels"]:
+            print(f"sampled with sparse kernels in {len(r['sparse_kernel_layers'])} layers")
 
 
 def _print_report(report) -> None:
@@ -217,6 +237,9 @@ def _add_eval_options(parser, prefix: str) -> None:
     parser.add_argument("--split", choices=["val", "train"], default="val", help="real split FID compares with")
     parser.add_argument(f"{prefix}seed", dest="sample_seed", type=int, default=0, help="seed of the sampling noise")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--no-memorisation", action="store_true", help="skip FID against the training split and near-copy shares"
+    )
     _add_sparse_kernels_option(parser)
 
 
@@ -274,7 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="FID of a trained run's sparse EMA weights -> RUN/eval.json")
     evaluate.add_argument("run", help="run folder with a finished training (summary.json)")
     _add_eval_options(evaluate, "--")
-    evaluate.add_argument("--overwrite", action="store_true", help="replace an existing RUN/eval.json")
+    evaluate.add_argument(
+        "--at-step",
+        nargs="+",
+        metavar="N",
+        help="score the kept checkpoints of these steps (train.keep_steps), or `all` of them not scored yet "
+        "[the final step]",
+    )
+    evaluate.add_argument("--overwrite", action="store_true", help="replace existing scores of the steps")
     evaluate.set_defaults(func=_evaluate)
 
     sweep = sub.add_parser("sweep", help="train and evaluate methods x S x p x seeds; table and plots")

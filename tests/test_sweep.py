@@ -205,3 +205,21 @@ def test_train_only_trains_and_a_later_call_scores(tmp_path, capsys):
     code, captured = sweep(out, capsys, "--methods", "dense")
     assert code == 0 and "1 runs: 0 trained, 1 evaluated, 0 finished before" in captured.out
     assert (out / "runs" / "dense-seed0" / "eval.json").exists() and (out / "results.md").exists()
+
+
+def test_every_kept_step_is_scored_and_a_lost_score_is_made_again(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    code, captured = sweep(out, capsys, "train.keep_steps=[2,4]", "--methods", "dense", "rigl", "--prune-rates", "0.1")
+    assert code == 0, captured.err
+    for name in ("dense-seed0", "rigl-S0.5-p0.1-seed0"):
+        scored = sorted(p.name for p in (out / "runs" / name / "eval").iterdir())
+        assert scored == ["step_00000002.json", "step_00000004.json", "step_00000006.json"]
+    (out / "runs" / "dense-seed0" / "eval" / "step_00000004.json").unlink()
+    assert "1 kept steps to score" in sweep_module.run_state(out, "dense-seed0")
+    code, captured = sweep(out, capsys, "train.keep_steps=[2,4]", "--methods", "dense", "rigl", "--prune-rates", "0.1")
+    assert code == 0 and "2 runs: 0 trained, 1 evaluated, 1 finished before" in captured.out
+    assert (out / "runs" / "dense-seed0" / "eval" / "step_00000004.json").exists()
+    # a run whose checkpoints are gone (results kept without them) has nothing left to score: it is done
+    shutil.rmtree(out / "runs" / "dense-seed0" / "checkpoints")
+    (out / "runs" / "dense-seed0" / "eval" / "step_00000004.json").unlink()
+    assert sweep_module.run_state(out, "dense-seed0") == "done"

@@ -125,6 +125,11 @@ def test_compare_command_names_what_differs_and_prints_both_tables(grid, longer,
     assert "| RigL-DM | 0.5 | 0.1 | 19.83 | 13.17 | 3 | -6.67 |" in out
     assert "| RigL-DM | 0.5 | 0.1 | +7.83 | +4.17 | 3 | -3.67 |" in out
     assert "S = 0.75" not in out and "| RigL-DM | 0.75 |" not in out
+    # made-up runs record no provenance: both sweeps say so
+    assert (
+        "A: Runs trained at: unrecorded (18 runs). Runs scored at: unrecorded (18 runs).\nB: Runs trained at: unrecorded (9"
+        in out
+    )
 
 
 def test_compare_refuses_sweeps_without_a_common_configuration(tmp_path, grid, capsys):

@@ -1,7 +1,9 @@
-"""Evaluate a trained run: sample its sparse EMA weights, FID against a real split, RUN/eval.json.
+"""Evaluate a trained run: sample its sparse EMA weights, FID against a real split, memorisation, RUN/eval.json.
 
     result = evaluate_run("runs/kanji", EvalSettings(num=200, split="val"))
+    results = evaluate_steps("runs/kanji", "all")   # every kept step (train.keep_steps) not scored yet
 
+Each score goes to RUN/eval/step_XXXXXXXX.json; the final step's also to RUN/eval.json.
 Before sampling, the EMA weights must have the run's sparsity (the zeros of its sparse tensors against
 `summary.json`'s `sparsity_actual`): an FID of weights that are not the sparse model would be reported as
 if it were. Reference statistics are cached per data set, split and rendering (`Task.reference_key`) under
@@ -12,27 +14,37 @@ import time
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
+from sparsedm.config import read_run_config
 from sparsedm.diffusion.config import Sampler
 from sparsedm.errors import UserError, choice, optional_choice
 from sparsedm.eval.fid import (
     Statistics,
     array_batches,
+    cached_array,
+    cached_reference_features,
     cached_reference_statistics,
-    compute_statistics,
+    extract_features,
     fid_from_statistics,
+    statistics_of,
 )
-from sparsedm.inference.sampling import attach_sparse_kernels, draw_samples, load_run_model
-from sparsedm.runs.run_dir import EVAL, RunDir, write_json_atomically
+from sparsedm.eval.memorisation import RULE, near_copy_share, pixels
+from sparsedm.inference.sampling import attach_sparse_kernels, draw_samples, load_run_ema
+from sparsedm.runs.checkpoint import checkpoint_path, checkpoint_step, list_checkpoints
+from sparsedm.runs.distributed import DistInfo, resolve_device
+from sparsedm.runs.files import writing
+from sparsedm.runs.provenance import provenance
+from sparsedm.runs.run_dir import EVAL, EVAL_STEPS, RunDir, write_json_atomically
 from sparsedm.sparse.cost import sampling_flops, train_flops_per_step
 from sparsedm.sparse.selection import select_sparse_parameters
 from sparsedm.tasks import Task
 
-EVAL_SAMPLES = "eval_samples"  # RUN/samples/eval_samples.npz (all) and .png (the first PREVIEW)
+EVAL_SAMPLES = "eval_samples"  # RUN/samples/eval_samples.npz (all) and .png (the first PREVIEW); _step_N for kept steps
 PREVIEW = 64  # samples drawn in the PNG grid
 
 
@@ -55,6 +67,7 @@ class EvalSettings:
     seed: int = 0  # seed of the sampling noise (and, for strokes, of the drawn lengths)
     batch_size: int = 50  # images per Inception forward pass
     sparse_kernels: Optional[str] = None  # None | measure | all: sample with sparse kernels (same FID within noise)
+    memorisation: bool = True  # also FID against the training split and near-copy shares (memorisation.py)
 
     def validate(self) -> "EvalSettings":
         if self.num is not None and self.num < 2:
@@ -76,13 +89,22 @@ def ema_sparsity(model: nn.Module, cfg) -> float:
     return zeros / sum(t.numel() for t in tensors)
 
 
-def check_ema_sparsity(model: nn.Module, cfg, summary: dict, run: RunDir) -> float:
-    """The EMA's sparsity; UserError unless it is the run's: every masked zero, and few zeros more."""
-    measured, target = ema_sparsity(model, cfg), summary["sparsity_actual"]
-    if not target - 1e-9 <= measured <= target + SPARSITY_SLACK:
+def check_ema_sparsity(model: nn.Module, cfg, summary: dict, run: RunDir, masks: dict, final: bool) -> float:
+    """The EMA's sparsity; UserError unless it is the checkpoint's sparse model: zero wherever its masks are
+    (weights grown at an update start at zero, so a step may hold more zeros), and at the final step masks of
+    the run's sparsity. A dense run's EMA may hold only a few exact zeros."""
+    measured = ema_sparsity(model, cfg)
+    weights = dict(model.named_parameters())
+    leaks = [name for name, mask in masks.items() if bool(weights[name].detach()[~mask.to(torch.bool)].any())]
+    masked = 1 - sum(int(m.sum()) for m in masks.values()) / max(sum(m.numel() for m in masks.values()), 1)
+    target = summary["sparsity_actual"]
+    if masks and final and abs(masked - target) > 1e-6:
+        leaks.append(f"masks of S = {masked:.4f}")
+    if leaks or (not masks and measured > target + SPARSITY_SLACK):
         raise UserError(
             f"the EMA weights of {run.path} are {measured:.4f} zeros in their sparse tensors, but the run trained "
-            f"at S = {target:.4f} (summary.json sparsity_actual); its checkpoint is not the sparse model, so no FID is reported"
+            f"at S = {target:.4f} (summary.json sparsity_actual; {', '.join(leaks[:3]) or 'no masks'}): its "
+            "checkpoint is not the sparse model, so no FID is reported"
         )
     return measured
 
@@ -99,33 +121,113 @@ def reference_statistics(task: Task, settings: EvalSettings, device: torch.devic
     )
 
 
+def reference_images(task: Task, split: str) -> np.ndarray:
+    """The pictures of a real split (`Task.reference_images`), drawn once, then cached beside the statistics."""
+    key = task.reference_key(split)
+    return cached_array(key, "images", lambda: task.reference_images(split), Path(task.cfg.data.cache_dir) / "fid")
+
+
+def reference_features(task: Task, split: str, settings: EvalSettings, device, progress: bool) -> np.ndarray:
+    """Inception features of every item of a real split, computed once, then cached beside the statistics."""
+    return cached_reference_features(
+        task.reference_key(split),
+        lambda: array_batches(reference_images(task, split), batch_size=settings.batch_size),
+        Path(task.cfg.data.cache_dir) / "fid",
+        batch_size=settings.batch_size,
+        device=device,
+        progress=progress,
+    )
+
+
+def memorisation(task: Task, settings: EvalSettings, features: np.ndarray, images: np.ndarray, device, progress):
+    """FID against the training split and the near-copy shares of the samples (memorisation.py), with the
+    same shares for the held-out split as the baseline."""
+    train_features = reference_features(task, "train", settings, device, progress)
+    val_features = reference_features(task, "val", settings, device, progress)
+    train_pixels, val_pixels = (pixels(reference_images(task, split)) for split in ("train", "val"))
+    return {
+        "fid_train": fid_from_statistics(statistics_of(features), statistics_of(train_features)),
+        "train_size": len(train_features),
+        "near_copy": near_copy_share(features, train_features),
+        "near_copy_pixels": near_copy_share(pixels(images), train_pixels),
+        "near_copy_heldout": near_copy_share(val_features, train_features),
+        "near_copy_heldout_pixels": near_copy_share(val_pixels, train_pixels),
+        "near_copy_rule": RULE,
+    }
+
+
+def step_file(run: RunDir, step: int) -> Path:
+    """RUN/eval/step_XXXXXXXX.json: the score of the checkpoint of that step."""
+    return run.path / EVAL_STEPS / f"step_{step:08d}.json"
+
+
+def kept_steps(run: RunDir, cfg, summary: dict) -> List[int]:
+    """The steps whose checkpoints are on disk and kept for scoring: `train.keep_steps` and the final one."""
+    wanted = {*cfg.train.keep_steps, summary["steps"]}
+    return [step for step in map(checkpoint_step, list_checkpoints(run.checkpoints)) if step in wanted]
+
+
+def unscored_steps(run_path) -> List[int]:
+    """Kept steps of a trained run with no score yet (eval.json for the final one, eval/ for the others)."""
+    run = RunDir(run_path)
+    cfg, summary = read_run_config(run), run.read_summary()
+    final = summary["steps"]
+    return [
+        step
+        for step in kept_steps(run, cfg, summary)
+        if not step_file(run, step).exists() or (step == final and not (run.path / EVAL).exists())
+    ]
+
+
 def evaluate_run(
-    run_path, settings: Optional[EvalSettings] = None, overwrite: bool = False, progress: bool = True
+    run_path,
+    settings: Optional[EvalSettings] = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    at_step: Optional[int] = None,
 ) -> dict:
-    """Sample the run's EMA weights, FID against `settings.split`; writes and returns RUN/eval.json."""
+    """Sample the EMA weights of the run's final checkpoint (or of the kept one of step `at_step`), FID against
+    `settings.split`, memorisation; writes and returns RUN/eval/step_XXXXXXXX.json, and RUN/eval.json for the
+    final step."""
     settings = (settings or EvalSettings()).validate()
     run = RunDir(run_path)
-    run.read_config()  # a UserError if it is no run folder
+    cfg = read_run_config(run)  # a UserError if it is no run folder
     summary = run.read_summary()  # a UserError until training has finished
-    if (run.path / EVAL).exists() and not overwrite:
-        raise UserError(f"{run.path / EVAL} exists; pass --overwrite to replace it")
+    final = summary["steps"]
+    step = final if at_step is None else at_step
+    if not checkpoint_path(run.checkpoints, step).exists():
+        kept = ", ".join(map(str, map(checkpoint_step, list_checkpoints(run.checkpoints)))) or "none"
+        raise UserError(
+            f"{run.path} has no checkpoint of step {step} (kept steps: {kept}); list the steps to keep in "
+            "train.keep_steps before training"
+        )
+    outputs = [step_file(run, step)] + ([run.path / EVAL] if step == final else [])
+    if not overwrite and any(path.exists() for path in outputs):
+        raise UserError(f"{next(p for p in outputs if p.exists())} exists; pass --overwrite to replace it")
     start = time.time()
-    cfg, task, model, device = load_run_model(run)
-    measured = check_ema_sparsity(model, cfg, summary, run)
+    cfg, state, task, model = load_run_ema(run, str(checkpoint_path(run.checkpoints, step)))
+    device = resolve_device(cfg.train.device, DistInfo())
+    model = model.to(device).eval()
+    measured = check_ema_sparsity(model, cfg, summary, run, state["engine"]["masks"], final=step == final)
     kernels = attach_sparse_kernels(model, cfg, settings.sparse_kernels)
     reference = reference_statistics(task, settings, device, progress)
 
     num = settings.num or reference.n
     sampling = cfg.sample.with_options(sampler=settings.sampler, steps=settings.steps, eta=settings.eta)
-    samples = draw_samples(
-        run, task, model, device, sampling, num, settings.seed, EVAL_SAMPLES, progress, preview=PREVIEW
+    name = EVAL_SAMPLES if step == final else f"{EVAL_SAMPLES}_step_{step:08d}"
+    samples = draw_samples(run, task, model, device, sampling, num, settings.seed, name, progress, preview=PREVIEW)
+    images = task.to_images(samples)
+    features = extract_features(
+        array_batches(images, batch_size=settings.batch_size),
+        batch_size=settings.batch_size,
+        device=device,
+        progress=progress,
     )
-    images = array_batches(task.to_images(samples), batch_size=settings.batch_size)
-    generated = compute_statistics(images, batch_size=settings.batch_size, device=device, progress=progress)
 
     f_sparse, f_dense = summary["flops_forward_sparse"], summary["flops_forward_dense"]
     result = {
-        "fid": fid_from_statistics(generated, reference),
+        "fid": fid_from_statistics(statistics_of(features), reference),
+        "step": step,  # the checkpoint scored; train_steps is the run's length
         "n_samples": num,
         "sampler": sampling.sampler,
         "steps": sampling.steps,
@@ -144,7 +246,7 @@ def evaluate_run(
         "distribution": summary["distribution"],
         "prune_rate": summary["prune_rate"],
         "update_interval": summary["update_interval"],
-        "train_steps": summary["steps"],
+        "train_steps": final,
         "seed": summary.get("seed"),
         "params_total": summary["params_total"],
         "params_nonzero": summary["params_nonzero"],
@@ -153,14 +255,31 @@ def evaluate_run(
         "train_batch_size": cfg.train.batch_size,
         "flops_train_step": summary["flops_train_step"],  # per sample, like the forward FLOPs
         "flops_train_step_dense": train_flops_per_step("dense", f_sparse, f_dense, summary["update_interval"]),
-        "flops_train_total": summary["flops_train_step"] * cfg.train.batch_size * summary["steps"],
+        "flops_train_total": summary["flops_train_step"] * cfg.train.batch_size * step,  # up to the step scored
         "flops_sample": sampling_flops(f_sparse, sampling.steps),
+        **(memorisation(task, settings, features, images, device, progress) if settings.memorisation else {}),
         "sparse_kernels": kernels is not None,  # sampled with sparse kernels (--sparse-kernels)
         "sparse_kernel_layers": kernels.swapped() if kernels is not None else [],
         "eval_time_s": time.time() - start,
+        "provenance": provenance(device),
+        "train_provenance": summary.get("provenance"),  # None for runs trained before it was recorded
     }
-    write_json_atomically(run.path / EVAL, result)
+    with writing():
+        outputs[0].parent.mkdir(exist_ok=True)
+    for path in outputs:
+        write_json_atomically(path, result)
     return result
+
+
+def evaluate_steps(run_path, steps, settings: Optional[EvalSettings] = None, overwrite: bool = False, progress=True):
+    """evaluate_run at each of `steps` ("all": every kept step not scored yet, or every kept step with
+    `overwrite`; a step scored in one of its two files only, eval.json and eval/, is scored again); returns the
+    results in step order."""
+    if steps == "all":
+        run = RunDir(run_path)
+        steps = kept_steps(run, read_run_config(run), run.read_summary()) if overwrite else unscored_steps(run_path)
+        overwrite = True
+    return [evaluate_run(run_path, settings, overwrite, progress, at_step=step) for step in sorted(steps)]
 
 
 def settings_record(settings: EvalSettings) -> dict:
@@ -168,4 +287,5 @@ def settings_record(settings: EvalSettings) -> dict:
     record = asdict(settings)
     record.pop("batch_size")
     record.pop("sparse_kernels")
+    record.pop("memorisation")  # adds figures, changes none
     return record

@@ -76,6 +76,25 @@ def fid_from_statistics(a: Statistics, b: Statistics) -> float:
     return float(diff @ diff + np.trace(a.sigma) + np.trace(b.sigma) - 2 * tr_covmean)
 
 
+def _feature_chunks(
+    images_iter: Iterable[torch.Tensor | np.ndarray],
+    batch_size: int,
+    device: str | torch.device,
+    progress: bool,
+    extractor: torch.nn.Module | None,
+) -> Iterator[torch.Tensor]:
+    """The extractor's float64 features (on the CPU) of each chunk of at most `batch_size` images."""
+    device = torch.device(device)
+    if extractor is None:
+        extractor = load_inception(device)
+    bar = tqdm(total=getattr(images_iter, "num_images", None), unit="img", desc="FID features", disable=not progress)
+    with torch.inference_mode(), bar:
+        for batch in images_iter:
+            for chunk in torch.as_tensor(batch).split(batch_size):
+                yield extractor(chunk.to(device)).double().cpu()
+                bar.update(len(chunk))
+
+
 def compute_statistics(
     images_iter: Iterable[torch.Tensor | np.ndarray],
     *,
@@ -88,33 +107,72 @@ def compute_statistics(
 
     `extractor` maps such a batch to N x d features; the FID Inception network by default. Batches are
     split to at most `batch_size` images per forward pass. Moments are merged per batch with Chan et al.'s
-    pairwise update, which stays accurate where a running sum of x x^T minus n mu mu^T would cancel.
+    pairwise update, which stays accurate where a running sum of x x^T minus n mu mu^T would cancel, and
+    memory does not grow with the number of images (see `extract_features` to keep the features).
     """
-    device = torch.device(device)
-    if extractor is None:
-        extractor = load_inception(device)
     n, mu, scatter = 0, None, None  # scatter = sum over images of (x - mu)(x - mu)^T, float64 on CPU
-    total = getattr(images_iter, "num_images", None)
-    bar = tqdm(total=total, unit="img", desc="FID features", disable=not progress)
-    with torch.inference_mode(), bar:
-        for batch in images_iter:
-            for chunk in torch.as_tensor(batch).split(batch_size):
-                features = extractor(chunk.to(device)).double().cpu()
-                m = len(features)
-                chunk_mu = features.mean(dim=0)
-                centred = features - chunk_mu
-                chunk_scatter = centred.T @ centred
-                if mu is None:
-                    n, mu, scatter = m, chunk_mu, chunk_scatter
-                else:
-                    delta = chunk_mu - mu
-                    scatter += chunk_scatter + torch.outer(delta, delta) * (n * m / (n + m))
-                    mu = mu + delta * (m / (n + m))
-                    n += m
-                bar.update(m)
+    for features in _feature_chunks(images_iter, batch_size, device, progress, extractor):
+        m = len(features)
+        chunk_mu = features.mean(dim=0)
+        centred = features - chunk_mu
+        chunk_scatter = centred.T @ centred
+        if mu is None:
+            n, mu, scatter = m, chunk_mu, chunk_scatter
+        else:
+            delta = chunk_mu - mu
+            scatter += chunk_scatter + torch.outer(delta, delta) * (n * m / (n + m))
+            mu = mu + delta * (m / (n + m))
+            n += m
     if n < 2:
         raise UserError(f"FID needs at least 2 images per set, got {n}; 10,000 or more give a stable value")
     return Statistics(mu.numpy(), (scatter / (n - 1)).numpy(), n)
+
+
+def extract_features(
+    images_iter: Iterable[torch.Tensor | np.ndarray],
+    *,
+    batch_size: int = 50,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    extractor: torch.nn.Module | None = None,
+) -> np.ndarray:
+    """The N x d float64 features of the images (all in memory: for sample sets and splits of a few thousand)."""
+    chunks = list(_feature_chunks(images_iter, batch_size, device, progress, extractor))
+    if not chunks:
+        raise UserError("no images to compute features of")
+    return torch.cat(chunks).numpy()
+
+
+def statistics_of(features: np.ndarray) -> Statistics:
+    """The Gaussian fit of N x d features (equal to `compute_statistics` of their images, to rounding)."""
+    n = len(features)
+    if n < 2:
+        raise UserError(f"FID needs at least 2 images per set, got {n}; 10,000 or more give a stable value")
+    features = np.asarray(features, dtype=np.float64)
+    mu = features.mean(axis=0)
+    centred = features - mu
+    return Statistics(mu, centred.T @ centred / (n - 1), n)
+
+
+def _cache_path(cache_dir: str | os.PathLike, key: str, kind: str) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", key)
+    # The hash keeps keys that share a slug ("a/b", "a_b") apart.
+    suffix = "" if kind == "statistics" else f"-{kind}"
+    return Path(cache_dir) / f"{slug}-{hashlib.sha1(key.encode()).hexdigest()[:10]}{suffix}.npz"
+
+
+def _write_cache(path: Path, key: str, **arrays) -> None:
+    """Written atomically, so an interrupted run never leaves a half-written cache."""
+    with writing("the FID cache goes there: remove what is in the way, or set another data.cache_dir"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz.tmp", delete=False) as file:
+            temporary = Path(file.name)
+            try:
+                np.savez(file, key=key, features=FEATURES_TAG, **arrays)
+                file.close()
+                os.replace(temporary, path)
+            finally:
+                temporary.unlink(missing_ok=True)
 
 
 def cached_reference_statistics(
@@ -129,44 +187,75 @@ def cached_reference_statistics(
     """Statistics of a reference set (e.g. key "mnist/train"), computed once and then read from `cache_dir`.
 
     `images_fn` is called only on a cache miss. An unreadable cache file, or one written for another key
-    or other features, is recomputed with a warning, never fatal. Files are written atomically, so an
-    interrupted run never leaves a half-written cache.
+    or other features, is recomputed with a warning, never fatal.
     """
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", key)
-    # The hash keeps keys that share a slug ("a/b", "a_b") apart.
-    path = Path(cache_dir) / f"{slug}-{hashlib.sha1(key.encode()).hexdigest()[:10]}.npz"
+    path = _cache_path(cache_dir, key, "statistics")
     cached = _read_statistics(path, key)
     if cached is not None:
         return cached
     statistics = compute_statistics(images_fn(), batch_size=batch_size, device=device, progress=progress)
-    with writing("the FID cache goes there: remove what is in the way, or set another data.cache_dir"):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz.tmp", delete=False) as file:
-            temporary = Path(file.name)
-            try:
-                mu, sigma, n = statistics
-                np.savez(file, mu=mu, sigma=sigma, n=n, key=key, features=FEATURES_TAG)
-                file.close()
-                os.replace(temporary, path)
-            finally:
-                temporary.unlink(missing_ok=True)
+    mu, sigma, n = statistics
+    _write_cache(path, key, mu=mu, sigma=sigma, n=n)
     return statistics
 
 
-def _read_statistics(path: Path, key: str) -> Statistics | None:
-    """The statistics cached at `path` for `key`; None if absent or (with a warning) unusable."""
+def cached_array(key: str, kind: str, compute: Callable[[], np.ndarray], cache_dir: str | os.PathLike) -> np.ndarray:
+    """An array computed once for `key` (e.g. a split's features or rendered images), then read from
+    `cache_dir`; an unreadable file is recomputed with a warning, as the statistics are."""
+    path = _cache_path(cache_dir, key, kind)
+    cached = _read_cached(path, key, lambda data: data["values"])
+    if cached is not None and (cached.ndim < 2 or len(cached) < 2):
+        warnings.warn(f"ignoring cache {path} (an array of the wrong shape); recomputing it", stacklevel=2)
+        cached = None
+    if cached is not None:
+        return cached
+    values = compute()
+    _write_cache(path, key, values=values)
+    return values
+
+
+def cached_reference_features(
+    key: str,
+    images_fn: Callable[[], Iterable[torch.Tensor | np.ndarray]],
+    cache_dir: str | os.PathLike,
+    *,
+    batch_size: int = 50,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> np.ndarray:
+    """The N x d features of a reference set, computed once and then read from `cache_dir` (as
+    `cached_reference_statistics`; kept as float32, 8 kB per image)."""
+
+    def compute() -> np.ndarray:
+        features = extract_features(images_fn(), batch_size=batch_size, device=device, progress=progress)
+        return features.astype(np.float32)
+
+    return cached_array(key, "features", compute, cache_dir).astype(np.float64)
+
+
+def _read_cached(path: Path, key: str, read: Callable):
+    """read(the open npz) of the cache file for `key`; None if absent or (with a warning) unusable."""
     if not path.exists():
         return None
     try:
         with np.load(path, allow_pickle=False) as data:
             if str(data["key"]) != key or str(data["features"]) != FEATURES_TAG:
                 raise ValueError("written for another key or other features")
-            mu, sigma, n = data["mu"], data["sigma"], int(data["n"])
-        d = mu.shape[0]
-        if mu.shape != (d,) or sigma.shape != (d, d) or n < 2 or not np.isfinite(sigma).all():
-            raise ValueError("arrays of the wrong shape or values")
+            return read(data)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
         warnings.warn(f"ignoring FID cache {path} ({error}); recomputing it", stacklevel=3)
+        return None
+
+
+def _read_statistics(path: Path, key: str) -> Statistics | None:
+    """The statistics cached at `path` for `key`; None if absent or (with a warning) unusable."""
+    found = _read_cached(path, key, lambda data: (data["mu"], data["sigma"], int(data["n"])))
+    if found is None:
+        return None
+    mu, sigma, n = found
+    d = mu.shape[0] if mu.ndim == 1 else -1
+    if mu.shape != (d,) or sigma.shape != (d, d) or n < 2 or not np.isfinite(sigma).all():
+        warnings.warn(f"ignoring FID cache {path} (arrays of the wrong shape or values); recomputing it", stacklevel=3)
         return None
     return Statistics(mu.astype(np.float64), sigma.astype(np.float64), n)
 

@@ -10,6 +10,7 @@ measured for one training sample: forward FLOPs per denoiser call, training FLOP
 
 import csv
 import io
+import logging
 import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass, fields
@@ -20,8 +21,11 @@ from sparsedm.errors import UserError
 from sparsedm.eval.evaluate import EVAL
 from sparsedm.experiments.paired import CONFIDENCE, paired_difference
 from sparsedm.runs.files import read_json
+from sparsedm.runs.provenance import describe_commits
 from sparsedm.runs.run_dir import EVAL_FIELDS, EVAL_FIX, write_text_atomically
 from sparsedm.sparse.methods import METHODS, find_method, get_method, method_order
+
+log = logging.getLogger(__name__)
 
 RUNS = "runs"  # SWEEP/runs/NAME/
 # What every run of one table must share; a difference would put incomparable numbers side by side.
@@ -220,3 +224,14 @@ def protocol_note(protocol: dict) -> str:
         "lower is better. Masks simulate sparsity: the savings are in FLOPs and "
         "non-zero parameters, not in wall-clock time.\n"
     )
+
+
+def provenance_note(records: List[dict]) -> str:
+    """Which commits trained and scored the runs; a one-line warning when they differ or a tree was changed."""
+    lines = []
+    for field, done in (("train_provenance", "trained"), ("provenance", "scored")):
+        line, warning = describe_commits(records, field)
+        lines.append(f"Runs {done} at: {line}.")
+        if warning is not None:
+            log.warning("%s (%s)", warning, done)
+    return " ".join(lines) + "\n"

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from sparsedm.errors import UserError
-from sparsedm.experiments.aggregate import PROTOCOL, Row, aggregate, common_protocol, read_evaluated_runs
+from sparsedm.experiments.aggregate import (
+    PROTOCOL,
+    Row,
+    aggregate,
+    common_protocol,
+    provenance_note,
+    read_evaluated_runs,
+)
 from sparsedm.experiments.paired import CONFIDENCE, PairedDifference, paired_difference
 from sparsedm.sparse.methods import get_method
 
@@ -105,19 +112,24 @@ def _signed(value: Optional[float]) -> str:
     return "–" if value is None else f"{value:+.2f}"
 
 
-def _cells(result: PairedDifference) -> str:
+def paired_cells(result: PairedDifference) -> str:
     delta = _signed(result.mean)
     interval = "–" if result.ci_low is None else f"[{result.ci_low:+.2f}, {result.ci_high:+.2f}]"
     return f"{result.n} | {delta} | {interval} | {result.verdict}"
 
 
+def config_cells(method: str, sparsity: Optional[float], prune_rate: Optional[float]) -> str:
+    """The method, S and p cells of a markdown row ("–" where a method has none)."""
+    sparsity_cell = "–" if sparsity is None else f"{sparsity:g}"
+    prune_rate_cell = "–" if prune_rate is None else f"{prune_rate:g}"
+    return f"{get_method(method).display_name} | {sparsity_cell} | {prune_rate_cell}"
+
+
 def _config_cells(row: Row) -> str:
-    sparsity = "–" if row.sparsity is None else f"{row.sparsity:g}"
-    prune_rate = "–" if row.prune_rate is None else f"{row.prune_rate:g}"
-    return f"{get_method(row.method).display_name} | {sparsity} | {prune_rate}"
+    return config_cells(row.method, row.sparsity, row.prune_rate)
 
 
-def _table(header: List[str], lines: List[str]) -> List[str]:
+def table_lines(header: List[str], lines: List[str]) -> List[str]:
     """A markdown table: the header row, its rule, then `lines` (each already "| ... |")."""
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + lines
 
@@ -127,8 +139,8 @@ def comparison_table(comparisons: List[Comparison]) -> str:
     if not comparisons:
         return ""
     header = ["Method", "S", "p", "Against", "Paired seeds", "ΔFID", f"{CONFIDENCE:.0%} CI", "Verdict"]
-    lines = [f"| {_config_cells(c.row)} | {c.against} | {_cells(c.result)} |" for c in comparisons]
-    return "\n".join(_table(header, lines)) + "\n"
+    lines = [f"| {_config_cells(c.row)} | {c.against} | {paired_cells(c.result)} |" for c in comparisons]
+    return "\n".join(table_lines(header, lines)) + "\n"
 
 
 def sweep_change_tables(changes: List[SweepChange]) -> str:
@@ -138,31 +150,32 @@ def sweep_change_tables(changes: List[SweepChange]) -> str:
     ci = f"{CONFIDENCE:.0%} CI"
     header = ["Method", "S", "p", "FID A", "FID B", "Paired seeds", "ΔFID (B - A)", ci, "Verdict (B vs A)"]
     lines = [
-        f"| {_config_cells(c.row)} | {c.before.fid_mean:.2f} | {c.row.fid_mean:.2f} | {_cells(c.change)} |"
+        f"| {_config_cells(c.row)} | {c.before.fid_mean:.2f} | {c.row.fid_mean:.2f} | {paired_cells(c.change)} |"
         for c in changes
     ]
-    tables = _table(header, lines)
+    tables = table_lines(header, lines)
     gaps = [c for c in changes if c.gap_change is not None]
     if gaps:
         header = ["Method", "S", "p", "Gap to Dense in A", "Gap in B", "Paired seeds", "Change of gap", ci, "Verdict"]
         lines = [
             f"| {_config_cells(c.row)} | {_signed(c.before.delta_mean)} | {_signed(c.row.delta_mean)} "
-            f"| {_cells(c.gap_change)} |"
+            f"| {paired_cells(c.gap_change)} |"
             for c in gaps
         ]
-        tables += [""] + _table(header, lines)
+        tables += [""] + table_lines(header, lines)
     return "\n".join(tables) + "\n"
 
 
-def _sweep_rows(sweep_dir) -> Tuple[List[Row], dict]:
+def _sweep_rows(sweep_dir) -> Tuple[List[Row], dict, str]:
     records = read_evaluated_runs(sweep_dir)
-    return aggregate(records), common_protocol(records)
+    return aggregate(records), common_protocol(records), provenance_note(records)
 
 
 def compare_sweeps(sweep_a, sweep_b) -> str:
-    """`sparsedm compare A B` as markdown: what differs between the two setups, then sweep_change_tables."""
-    rows_a, protocol_a = _sweep_rows(sweep_a)
-    rows_b, protocol_b = _sweep_rows(sweep_b)
+    """`sparsedm compare A B` as markdown: what differs between the two setups, then sweep_change_tables, then
+    the commits each sweep's runs came from."""
+    rows_a, protocol_a, provenance_a = _sweep_rows(sweep_a)
+    rows_b, protocol_b, provenance_b = _sweep_rows(sweep_b)
     changes = across_sweeps(rows_a, rows_b)
     if not changes:
         raise UserError(f"{sweep_a} and {sweep_b} have no configuration (method, S, p) in common; nothing to compare")
@@ -176,4 +189,5 @@ def compare_sweeps(sweep_a, sweep_b) -> str:
         f"{CONFIDENCE:.0%} Student-t interval (n - 1 degrees of freedom); lower FID is better. The gap is FID minus "
         "Dense's FID of the same seed and sweep; its change is the gap in B minus the gap in A, seed by seed, so "
         '"better" there means the configuration came closer to Dense (or further ahead of it).\n'
+        + f"\nA: {provenance_a}B: {provenance_b}"
     )

@@ -85,6 +85,80 @@ def fid_vs_exploration(rows: List[Row], path: Path) -> Path:
     )
 
 
+def _finish_axes(figure, axes, xlabel: str, path: Path) -> Path:
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel("FID (lower is better)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    return save_figure(figure, path, dpi=120)
+
+
+def fid_vs_step(by_step: Dict[int, List[Row]], path: Path) -> Path:
+    """FID (mean ± std over seeds) against the scored step, a line per configuration, Dense as a band."""
+    figure = Figure(figsize=(6, 4))
+    axes = figure.add_subplot()
+    lines: Dict[tuple, List[tuple]] = {}
+    for step, rows in by_step.items():
+        for row in rows:
+            lines.setdefault((row.method, row.sparsity, row.prune_rate), []).append((step, row))
+    for (method, sparsity, prune_rate), points in lines.items():
+        steps = [step for step, _ in points]
+        means = [row.fid_mean for _, row in points]
+        if not get_method(method).sparse:
+            stds = [row.fid_std or 0.0 for _, row in points]
+            axes.plot(steps, means, color="black", linewidth=1, label="Dense")
+            axes.fill_between(
+                steps,
+                [m - s for m, s in zip(means, stds)],
+                [m + s for m, s in zip(means, stds)],
+                color="black",
+                alpha=0.1,
+            )
+            continue
+        axes.errorbar(
+            steps,
+            means,
+            yerr=[row.fid_std or 0.0 for _, row in points],
+            color=COLOURS.get(method),
+            linestyle="--" if sparsity is not None and sparsity > 0.75 else "-",
+            marker="o",
+            capsize=3,
+            label=_label(method, prune_rate) + f", S = {sparsity:g}",
+        )
+    axes.set_xscale("log", base=2)
+    return _finish_axes(figure, axes, "training step", path)
+
+
+def fid_vs_cumulative_flops(records: List[dict], path: Path) -> Path:
+    """Every scored point (run and step) at its cumulative training FLOPs, a line per run."""
+    figure = Figure(figsize=(6, 4))
+    axes = figure.add_subplot()
+    runs: Dict[str, List[dict]] = {}
+    for record in records:
+        runs.setdefault(record["run"], []).append(record)
+    labelled = set()
+    for name, points in sorted(runs.items()):
+        points = sorted(points, key=lambda r: r["step"])
+        method = get_method(points[0]["method"])
+        key = (method.name, points[0]["sparsity"] if method.sparse else None, points[0]["prune_rate"])
+        label = "Dense" if not method.sparse else _label(method.name, key[2] if method.dynamic else None)
+        label += f", S = {key[1]:g}" if method.sparse else ""
+        axes.plot(
+            [r["flops_train_total"] for r in points],
+            [r["fid"] for r in points],
+            color="black" if not method.sparse else COLOURS.get(method.name),
+            linestyle="--" if method.sparse and key[1] > 0.75 else "-",
+            marker="o",
+            markersize=3,
+            alpha=0.8,
+            label=None if label in labelled else label,
+        )
+        labelled.add(label)
+    axes.set_xscale("log")
+    return _finish_axes(figure, axes, "cumulative training FLOPs", path)
+
+
 def sample_rows(images: Dict[str, np.ndarray], path: Path, gap: int = 2) -> Path:
     """One titled row of pictures per name (uint8 N x H x W x C each), e.g. a few samples per method."""
     figure = Figure(figsize=(8, 1.3 * len(images)))

@@ -3,9 +3,13 @@
 SWEEP/results.csv             one row per (method, S, p): FID mean and std, the per-seed FIDs, the paired
                               difference to Dense with its 95% interval and verdict, costs and their ratios
 SWEEP/results.md              the paper's table, the paired comparison with Dense, then dynamic methods paired
-                              with Static-DM and with their largest p (comparisons.py), a note on what they are
+                              with Static-DM and with their largest p (comparisons.py), a note on what they are;
+                              learning curves, equal-FLOPs pairs and memorisation (curves.py) when runs were
+                              scored at several steps; the commits the runs came from
 SWEEP/fid_vs_sparsity.png     FID against S, a line per method (and p); Dense as a level with its ± std band
-SWEEP/fid_vs_train_flops.png  FID against training FLOPs as a fraction of dense
+SWEEP/fid_vs_train_flops.png  FID against training FLOPs as a fraction of dense; for runs scored at several
+                              steps, every scored point at its cumulative training FLOPs
+SWEEP/fid_vs_step.png         FID against the scored step (runs scored at several steps, curves.py)
 SWEEP/fid_vs_exploration.png  FID against the exploration rate (runs that recorded it)
 SWEEP/samples_S<S>.png        for each S: the first samples of Dense and of each sparse method from the same
                               noise, one row per run (sample_pictures.py)
@@ -24,11 +28,27 @@ from sparsedm.experiments.aggregate import (
     markdown_table,
     paired_table,
     protocol_note,
+    provenance_note,
     read_evaluated_runs,
     write_csv,
 )
 from sparsedm.experiments.comparisons import OTHERS_NOTE, comparison_table, versus_largest_prune_rate, versus_static
-from sparsedm.experiments.plots import fid_vs_exploration, fid_vs_sparsity, fid_vs_train_flops
+from sparsedm.experiments.curves import (
+    equal_flops_pairs,
+    equal_flops_table,
+    has_curves,
+    memorisation_table,
+    per_step_table,
+    read_curve_records,
+    rows_by_step,
+)
+from sparsedm.experiments.plots import (
+    fid_vs_cumulative_flops,
+    fid_vs_exploration,
+    fid_vs_sparsity,
+    fid_vs_step,
+    fid_vs_train_flops,
+)
 from sparsedm.experiments.sample_pictures import sparsity_pictures
 from sparsedm.runs.files import writing
 from sparsedm.runs.run_dir import write_text_atomically
@@ -41,6 +61,20 @@ class Report:
     files: List[Path]
 
 
+def curves_section(records: List[dict]) -> str:
+    """The learning-curve tables of curves.py, as markdown."""
+    by_step = rows_by_step(records)
+    pairs = equal_flops_table(equal_flops_pairs(records)) or "No sparse point spent as many FLOPs as Dense's first.\n"
+    return (
+        "\n## Learning curves\n\nEach scored step; ΔFID pairs each configuration with Dense of the same seed at "
+        "the same step.\n\n"
+        + per_step_table(by_step)
+        + "\n### Equal training FLOPs\n\nEach sparse point paired, seed by seed, with the Dense point whose "
+        "cumulative training FLOPs are the largest at or below its own (no interpolation: Dense never spent "
+        "more; the share says how much less).\n\n" + pairs
+    )
+
+
 def build_report(sweep_dir) -> Report:
     sweep_dir = Path(sweep_dir)
     records = read_evaluated_runs(sweep_dir)
@@ -49,12 +83,24 @@ def build_report(sweep_dir) -> Report:
     others = comparison_table(versus_static(rows) + versus_largest_prune_rate(rows))
     tables = "\n".join(table for table in (markdown_table(rows), paired_table(rows), others) if table)
     markdown = tables + "\n" + protocol_note(protocol) + (OTHERS_NOTE if others else "")
+    curve_records = read_curve_records(sweep_dir)
+    curves = has_curves(curve_records)
+    if curves:
+        markdown += curves_section(curve_records)
+    memorisation = memorisation_table(curve_records or records)
+    if memorisation:
+        markdown += "\n## Memorisation\n\n" + memorisation
+    markdown += "\n" + provenance_note(records)
     files = [sweep_dir / "results.csv", sweep_dir / "results.md"]
     with writing():
         write_csv(rows, files[0])
         write_text_atomically(files[1], markdown)
         files.append(fid_vs_sparsity(rows, sweep_dir / "fid_vs_sparsity.png"))
-        files.append(fid_vs_train_flops(rows, sweep_dir / "fid_vs_train_flops.png"))
+        if curves:
+            files.append(fid_vs_step(rows_by_step(curve_records), sweep_dir / "fid_vs_step.png"))
+            files.append(fid_vs_cumulative_flops(curve_records, sweep_dir / "fid_vs_train_flops.png"))
+        else:
+            files.append(fid_vs_train_flops(rows, sweep_dir / "fid_vs_train_flops.png"))
         if any(r.exploration_rate is not None for r in rows if r.method != "dense"):
             files.append(fid_vs_exploration(rows, sweep_dir / "fid_vs_exploration.png"))
         files += sparsity_pictures(sweep_dir, records)

@@ -6,8 +6,8 @@
     SWEEP/runs/NAME.lock   while a process trains or evaluates NAME (shards.py)
     SWEEP/results.csv, results.md, fid_vs_sparsity.png, fid_vs_train_flops.png   (report.py)
 
-Running the same command again continues where it stopped: a run with eval.json is skipped, a run with a
-summary is only evaluated, an interrupted run resumes from its newest checkpoint (or restarts when it has
+Running the same command again continues where it stopped: a run with every kept step scored (eval.json and
+RUN/eval/, see `train.keep_steps`) is skipped, a run with a summary is only evaluated, an interrupted run resumes from its newest checkpoint (or restarts when it has
 none). A sweep folder holds one setup: another config, other overrides or other evaluation settings are
 refused, since they would put incomparable numbers in one table. The grid itself may grow.
 
@@ -26,9 +26,10 @@ from sparsedm.errors import UserError
 from sparsedm.eval.evaluate import (
     EVAL,
     EvalSettings,
-    evaluate_run,
+    evaluate_steps,
     reference_statistics,
     settings_record,
+    unscored_steps,
     write_json_atomically,
 )
 from sparsedm.experiments.aggregate import RUNS, read_runs
@@ -108,7 +109,10 @@ def run_one(
 
 
 def _finished(path: Path, train_only: bool) -> bool:
-    return (path / (SUMMARY if train_only else EVAL)).exists()
+    """Trained (with `train_only`), or trained and every kept step scored (evaluate.unscored_steps)."""
+    if train_only:
+        return (path / SUMMARY).exists()
+    return (path / EVAL).exists() and not unscored_steps(path)
 
 
 def _finish(
@@ -133,10 +137,10 @@ def _finish(
             if trainer.stop_requested:
                 raise KeyboardInterrupt
             return "stopped"
-        if not train_only:
-            evaluate_run(path, settings, progress=progress)
+        if not train_only:  # scores of an earlier training of this folder, if any, are stale
+            evaluate_steps(path, "all", settings, overwrite=True, progress=progress)
         return "trained"
-    evaluate_run(path, settings, progress=progress)
+    evaluate_steps(path, "all", settings, progress=progress)
     return "evaluated"
 
 
@@ -201,13 +205,13 @@ def run_sweep(
 def run_state(out: Path, name: str) -> str:
     """Where a run of a sweep stands, from its files: done, running (and where), trained, interrupted or to do."""
     path = out / RUNS / name
-    if (path / EVAL).exists():
+    if _finished(path, train_only=False):
         return "done"
     owner = holder(lock_path(out, name))
     if owner is not None:
         return f"running on {owner.get('host', '?')} (pid {owner.get('pid', '?')})"
     if (path / SUMMARY).exists():
-        return "trained, not evaluated"
+        return f"trained, {len(unscored_steps(path))} kept steps to score"
     if RunDir(path).exists():
         return f"interrupted at step {steps_done(path)}"
     return "to do"

@@ -5,7 +5,8 @@ RUN/metrics.jsonl    one JSON object per logged step ({"step", "loss", ...}), pl
 RUN/checkpoints/     step_XXXXXXXX.pt
 RUN/summary.json     written at the end: method, sparsity, costs, final loss, wall time, fingerprints
 RUN/samples/         samples.npz and a PNG grid (written by `sparsedm sample`)
-RUN/eval.json        FID and costs (written by `sparsedm evaluate`)
+RUN/eval.json        FID and costs (written by `sparsedm evaluate`), of the final step
+RUN/eval/            step_XXXXXXXX.json: the same for each kept step (train.keep_steps) and the final one
 
 Every file is read through sparsedm/runs/files.py: a damaged one is a one-line UserError (docs/run_folder.md).
 """
@@ -23,7 +24,8 @@ from sparsedm.runs.files import NUMBER, check_fields, read_json, read_jsonl, rea
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
-EVAL = "eval.json"  # written by `sparsedm evaluate`
+EVAL = "eval.json"  # written by `sparsedm evaluate`: the final step's score
+EVAL_STEPS = "eval"  # RUN/eval/step_XXXXXXXX.json: the score of each kept step
 CHECKPOINTS = "checkpoints"
 SAMPLES = "samples"
 

@@ -31,7 +31,7 @@ from sparsedm.runs.distributed import DistInfo, init_distributed, main_process_f
 from sparsedm.runs.files import writing
 from sparsedm.runs.plots import plot_run
 from sparsedm.runs.provenance import provenance
-from sparsedm.runs.run_dir import CHECKPOINTS, CONFIG, EVAL, METRICS, SAMPLES, SUMMARY, RunDir
+from sparsedm.runs.run_dir import CHECKPOINTS, CONFIG, EVAL, EVAL_STEPS, METRICS, SAMPLES, SUMMARY, RunDir
 from sparsedm.sparse import (
     EMA,
     SparseConfig,
@@ -74,7 +74,7 @@ def prepare_run_dir(run: RunDir, cfg, resume: bool, overwrite: bool) -> None:
         return
     if overwrite:
         with writing():
-            for name in (CHECKPOINTS, SAMPLES, TENSORBOARD):
+            for name in (CHECKPOINTS, SAMPLES, TENSORBOARD, EVAL_STEPS):
                 shutil.rmtree(run.path / name, ignore_errors=True)
             for name in (CONFIG, METRICS, SUMMARY, EVAL):
                 (run.path / name).unlink(missing_ok=True)

@@ -1,0 +1,119 @@
+"""Learning curves in `sparsedm report`: per-step pairing with Dense, equal-FLOPs pairs and memorisation, on
+made-up run folders scored at several steps, with answers worked out by hand; and the provenance line."""
+
+import json
+import logging
+import math
+
+import pytest
+from test_sweep_aggregate import fake_run
+
+from sparsedm.experiments.curves import equal_flops_pairs, read_curve_records, rows_by_step
+from sparsedm.experiments.report import build_report
+
+T_975_2 = 4.302652729911275  # Student's t, 97.5% quantile, 2 degrees of freedom (tables)
+STEPS = (1000, 2000, 4000)
+
+
+def curve_run(sweep, name, method, fids, seed, sparsity=0.0, near_copy=0.0, commit="a" * 40):
+    """A run scored at STEPS (FIDs in that order): RUN/eval/step_*.json and eval.json, as the sweep leaves them."""
+    fake_run(sweep, name, method, fids[-1], sparsity=sparsity, seed=seed)
+    folder = sweep / "runs" / name
+    final = json.loads((folder / "eval.json").read_text())
+    (folder / "eval").mkdir()
+    for step, fid in zip(STEPS, fids):
+        record = {
+            **final,
+            "fid": fid,
+            "step": step,
+            "train_steps": STEPS[-1],
+            "flops_train_total": final["flops_train_step"] * 64 * step,
+            "fid_train": fid - 1.0,
+            "train_size": 100,
+            "near_copy": near_copy * step / 1000,
+            "near_copy_pixels": near_copy / 2,
+            "near_copy_heldout": 0.01,
+            "near_copy_heldout_pixels": 0.02,
+            "near_copy_rule": "the rule",
+            "provenance": {"git_commit": commit, "git_dirty": False},
+            "train_provenance": {"git_commit": commit, "git_dirty": False},
+        }
+        (folder / "eval" / f"step_{step:08d}.json").write_text(json.dumps(record))
+        if step == STEPS[-1]:
+            (folder / "eval.json").write_text(json.dumps(record))
+
+
+DENSE = {0: [60.0, 50.0, 40.0], 1: [62.0, 52.0, 41.0], 2: [64.0, 54.0, 45.0]}
+STATIC = {0: [80.0, 55.0, 48.0], 1: [82.0, 56.0, 50.0], 2: [84.0, 60.0, 51.0]}
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    for seed in range(3):
+        curve_run(tmp_path, f"dense-seed{seed}", "dense", DENSE[seed], seed, near_copy=0.1)
+        curve_run(tmp_path, f"static-S0.5-seed{seed}", "static", STATIC[seed], seed, sparsity=0.5)
+    return tmp_path
+
+
+def interval(differences):
+    n = len(differences)
+    mean = sum(differences) / n
+    half = T_975_2 * math.sqrt(sum((d - mean) ** 2 for d in differences) / (n - 1)) / math.sqrt(n)
+    return pytest.approx(mean), pytest.approx(mean - half), pytest.approx(mean + half)
+
+
+def test_each_step_pairs_with_dense_at_the_same_step(sweep):
+    by_step = rows_by_step(read_curve_records(sweep))
+    assert list(by_step) == list(STEPS)
+    static = next(row for row in by_step[2000] if row.method == "static")
+    assert static.fid_by_seed == {0: 55.0, 1: 56.0, 2: 60.0} and static.fid_mean == pytest.approx(57.0)
+    # 55 - 50, 56 - 52, 60 - 54
+    assert (static.delta_mean, static.delta_ci_low, static.delta_ci_high) == interval([5.0, 4.0, 6.0])
+    assert static.verdict == "worse"
+
+
+def test_equal_flops_pairs_take_the_dense_point_at_or_below_and_leave_out_what_has_none(sweep):
+    pairs = {pair.step: pair for pair in equal_flops_pairs(read_curve_records(sweep))}
+    # Static-DM at S = 0.5 spends half of Dense's FLOPs per step: step 1000 = Dense's 500, below its first point
+    assert sorted(pairs) == [2000, 4000]
+    assert (pairs[2000].dense_step, pairs[4000].dense_step) == (1000, 2000)
+    assert pairs[4000].dense_flops == pytest.approx(pairs[4000].flops)
+    result = pairs[4000].result  # 48 - 50, 50 - 52, 51 - 54: sparse at 4000 against Dense at 2000
+    assert (result.mean, result.ci_low, result.ci_high) == interval([-2.0, -2.0, -3.0])
+    assert result.verdict == "better"
+    # 55 - 60, 56 - 62, 60 - 64: sparse at 2000 against Dense at 1000
+    assert pairs[2000].result.mean == pytest.approx(-5.0) and pairs[2000].result.verdict == "better"
+
+
+def test_the_report_adds_curves_memorisation_and_provenance(sweep, caplog):
+    report = build_report(sweep)
+    text = report.markdown
+    assert "## Learning curves" in text and "| 2000 | Static-DM | 0.5 | – | 57.00 ± 2.65 | 3 | 3 | +5.00" in text
+    assert (
+        "### Equal training FLOPs" in text
+        and "## Memorisation" in text
+        and "| Static-DM | 0.5 | – | 4000 |" in text
+        and "| 2000 | " in text
+    )
+    # memorisation: Dense's near-copy share grows with the step (0.1 per 1,000 steps), the baseline is stated
+    assert "| 4000 | Dense | – | – | 42.00 | 41.00 | 40.0% | 5.0% |" in text
+    assert "Baseline: 1.0% (Inception) and 2.0% (pixels)" in text
+    assert "Runs trained at: aaaaaaaaaa (6 runs). Runs scored at: aaaaaaaaaa (6 runs)." in text
+    names = {path.name for path in report.files}
+    assert {"fid_vs_step.png", "fid_vs_train_flops.png"} <= names
+    assert all(path.stat().st_size > 0 for path in report.files)
+    # a run scored by other code is named in one warning line
+    curve_run(sweep, "dense-seed3", "dense", [61.0, 51.0, 41.0], 3, commit="b" * 40)
+    with caplog.at_level(logging.WARNING, logger="sparsedm.experiments.aggregate"):
+        text = build_report(sweep).markdown
+    assert "aaaaaaaaaa (6 runs), bbbbbbbbbb (1 run)" in text
+    warnings = [r.getMessage() for r in caplog.records if "different commits" in r.getMessage()]
+    assert len(warnings) == 2 and "\n" not in warnings[0]
+
+
+def test_a_sweep_scored_once_has_no_curve_section(tmp_path):
+    for seed, fid in enumerate([10.0, 12.0]):
+        fake_run(tmp_path, f"dense-seed{seed}", "dense", fid, seed=seed)
+    report = build_report(tmp_path)
+    assert "Learning curves" not in report.markdown and "fid_vs_step.png" not in {p.name for p in report.files}
+    assert "Runs trained at: unrecorded (2 runs)." in report.markdown
