@@ -8,8 +8,9 @@ from typing import Callable, Dict, List
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
-from sparsedm.experiments.aggregate import Row
+from sparsedm.experiments.aggregate import Row, group_key
 from sparsedm.runs.plots import save_figure
 from sparsedm.sparse.methods import get_method
 
@@ -28,6 +29,12 @@ def _series(rows: List[Row]) -> Dict[tuple, List[Row]]:
 
 def _label(method: str, prune_rate) -> str:
     return get_method(method).display_name + (f", p = {prune_rate:g}" if prune_rate is not None else "")
+
+
+def _config_label(method: str, sparsity, prune_rate) -> str:
+    """Dense, or e.g. "RigL-DM, S = 0.5, p = 0.1"."""
+    label = get_method(method).display_name
+    return label + "".join(f", {name} = {value:g}" for name, value in (("S", sparsity), ("p", prune_rate)) if value)
 
 
 def _style(rows: List[Row], method: str, prune_rate) -> str:
@@ -124,9 +131,11 @@ def fid_vs_step(by_step: Dict[int, List[Row]], path: Path) -> Path:
             linestyle="--" if sparsity is not None and sparsity > 0.75 else "-",
             marker="o",
             capsize=3,
-            label=_label(method, prune_rate) + f", S = {sparsity:g}",
+            label=_config_label(method, sparsity, prune_rate),
         )
-    axes.set_xscale("log", base=2)
+    axes.set_xscale("log")
+    axes.set_xticks(sorted(by_step), [f"{step:,}" for step in sorted(by_step)])
+    axes.xaxis.set_minor_formatter(NullFormatter())
     return _finish_axes(figure, axes, "training step", path)
 
 
@@ -140,15 +149,13 @@ def fid_vs_cumulative_flops(records: List[dict], path: Path) -> Path:
     labelled = set()
     for name, points in sorted(runs.items()):
         points = sorted(points, key=lambda r: r["step"])
-        method = get_method(points[0]["method"])
-        key = (method.name, points[0]["sparsity"] if method.sparse else None, points[0]["prune_rate"])
-        label = "Dense" if not method.sparse else _label(method.name, key[2] if method.dynamic else None)
-        label += f", S = {key[1]:g}" if method.sparse else ""
+        method, sparsity, prune_rate = group_key(points[0])
+        label = _config_label(method, sparsity, prune_rate)
         axes.plot(
             [r["flops_train_total"] for r in points],
             [r["fid"] for r in points],
-            color="black" if not method.sparse else COLOURS.get(method.name),
-            linestyle="--" if method.sparse and key[1] > 0.75 else "-",
+            color=COLOURS.get(method) if get_method(method).sparse else "black",
+            linestyle="--" if sparsity is not None and sparsity > 0.75 else "-",
             marker="o",
             markersize=3,
             alpha=0.8,
@@ -156,6 +163,7 @@ def fid_vs_cumulative_flops(records: List[dict], path: Path) -> Path:
         )
         labelled.add(label)
     axes.set_xscale("log")
+    axes.xaxis.set_minor_formatter(NullFormatter())
     return _finish_axes(figure, axes, "cumulative training FLOPs", path)
 
 
