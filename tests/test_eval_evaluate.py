@@ -91,7 +91,7 @@ def trained(tmp_path_factory):
             "--no-progress",
             *tiny_chirodiff(root / "cache"),
             "train.steps=12",
-            "train.keep_steps=[6]",
+            "train.keep_steps=[4]",
             "train.val_batches=1",
             "sparse.method=rigl",
             "sparse.sparsity=0.5",
@@ -149,17 +149,20 @@ def test_evaluate_writes_eval_json_and_reuses_the_reference_statistics(trained, 
 
 def test_kept_steps_are_scored_with_memorisation_each_in_its_file(run, capsys, monkeypatch):
     code, out = evaluate(run, capsys, "--num", "6", "--steps", "3", "--at-step", "5")
-    assert code == 2 and "no checkpoint of step 5 (kept steps: 6, 12)" in out.err
+    assert code == 2 and "no checkpoint of step 5 (kept steps: 4, 12)" in out.err
 
     code, out = evaluate(run, capsys, "--num", "6", "--steps", "3", "--at-step", "all")
     assert code == 0, out.err
-    early, final = (json.loads((run / "eval" / f"step_{s:08d}.json").read_text()) for s in (6, 12))
+    early, final = (json.loads((run / "eval" / f"step_{s:08d}.json").read_text()) for s in (4, 12))
     assert json.loads((run / "eval.json").read_text()) == final  # eval.json stays the final step's
     summary = json.loads((run / "summary.json").read_text())
-    assert (early["step"], final["step"], early["train_steps"]) == (6, 12, 12)
-    assert early["flops_train_total"] == summary["flops_train_step"] * 16 * 6 == final["flops_train_total"] / 2
-    assert early["fid"] != final["fid"]  # other weights: the EMA of step 6, not of step 12
-    assert (run / "samples" / "eval_samples_step_00000006.npz").is_file()
+    assert (early["step"], final["step"], early["train_steps"]) == (4, 12, 12)
+    assert early["flops_train_total"] == summary["flops_train_step"] * 16 * 4
+    assert final["flops_train_total"] == pytest.approx(3 * early["flops_train_total"])
+    assert early["fid"] != final["fid"]  # other weights: the EMA of step 4, not of step 12
+    # RigL grows new connections at its update of step 5: more of the network explored by step 12
+    assert early["exploration_rate"] < final["exploration_rate"] == pytest.approx(summary["exploration_rate"])
+    assert (run / "samples" / "eval_samples_step_00000004.npz").is_file()
     train = load_stroke_splits(RunDir(run).read_config().data)[0]
     for record in (early, final):
         assert record["train_size"] == len(train) and np.isfinite(record["fid_train"])
@@ -168,7 +171,7 @@ def test_kept_steps_are_scored_with_memorisation_each_in_its_file(run, capsys, m
         assert record["provenance"]["device"] == "cpu"
         assert record["train_provenance"] == summary["provenance"]
     assert early["near_copy_heldout"] == final["near_copy_heldout"]  # the baseline does not depend on the model
-    assert f"step 6: FID {early['fid']:.2f}" in out.out and "near copies" in out.out
+    assert f"step 4: FID {early['fid']:.2f}" in out.out and "near copies" in out.out
 
     # nothing left to score; the splits' pictures and features are read from the cache, not drawn again
     code, out = evaluate(run, capsys, "--at-step", "all")
@@ -178,9 +181,9 @@ def test_kept_steps_are_scored_with_memorisation_each_in_its_file(run, capsys, m
         raise AssertionError("a split was drawn again instead of read from the cache")
 
     monkeypatch.setattr(ChiroDiffTask, "reference_images", no_rendering)
-    code, out = evaluate(run, capsys, "--num", "6", "--steps", "3", "--at-step", "6", "--overwrite")
+    code, out = evaluate(run, capsys, "--num", "6", "--steps", "3", "--at-step", "4", "--overwrite")
     assert code == 0, out.err
-    assert json.loads((run / "eval" / "step_00000006.json").read_text())["near_copy"] == early["near_copy"]
+    assert json.loads((run / "eval" / "step_00000004.json").read_text())["near_copy"] == early["near_copy"]
 
 
 def sparsify_linear_layers(run) -> set:

@@ -15,7 +15,7 @@ T_975_2 = 4.302652729911275  # Student's t, 97.5% quantile, 2 degrees of freedom
 STEPS = (1000, 2000, 4000)
 
 
-def curve_run(sweep, name, method, fids, seed, sparsity=0.0, near_copy=0.0, commit="a" * 40):
+def curve_run(sweep, name, method, fids, seed, sparsity=0.0, near_copy=0.0, commit="a" * 40, explored=None):
     """A run scored at STEPS (FIDs in that order): RUN/eval/step_*.json and eval.json, as the sweep leaves them."""
     fake_run(sweep, name, method, fids[-1], sparsity=sparsity, seed=seed)
     folder = sweep / "runs" / name
@@ -35,6 +35,7 @@ def curve_run(sweep, name, method, fids, seed, sparsity=0.0, near_copy=0.0, comm
             "near_copy_heldout": 0.01,
             "near_copy_heldout_pixels": 0.02,
             "near_copy_rule": "the rule",
+            "exploration_rate": explored,
             "provenance": {"git_commit": commit, "git_dirty": False},
             "train_provenance": {"git_commit": commit, "git_dirty": False},
         }
@@ -51,7 +52,7 @@ STATIC = {0: [80.0, 55.0, 48.0], 1: [82.0, 56.0, 50.0], 2: [84.0, 60.0, 51.0]}
 def sweep(tmp_path):
     for seed in range(3):
         curve_run(tmp_path, f"dense-seed{seed}", "dense", DENSE[seed], seed, near_copy=0.1)
-        curve_run(tmp_path, f"static-S0.5-seed{seed}", "static", STATIC[seed], seed, sparsity=0.5)
+        curve_run(tmp_path, f"static-S0.5-seed{seed}", "static", STATIC[seed], seed, sparsity=0.5, explored=0.5)
     return tmp_path
 
 
@@ -88,7 +89,9 @@ def test_equal_flops_pairs_take_the_dense_point_at_or_below_and_leave_out_what_h
 def test_the_report_adds_curves_memorisation_and_provenance(sweep, caplog):
     report = build_report(sweep)
     text = report.markdown
-    assert "## Learning curves" in text and "| 2000 | Static-DM | 0.5 | – | 57.00 ± 2.65 | 3 | 3 | +5.00" in text
+    assert (
+        "## Learning curves" in text and "| 2000 | Static-DM | 0.5 | – | 57.00 ± 2.65 | 3 | 50.0% | 3 | +5.00" in text
+    )
     assert (
         "### Equal training FLOPs" in text
         and "## Memorisation" in text

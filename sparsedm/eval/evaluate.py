@@ -41,6 +41,7 @@ from sparsedm.runs.files import writing
 from sparsedm.runs.provenance import provenance
 from sparsedm.runs.run_dir import EVAL, EVAL_STEPS, RunDir, write_json_atomically
 from sparsedm.sparse.cost import sampling_flops, train_flops_per_step
+from sparsedm.sparse.exploration import ExploredPositions
 from sparsedm.sparse.selection import select_sparse_parameters
 from sparsedm.tasks import Task
 
@@ -156,6 +157,13 @@ def memorisation(task: Task, settings: EvalSettings, features: np.ndarray, image
     }
 
 
+def exploration_rate(engine_state: dict, summary: dict) -> Optional[float]:
+    """The exploration rate at the checkpoint (its engine's record), else the summary's; None if neither has one
+    (runs trained before it was recorded)."""
+    explored = engine_state.get("explored")
+    return ExploredPositions(explored).rate() if explored else summary.get("exploration_rate")
+
+
 def step_file(run: RunDir, step: int) -> Path:
     """RUN/eval/step_XXXXXXXX.json: the score of the checkpoint of that step."""
     return run.path / EVAL_STEPS / f"step_{step:08d}.json"
@@ -242,7 +250,7 @@ def evaluate_run(
         "method": summary["method"],
         "sparsity": summary["sparsity"],
         "sparsity_actual": summary["sparsity_actual"],
-        "exploration_rate": summary.get("exploration_rate"),  # None for runs trained before it was recorded
+        "exploration_rate": exploration_rate(state["engine"], summary),  # at the step scored
         "distribution": summary["distribution"],
         "prune_rate": summary["prune_rate"],
         "update_interval": summary["update_interval"],

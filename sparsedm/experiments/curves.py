@@ -1,6 +1,7 @@
 """Learning curves of a sweep whose runs were scored at several steps (`train.keep_steps`, RUN/eval/):
 
-- per step, the paper's table and each configuration paired by seed with Dense at the same step;
+- per step, FID mean ± std, the exploration rate (share of the sparse weights ever active by then) and each
+  configuration paired by seed with Dense at the same step;
 - equal training FLOPs: each sparse point paired, seed by seed, with the Dense point of the same seed whose
   cumulative training FLOPs are the largest at or below its own. No interpolation between Dense's scored
   steps: Dense never gets more FLOPs than the sparse point spent, and the table states the gap. A sparse point
@@ -48,7 +49,8 @@ def rows_by_step(records: List[dict]) -> Dict[int, List[Row]]:
 
 
 def per_step_table(by_step: Dict[int, List[Row]]) -> str:
-    header = ["Step", "Method", "S", "p", "FID ↓", "Seeds", "Paired seeds", "ΔFID vs Dense", f"{CONFIDENCE:.0%} CI"]
+    header = ["Step", "Method", "S", "p", "FID ↓", "Seeds", "Explored", "Paired seeds", "ΔFID vs Dense"]
+    header.append(f"{CONFIDENCE:.0%} CI")
     lines = []
     for step, rows in by_step.items():
         for row in rows:
@@ -58,7 +60,12 @@ def per_step_table(by_step: Dict[int, List[Row]]) -> str:
                 result = PairedDifference(row.delta_n, row.delta_mean, row.delta_ci_low, row.delta_ci_high, row.verdict)
                 paired = paired_cells(result)
             config = config_cells(row.method, row.sparsity, row.prune_rate)
-            lines.append(f"| {step} | {config} | {fid} | {row.seeds} | {paired} |")
+            explored = (
+                "–"
+                if row.exploration_rate is None or not get_method(row.method).sparse
+                else f"{row.exploration_rate:.1%}"
+            )
+            lines.append(f"| {step} | {config} | {fid} | {row.seeds} | {explored} | {paired} |")
     return "\n".join(table_lines([*header, "Verdict"], lines)) + "\n"
 
 
