@@ -165,7 +165,8 @@ def test_with_workers_the_reference_comes_first_and_every_run_is_handed_out(tmp_
 
     def in_process(fn, jobs, workers, progress_count, total, **options):
         handed.append(sorted(jobs))
-        assert workers == 2 and list((cache / "fid").iterdir())  # the reference statistics exist already
+        # the reference statistics, the splits' pictures and features exist already
+        assert workers == 2 and len(list((cache / "fid").iterdir())) == 5
         assert total == 6 * len(jobs) and progress_count() == 0
         results = {}
         for name, args in jobs.items():

@@ -4,9 +4,9 @@
     results = evaluate_steps("runs/kanji", "all")   # every kept step (train.keep_steps) not scored yet
 
 Each score goes to RUN/eval/step_XXXXXXXX.json; the final step's also to RUN/eval.json.
-Before sampling, the EMA weights must have the run's sparsity (the zeros of its sparse tensors against
-`summary.json`'s `sparsity_actual`): an FID of weights that are not the sparse model would be reported as
-if it were. Reference statistics are cached per data set, split and rendering (`Task.reference_key`) under
+Before sampling, the EMA weights must be the checkpoint's sparse model (zero wherever its masks are, and at the
+final step masks of `summary.json`'s `sparsity_actual`): an FID of weights that are not the sparse model would be
+reported as if it were. Reference statistics are cached per data set, split and rendering (`Task.reference_key`) under
 `data.cache_dir`/fid, so a sweep computes them once.
 """
 
@@ -140,19 +140,27 @@ def reference_features(task: Task, split: str, settings: EvalSettings, device, p
     )
 
 
+_HELDOUT_SHARES = {}  # (train key, val key) -> the held-out split's near-copy shares
+
+
 def memorisation(task: Task, settings: EvalSettings, features: np.ndarray, images: np.ndarray, device, progress):
     """FID against the training split and the near-copy shares of the samples (memorisation.py), with the
     same shares for the held-out split as the baseline."""
     train_features = reference_features(task, "train", settings, device, progress)
-    val_features = reference_features(task, "val", settings, device, progress)
-    train_pixels, val_pixels = (pixels(reference_images(task, split)) for split in ("train", "val"))
+    train_pixels = pixels(reference_images(task, "train"))
+    key = (task.reference_key("train"), task.reference_key("val"))
+    if key not in _HELDOUT_SHARES:  # the baseline does not depend on the model: once per process
+        val_features = reference_features(task, "val", settings, device, progress)
+        _HELDOUT_SHARES[key] = {
+            "near_copy_heldout": near_copy_share(val_features, train_features),
+            "near_copy_heldout_pixels": near_copy_share(pixels(reference_images(task, "val")), train_pixels),
+        }
     return {
         "fid_train": fid_from_statistics(statistics_of(features), statistics_of(train_features)),
         "train_size": len(train_features),
         "near_copy": near_copy_share(features, train_features),
         "near_copy_pixels": near_copy_share(pixels(images), train_pixels),
-        "near_copy_heldout": near_copy_share(val_features, train_features),
-        "near_copy_heldout_pixels": near_copy_share(val_pixels, train_pixels),
+        **_HELDOUT_SHARES[key],
         "near_copy_rule": RULE,
     }
 
@@ -199,7 +207,7 @@ def evaluate_run(
     final step."""
     settings = (settings or EvalSettings()).validate()
     run = RunDir(run_path)
-    cfg = read_run_config(run)  # a UserError if it is no run folder
+    run.read_config()  # a UserError if it is no run folder
     summary = run.read_summary()  # a UserError until training has finished
     final = summary["steps"]
     step = final if at_step is None else at_step

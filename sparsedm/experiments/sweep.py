@@ -27,6 +27,7 @@ from sparsedm.eval.evaluate import (
     EVAL,
     EvalSettings,
     evaluate_steps,
+    reference_features,
     reference_statistics,
     settings_record,
     unscored_steps,
@@ -253,8 +254,12 @@ def _run_in_workers(
     train_only: bool,
 ) -> Dict[str, str]:
     cfg = load_config(config, overrides)
-    if not train_only:  # the reference statistics first, or every worker would compute them at once
-        reference_statistics(build_task(cfg), settings, resolve_device(cfg.train.device, DistInfo()), progress)
+    if not train_only:  # the references first, or every worker would compute them at once
+        task, device = build_task(cfg), resolve_device(cfg.train.device, DistInfo())
+        reference_statistics(task, settings, device, progress)
+        if settings.memorisation:
+            for split in ("train", "val"):
+                reference_features(task, split, settings, device, progress)
     results = run_in_workers(
         run_one,
         {spec.name: (spec, config, overrides, out, settings, False, train_only) for spec in todo},
