@@ -1,0 +1,96 @@
+"""examples/train_unconditional_sparse.py under `accelerate launch` with 2 CPU processes on gloo: identical
+masks on both ranks, 2 x batch b accumulated = 1 x batch 2b, and save_state / load_state mid-run resumes with
+the same masks.
+
+accelerate 1.15.0's `--cpu` starts a single process (more need an mpirun hostfile), so the runs use
+`--multi_gpu`, which starts them with torchrun, and ACCELERATE_USE_CPU=true, which keeps them on CPU and gloo.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("accelerate")
+pytestmark = pytest.mark.slow
+
+EXAMPLE = Path(__file__).parents[1] / "examples" / "train_unconditional_sparse.py"
+# 64 discs, 2 processes x 8 a step: 4 steps an epoch; RigL every 2 steps
+TINY = ["--num-images", "64", "--max-train-steps", "8", "--update-interval", "2", "--lr-warmup-steps", "2"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(out: Path, *args: str, processes: int = 2) -> dict:
+    command = [sys.executable, "-m", "accelerate.commands.launch"]
+    if processes > 1:
+        command += ["--multi_gpu", "--num_processes", str(processes), "--main_process_port", str(free_port())]
+    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [*command, str(EXAMPLE), "--out", str(out), *TINY, *args], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    masks = [torch.load(out / f"masks_rank{r}.pt", weights_only=True) for r in range(processes)]
+    for other in masks[1:]:  # every rank holds the same topology
+        assert other["step"] == masks[0]["step"]
+        assert all(torch.equal(other["masks"][n], m) for n, m in masks[0]["masks"].items())
+    return {
+        "masks": masks[0]["masks"],
+        "model": torch.load(out / "model.pt", weights_only=True),
+        "summary": json.loads((out / "summary.json").read_text()),
+    }
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("accelerate")
+    return {
+        "plain": launch(root / "plain", "--train-batch-size", "8", "--checkpointing-steps", "3"),
+        "root": root,
+    }
+
+
+def test_masks_are_equal_on_both_ranks_after_updates(runs):
+    plain = runs["plain"]
+    assert plain["summary"] == {
+        "steps": 8,
+        "sparsity": pytest.approx(0.5, abs=1e-3),
+        "updates": 3,
+        "processes": 2,
+    }  # t_end = 0.75: steps 2, 4, 6
+    initial = torch.load(
+        runs["root"] / "plain" / "checkpoints" / "step_3" / "custom_checkpoint_0.pkl", weights_only=True
+    )
+    moved = sum(int((plain["masks"][n] != m).sum()) for n, m in initial["masks"].items())
+    assert moved > 0  # the topology changed after the checkpoint, and both ranks agree on it (launch checks)
+    for name, mask in plain["masks"].items():
+        assert (plain["model"][name][~mask] == 0).all()
+
+
+def test_accumulating_two_batches_of_b_equals_one_batch_of_2b(runs):
+    accumulated = launch(runs["root"] / "accumulated", "--train-batch-size", "4", "--gradient-accumulation-steps", "2")
+    plain = runs["plain"]
+    assert accumulated["summary"]["steps"] == 8 and accumulated["summary"]["updates"] == 3
+    assert all(torch.equal(accumulated["masks"][n], m) for n, m in plain["masks"].items())
+    for name, weight in plain["model"].items():
+        torch.testing.assert_close(accumulated["model"][name], weight, rtol=1e-4, atol=1e-5)
+
+
+def test_save_state_and_load_state_mid_run_resume_with_the_same_masks(runs):
+    checkpoint = runs["root"] / "plain" / "checkpoints" / "step_3"  # mid-epoch, between two mask updates
+    resumed = launch(runs["root"] / "resumed", "--train-batch-size", "8", "--resume-from-checkpoint", str(checkpoint))
+    plain = runs["plain"]
+    assert resumed["summary"]["steps"] == 8
+    assert all(torch.equal(resumed["masks"][n], m) for n, m in plain["masks"].items())
+    for name, weight in plain["model"].items():
+        torch.testing.assert_close(resumed["model"][name], weight, rtol=0, atol=0)
