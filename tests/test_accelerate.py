@@ -1,6 +1,6 @@
-"""examples/train_unconditional_sparse.py under `accelerate launch` with 2 CPU processes on gloo: identical
-masks on both ranks, 2 x batch b accumulated = 1 x batch 2b, and save_state / load_state mid-run resumes with
-the same masks.
+"""sparsedm.integrations.accelerate: the fp16 path (unscale, mask, clip) against a real GradScaler; and
+examples/train_unconditional_sparse.py under `accelerate launch` with 2 CPU processes on gloo: identical masks on
+both ranks, 2 x batch b accumulated = 1 x batch 2b, and save_state / load_state mid-run resumes with the same masks.
 
 accelerate 1.15.0's `--cpu` starts a single process (more need an mpirun hostfile), so the runs use
 `--multi_gpu`, which starts them with torchrun, and ACCELERATE_USE_CPU=true, which keeps them on CPU and gloo.
@@ -15,13 +15,66 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import TinyGRU, gru_loss
+
+from sparsedm.sparse import SparseConfig
 
 pytest.importorskip("accelerate")
-pytestmark = pytest.mark.slow
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "train_unconditional_sparse.py"
 # 64 discs, 2 processes x 8 a step: 4 steps an epoch; RigL every 2 steps
 TINY = ["--num-images", "64", "--max-train-steps", "8", "--update-interval", "2", "--lr-warmup-steps", "2"]
+
+
+class ScalingAccelerator:
+    """The parts of Accelerator the integration calls, with fp16's GradScaler (which Accelerate uses on GPUs only)."""
+
+    def __init__(self, optimizer):
+        self.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+        self.optimizer, self.sync_gradients, self.registered = optimizer, True, []
+
+    def unscale_gradients(self):
+        self.scaler.unscale_(self.optimizer)
+
+    def unwrap_model(self, model):
+        return model
+
+    def register_for_checkpointing(self, *objects):
+        self.registered += objects
+
+
+class Wrapped:
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+
+
+def test_fp16_gradients_are_unscaled_then_masked_then_clipped_once(one_thread):
+    from sparsedm.integrations.accelerate import after_backward, prepare_engine
+
+    model = TinyGRU()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    accelerator = ScalingAccelerator(optimizer)
+    engine = prepare_engine(accelerator, model, Wrapped(optimizer), SparseConfig(method="rigl", update_interval=2), 10)
+    assert engine.optimizer is optimizer and accelerator.registered == [engine]
+    gru_loss(model, torch.Generator().manual_seed(0)).backward()
+    reference = {n: p.grad.clone() for n, p in model.named_parameters()}
+    optimizer.zero_grad()
+
+    accelerator.scaler.scale(gru_loss(model, torch.Generator().manual_seed(0))).backward()
+    accelerator.sync_gradients = False  # a micro-step inside an accumulated batch: nothing happens
+    assert after_backward(accelerator, engine, max_grad_norm=1.0) is None
+    torch.testing.assert_close(engine.params["proj_in.weight"].grad, 1024 * reference["proj_in.weight"])
+    accelerator.sync_gradients = True
+    norm = after_backward(accelerator, engine, max_grad_norm=1e-3)
+    masked = [g * engine.masks[n] if n in engine.masks else g for n, g in reference.items()]
+    assert norm == pytest.approx(torch.nn.utils.get_total_norm(masked).item(), rel=1e-4)  # unscaled, then masked
+    for name, param in engine.params.items():
+        assert (param.grad[~engine.masks[name]] == 0).all()
+    total = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()])
+    assert total.item() == pytest.approx(1e-3, rel=1e-3)  # clipped once, after unscaling
+    accelerator.scaler.step(optimizer)  # the scaler accepts the step: no second unscale was asked of it
+    accelerator.scaler.update()
+    assert engine.after_optimizer_step() is None and engine.step == 1
 
 
 def free_port() -> int:
@@ -60,6 +113,7 @@ def runs(tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 def test_masks_are_equal_on_both_ranks_after_updates(runs):
     plain = runs["plain"]
     assert plain["summary"] == {
@@ -77,6 +131,7 @@ def test_masks_are_equal_on_both_ranks_after_updates(runs):
         assert (plain["model"][name][~mask] == 0).all()
 
 
+@pytest.mark.slow
 def test_accumulating_two_batches_of_b_equals_one_batch_of_2b(runs):
     accumulated = launch(runs["root"] / "accumulated", "--train-batch-size", "4", "--gradient-accumulation-steps", "2")
     plain = runs["plain"]
@@ -86,6 +141,7 @@ def test_accumulating_two_batches_of_b_equals_one_batch_of_2b(runs):
         torch.testing.assert_close(accumulated["model"][name], weight, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_save_state_and_load_state_mid_run_resume_with_the_same_masks(runs):
     checkpoint = runs["root"] / "plain" / "checkpoints" / "step_3"  # mid-epoch, between two mask updates
     resumed = launch(runs["root"] / "resumed", "--train-batch-size", "8", "--resume-from-checkpoint", str(checkpoint))
