@@ -80,6 +80,27 @@ def test_the_engine_state_round_trips_through_a_lightning_checkpoint(tmp_path, o
     assert engine.step == 8 and engine.masks_fingerprint() == callback.engine.masks_fingerprint()
 
 
+def test_a_second_fit_continues_the_masks_with_the_new_optimiser(one_thread):
+    from sparsedm.integrations.lightning import SparseTraining
+
+    class MasksAtStart(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            self.masks = {n: m.clone() for n, m in callback.engine.masks.items()}
+
+    module, callback, at_start = TinyModule(), SparseTraining(CONFIG, module="model", total_steps=16), MasksAtStart()
+    trainer(1, [callback]).fit(module, loader())
+    after_first = {n: m.clone() for n, m in callback.engine.masks.items()}
+    second = trainer(1, [callback, at_start])
+    second.fit(module, loader())  # configure_optimizers makes a new optimiser
+    engine = callback.engine
+    assert engine.step == 16 and engine.optimizer is second.optimizers[0]
+    assert all(torch.equal(at_start.masks[n], m) for n, m in after_first.items())  # carried over, not redrawn
+    assert any(not torch.equal(engine.masks[n], m) for n, m in after_first.items())  # and updated on
+    for name, param in engine.params.items():
+        assert (param[~engine.masks[name]] == 0).all()
+        assert (engine.optimizer.state[param]["exp_avg"][~engine.masks[name]] == 0).all()
+
+
 def test_accumulating_two_batches_of_4_equals_one_batch_of_8(one_thread):
     plain, plain_cb = fit(epochs=2)
     accumulated, accumulated_cb = fit(epochs=2, batch_size=4, accumulate_grad_batches=2)

@@ -86,7 +86,9 @@ class SparseTraining(pl.Callback):
 
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if self.engine is not None and self._pending is None:
-            return
+            if self.engine.optimizer is trainer.optimizers[0]:
+                return
+            self._pending = self.state_dict()  # fit again, with a new optimiser: the masks carry over
         if len(trainer.optimizers) != 1:
             raise UserError(
                 f"SparseTraining needs the module to have one optimiser, not {len(trainer.optimizers)}; "
