@@ -8,6 +8,7 @@ accelerate 1.15.0's `--cpu` starts a single process (more need an mpirun hostfil
 
 import json
 import os
+import runpy
 import socket
 import subprocess
 import sys
@@ -17,7 +18,8 @@ import pytest
 import torch
 from tiny_models import TinyGRU, gru_loss
 
-from sparsedm.sparse import SparseConfig
+from sparsedm.sparse import SparseConfig, SparseEngine
+from sparsedm.sparse.masks import masks_fingerprint
 
 pytest.importorskip("accelerate")
 
@@ -125,6 +127,12 @@ def test_masks_are_equal_on_both_ranks_after_updates(runs):
     initial = torch.load(
         runs["root"] / "plain" / "checkpoints" / "step_3" / "custom_checkpoint_0.pkl", weights_only=True
     )
+    model = runpy.run_path(str(EXAMPLE))["make_model"](16)
+    engine = SparseEngine(  # the example's engine, with the state save_state wrote
+        model, torch.optim.AdamW(model.parameters()), SparseConfig(prune_rate=0.3, update_interval=2), 8
+    )
+    engine.load_state_dict(initial)
+    assert engine.step == 3 and engine.masks_fingerprint() == masks_fingerprint(initial["masks"])
     moved = sum(int((plain["masks"][n] != m).sum()) for n, m in initial["masks"].items())
     assert moved > 0  # the topology changed after the checkpoint, and both ranks agree on it (launch checks)
     for name, mask in plain["masks"].items():
