@@ -101,6 +101,15 @@ def test_a_second_fit_continues_the_masks_with_the_new_optimiser(one_thread):
         assert (engine.optimizer.state[param]["exp_avg"][~engine.masks[name]] == 0).all()
 
 
+def test_an_ema_of_another_module_is_refused_in_one_line(one_thread):
+    from sparsedm.errors import UserError
+    from sparsedm.integrations.lightning import SparseTraining
+
+    module = TinyModule()  # its EMA averages module.model, whose names lack the "model." prefix
+    with pytest.raises(UserError, match="the EMA has no entry for model.0.weight"):
+        trainer(1, [SparseTraining(CONFIG)]).fit(module, loader())
+
+
 def test_accumulating_two_batches_of_4_equals_one_batch_of_8(one_thread):
     plain, plain_cb = fit(epochs=2)
     accumulated, accumulated_cb = fit(epochs=2, batch_size=4, accumulate_grad_batches=2)

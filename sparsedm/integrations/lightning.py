@@ -97,9 +97,16 @@ class SparseTraining(pl.Callback):
         module = _attribute(pl_module, self.module_name, "module") if self.module_name else pl_module
         self.ema = self._find_ema(pl_module)
         ema_view = _ema_view(self.ema, module)
+        c = self.config
+        sparse = select_sparse_parameters(module, c.include, c.exclude, c.exclude_time_embedding)
+        if ema_view is not None and (missing := sorted(set(sparse) - set(dict(ema_view.named_parameters())))):
+            raise UserError(
+                f"the EMA has no entry for {missing[0]} (and {len(missing) - 1} more sparse tensors); make it from "
+                "the module SparseTraining sparsifies, or name that module with SparseTraining(module=...)"
+            )
         total = self.total_steps or int(trainer.estimated_stepping_batches)
         # Lightning has loaded the weights already: keep them from the new engine's initial masks
-        kept = self._sparse_values(module, ema_view) if self._pending else []
+        kept = self._sparse_values(sparse, ema_view) if self._pending else []
         self.engine = SparseEngine(module, trainer.optimizers[0], self.config, total_steps=total, ema=ema_view)
         if self._pending:
             self._load(kept)
@@ -118,13 +125,12 @@ class SparseTraining(pl.Callback):
             raise UserError("the module has several EMAs; name the one to keep sparse with SparseTraining(ema=...)")
         return found[0] if found else None
 
-    def _sparse_values(self, module: nn.Module, ema_view) -> list:
-        c = self.config
-        names = select_sparse_parameters(module, c.include, c.exclude, c.exclude_time_embedding)
-        tensors = list(names.values())
+    @staticmethod
+    def _sparse_values(sparse: Dict[str, nn.Parameter], ema_view) -> list:
+        tensors = list(sparse.values())
         if ema_view is not None:
             ema_params = dict(ema_view.named_parameters())
-            tensors += [ema_params[n] for n in names if n in ema_params]
+            tensors += [ema_params[n] for n in sparse]
         return [(t, t.detach().clone()) for t in tensors]
 
     def _load(self, kept: list) -> None:
