@@ -185,6 +185,7 @@ def main(argv=None):
             "sparsity": engine.sparsity(),
             "updates": len(updates),
             "processes": accelerator.num_processes,
+            "mixed_precision": accelerator.mixed_precision,
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
         accelerator.print(format_report(engine.report()))  # sparse

@@ -89,7 +89,7 @@ def launch(out: Path, *args: str, processes: int = 2) -> dict:
     command = [sys.executable, "-m", "accelerate.commands.launch"]
     if processes > 1:
         command += ["--multi_gpu", "--num_processes", str(processes), "--main_process_port", str(free_port())]
-    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # the script's flag rules
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
         [*command, str(EXAMPLE), "--out", str(out), *TINY, *args], env=env, capture_output=True, text=True, timeout=300
@@ -113,6 +113,20 @@ def runs(tmp_path_factory):
         "plain": launch(root / "plain", "--train-batch-size", "8", "--checkpointing-steps", "3"),
         "root": root,
     }
+
+
+@pytest.mark.slow
+def test_the_example_runs_offline_in_one_process_with_bf16(tmp_path):
+    run = launch(tmp_path, "--train-batch-size", "8", "--mixed-precision", "bf16", processes=1)
+    assert run["summary"] == {
+        "steps": 8,
+        "sparsity": pytest.approx(0.5, abs=1e-3),
+        "updates": 3,
+        "processes": 1,
+        "mixed_precision": "bf16",
+    }
+    for name, mask in run["masks"].items():
+        assert (run["model"][name][~mask] == 0).all()
 
 
 @pytest.mark.slow
