@@ -137,6 +137,7 @@ def test_masks_are_equal_on_both_ranks_after_updates(runs):
         "sparsity": pytest.approx(0.5, abs=1e-3),
         "updates": 3,
         "processes": 2,
+        "mixed_precision": "no",
     }  # t_end = 0.75: steps 2, 4, 6
     initial = torch.load(
         runs["root"] / "plain" / "checkpoints" / "step_3" / "custom_checkpoint_0.pkl", weights_only=True
