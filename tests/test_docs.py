@@ -8,7 +8,8 @@ Conventions for README.md and docs/*.md:
 - Every command is checked without running it. Its program must be one this test knows: `sparsedm` or
   `python -m sparsedm` (parsed by the real command-line parser; a config file must exist and load with its
   `key=value` overrides, so each names a real key with a valid value), `torchrun ... -m sparsedm` (torchrun's own
-  parser, then as above), `make` (a target of the Makefile), `python SCRIPT.py` (the script exists and declares
+  parser, then as above), `accelerate launch ... SCRIPT.py` (accelerate's parser, then as `python SCRIPT.py`),
+  `make` (a target of the Makefile), `python SCRIPT.py` (the script exists and declares
   every option used), `python -m pytest` (the test files exist).
 - A block right after the line `<!-- doc-check: run -->` is also run, command by command, in a fresh folder
   that links configs/, in this process, with pooled pixels standing in for the FID network (tests/fid_stub.py).
@@ -193,6 +194,20 @@ def check_torchrun(args: list) -> None:
     check_sparsedm(ns.training_script_args)
 
 
+def check_accelerate(args: list) -> None:
+    """`accelerate launch [options] SCRIPT.py [script options]`: accelerate's own parser, then the script's."""
+    from accelerate.commands.launch import launch_command_parser
+
+    assert args[:1] == ["launch"], f"accelerate {' '.join(args)}: only `accelerate launch` is checked"
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            ns = launch_command_parser().parse_args(args[1:])
+        except SystemExit:
+            raise AssertionError(f"accelerate {' '.join(args)}: {err.getvalue().strip()}") from None
+    check_python([ns.training_script, *ns.training_script_args])
+
+
 def script_options(script: Path) -> set:
     options = {"-h", "--help"}
     for node in ast.walk(ast.parse(script.read_text())):
@@ -233,6 +248,8 @@ def check_command(argv: list) -> None:
         check_sparsedm(args)
     elif program == "torchrun":
         check_torchrun(args)
+    elif program == "accelerate":
+        check_accelerate(args)
     elif program == "make":
         check_make(args)
     elif program == "tensorboard":
@@ -258,6 +275,8 @@ def test_the_check_refuses_a_bad_option_a_bad_key_and_an_unknown_program():
         check_command(["sparsedm", "train", "configs/chirodiff_kanjivg_cpu.yaml", "--out", "r", "sparse.sparsity=2"])
     with pytest.raises(AssertionError, match="no option"):
         check_command(["python", "benchmarks/engine_overhead.py", "--cycle", "2"])
+    with pytest.raises(AssertionError, match="no option"):
+        check_command(["accelerate", "launch", "examples/train_unconditional_sparse.py", "--out", "r", "--bogus"])
     with pytest.raises(AssertionError, match="does not know"):
         check_command(["curl", "https://example.org"])
 

@@ -191,7 +191,8 @@ def test_bad_config_gives_clear_error(overrides, message):
 
 
 def test_selection_follows_the_default_rule():
-    gru_engine = SparseEngine(TinyGRU(), torch.optim.AdamW(TinyGRU().parameters()), SparseConfig(method="static"))
+    gru = TinyGRU()
+    gru_engine = SparseEngine(gru, torch.optim.AdamW(gru.parameters()), SparseConfig(method="static"))
     names = set(gru_engine.params)
     assert {"gru.weight_ih_l0", "gru.weight_hh_l0", "gru.weight_ih_l1_reverse", "proj_in.weight"} <= names
     assert not any("bias" in n or "time_embedding" in n for n in names)
@@ -205,8 +206,8 @@ def test_selection_follows_the_default_rule():
     assert not any(n.startswith("time_embedding.") or "norm" in n for n in unet_names)
 
     only_gru = SparseEngine(
-        TinyGRU(),
-        torch.optim.AdamW(TinyGRU().parameters()),
+        gru,
+        torch.optim.AdamW(gru.parameters()),
         SparseConfig(method="static", include=[r"^gru\."], exclude=["reverse"]),
     )
     assert set(only_gru.params) == {"gru.weight_ih_l0", "gru.weight_hh_l0", "gru.weight_ih_l1", "gru.weight_hh_l1"}

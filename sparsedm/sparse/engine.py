@@ -26,7 +26,13 @@ from sparsedm.sparse.drop import drop_by_magnitude
 from sparsedm.sparse.ema import EMA
 from sparsedm.sparse.exploration import ExploredPositions
 from sparsedm.sparse.masks import all_finite, apply_masks_, mask_gradients_, masks_fingerprint, random_mask
-from sparsedm.sparse.optim_state import check_supported, mask_moments_, warn_if_slow_on_zeros, zero_moments_
+from sparsedm.sparse.optim_state import (
+    check_holds,
+    check_supported,
+    mask_moments_,
+    warn_if_slow_on_zeros,
+    zero_moments_,
+)
 from sparsedm.sparse.schedule import UpdateSchedule
 from sparsedm.sparse.selection import select_sparse_parameters
 
@@ -67,6 +73,7 @@ class SparseEngine:
         self.last_update: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (dropped, grown) flat indices
         self._dense_grads: Dict[str, torch.Tensor] = {}  # RigL: only inside the window before an update
         self._grads_finite = True
+        self._backward_seen = False  # after_backward called since the last after_optimizer_step
         self._warned_capped = False  # the capped-prune-rate hint is logged once
         self.explored = ExploredPositions({})
         if not self.method_record.sparse:
@@ -75,6 +82,7 @@ class SparseEngine:
         check_supported(optimizer)
         warn_if_slow_on_zeros(optimizer)
         self.params = select_sparse_parameters(model, config.include, config.exclude, config.exclude_time_embedding)
+        check_holds(optimizer, self.params)
         shapes = {n: tuple(p.shape) for n, p in self.params.items()}
         self.densities = allocate_densities(shapes, config.sparsity, config.distribution, config.custom_densities)
         self.nonzeros = nonzero_counts(self.densities, shapes)
@@ -92,7 +100,16 @@ class SparseEngine:
 
     @torch.no_grad()
     def after_backward(self) -> None:
-        """Capture RigL's dense gradient when an update is near, then zero the masked gradients (NaN-safe)."""
+        """Capture RigL's dense gradient when an update is near, then zero the masked gradients (NaN-safe).
+
+        Once per optimiser step: with gradient accumulation, after the last micro-batch's backward.
+        """
+        if self._backward_seen:
+            raise UserError(
+                "SparseEngine.after_backward was called twice without after_optimizer_step between; with gradient "
+                "accumulation call it once per optimiser step, after the last micro-batch's backward (docs/library.md)"
+            )
+        self._backward_seen = True
         if not self.masks:
             return
         t = self.step + 1
@@ -117,6 +134,12 @@ class SparseEngine:
         Returns the update's statistics on an update step (with `skipped: True` when gradients were not
         finite), else None.
         """
+        if not self._backward_seen:
+            raise UserError(
+                "SparseEngine.after_optimizer_step was called without after_backward since the last step; call "
+                "after_backward between loss.backward() and optimizer.step() (docs/library.md)"
+            )
+        self._backward_seen = False
         self.step += 1
         if self.schedule is None or not self.schedule.is_update_step(self.step):
             return None
@@ -244,6 +267,7 @@ class SparseEngine:
         self.generator.set_state(state["generator"])
         self._dense_grads = {n: g.to(self.params[n].device) for n, g in state["dense_grads"].items()}
         self.explored.load_state_dict(state.get("explored"), self.masks)
+        self._backward_seen = False
         self.apply_masks()
 
     def load_masks(self, masks: Dict[str, torch.Tensor]) -> None:

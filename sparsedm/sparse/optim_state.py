@@ -6,7 +6,7 @@ are accepted.
 """
 
 import logging
-from typing import Iterable
+from typing import Dict, Iterable
 
 import torch
 
@@ -24,10 +24,28 @@ MOMENT_KEYS = {
 
 
 def check_supported(optimizer: torch.optim.Optimizer) -> None:
-    if type(optimizer) not in MOMENT_KEYS:
-        supported = ", ".join(cls.__name__ for cls in MOMENT_KEYS)
+    if type(optimizer) in MOMENT_KEYS:
+        return
+    inner = getattr(optimizer, "optimizer", None) or getattr(optimizer, "_optimizer", None)
+    if type(inner) in MOMENT_KEYS:  # Accelerate's AcceleratedOptimizer, Lightning's LightningOptimizer
         raise UserError(
-            f"optimiser {type(optimizer).__name__} is not supported by the sparse engine; use one of {supported}"
+            f"the sparse engine got the wrapper {type(optimizer).__name__}; pass the {type(inner).__name__} it wraps "
+            "(accelerate: optimizer.optimizer)"
+        )
+    supported = ", ".join(cls.__name__ for cls in MOMENT_KEYS)
+    raise UserError(
+        f"optimiser {type(optimizer).__name__} is not supported by the sparse engine; use one of {supported}"
+    )
+
+
+def check_holds(optimizer: torch.optim.Optimizer, params: Dict[str, torch.Tensor]) -> None:
+    """Every sparse tensor must be one the optimiser steps: else its moments cannot follow the masks."""
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    missing = [name for name, p in params.items() if id(p) not in held]
+    if missing:
+        raise UserError(
+            f"the optimiser does not hold {len(missing)} of the sparse tensors (e.g. {missing[0]}); build the engine "
+            "on the module the optimiser trains, or leave those tensors out with sparse.exclude"
         )
 
 
