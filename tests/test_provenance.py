@@ -12,6 +12,7 @@ def git(*args):
 
 
 def test_the_record_names_this_checkout_and_machine():
+    prov.git_state.cache_clear()  # read once per process; a commit made since then is not this process's code
     record = prov.provenance(torch.device("cpu"))
     assert record["git_commit"] == git("rev-parse", "HEAD").strip()
     assert record["git_dirty"] == bool(git("status", "--porcelain", "--untracked-files=no").strip())
