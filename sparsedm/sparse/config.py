@@ -24,8 +24,9 @@ class PruneRateDecay(StrEnum):
 
 @dataclass
 class SparseConfig:
-    method: str = "rigl"  # dense | static | rigl | magran (alias: set); see sparse/methods.py
+    method: str = "rigl"  # a name or alias of sparse/methods.py's METHODS (`sparsedm train --help` lists them)
     sparsity: float = 0.5  # S: fraction of zero weights over the sparse tensors, in [0, 1)
+    initial_sparsity: float = 0.5  # S_i: where a gradual method (GraNet) starts, capped at S; others ignore it
     distribution: Distribution = Distribution.erk  # erk | uniform | custom: how S is spread over tensors
     custom_densities: Dict[str, float] = field(
         default_factory=dict
@@ -41,7 +42,7 @@ class SparseConfig:
     )  # regexes on parameter names to sparsify; empty = every weight with >= 2 dims
     exclude: List[str] = field(default_factory=list)  # regexes on parameter names to keep dense
     exclude_time_embedding: bool = True  # keep timestep-embedding layers dense (the paper's rule)
-    seed: int = 0  # seeds the initial masks and MagRan's growth; identical on every rank
+    seed: int = 0  # seeds the initial masks and random growth; identical on every rank
 
     def __post_init__(self):
         self.validate()
@@ -63,6 +64,8 @@ class SparseConfig:
         get_method(self.method)
         if not 0.0 <= self.sparsity < 1.0:
             raise UserError(f"sparse.sparsity={self.sparsity} is out of range; S must be in [0, 1)")
+        if not 0.0 <= self.initial_sparsity < 1.0:
+            raise UserError(f"sparse.initial_sparsity={self.initial_sparsity} is out of range; S_i must be in [0, 1)")
         self.distribution = choice(Distribution, self.distribution, "sparse.distribution")
         if not 0.0 < self.prune_rate <= 1.0:
             raise UserError(f"sparse.prune_rate={self.prune_rate} is out of range; p must be in (0, 1]")
