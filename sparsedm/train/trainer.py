@@ -9,7 +9,6 @@ Everything a step reads is a function of (seed, step): the batch (`BatchSchedule
 seeded per step), so a resumed run needs only the checkpoint to continue bit-identically.
 """
 
-import hashlib
 import logging
 import math
 import shutil
@@ -17,7 +16,6 @@ import signal
 import threading
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict
 from typing import Optional
 
 import torch
@@ -31,17 +29,10 @@ from sparsedm.runs.distributed import DistInfo, init_distributed, main_process_f
 from sparsedm.runs.files import writing
 from sparsedm.runs.plots import plot_run
 from sparsedm.runs.run_dir import CHECKPOINTS, CONFIG, EVAL, METRICS, SAMPLES, SUMMARY, RunDir
-from sparsedm.sparse import (
-    EMA,
-    SparseConfig,
-    SparseEngine,
-    count_parameters,
-    forward_flops,
-    masked_densities,
-    train_flops_per_step,
-)
+from sparsedm.sparse import EMA, SparseConfig, SparseEngine
 from sparsedm.tasks import build_task
 from sparsedm.train.loggers import TENSORBOARD, RunLogger, sample_pictures
+from sparsedm.train.summary import build_summary
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +43,6 @@ RESUMABLE_CHANGES = (
     "sample_every",
     "compress_checkpoints",
 )  # train.* keys a resumed run may change
-
-
-def weights_fingerprint(module: torch.nn.Module) -> str:
-    """sha256 over the raw bytes of every tensor in the state dict, in name order."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def prepare_run_dir(run: RunDir, cfg, resume: bool, overwrite: bool) -> None:
@@ -352,34 +334,12 @@ class Trainer:
         return val_loss
 
     def _summary(self, wall: float) -> dict:
-        cfg, engine, sparse = self.cfg, self.engine, self.engine.config
         val_loss = self._log_validation()
         example = self._batch(self.train_set, self.batches.indices(0)[:1])
-        flops = forward_flops(self.model.eval(), self.task.flops_inputs(example), masked_densities(engine.masks))
-        summary = {
-            "task": cfg.task,
-            "data": self.task.data_name(),
-            "method": engine.method,
-            "sparsity": sparse.sparsity if engine.method_record.sparse else 0.0,
-            "distribution": sparse.distribution,
-            "prune_rate": sparse.prune_rate,
-            "update_interval": sparse.update_interval,
-            "steps": self.step,
-            "seed": cfg.seed,
-            **count_parameters(self.model, engine.masks),
-            "sparsity_actual": engine.sparsity(),
-            "exploration_rate": engine.exploration_rate(),
-            **flops,
-            "flops_train_step": train_flops_per_step(
-                engine.method, flops["flops_forward_sparse"], flops["flops_forward_dense"], sparse.update_interval
-            ),
-            "loss_final": self.last_loss,
-            "val_loss_final": val_loss,
-            "wall_time_s": wall,
-            "weights_sha256": weights_fingerprint(self.model),
-            "masks_sha256": engine.masks_fingerprint(),
-            "tensors": [asdict(row) for row in engine.report()],  # per sparse tensor, in model order
-        }
+        losses = {"loss_final": self.last_loss, "val_loss_final": val_loss}
+        summary = build_summary(
+            self.cfg, self.task, self.model, self.engine, self.task.flops_inputs(example), self.step, losses, wall
+        )
         self.task.finish(self.ema.module, self.run.path, summary)
         self.run.write_summary(summary)
         return summary
