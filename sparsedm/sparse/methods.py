@@ -114,6 +114,18 @@ METHODS: Dict[str, Method] = {
             colour="tab:purple",
             aliases=("sparse-momentum",),
         ),
+        # GraNet (Liu et al. 2021), starting sparse: S rises on a cubic schedule, regrowth by gradient
+        Method(
+            "granet",
+            "GraNet-DM",
+            sparse=True,
+            dynamic=True,
+            train_flops=_rigl_flops,
+            grow=by_gradient,
+            sparsity_schedule=density_schedule.cubic,
+            needs_dense_gradient=True,
+            colour="tab:orange",
+        ),
     )
 }
 
