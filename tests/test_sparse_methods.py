@@ -95,3 +95,23 @@ def test_the_papers_methods_as_recorded():
     ]
     assert get_method("set") is METHODS["magran"]
     assert METHODS["rigl"].needs_dense_gradient and not METHODS["magran"].needs_dense_gradient
+
+
+def test_no_method_name_is_spelled_outside_the_records():
+    """Help texts, the grid, the tables and the plots take names from METHODS: a string literal equal to a
+    method's name, alias or display name anywhere else would not follow a new or renamed record."""
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).parents[1] / "sparsedm"
+    spellings = {s for m in METHODS.values() for s in (m.name, m.display_name, *m.aliases)}
+    allowed = {("sparse/kernels.py", "dense")}  # the dense kernel of a layer, not the Dense method
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        where = path.relative_to(package).as_posix()
+        if where == "sparse/methods.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in spellings and (where, node.value) not in allowed:
+                found.append(f"{where}:{node.lineno} {node.value!r}")
+    assert not found

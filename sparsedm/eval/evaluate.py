@@ -28,7 +28,8 @@ from sparsedm.eval.fid import (
 )
 from sparsedm.inference.sampling import attach_sparse_kernels, draw_samples, load_run_model
 from sparsedm.runs.run_dir import EVAL, RunDir, write_json_atomically
-from sparsedm.sparse.cost import sampling_flops, train_flops_per_step
+from sparsedm.sparse.cost import sampling_flops
+from sparsedm.sparse.methods import dense_method
 from sparsedm.sparse.selection import select_sparse_parameters
 from sparsedm.tasks import Task
 
@@ -152,7 +153,7 @@ def evaluate_run(
         "flops_forward_sparse": f_sparse,
         "train_batch_size": cfg.train.batch_size,
         "flops_train_step": summary["flops_train_step"],  # per sample, like the forward FLOPs
-        "flops_train_step_dense": train_flops_per_step("dense", f_sparse, f_dense, summary["update_interval"]),
+        "flops_train_step_dense": dense_method().train_flops(f_sparse, f_dense, summary["update_interval"]),
         "flops_train_total": summary["flops_train_step"] * cfg.train.batch_size * summary["steps"],
         "flops_sample": sampling_flops(f_sparse, sampling.steps),
         "sparse_kernels": kernels is not None,  # sampled with sparse kernels (--sparse-kernels)

@@ -13,7 +13,6 @@ from sparsedm.experiments.aggregate import Row
 from sparsedm.runs.plots import save_figure
 from sparsedm.sparse.methods import get_method
 
-COLOURS = {"static": "tab:blue", "rigl": "tab:red", "magran": "tab:green"}  # others: the next of the default cycle
 LINESTYLES = ("-", "--", ":", "-.")  # one per prune rate of a method
 
 
@@ -39,7 +38,7 @@ def _dense_level(axes, rows: List[Row]) -> None:
     """Dense FID as a horizontal line, with a ± std band when there are several seeds."""
     for row in rows:
         if not get_method(row.method).sparse:
-            axes.axhline(row.fid_mean, color="black", linewidth=1, label="Dense")
+            axes.axhline(row.fid_mean, color="black", linewidth=1, label=get_method(row.method).display_name)
             if row.fid_std is not None:
                 axes.axhspan(row.fid_mean - row.fid_std, row.fid_mean + row.fid_std, color="black", alpha=0.1)
 
@@ -54,7 +53,7 @@ def _fid_against(rows: List[Row], x_of: Callable[[Row], float], xlabel: str, pat
             [x_of(r) for r in points],
             [r.fid_mean for r in points],
             yerr=[r.fid_std or 0.0 for r in points],
-            color=COLOURS.get(method),
+            color=get_method(method).colour,
             linestyle=_style(rows, method, prune_rate),
             marker="o",
             capsize=3,
@@ -79,7 +78,7 @@ def fid_vs_train_flops(rows: List[Row], path: Path) -> Path:
 
 def fid_vs_exploration(rows: List[Row], path: Path) -> Path:
     """FID against the exploration rate (Static-DM's is its density); rows of runs that did not record it are left out."""
-    known = [r for r in rows if r.method == "dense" or r.exploration_rate is not None]
+    known = [r for r in rows if not get_method(r.method).sparse or r.exploration_rate is not None]
     return _fid_against(
         known, lambda r: r.exploration_rate, "exploration rate (share of sparse weights ever active)", path
     )

@@ -32,6 +32,7 @@ from sparsedm.experiments.plots import fid_vs_exploration, fid_vs_sparsity, fid_
 from sparsedm.experiments.sample_pictures import sparsity_pictures
 from sparsedm.runs.files import writing
 from sparsedm.runs.run_dir import write_text_atomically
+from sparsedm.sparse.methods import get_method
 
 
 @dataclass
@@ -55,7 +56,7 @@ def build_report(sweep_dir) -> Report:
         write_text_atomically(files[1], markdown)
         files.append(fid_vs_sparsity(rows, sweep_dir / "fid_vs_sparsity.png"))
         files.append(fid_vs_train_flops(rows, sweep_dir / "fid_vs_train_flops.png"))
-        if any(r.exploration_rate is not None for r in rows if r.method != "dense"):
+        if any(r.exploration_rate is not None for r in rows if get_method(r.method).sparse):
             files.append(fid_vs_exploration(rows, sweep_dir / "fid_vs_exploration.png"))
         files += sparsity_pictures(sweep_dir, records)
     return Report(rows, markdown, files)

@@ -8,7 +8,7 @@ from enum import StrEnum
 from typing import Dict, List, Optional
 
 from sparsedm.errors import UserError, choice
-from sparsedm.sparse.methods import Method, get_method
+from sparsedm.sparse.methods import DEFAULT_METHOD, Method, get_method
 
 
 class Distribution(StrEnum):
@@ -24,7 +24,9 @@ class PruneRateDecay(StrEnum):
 
 @dataclass
 class SparseConfig:
-    method: str = "rigl"  # a name or alias of sparse/methods.py's METHODS (`sparsedm train --help` lists them)
+    method: str = (
+        DEFAULT_METHOD  # RigL-DM; a name or alias of sparse/methods.py's METHODS (`sparsedm train --help` lists them)
+    )
     sparsity: float = 0.5  # S: fraction of zero weights over the sparse tensors, in [0, 1)
     initial_sparsity: float = 0.5  # S_i: where a gradual method (GraNet) starts, capped at S; others ignore it
     distribution: Distribution = Distribution.erk  # erk | uniform | custom: how S is spread over tensors

@@ -16,7 +16,7 @@ record here plus, at most, one file of its parts.
 """
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from sparsedm.errors import UserError
 from sparsedm.sparse import density_schedule, redistribution
@@ -46,6 +46,7 @@ class Method:
     needs_dense_gradient: bool = False  # the grow rule reads the dense gradient of the update step
     dense_moments: bool = False  # the optimiser sees dense gradients (its moments of inactive weights are kept)
     colour: Optional[str] = None  # in plots; None: the next of matplotlib's cycle
+    paper: bool = False  # one of the paper's four (Oliveira et al. 2025): the demo's and the sweep's default
     aliases: Tuple[str, ...] = ()  # other accepted spellings
 
     @property
@@ -78,8 +79,10 @@ def _snfs_flops(f_sparse: float, f_dense: float, update_interval: int) -> float:
 METHODS: Dict[str, Method] = {
     m.name: m
     for m in (
-        Method("dense", "Dense", sparse=False, dynamic=False, train_flops=_dense_flops),
-        Method("static", "Static-DM", sparse=True, dynamic=False, train_flops=_sparse_flops, colour="tab:blue"),
+        Method("dense", "Dense", sparse=False, dynamic=False, train_flops=_dense_flops, paper=True),
+        Method(
+            "static", "Static-DM", sparse=True, dynamic=False, train_flops=_sparse_flops, colour="tab:blue", paper=True
+        ),
         Method(
             "rigl",
             "RigL-DM",
@@ -89,6 +92,7 @@ METHODS: Dict[str, Method] = {
             grow=by_gradient,
             needs_dense_gradient=True,
             colour="tab:red",
+            paper=True,
         ),
         # SET (Mocanu et al. 2018) is MagRan's grow rule
         Method(
@@ -99,6 +103,7 @@ METHODS: Dict[str, Method] = {
             train_flops=_sparse_flops,
             grow=at_random,
             colour="tab:green",
+            paper=True,
             aliases=("set",),
         ),
         # Sparse momentum (Dettmers & Zettlemoyer 2019): grow by |momentum|, move density to busy layers
@@ -130,6 +135,9 @@ METHODS: Dict[str, Method] = {
 }
 
 
+DEFAULT_METHOD = "rigl"  # sparse.method when a config does not say
+
+
 def find_method(name: str) -> Optional[Method]:
     """The method called `name` or one of its aliases, else None."""
     return next((m for m in METHODS.values() if name == m.name or name in m.aliases), None)
@@ -159,6 +167,11 @@ def dense_method() -> Method:
 def static_method() -> Method:
     """The sparse record whose masks never change: what a dynamic method is compared with at the same S."""
     return next(m for m in METHODS.values() if m.sparse and not m.dynamic)
+
+
+def paper_methods() -> List[str]:
+    """The paper's four methods, in order."""
+    return [m.name for m in METHODS.values() if m.paper]
 
 
 def names_and_aliases() -> str:

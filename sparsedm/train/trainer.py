@@ -30,6 +30,7 @@ from sparsedm.runs.files import writing
 from sparsedm.runs.plots import plot_run
 from sparsedm.runs.run_dir import CHECKPOINTS, CONFIG, EVAL, METRICS, SAMPLES, SUMMARY, RunDir
 from sparsedm.sparse import EMA, SparseConfig, SparseEngine
+from sparsedm.sparse.methods import dense_method
 from sparsedm.tasks import build_task
 from sparsedm.train.loggers import TENSORBOARD, RunLogger, sample_pictures
 from sparsedm.train.summary import build_summary
@@ -348,7 +349,7 @@ class Trainer:
 def sparse_settings(cfg) -> SparseConfig:
     """The experiment's `sparse` block; an experiment without one (the autoencoder) is trained dense."""
     sparse = getattr(cfg, "sparse", None)
-    return SparseConfig(method="dense") if sparse is None else sparse
+    return SparseConfig(method=dense_method().name) if sparse is None else sparse
 
 
 def check_masks_agree(engine: SparseEngine, step: int, device: torch.device) -> None:
