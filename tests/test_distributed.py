@@ -103,17 +103,17 @@ def _mismatch_worker(rank, port, result_file):
     import torch.distributed as dist
 
     from sparsedm.errors import UserError
+    from sparsedm.runs.distributed import check_masks_agree
     from sparsedm.sparse import SparseConfig, SparseEngine
-    from sparsedm.train.trainer import check_masks_agree
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     model = torch.nn.Linear(8, 8)
     engine = SparseEngine(model, torch.optim.AdamW(model.parameters()), SparseConfig(method="static", sparsity=0.5))
-    check_masks_agree(engine, 1, torch.device("cpu"))  # identical seeds: identical masks, no error
+    check_masks_agree(engine.masks_fingerprint(), 1, torch.device("cpu"))  # identical seeds: identical masks, no error
     if rank == 1:
         engine.masks["weight"] = engine.masks["weight"].roll(1, 0)
     try:
-        check_masks_agree(engine, 2, torch.device("cpu"))
+        check_masks_agree(engine.masks_fingerprint(), 2, torch.device("cpu"))
         outcome = "no error"
     except UserError as exc:
         outcome = str(exc)

@@ -26,6 +26,7 @@ SUMMARY = "summary.json"
 EVAL = "eval.json"  # written by `sparsedm evaluate`
 CHECKPOINTS = "checkpoints"
 SAMPLES = "samples"
+TENSORBOARD = "tb"  # RUN/tb/: the event files
 
 # What to do when each file is damaged (the readers say what is wrong).
 CONFIG_FIX = "it is written by `sparsedm train`; restore it, or train the run again with --overwrite"
