@@ -1,4 +1,5 @@
-"""The `sparsedm` command line: train and sample (more commands join as the project grows)."""
+"""The `sparsedm` command line: train, sample, fid, evaluate, sweep, report, compare, plot, demo,
+train-autoencoder and export (`sparsedm COMMAND --help`; docs/cli.md)."""
 
 import argparse
 import json
