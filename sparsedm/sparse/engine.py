@@ -313,7 +313,7 @@ class SparseEngine:
             raise UserError(
                 f"the checkpoint was trained with sparse.method={state['method']}, not {self.method}; use the run's config"
             )
-        if "counts_history" in state:  # older checkpoints: counts never changed, the constructor's hold
+        if self.masks and "counts_history" in state:  # older checkpoints: counts never changed, as built
             self._set_targets(state["target_sparsity"])
             self.counts_history = [(step, dict(counts)) for step, counts in state["counts_history"]]
             self.nonzeros = dict(self.counts_history[-1][1])
