@@ -1,4 +1,4 @@
-"""The sparse-to-sparse training engine: any PyTorch loop becomes Static-, RigL- or MagRan-sparse.
+"""The sparse-to-sparse training engine: any PyTorch loop trains sparse with a method of methods.py.
 
     engine = SparseEngine(model, optimizer, SparseConfig(method="rigl", sparsity=0.5), total_steps=T, ema=ema)
     for batch in loader:
@@ -7,6 +7,9 @@
         optimizer.step()
         engine.after_optimizer_step()  # every ΔT steps: drop and grow
         ema.update(model)
+
+At an update the engine asks the method's parts what changes (methods.py: drop score, grow rule, sparsity
+schedule, redistribution) and applies every change in one place, `_apply_change`.
 
 The engine knows nothing about diffusion. With mixed precision call `after_backward` after
 `scaler.unscale_(optimizer)`; an update whose gradients are not finite is skipped.
