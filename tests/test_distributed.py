@@ -9,17 +9,14 @@ import sys
 
 import pytest
 import torch
+from tiny_models import tiny_chirodiff
 
 from sparsedm.runs.checkpoint import list_checkpoints, load_checkpoint
 
 pytestmark = pytest.mark.slow
 
 TINY = [
-    "data.max_items=200",
-    "data.max_points=50",
-    "data.max_strokes=8",
-    "data.spacing=0.1",
-    "model.hidden_size=16",
+    *tiny_chirodiff(),
     "model.num_layers=1",
     "train.log_every=4",
     "train.val_batches=1",
@@ -27,7 +24,6 @@ TINY = [
     "sparse.prune_rate=0.3",
     "sparse.t_end=1.0",
     "train.steps=12",
-    "train.batch_size=16",
     "train.checkpoint_every=100",
 ]
 
@@ -69,9 +65,9 @@ def launch(out, nproc, *overrides):
     )
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return f"data.cache_dir={tmp_path_factory.mktemp('cache')}"
+@pytest.fixture
+def cache(tiny_cache):
+    return tiny_cache
 
 
 @pytest.mark.parametrize("method", ["rigl", "magran"])

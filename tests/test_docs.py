@@ -32,7 +32,6 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
-import torch
 from fid_stub import use_pooled_pixels
 from omegaconf import DictConfig, OmegaConf
 from test_layout import import_graph
@@ -309,20 +308,15 @@ def test_runnable_block_runs(block, tmp_path, monkeypatch, capsys):
     (tmp_path / "configs").symlink_to(REPO / "configs")
     monkeypatch.chdir(tmp_path)
     use_pooled_pixels(monkeypatch)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for line, argv in commands(block):
-            if argv[:3] in (["python", "-m", "sparsedm"], ["python3", "-m", "sparsedm"]):
-                argv = ["sparsedm", *argv[3:]]
-            assert argv[0] == "sparsedm", f"line {line}: only sparsedm commands run here"
-            try:
-                code = main([*argv[1:], *([] if "--help" in argv else ["--no-progress"])])
-            except SystemExit as exc:
-                code = exc.code
-            assert code == 0, f"line {line}: {' '.join(argv)}: {capsys.readouterr().err.strip()[-2000:]}"
-    finally:
-        torch.set_num_threads(threads)
+    for line, argv in commands(block):
+        if argv[:3] in (["python", "-m", "sparsedm"], ["python3", "-m", "sparsedm"]):
+            argv = ["sparsedm", *argv[3:]]
+        assert argv[0] == "sparsedm", f"line {line}: only sparsedm commands run here"
+        try:
+            code = main([*argv[1:], *([] if "--help" in argv else ["--no-progress"])])
+        except SystemExit as exc:
+            code = exc.code
+        assert code == 0, f"line {line}: {' '.join(argv)}: {capsys.readouterr().err.strip()[-2000:]}"
 
 
 # -- links, paths, modules and keys named in the prose ---------------------------------------------------

@@ -10,9 +10,9 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from tiny_models import tiny_chirodiff
 
 from sparsedm.cli import main
+from sparsedm.config import read_run_config
 from sparsedm.data.strokes import load_stroke_splits
 from sparsedm.eval.evaluate import ema_sparsity
 from sparsedm.runs.checkpoint import load_checkpoint
@@ -69,16 +69,8 @@ COPIED_FROM_SUMMARY = (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, tiny_run):
     """A RigL run at S = 0.5 on 50 training / 9 validation sketches, 12 steps of batch 16."""
     root = tmp_path_factory.mktemp("evaluate")
     run = root / "run"
@@ -89,7 +81,7 @@ def trained(tmp_path_factory):
             "--out",
             str(run),
             "--no-progress",
-            *tiny_chirodiff(root / "cache"),
+            *tiny_run,
             "train.steps=12",
             "train.val_batches=1",
             "sparse.method=rigl",
@@ -112,6 +104,7 @@ def evaluate(run, capsys, *options):
     return code, capsys.readouterr()
 
 
+@pytest.mark.slow
 def test_evaluate_writes_eval_json_and_reuses_the_reference_statistics(trained, run, capsys, monkeypatch):
     code, out = evaluate(run, capsys, "--num", "6", "--steps", "3")
     assert code == 0, out.err
@@ -151,7 +144,7 @@ def sparsify_linear_layers(run) -> set:
     summary.json gets the resulting sparsity, as if trained so. Returns the Linear layers' names."""
     checkpoint = sorted((run / "checkpoints").iterdir())[-1]
     state = load_checkpoint(checkpoint)
-    cfg = RunDir(run).read_config()
+    cfg = read_run_config(RunDir(run))
     model = build_task(cfg).build_model()
     linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)} & {
         n.removesuffix(".weight") for n in state["engine"]["masks"]
@@ -168,6 +161,7 @@ def sparsify_linear_layers(run) -> set:
     return linears
 
 
+@pytest.mark.slow
 def test_sparse_kernels_give_the_same_samples_and_are_recorded(run, capsys):
     linears = sparsify_linear_layers(run)
     assert linears

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(autouse=True)
-def _stub_and_one_thread(monkeypatch, one_thread):
+def _stub(monkeypatch):
     use_pooled_pixels(monkeypatch)
 
 
