@@ -29,7 +29,9 @@ def _single_threaded():
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory) -> str:
     """One data cache for every tiny run of the session (`data.cache_dir=...`): the built-in KanjiVG data is
-    preprocessed once per data setting (the cache is keyed by it)."""
+    preprocessed once per data setting (the cache is keyed by it). FID reference statistics go there too, so a
+    test that computes real Inception FID keeps its own cache (the pooled-pixel stub of fid_stub writes its own
+    statistics under the same key)."""
     return f"data.cache_dir={tmp_path_factory.mktemp('tiny-cache')}"
 
 
