@@ -1,4 +1,5 @@
-"""The `sparsedm` command line: train and sample (more commands join as the project grows)."""
+"""The `sparsedm` command line: train, sample, fid, evaluate, sweep, report, compare, plot, demo,
+train-autoencoder and export (`sparsedm COMMAND --help`; docs/cli.md)."""
 
 import argparse
 import json
@@ -253,14 +254,33 @@ def _add_sparse_kernels_option(parser) -> None:
     )
 
 
+class MethodsHelp(argparse.HelpFormatter):
+    """Fills {methods}, {paper_methods} and {paper_names} in help texts from sparse/methods.py's records, only
+    when help is shown (the records import torch, which a plain command line does not need)."""
+
+    def _expand_help(self, action) -> str:
+        text = super()._expand_help(action)
+        if "{" not in text:
+            return text
+        from sparsedm.sparse.methods import METHODS, names_and_aliases, paper_methods
+
+        return text.format(
+            methods=names_and_aliases(),
+            paper_methods=" ".join(paper_methods()),
+            paper_names=", ".join(METHODS[m].display_name for m in paper_methods()),
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sparsedm", description="Sparse-to-sparse training of diffusion models.")
+    parser = argparse.ArgumentParser(
+        prog="sparsedm", description="Sparse-to-sparse training of diffusion models.", formatter_class=MethodsHelp
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="train a denoiser (dense, static, rigl or magran)")
+    train = sub.add_parser("train", help="train a denoiser (sparse.method: {methods})", formatter_class=MethodsHelp)
     train.add_argument("config", help="YAML config, e.g. configs/chirodiff_kanjivg_cpu.yaml")
-    train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sparse.method=rigl sparse.sparsity=0.5")
+    train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sparse.sparsity=0.5 sparse.prune_rate=0.1")
     train.add_argument("--out", required=True, help="run folder to write")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace the run in --out")
@@ -307,14 +327,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--overwrite", action="store_true", help="replace existing scores of the steps")
     evaluate.set_defaults(func=_evaluate)
 
-    sweep = sub.add_parser("sweep", help="train and evaluate methods x S x p x seeds; table and plots")
+    sweep = sub.add_parser(
+        "sweep", help="train and evaluate methods x S x p x seeds; table and plots", formatter_class=MethodsHelp
+    )
     sweep.add_argument("config", help="YAML config, e.g. configs/chirodiff_kanjivg_cpu.yaml")
     sweep.add_argument("overrides", nargs="*", help="dotted overrides for every run, e.g. train.steps=2000")
     sweep.add_argument("--out", required=True, help="sweep folder; running again continues it")
-    sweep.add_argument("--methods", nargs="+", help="default: dense static rigl magran")
+    sweep.add_argument("--methods", nargs="+", help="some of {methods} (default: {paper_methods})")
     sweep.add_argument("--sparsities", nargs="+", type=float, help="S values (default: 0.1 0.25 0.5 0.75 0.9)")
     sweep.add_argument(
-        "--prune-rates", nargs="+", type=float, help="p values of RigL-DM and MagRan-DM (default: 0.05 0.1 0.5)"
+        "--prune-rates", nargs="+", type=float, help="p values of the dynamic methods (default: 0.05 0.1 0.5)"
     )
     sweep.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 per grid point")
     sweep.add_argument("--workers", type=int, default=1, help="runs at a time, each in a single-threaded process (CPU)")
@@ -347,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("run", help="run folder (while it trains too)")
     plot.set_defaults(func=_plot)
 
-    demo = sub.add_parser("demo", help="Dense, Static-DM, RigL-DM and MagRan-DM at S = 0.5 on KanjiVG, compared by FID")
+    demo = sub.add_parser("demo", help="{paper_names} at S = 0.5 on KanjiVG, compared by FID")
     demo.add_argument(
         "--out", default="reports/demo", help="report folder (runs in OUT/runs); running again skips finished runs"
     )

@@ -10,7 +10,7 @@ dataclass's `__post_init__` checks the ranges. See docs/configs.md.
 """
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 from omegaconf import DictConfig
 
@@ -28,6 +28,13 @@ from sparsedm.sparse.config import SparseConfig
 from sparsedm.train.config import DistConfig, SampleConfig, TrainConfig
 
 
+class TaskExperiment:
+    """What every experiment schema can do: build its task (the class TASKS below names for its `task`)."""
+
+    def build_task(self):
+        return TASKS[self.task].task_class()(self)
+
+
 def chirodiff_train() -> TrainConfig:
     """ChiroDiff clips the gradient norm at 0.1 (its config.yml:49)."""
     return TrainConfig(grad_clip=0.1)
@@ -39,7 +46,7 @@ def chirodiff_sample() -> SampleConfig:
 
 
 @dataclass
-class ChiroDiffExperiment:
+class ChiroDiffExperiment(TaskExperiment):
     task: str = "chirodiff"  # the paper's sequence half: a BiGRU denoiser over pen strokes
     seed: int = 0  # seeds weights, data order and noise
     data: StrokeDataConfig = field(default_factory=StrokeDataConfig)
@@ -75,7 +82,7 @@ def ldm_diffusion() -> DiffusionConfig:
 
 
 @dataclass
-class LDMExperiment:
+class LDMExperiment(TaskExperiment):
     task: str = "ldm"  # the paper's image half: a UNet denoiser over a frozen autoencoder's latents
     seed: int = 0  # seeds weights, data order and noise
     data: ImageDataConfig = field(default_factory=ImageDataConfig)
@@ -118,7 +125,7 @@ class AutoencoderTrainConfig(TrainConfig):
 
 
 @dataclass
-class AutoencoderExperiment:
+class AutoencoderExperiment(TaskExperiment):
     """Latent Diffusion's first stage, trained dense by the same loop (no `sparse` block: nothing is sparse)."""
 
     task: str = "autoencoder"  # train it with `sparsedm train-autoencoder`; an ldm run points at its folder
@@ -136,10 +143,41 @@ class AutoencoderExperiment:
             )
 
 
+def _chirodiff_task():
+    from sparsedm.tasks.chirodiff import ChiroDiffTask
+
+    return ChiroDiffTask
+
+
+def _ldm_task():
+    from sparsedm.tasks.ldm import LatentDiffusionTask
+
+    return LatentDiffusionTask
+
+
+def _autoencoder_task():
+    from sparsedm.tasks.autoencoder import AutoencoderTask
+
+    return AutoencoderTask
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    schema: type  # the experiment dataclass: every key of the task's configs, with its type and default
+    task_class: Callable[[], type]  # its Task (sparsedm/tasks/), imported when first built
+    command: str  # the command that trains it: train | train-autoencoder
+
+
+# The one task registry: a task name (a config's `task:`) -> its schema and its class.
+TASKS = {
+    "chirodiff": TaskEntry(ChiroDiffExperiment, _chirodiff_task, "train"),
+    "ldm": TaskEntry(LDMExperiment, _ldm_task, "train"),
+    "autoencoder": TaskEntry(AutoencoderExperiment, _autoencoder_task, "train-autoencoder"),
+}
 Experiment = ChiroDiffExperiment | LDMExperiment
-SCHEMAS = {"chirodiff": ChiroDiffExperiment, "ldm": LDMExperiment}  # what `sparsedm train` trains
+SCHEMAS = {name: entry.schema for name, entry in TASKS.items() if entry.command == "train"}  # `sparsedm train`'s
 # what a run folder may hold: an autoencoder's too (its task then says what a command can do with it)
-RUN_SCHEMAS = {**SCHEMAS, "autoencoder": AutoencoderExperiment}
+RUN_SCHEMAS = {name: entry.schema for name, entry in TASKS.items()}
 
 
 def _schema(task: str, schemas: dict = SCHEMAS):

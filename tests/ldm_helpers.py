@@ -1,10 +1,7 @@
 """Tiny Latent Diffusion fixtures: a folder of 16 px shape images, a tiny autoencoder trained on it, and the
 overrides that shrink configs/ldm_openmoji_cpu.yaml to seconds."""
 
-from contextlib import contextmanager
-
 import numpy as np
-import torch
 from PIL import Image
 
 from sparsedm.config import load_autoencoder_config
@@ -12,17 +9,6 @@ from sparsedm.tasks.autoencoder import read_autoencoder_metrics
 from sparsedm.train.trainer import Trainer
 
 SIZE = 16  # pixels; f = 4 gives 4 x 4 latents
-
-
-@contextmanager
-def single_thread():
-    """conftest's one_thread for module-scoped fixtures: tiny tensors only lose from a second thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def write_shapes(folder, count: int = 72, size: int = SIZE, seed: int = 0):

@@ -7,7 +7,7 @@ import signal
 
 import pytest
 import torch
-from ldm_helpers import data_overrides, ldm_overrides, single_thread, write_shapes
+from ldm_helpers import data_overrides, ldm_overrides, write_shapes
 
 from sparsedm.cli import main
 from sparsedm.runs.checkpoint import list_checkpoints, load_checkpoint
@@ -30,11 +30,6 @@ TINY = [
 def images(tmp_path_factory):
     root = tmp_path_factory.mktemp("ae_train")
     return write_shapes(root / "shapes"), root / "cache"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(one_thread):
-    yield
 
 
 def train_autoencoder(images, out, *overrides, flags=()):
@@ -89,14 +84,14 @@ def test_ctrl_c_stops_with_a_checkpoint_and_resumes(tmp_path, images, monkeypatc
     assert weights(tmp_path / "run") == weights(tmp_path / "straight")
 
 
+@pytest.mark.slow
 def test_the_folder_is_what_an_ldm_run_reads_and_is_not_trained_over(tmp_path, images, capsys):
     ae = tmp_path / "ae"
     assert train_autoencoder(images, ae, "train.stop_at=6") == 0
     assert train_autoencoder(images, ae, flags=["--resume"]) == 0
     shapes, cache = images
-    with single_thread():
-        args = ["train", "configs/ldm_openmoji_cpu.yaml", "--out", str(tmp_path / "ldm"), "--no-progress"]
-        assert main([*args, *ldm_overrides(shapes, cache, ae), "train.steps=2"]) == 0
+    args = ["train", "configs/ldm_openmoji_cpu.yaml", "--out", str(tmp_path / "ldm"), "--no-progress"]
+    assert main([*args, *ldm_overrides(shapes, cache, ae), "train.steps=2"]) == 0
     state = load_checkpoint(list_checkpoints(tmp_path / "ldm" / "checkpoints")[-1])
     stored = json.loads((ae / "config.json").read_text())["scaling_factor"]
     assert state["task"]["scaling_factor"] == pytest.approx(stored)

@@ -10,6 +10,7 @@ import pytest
 
 
 @pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.slow
 def test_engine_overhead_benchmark_prints_every_method(fused):
     args = [
         sys.executable,
@@ -44,6 +45,7 @@ def test_engine_overhead_benchmark_prints_every_method(fused):
     assert all(float(r[3]) > 1.0 for m, r in rows.items() if m != "dense")  # masks cost memory
 
 
+@pytest.mark.slow
 def test_sparse_inference_benchmark_prints_every_model_and_sparsity():
     args = [sys.executable, "benchmarks/sparse_inference.py", "--tiny", "--sparsities", "0.5", "0.9"]
     args += ["--distributions", "uniform", "--steps", "1", "--rounds", "1", "--batch", "2"]

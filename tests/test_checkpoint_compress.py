@@ -2,7 +2,6 @@
 back bit-identically, so a sparse run's checkpoint shrinks with S."""
 
 import torch
-from tiny_models import tiny_chirodiff
 
 from sparsedm.cli import main
 from sparsedm.runs.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -42,9 +41,9 @@ def test_a_compressed_checkpoint_loads_with_weights_only_and_is_smaller(tmp_path
     assert torch.equal(load_checkpoint(small)["model"]["w"], weights)
 
 
-def checkpoint_of(tmp_path, name, *overrides):
+def checkpoint_of(tmp_path, tiny_run, name, *overrides):
     out = tmp_path / name
-    argv = ["train", "configs/chirodiff_kanjivg_cpu.yaml", *tiny_chirodiff(tmp_path / "cache", hidden_size=64)]
+    argv = ["train", "configs/chirodiff_kanjivg_cpu.yaml", *tiny_run, "model.hidden_size=64"]
     argv += ["--out", str(out)]
     argv += ["sparse.method=rigl", "sparse.sparsity=0.9", "train.steps=4", "train.checkpoint_every=4"]
     argv += ["sparse.update_interval=2", "train.log_to=[jsonl]", "--no-progress", *overrides]
@@ -52,9 +51,9 @@ def checkpoint_of(tmp_path, name, *overrides):
     return latest_checkpoint(out / "checkpoints")
 
 
-def test_a_sparse_runs_checkpoint_shrinks_with_s_and_holds_the_same_state(tmp_path, one_thread):
-    compressed = checkpoint_of(tmp_path, "compressed")
-    plain = checkpoint_of(tmp_path, "plain", "train.compress_checkpoints=false")
+def test_a_sparse_runs_checkpoint_shrinks_with_s_and_holds_the_same_state(tmp_path, tiny_run):
+    compressed = checkpoint_of(tmp_path, tiny_run, "compressed")
+    plain = checkpoint_of(tmp_path, tiny_run, "plain", "train.compress_checkpoints=false")
     ratio = compressed.stat().st_size / plain.stat().st_size
     assert ratio < 0.35, ratio  # weights, EMA and both Adam moments are 90% exact zeros
     a, b = load_checkpoint(compressed), load_checkpoint(plain)

@@ -16,9 +16,6 @@ from sparsedm.sparse.selection import select_sparse_parameters
 TINY = ChiroDiffConfig(hidden_size=16, num_layers=2, time_embed_dim=8, num_train_timesteps=100)
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 def _mask(lengths, length):
     return torch.arange(length)[None] < torch.tensor(lengths)[:, None]
 

@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from tiny_models import tiny_chirodiff
 
 from sparsedm.cli import main
 from sparsedm.data.strokes import features_to_sketches
@@ -35,10 +34,11 @@ SUMMARY_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
+def tiny(tiny_run):
     return [
-        *tiny_chirodiff(cache, hidden_size=24, batch_size=32),
+        *tiny_run,
+        "model.hidden_size=24",
+        "train.batch_size=32",
         "model.num_layers=2",
         "train.log_every=10",
         "train.checkpoint_every=20",
@@ -58,6 +58,7 @@ def read_metrics(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_training_lowers_the_validation_loss(tmp_path, tiny):
     code, run = train(tmp_path, tiny, "train.steps=120", "sparse.method=rigl", "train.lr=3e-3")
     assert code == 0

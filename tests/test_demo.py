@@ -5,7 +5,6 @@ FID uses pooled pixels (fid_stub) instead of Inception."""
 import pytest
 from fid_stub import use_pooled_pixels
 from PIL import Image
-from tiny_models import tiny_chirodiff
 
 from sparsedm.cli import main
 
@@ -13,11 +12,12 @@ RUNS = ["dense-seed0", "magran-S0.5-p0.1-seed0", "rigl-S0.5-p0.1-seed0", "static
 
 
 @pytest.fixture(autouse=True)
-def _stub_and_one_thread(monkeypatch, one_thread):
+def _stub(monkeypatch):
     use_pooled_pixels(monkeypatch)
 
 
-def test_short_demo_writes_its_report_and_skips_finished_runs(tmp_path, capsys):
+@pytest.mark.slow
+def test_short_demo_writes_its_report_and_skips_finished_runs(tmp_path, capsys, tiny_run):
     out = tmp_path / "demo"
     args = [
         "demo",
@@ -30,7 +30,7 @@ def test_short_demo_writes_its_report_and_skips_finished_runs(tmp_path, capsys):
         "--workers",
         "1",
         "--no-progress",
-        *tiny_chirodiff(tmp_path / "cache"),
+        *tiny_run,
         "train.val_batches=1",
         "sample.steps=2",
     ]

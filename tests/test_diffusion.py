@@ -13,9 +13,6 @@ CHIRODIFF = DiffusionConfig()  # linear 1e-4 -> 2e-2
 LDM = DiffusionConfig(beta_schedule="scaled_linear", beta_start=0.0015, beta_end=0.0195)
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.view(-1, *([1] * (like.ndim - 1)))
 

@@ -9,17 +9,14 @@ import sys
 
 import pytest
 import torch
+from tiny_models import tiny_chirodiff
 
 from sparsedm.runs.checkpoint import list_checkpoints, load_checkpoint
 
 pytestmark = pytest.mark.slow
 
 TINY = [
-    "data.max_items=200",
-    "data.max_points=50",
-    "data.max_strokes=8",
-    "data.spacing=0.1",
-    "model.hidden_size=16",
+    *tiny_chirodiff(),
     "model.num_layers=1",
     "train.log_every=4",
     "train.val_batches=1",
@@ -27,7 +24,6 @@ TINY = [
     "sparse.prune_rate=0.3",
     "sparse.t_end=1.0",
     "train.steps=12",
-    "train.batch_size=16",
     "train.checkpoint_every=100",
 ]
 
@@ -69,9 +65,9 @@ def launch(out, nproc, *overrides):
     )
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return f"data.cache_dir={tmp_path_factory.mktemp('cache')}"
+@pytest.fixture
+def cache(tiny_cache):
+    return tiny_cache
 
 
 @pytest.mark.parametrize("method", ["rigl", "magran"])
@@ -103,17 +99,17 @@ def _mismatch_worker(rank, port, result_file):
     import torch.distributed as dist
 
     from sparsedm.errors import UserError
+    from sparsedm.runs.distributed import check_masks_agree
     from sparsedm.sparse import SparseConfig, SparseEngine
-    from sparsedm.train.trainer import check_masks_agree
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     model = torch.nn.Linear(8, 8)
     engine = SparseEngine(model, torch.optim.AdamW(model.parameters()), SparseConfig(method="static", sparsity=0.5))
-    check_masks_agree(engine, 1, torch.device("cpu"))  # identical seeds: identical masks, no error
+    check_masks_agree(engine.masks_fingerprint(), 1, torch.device("cpu"))  # identical seeds: identical masks, no error
     if rank == 1:
         engine.masks["weight"] = engine.masks["weight"].roll(1, 0)
     try:
-        check_masks_agree(engine, 2, torch.device("cpu"))
+        check_masks_agree(engine.masks_fingerprint(), 2, torch.device("cpu"))
         outcome = "no error"
     except UserError as exc:
         outcome = str(exc)

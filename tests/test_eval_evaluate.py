@@ -13,6 +13,7 @@ import torch
 from tiny_models import tiny_chirodiff
 
 from sparsedm.cli import main
+from sparsedm.config import read_run_config
 from sparsedm.data.strokes import load_stroke_splits
 from sparsedm.eval.evaluate import ema_sparsity
 from sparsedm.runs.checkpoint import load_checkpoint
@@ -69,14 +70,6 @@ COPIED_FROM_SUMMARY = (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A RigL run at S = 0.5 on 50 training / 9 validation sketches, 12 steps of batch 16."""
@@ -89,6 +82,8 @@ def trained(tmp_path_factory):
             "--out",
             str(run),
             "--no-progress",
+            # its own cache, not the session's tiny_cache: the FID reference statistics are kept there, and other
+            # tests write the pooled-pixel stub's (fid_stub) under the same key
             *tiny_chirodiff(root / "cache"),
             "train.steps=12",
             "train.keep_steps=[4]",
@@ -113,6 +108,7 @@ def evaluate(run, capsys, *options):
     return code, capsys.readouterr()
 
 
+@pytest.mark.slow
 def test_evaluate_writes_eval_json_and_reuses_the_reference_statistics(trained, run, capsys, monkeypatch):
     code, out = evaluate(run, capsys, "--num", "6", "--steps", "3", "--no-memorisation")
     assert code == 0, out.err
@@ -191,7 +187,7 @@ def sparsify_linear_layers(run) -> set:
     summary.json gets the resulting sparsity, as if trained so. Returns the Linear layers' names."""
     checkpoint = sorted((run / "checkpoints").iterdir())[-1]
     state = load_checkpoint(checkpoint)
-    cfg = RunDir(run).read_config()
+    cfg = read_run_config(RunDir(run))
     model = build_task(cfg).build_model()
     linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)} & {
         n.removesuffix(".weight") for n in state["engine"]["masks"]
@@ -208,6 +204,7 @@ def sparsify_linear_layers(run) -> set:
     return linears
 
 
+@pytest.mark.slow
 def test_sparse_kernels_give_the_same_samples_and_are_recorded(run, capsys):
     linears = sparsify_linear_layers(run)
     assert linears

@@ -20,7 +20,7 @@ CONFIG = "configs/chirodiff_kanjivg_cpu.yaml"
 
 
 @pytest.fixture(autouse=True)
-def _stub_and_one_thread(monkeypatch, one_thread):
+def _stub(monkeypatch):
     use_pooled_pixels(monkeypatch)
 
 

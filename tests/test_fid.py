@@ -47,17 +47,6 @@ def gaussian_statistics(rng: np.random.Generator, n: int, d: int) -> Statistics:
     return Statistics(features.mean(axis=0), np.cov(features, rowvar=False), n)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Run this module on one thread: the 2 build cores are shared, and while another job is busy, 2 OpenMP
-    threads spin at every barrier (measured: eigvals of a 2048 x 2048 matrix 2.5 s on 1 thread, 74 s on 2;
-    12 Inception passes 2.2 s vs 6.4 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class PixelFeatures(torch.nn.Module):
     """A stand-in extractor: the pixels themselves as features, so statistics can be checked exactly."""
 
@@ -202,6 +191,7 @@ def test_fewer_than_two_images_is_a_user_error():
 # --- FID end to end -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_fid_of_a_set_against_itself_is_zero_up_to_rounding(tmp_path):
     # The same 12 photos as PNG files in nested folders and as a .npz: 24 Inception passes.
     crops = photo_crops(12)
@@ -220,6 +210,7 @@ def test_fid_of_a_set_against_itself_is_zero_up_to_rounding(tmp_path):
     assert abs(result["fid"]) < 1e-2
 
 
+@pytest.mark.slow
 def test_fid_rises_with_gaussian_noise():
     clean = torch.from_numpy(photo_crops(10, seed=1)).permute(0, 3, 1, 2)  # 10 + 3 x 10 Inception passes
     reference = compute_statistics([clean], progress=False)

@@ -23,7 +23,7 @@ def images(tmp_path_factory):
 
 
 @pytest.mark.parametrize("kind, model_class", [("vq", VQModel), ("kl", AutoencoderKL)])
-def test_training_lowers_the_reconstruction_error(tmp_path, images, one_thread, kind, model_class):
+def test_training_lowers_the_reconstruction_error(tmp_path, images, kind, model_class):
     metrics = train_tiny_autoencoder(images, tmp_path / "cache", tmp_path / "ae", kind=kind)
     # measured here: vq L1 0.98 -> 0.14, kl 0.93 -> 0.13 (60 steps); a broken loss or optimiser stays near 0.9
     assert metrics["val_l1_after"] < 0.5 * metrics["val_l1_before"], metrics
@@ -44,7 +44,7 @@ def test_training_lowers_the_reconstruction_error(tmp_path, images, one_thread, 
     assert metrics["scaling_factor"] == pytest.approx(expected)
 
 
-def test_the_identity_follows_the_weights(tmp_path, images, one_thread):
+def test_the_identity_follows_the_weights(tmp_path, images):
     train_tiny_autoencoder(images, tmp_path / "cache", tmp_path / "ae", steps=2)
     before = FirstStage(str(tmp_path / "ae")).identity
     model = VQModel.from_pretrained(tmp_path / "ae")
@@ -127,7 +127,7 @@ def test_bad_autoencoder_folders_give_clear_errors(tmp_path):
         FirstStage(str(tmp_path / "broken"))
 
 
-def test_a_pipeline_folder_is_searched_for_its_vqvae(tmp_path, images, one_thread):
+def test_a_pipeline_folder_is_searched_for_its_vqvae(tmp_path, images):
     train_tiny_autoencoder(images, tmp_path / "cache", tmp_path / "pipeline" / "vqvae", steps=1)
     assert FirstStage(str(tmp_path / "pipeline")).folder == tmp_path / "pipeline" / "vqvae"
 

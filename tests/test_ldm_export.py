@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import LDMPipeline
-from ldm_helpers import ldm_overrides, single_thread, train_tiny_autoencoder, write_shapes
+from ldm_helpers import ldm_overrides, train_tiny_autoencoder, write_shapes
 from omegaconf import OmegaConf
 from safetensors import safe_open
 
@@ -26,22 +26,21 @@ from sparsedm.sparse.compress import load_compressed
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("ldm_export")
     images = write_shapes(root / "shapes")
-    with single_thread():
-        train_tiny_autoencoder(images, root / "cache", root / "ae", steps=20)
-        args = [
-            "train",
-            "configs/ldm_openmoji_cpu.yaml",
-            "--out",
-            str(root / "run"),
-            "--no-progress",
-            *ldm_overrides(images, root / "cache", root / "ae"),
-            "train.steps=20",
-            "sparse.method=rigl",
-            "sparse.sparsity=0.6",
-            "sparse.update_interval=5",
-        ]
-        assert main(args) == 0
-        assert main(["export", str(root / "run"), "--out", str(root / "pipeline")]) == 0
+    train_tiny_autoencoder(images, root / "cache", root / "ae", steps=20)
+    args = [
+        "train",
+        "configs/ldm_openmoji_cpu.yaml",
+        "--out",
+        str(root / "run"),
+        "--no-progress",
+        *ldm_overrides(images, root / "cache", root / "ae"),
+        "train.steps=20",
+        "sparse.method=rigl",
+        "sparse.sparsity=0.6",
+        "sparse.update_interval=5",
+    ]
+    assert main(args) == 0
+    assert main(["export", str(root / "run"), "--out", str(root / "pipeline")]) == 0
     return root
 
 
@@ -62,7 +61,7 @@ def test_the_folder_is_an_ldm_pipeline(exported):
     assert (scheduler["beta_start"], scheduler["beta_end"], scheduler["num_train_timesteps"]) == (0.0015, 0.0195, 1000)
 
 
-def test_diffusers_samples_what_sparsedm_samples(exported, one_thread):
+def test_diffusers_samples_what_sparsedm_samples(exported):
     pipe = LDMPipeline.from_pretrained(exported / "pipeline")
     state = load_checkpoint(sorted((exported / "run" / "checkpoints").iterdir())[-1])
     assert pipe.vqvae.config.scaling_factor == pytest.approx(state["task"]["scaling_factor"])
@@ -102,7 +101,7 @@ def sample(run, *options):
         return {key: samples[key] for key in samples}
 
 
-def test_sparse_kernels_sample_the_same_images(exported, one_thread, caplog):
+def test_sparse_kernels_sample_the_same_images(exported, caplog):
     plain = sample(exported / "run")
     with caplog.at_level(logging.INFO, logger="sparsedm.inference.sampling"):
         sparse = sample(exported / "run", "--sparse-kernels", "all")

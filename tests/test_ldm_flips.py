@@ -5,7 +5,7 @@ ranks see the same choices."""
 import numpy as np
 import pytest
 import torch
-from ldm_helpers import ldm_overrides, single_thread, train_tiny_autoencoder, write_shapes
+from ldm_helpers import ldm_overrides, train_tiny_autoencoder, write_shapes
 
 import sparsedm.autoencoder.latents as latents_module
 from sparsedm.config import load_config
@@ -19,8 +19,7 @@ from sparsedm.tasks import build_task
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("ldm_flips")
     images = write_shapes(root / "shapes")
-    with single_thread():
-        train_tiny_autoencoder(images, root / "cache", root / "vq", kind="vq", steps=3)
+    train_tiny_autoencoder(images, root / "cache", root / "vq", kind="vq", steps=3)
     return root, images
 
 
@@ -29,7 +28,7 @@ def config(root, images, cache, *extra):
     return load_config("configs/ldm_openmoji_cpu.yaml", overrides)
 
 
-def test_mirrors_are_encoded_once_and_cached_beside_the_latents(tmp_path, setup, one_thread, monkeypatch):
+def test_mirrors_are_encoded_once_and_cached_beside_the_latents(tmp_path, setup, monkeypatch):
     root, images = setup
     plain_train, _ = build_task(config(root, images, tmp_path)).load_data()
     assert plain_train.mirrored_mean is None and "mirrored_mean" not in plain_train[0]
@@ -69,7 +68,7 @@ def test_each_sample_chooses_from_its_own_seed():
     assert not torch.equal(choices, first < 0.5)
 
 
-def test_the_loss_trains_on_the_chosen_latent(tmp_path, setup, one_thread):
+def test_the_loss_trains_on_the_chosen_latent(tmp_path, setup):
     root, images = setup
     task = build_task(config(root, images, tmp_path, "data.flip_p=0.5"))
     train, _ = task.load_data()

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 import torch
-from ldm_helpers import ldm_overrides, single_thread, train_tiny_autoencoder, write_shapes
+from ldm_helpers import ldm_overrides, train_tiny_autoencoder, write_shapes
 
 import sparsedm.autoencoder.latents as latents_module
 from sparsedm.autoencoder import FirstStage, cached_latents, latent_std
@@ -19,9 +19,8 @@ from sparsedm.tasks import build_task
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("ldm_latents")
     images = write_shapes(root / "shapes")
-    with single_thread():
-        train_tiny_autoencoder(images, root / "cache", root / "vq", kind="vq", steps=3)
-        train_tiny_autoencoder(images, root / "cache", root / "kl", kind="kl", steps=3)
+    train_tiny_autoencoder(images, root / "cache", root / "vq", kind="vq", steps=3)
+    train_tiny_autoencoder(images, root / "cache", root / "kl", kind="kl", steps=3)
     return root, images
 
 
@@ -48,7 +47,7 @@ def config(root, images, autoencoder, *extra):
     return load_config("configs/ldm_openmoji_cpu.yaml", [*ldm_overrides(images, root / "cache", autoencoder), *extra])
 
 
-def test_a_second_run_reads_the_cache_instead_of_encoding(tmp_path, setup, counted, one_thread):
+def test_a_second_run_reads_the_cache_instead_of_encoding(tmp_path, setup, counted):
     root, images = setup
     cfg = config(root, images, root / "vq", f"data.cache_dir={tmp_path}")
     first = build_task(cfg).load_data()
@@ -72,7 +71,7 @@ def test_a_second_run_reads_the_cache_instead_of_encoding(tmp_path, setup, count
     assert torch.allclose(direct, second[0].mean[:4], atol=1e-5)
 
 
-def test_another_split_or_autoencoder_encodes_again(tmp_path, setup, counted, one_thread):
+def test_another_split_or_autoencoder_encodes_again(tmp_path, setup, counted):
     root, images = setup
     cfg = config(root, images, root / "vq", f"data.cache_dir={tmp_path}")
     cached_latents(cfg.data, FirstStage(str(root / "vq")), "cpu", 64)
@@ -82,7 +81,7 @@ def test_another_split_or_autoencoder_encodes_again(tmp_path, setup, counted, on
     assert counted["load_images"] == 3 and len(list((tmp_path / "latents").iterdir())) == 3
 
 
-def test_a_kl_posterior_is_cached_with_its_std_and_sampled_in_the_loss(tmp_path, setup, one_thread):
+def test_a_kl_posterior_is_cached_with_its_std_and_sampled_in_the_loss(tmp_path, setup):
     root, images = setup
     task = build_task(config(root, images, root / "kl", f"data.cache_dir={tmp_path}"))
     train, val = task.load_data()
@@ -111,7 +110,7 @@ def copy_with_scaling_factor(source, folder, value):
     return folder
 
 
-def test_the_scaling_factor_rule(tmp_path, setup, one_thread, caplog):
+def test_the_scaling_factor_rule(tmp_path, setup, caplog):
     """config > 1.0 for VQ (LDM-VQ-4: LatentDiffusion's scale_factor=1.0, scale_by_std=False) > a KL
     autoencoder's own > 1/std of its training latents (scale_by_std)."""
     root, images = setup

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import VQModel
-from ldm_helpers import SIZE, data_overrides, ldm_overrides, single_thread, write_shapes
+from ldm_helpers import SIZE, data_overrides, ldm_overrides, write_shapes
 from PIL import Image
 from test_chirodiff_train import SUMMARY_KEYS, read_metrics
 
@@ -23,23 +23,22 @@ def setup(tmp_path_factory):
     """Images and an autoencoder made with the CLI, as a user would."""
     root = tmp_path_factory.mktemp("ldm_train")
     images = write_shapes(root / "shapes")
-    with single_thread():
-        code = main(
-            [
-                "train-autoencoder",
-                "configs/autoencoder_openmoji_cpu.yaml",
-                "--out",
-                str(root / "ae"),
-                "--no-progress",
-                *data_overrides(images, root / "cache"),
-                "model.block_out_channels=[8,16,16]",
-                "model.norm_num_groups=4",
-                "model.num_vq_embeddings=64",
-                "train.steps=40",
-                "train.batch_size=16",
-                "train.lr=3e-3",
-            ]
-        )
+    code = main(
+        [
+            "train-autoencoder",
+            "configs/autoencoder_openmoji_cpu.yaml",
+            "--out",
+            str(root / "ae"),
+            "--no-progress",
+            *data_overrides(images, root / "cache"),
+            "model.block_out_channels=[8,16,16]",
+            "model.norm_num_groups=4",
+            "model.num_vq_embeddings=64",
+            "train.steps=40",
+            "train.batch_size=16",
+            "train.lr=3e-3",
+        ]
+    )
     assert code == 0
     return root, images
 
@@ -66,7 +65,7 @@ def test_the_default_unet_is_ldm4():
 
 
 @pytest.mark.parametrize("method", ["dense", "static", "rigl", "magran"])
-def test_unet_training_lowers_the_loss(tmp_path, setup, one_thread, method):
+def test_unet_training_lowers_the_loss(tmp_path, setup, method):
     root, images = setup
     run = tmp_path / method
     assert (
@@ -93,7 +92,8 @@ def test_unet_training_lowers_the_loss(tmp_path, setup, one_thread, method):
     assert all(u["replaced"] <= u["requested"] and isinstance(u["capped"], dict) for u in updates)
 
 
-def test_resume_with_flips_is_bit_identical(tmp_path, setup, one_thread):
+@pytest.mark.slow
+def test_resume_with_flips_is_bit_identical(tmp_path, setup):
     """A sample's mirror choice comes from its seed (seed, step, position): a split run makes the same choices."""
     root, images = setup
     common = ["train.steps=8", "data.flip_p=0.5", "sparse.method=magran", "sparse.update_interval=3"]
@@ -108,7 +108,7 @@ def test_resume_with_flips_is_bit_identical(tmp_path, setup, one_thread):
     assert json.loads((no_flips / "summary.json").read_text())["weights_sha256"] != full["weights_sha256"]
 
 
-def test_train_autoencoder_train_sample_writes_the_run_contract(tmp_path, setup, one_thread):
+def test_train_autoencoder_train_sample_writes_the_run_contract(tmp_path, setup):
     root, images = setup
     ae = root / "ae"
     assert sorted(p.name for p in ae.iterdir()) == sorted(
@@ -173,7 +173,7 @@ def test_train_autoencoder_train_sample_writes_the_run_contract(tmp_path, setup,
     )  # 3 columns, 2 rows
 
 
-def test_sampling_with_another_autoencoder_is_refused(tmp_path, setup, capsys, one_thread):
+def test_sampling_with_another_autoencoder_is_refused(tmp_path, setup, capsys):
     root, images = setup
     run = tmp_path / "run"
     assert train(root, images, run, "train.steps=2", "sparse.method=dense") == 0

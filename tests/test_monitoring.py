@@ -5,20 +5,14 @@ import json
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tiny_models import tiny_chirodiff
 
 from sparsedm.cli import main
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(one_thread):
-    pass
-
-
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tiny_run):
     return [
-        *tiny_chirodiff(tmp_path_factory.mktemp("cache")),
+        *tiny_run,
         "train.steps=8",
         "train.log_every=2",
         "train.val_every=4",

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 from fid_stub import use_pooled_pixels
-from ldm_helpers import single_thread
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 from tiny_models import tiny_chirodiff
@@ -47,7 +46,7 @@ def base(tmp_path_factory):
     root = tmp_path_factory.mktemp("damage")
     argv = ["sweep", CONFIG, f"data.cache_dir={root / 'cache'}", *TINY, "--out", str(root / "sweep")]
     argv += ["--methods", "static", "--sparsities", "0.5", "--seeds", "1", "--num", "4", "--sample-steps", "2"]
-    with pytest.MonkeyPatch.context() as patch, single_thread():
+    with pytest.MonkeyPatch.context() as patch:
         use_pooled_pixels(patch)
         assert main([*argv, "--no-progress"]) == 0
     (root / "ldm").mkdir()
@@ -59,7 +58,7 @@ def base(tmp_path_factory):
 
 
 @pytest.fixture
-def world(base, tmp_path, monkeypatch, one_thread):
+def world(base, tmp_path, monkeypatch):
     """A copy of `base` whose configs point at the copy's own cache, and a spare copy of the run's config."""
     use_pooled_pixels(monkeypatch)
     root = shutil.copytree(base, tmp_path / "world")

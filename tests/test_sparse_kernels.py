@@ -18,11 +18,6 @@ from sparsedm.sparse.kernels import (
 from tests.tiny_models import tiny_unet
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(one_thread):
-    yield
-
-
 def sparsify_(model: nn.Module, sparsity: float, generator: torch.Generator) -> dict:
     """Zero a random `sparsity` of every >= 2-D weight; returns {name: mask}."""
     masks = {}

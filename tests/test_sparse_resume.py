@@ -15,6 +15,7 @@ def run(*args):
 
 
 @pytest.mark.parametrize("method", ["rigl", "magran"])
+@pytest.mark.slow
 def test_resume_in_a_fresh_process_is_bit_identical(tmp_path, method):
     # step 7 sits inside RigL's two-batch gradient window before the update at step 8
     run(method, 0, 14, tmp_path / "full.pt")

@@ -22,7 +22,7 @@ RUNS = ["dense-seed0", "static-S0.5-seed0", "rigl-S0.5-p0.1-seed0", "rigl-S0.5-p
 
 
 @pytest.fixture(autouse=True)
-def _stub_and_one_thread(monkeypatch, one_thread):
+def _stub(monkeypatch):
     use_pooled_pixels(monkeypatch)
 
 
@@ -52,6 +52,7 @@ def mtimes(out):
     return {p.relative_to(out): p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 def test_sweep_runs_the_grid_writes_every_file_and_continues_without_redoing(tmp_path, capsys, monkeypatch, caplog):
     out = tmp_path / "sweep"
     code, captured = sweep(out, capsys)

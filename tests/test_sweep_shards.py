@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from fid_stub import use_pooled_pixels
 from test_sweep import sweep_args
 
@@ -26,7 +25,7 @@ REPORT = ["results.csv", "results.md"]
 
 
 @pytest.fixture(autouse=True)
-def _stub_and_one_thread(monkeypatch, one_thread):
+def _stub(monkeypatch):
     use_pooled_pixels(monkeypatch)
 
 
@@ -44,12 +43,10 @@ def fingerprints(out):
 def single(tmp_path_factory):
     """The whole grid in one process: what the shards must add up to."""
     out = tmp_path_factory.mktemp("single") / "sweep"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in every other process here: equal weights need equal reduction orders
+    # one thread (conftest), as in every other process here: equal weights need equal reduction orders
     with pytest.MonkeyPatch.context() as patch:
         use_pooled_pixels(patch)
         assert main(sweep_args(out, out.parent / "cache")) == 0
-    torch.set_num_threads(threads)
     return out
 
 
@@ -65,6 +62,7 @@ def test_slices_cover_the_grid_once_evenly_and_the_shard_option_is_checked():
             parse_shard(bad)
 
 
+@pytest.mark.slow
 def test_shards_one_after_the_other_fill_one_folder_like_a_single_sweep(tmp_path, capsys, single):
     out = tmp_path / "sweep"
     assert main(sweep_args(out, single.parent / "cache", "--shard", "1/2", "--list")) == 0

@@ -11,18 +11,14 @@ import time
 
 import pytest
 import torch
+from tiny_models import tiny_chirodiff
 
 from sparsedm.cli import main
 from sparsedm.runs.checkpoint import list_checkpoints, load_checkpoint
 
 TINY = [
-    "data.max_items=200",
-    "data.max_points=50",
-    "data.max_strokes=8",
-    "data.spacing=0.1",
-    "model.hidden_size=16",
+    *tiny_chirodiff(),
     "model.num_layers=1",
-    "train.batch_size=16",
     "train.log_every=5",
     "train.val_batches=1",
     "sparse.update_interval=4",
@@ -32,14 +28,9 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(one_thread):
-    yield
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return f"data.cache_dir={tmp_path_factory.mktemp('cache')}"
+@pytest.fixture
+def cache(tiny_cache):
+    return tiny_cache
 
 
 def train(out, *overrides, flags=()):
@@ -142,6 +133,7 @@ def test_fp16_needs_a_gpu(tmp_path, cache, capsys):
     assert "fp16 needs a GPU" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sigkill_while_checkpointing_leaves_a_loadable_checkpoint(tmp_path, cache):
     out = tmp_path / "run"
     cmd = [

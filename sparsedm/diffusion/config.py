@@ -39,13 +39,11 @@ class DiffusionConfig:
     beta_start: float = 1e-4  # β_1 (ChiroDiff 1e-4, LDM 0.0015)
     beta_end: float = 2e-2  # β_T (ChiroDiff 2e-2, LDM 0.0195)
     beta_schedule: BetaSchedule = BetaSchedule.linear  # linear (ChiroDiff) | scaled_linear (LDM: linear in sqrt(β))
-    prediction_type: PredictionType = (
-        PredictionType.epsilon
-    )  # what the denoiser outputs: epsilon (paper) | sample | v_prediction
+    # what the denoiser outputs: epsilon (paper) | sample | v_prediction
+    prediction_type: PredictionType = PredictionType.epsilon
     clip_sample: bool = False  # clamp the predicted x_0 to [-1, 1] while sampling (data scaled to it)
-    timestep_spacing: TimestepSpacing = (
-        TimestepSpacing.leading
-    )  # where steps < T sampling steps fall: leading | trailing | linspace
+    # where steps < T sampling steps fall: leading | trailing | linspace
+    timestep_spacing: TimestepSpacing = TimestepSpacing.leading
 
     def __post_init__(self):
         if self.num_train_timesteps < 1:

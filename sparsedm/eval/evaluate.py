@@ -40,8 +40,9 @@ from sparsedm.runs.distributed import DistInfo, resolve_device
 from sparsedm.runs.files import writing
 from sparsedm.runs.provenance import provenance
 from sparsedm.runs.run_dir import EVAL, EVAL_STEPS, RunDir, write_json_atomically
-from sparsedm.sparse.cost import sampling_flops, train_flops_per_step
+from sparsedm.sparse.cost import sampling_flops
 from sparsedm.sparse.exploration import ExploredPositions
+from sparsedm.sparse.methods import dense_method
 from sparsedm.sparse.selection import select_sparse_parameters
 from sparsedm.tasks import Task
 
@@ -270,7 +271,7 @@ def evaluate_run(
         "flops_forward_sparse": f_sparse,
         "train_batch_size": cfg.train.batch_size,
         "flops_train_step": summary["flops_train_step"],  # per sample, like the forward FLOPs
-        "flops_train_step_dense": train_flops_per_step("dense", f_sparse, f_dense, summary["update_interval"]),
+        "flops_train_step_dense": dense_method().train_flops(f_sparse, f_dense, summary["update_interval"]),
         "flops_train_total": summary["flops_train_step"] * cfg.train.batch_size * step,  # up to the step scored
         "flops_sample": sampling_flops(f_sparse, sampling.steps),
         **(memorisation(task, settings, features, images, device, progress) if settings.memorisation else {}),

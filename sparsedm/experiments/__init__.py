@@ -1,6 +1,6 @@
-"""The paper's experiments: evaluate a run (FID of its sparse EMA weights), sweep a grid of methods x S x p x
-seeds, aggregate it into the paper's table and plots, and the README's demo.
+"""The paper's experiments: sweep a grid of methods x S x p x seeds (each run trained and evaluated by
+sparsedm.eval), aggregate it into the paper's table, paired comparisons and plots, and the README's demo.
 
-Layout: run_images (a run's samples as FID sees them), evaluate, grid, sweep, parallel (runs side by side),
-aggregate, plots, report, demo.
+Layout: grid, sweep, parallel (runs side by side), shards (cluster slices and run locks), aggregate, paired,
+comparisons, plots, sample_pictures, report, demo.
 """

@@ -145,7 +145,7 @@ def aggregate(records: List[dict]) -> List[Row]:
                 fid_by_seed={r["seed"]: r["fid"] for r in runs if r.get("seed") is not None},
             )
         )
-    dense = next((row for row in rows if row.method == "dense"), None)
+    dense = next((row for row in rows if not get_method(row.method).sparse), None)
     if dense is not None:
         for row in rows:
             if row is not dense:
@@ -202,7 +202,7 @@ def paired_table(rows: List[Row]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        if r.method == "dense" or r.delta_n is None:
+        if not get_method(r.method).sparse or r.delta_n is None:
             continue
         delta = "–" if r.delta_mean is None else f"{r.delta_mean:+.2f}"
         interval = "–" if r.delta_ci_low is None else f"[{r.delta_ci_low:+.2f}, {r.delta_ci_high:+.2f}]"

@@ -23,7 +23,7 @@ from sparsedm.experiments.aggregate import (
     read_evaluated_runs,
 )
 from sparsedm.experiments.paired import CONFIDENCE, PairedDifference, paired_difference
-from sparsedm.sparse.methods import get_method
+from sparsedm.sparse.methods import dense_method, get_method, static_method
 
 OTHERS_NOTE = (
     "Against: each dynamic configuration paired by seed with Static-DM at the same S, and with the same method and "
@@ -38,7 +38,7 @@ class Comparison:
     result: PairedDifference
 
 
-DENSE_KEY = ("dense", None, None)
+DENSE_KEY = (dense_method().name, None, None)
 
 
 def _key(row: Row) -> Tuple:
@@ -51,7 +51,7 @@ def _label(row: Row) -> str:
 
 def versus_static(rows: List[Row]) -> List[Comparison]:
     """Each dynamic configuration against Static-DM at the same S (none where the sweep has no such run)."""
-    static = {row.sparsity: row for row in rows if row.method == "static"}
+    static = {row.sparsity: row for row in rows if row.method == static_method().name}
     return [
         Comparison(
             row, _label(static[row.sparsity]), paired_difference(row.fid_by_seed, static[row.sparsity].fid_by_seed)

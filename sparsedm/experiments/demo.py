@@ -22,7 +22,7 @@ from sparsedm.experiments.grid import SweepGrid
 from sparsedm.experiments.report import Report
 from sparsedm.experiments.sweep import run_sweep
 from sparsedm.runs.run_dir import RunDir
-from sparsedm.sparse.methods import METHODS, method_order
+from sparsedm.sparse.methods import method_order, paper_methods
 
 
 @dataclass
@@ -44,7 +44,7 @@ def run_demo(settings: Optional[DemoSettings] = None, progress: bool = True) -> 
     torch.set_num_threads(1)  # this process's share: the reference statistics, and the runs when workers=1
     overrides = list(settings.overrides) + ([f"train.steps={settings.steps}"] if settings.steps is not None else [])
     prune_rate = load_config(settings.config, overrides).sparse.prune_rate
-    grid = SweepGrid(methods=list(METHODS), sparsities=[settings.sparsity], prune_rates=[prune_rate], seeds=1)
+    grid = SweepGrid(methods=paper_methods(), sparsities=[settings.sparsity], prune_rates=[prune_rate], seeds=1)
     outcomes, report = run_sweep(
         settings.config,
         settings.out,

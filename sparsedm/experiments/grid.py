@@ -1,14 +1,15 @@
 """The paper's experiment grid: methods x sparsity S x prune rate p x seeds, one run per point.
 
-Dense has neither S nor p, so it runs once per seed; Static-DM never changes its mask, so it has no p and
-runs once per S and seed. Only RigL-DM and MagRan-DM span the whole S x p grid.
+A method without masks (Dense) has neither S nor p, so it runs once per seed; a sparse method whose masks never
+change (Static-DM) has no p and runs once per S and seed. Only the dynamic methods span the whole S x p grid
+(sparse/methods.py says which is which).
 """
 
 from dataclasses import dataclass, field
 from typing import List, Optional
 
 from sparsedm.errors import UserError
-from sparsedm.sparse.methods import METHODS, find_method, get_method, method_order
+from sparsedm.sparse.methods import METHODS, find_method, get_method, method_order, paper_methods
 
 # Keys each run's overrides set; the sweep refuses them as user overrides.
 GRID_KEYS = ("sparse.method", "sparse.sparsity", "sparse.prune_rate", "seed", "sparse.seed")
@@ -41,9 +42,9 @@ class RunSpec:
 
 @dataclass
 class SweepGrid:
-    methods: List[str] = field(default_factory=lambda: list(METHODS))  # dense | static | rigl | magran (alias set)
+    methods: List[str] = field(default_factory=paper_methods)  # names or aliases of METHODS; default the paper's
     sparsities: List[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 0.75, 0.9])  # S values
-    prune_rates: List[float] = field(default_factory=lambda: [0.05, 0.1, 0.5])  # p values (RigL-DM, MagRan-DM)
+    prune_rates: List[float] = field(default_factory=lambda: [0.05, 0.1, 0.5])  # p values of the dynamic methods
     seeds: int = 3  # seeds 0 .. seeds-1 for every grid point
 
     def validate(self) -> "SweepGrid":

@@ -14,7 +14,6 @@ from sparsedm.experiments.aggregate import Row, group_key
 from sparsedm.runs.plots import save_figure
 from sparsedm.sparse.methods import get_method
 
-COLOURS = {"static": "tab:blue", "rigl": "tab:red", "magran": "tab:green"}  # others: the next of the default cycle
 LINESTYLES = ("-", "--", ":", "-.")  # one per prune rate of a method
 
 
@@ -46,7 +45,7 @@ def _dense_level(axes, rows: List[Row]) -> None:
     """Dense FID as a horizontal line, with a ± std band when there are several seeds."""
     for row in rows:
         if not get_method(row.method).sparse:
-            axes.axhline(row.fid_mean, color="black", linewidth=1, label="Dense")
+            axes.axhline(row.fid_mean, color="black", linewidth=1, label=get_method(row.method).display_name)
             if row.fid_std is not None:
                 axes.axhspan(row.fid_mean - row.fid_std, row.fid_mean + row.fid_std, color="black", alpha=0.1)
 
@@ -61,7 +60,7 @@ def _fid_against(rows: List[Row], x_of: Callable[[Row], float], xlabel: str, pat
             [x_of(r) for r in points],
             [r.fid_mean for r in points],
             yerr=[r.fid_std or 0.0 for r in points],
-            color=COLOURS.get(method),
+            color=get_method(method).colour,
             linestyle=_style(rows, method, prune_rate),
             marker="o",
             capsize=3,
@@ -86,7 +85,7 @@ def fid_vs_train_flops(rows: List[Row], path: Path) -> Path:
 
 def fid_vs_exploration(rows: List[Row], path: Path) -> Path:
     """FID against the exploration rate (Static-DM's is its density); rows of runs that did not record it are left out."""
-    known = [r for r in rows if r.method == "dense" or r.exploration_rate is not None]
+    known = [r for r in rows if not get_method(r.method).sparse or r.exploration_rate is not None]
     return _fid_against(
         known, lambda r: r.exploration_rate, "exploration rate (share of sparse weights ever active)", path
     )
@@ -114,7 +113,7 @@ def fid_vs_step(by_step: Dict[int, List[Row]], path: Path) -> Path:
         means = [row.fid_mean for _, row in points]
         if not get_method(method).sparse:
             stds = [row.fid_std or 0.0 for _, row in points]
-            axes.plot(steps, means, color="black", linewidth=1, label="Dense")
+            axes.plot(steps, means, color="black", linewidth=1, label=get_method(method).display_name)
             axes.fill_between(
                 steps,
                 [m - s for m, s in zip(means, stds)],
@@ -127,7 +126,7 @@ def fid_vs_step(by_step: Dict[int, List[Row]], path: Path) -> Path:
             steps,
             means,
             yerr=[row.fid_std or 0.0 for _, row in points],
-            color=COLOURS.get(method),
+            color=get_method(method).colour,
             linestyle="--" if sparsity is not None and sparsity > 0.75 else "-",
             marker="o",
             capsize=3,
@@ -154,7 +153,7 @@ def fid_vs_cumulative_flops(records: List[dict], path: Path) -> Path:
         axes.plot(
             [r["flops_train_total"] for r in points],
             [r["fid"] for r in points],
-            color=COLOURS.get(method) if get_method(method).sparse else "black",
+            color=get_method(method).colour if get_method(method).sparse else "black",
             linestyle="--" if sparsity is not None and sparsity > 0.75 else "-",
             marker="o",
             markersize=3,

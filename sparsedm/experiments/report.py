@@ -52,6 +52,7 @@ from sparsedm.experiments.plots import (
 from sparsedm.experiments.sample_pictures import sparsity_pictures
 from sparsedm.runs.files import writing
 from sparsedm.runs.run_dir import write_text_atomically
+from sparsedm.sparse.methods import get_method
 
 
 @dataclass
@@ -101,7 +102,7 @@ def build_report(sweep_dir) -> Report:
             files.append(fid_vs_cumulative_flops(curve_records, sweep_dir / "fid_vs_train_flops.png"))
         else:
             files.append(fid_vs_train_flops(rows, sweep_dir / "fid_vs_train_flops.png"))
-        if any(r.exploration_rate is not None for r in rows if r.method != "dense"):
+        if any(r.exploration_rate is not None for r in rows if get_method(r.method).sparse):
             files.append(fid_vs_exploration(rows, sweep_dir / "fid_vs_exploration.png"))
         files += sparsity_pictures(sweep_dir, records)
     return Report(rows, markdown, files)

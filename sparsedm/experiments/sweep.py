@@ -41,6 +41,7 @@ from sparsedm.experiments.shards import claim, holder, in_slice, lock_path, slic
 from sparsedm.runs.checkpoint import latest_checkpoint
 from sparsedm.runs.distributed import DistInfo, resolve_device
 from sparsedm.runs.files import read_json, writing
+from sparsedm.runs.prepare import without_free_keys
 from sparsedm.runs.run_dir import METRICS, SUMMARY, RunDir
 from sparsedm.tasks import build_task
 from sparsedm.train.trainer import Trainer
@@ -69,9 +70,7 @@ def _setup(config: str, overrides: List[str], settings: EvalSettings) -> dict:
         for parent in parents:
             node = node[parent]
         del node[leaf]
-    for key in ("stop_at", "log_to", "sample_every"):  # where runs pause and what they log does not change them
-        del cfg["train"][key]
-    return {"config": cfg, "eval": settings_record(settings)}
+    return {"config": without_free_keys(cfg), "eval": settings_record(settings)}
 
 
 def pin_setup(out: Path, setup: dict) -> None:
@@ -82,7 +81,10 @@ def pin_setup(out: Path, setup: dict) -> None:
             out.mkdir(parents=True, exist_ok=True)
         write_json_atomically(path, setup)
         return
-    old, new = _flatten(read_json(path, SWEEP_FIX, {"config": dict, "eval": dict})), _flatten(setup)
+    old = read_json(path, SWEEP_FIX, {"config": dict, "eval": dict})
+    if isinstance(old["config"].get("train"), dict):  # a sweep started when fewer keys were free pinned more
+        old["config"] = without_free_keys(old["config"])
+    old, new = _flatten(old), _flatten(setup)
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
             raise UserError(

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from sparsedm.errors import UserError
+
 
 @dataclass
 class DistInfo:
@@ -59,3 +61,15 @@ def main_process_first(info: DistInfo, device: torch.device):
     yield
     if info.enabled and info.is_main:
         barrier(info, device)
+
+
+def check_masks_agree(fingerprint: str, step: int, device: torch.device) -> None:
+    """All-gather a hash of this rank's masks (`SparseEngine.masks_fingerprint()`); a mismatch means the ranks'
+    topologies diverged."""
+    mine = torch.tensor([int(fingerprint[:15], 16)], dtype=torch.int64, device=device)
+    gathered = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, mine)
+    if len({int(g) for g in gathered}) != 1:
+        raise UserError(
+            f"masks differ across ranks at step {step}; the ranks' sparse topologies diverged (dist.check_masks)"
+        )

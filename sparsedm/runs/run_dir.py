@@ -28,6 +28,7 @@ EVAL = "eval.json"  # written by `sparsedm evaluate`: the final step's score
 EVAL_STEPS = "eval"  # RUN/eval/step_XXXXXXXX.json: the score of each kept step
 CHECKPOINTS = "checkpoints"
 SAMPLES = "samples"
+TENSORBOARD = "tb"  # RUN/tb/: the event files
 
 # What to do when each file is damaged (the readers say what is wrong).
 CONFIG_FIX = "it is written by `sparsedm train`; restore it, or train the run again with --overwrite"

@@ -1,8 +1,11 @@
-"""The sparse engine: model-agnostic sparse-to-sparse training (Static, RigL, MagRan/SET) for PyTorch.
+"""The sparse engine: model-agnostic sparse-to-sparse training for PyTorch, by any method of methods.py
+(the paper's Static, RigL, MagRan/SET; SNFS, GraNet).
 
-Layout: which tensors (selection), how dense each is (density), the masks (masks), when and how much to
-change (schedule), what to remove (drop) and add (grow), optimiser-state surgery (optim_state), the masked
-EMA (ema), the engine tying them to a training step (engine), parameter and FLOP accounting (cost); after
+Layout: the methods as records of parts (methods), which tensors (selection), how dense each is (density), the
+masks (masks), when and how much to change (schedule), the parts: initial mask (initial_mask), drop score
+(drop), grow rule (grow), sparsity over steps (density_schedule), regrowth per tensor (redistribution), what
+they read (tensor_state); optimiser-state surgery (optim_state), the masked EMA (ema), the exploration rate
+(exploration), the engine tying them to a training step (engine), parameter and FLOP accounting (cost); after
 training, sparse inference kernels chosen per layer by measurement (kernels) and compressed files (compress).
 """
 

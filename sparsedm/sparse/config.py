@@ -8,7 +8,7 @@ from enum import StrEnum
 from typing import Dict, List, Optional
 
 from sparsedm.errors import UserError, choice
-from sparsedm.sparse.methods import Method, get_method
+from sparsedm.sparse.methods import DEFAULT_METHOD, Method, get_method
 
 
 class Distribution(StrEnum):
@@ -24,24 +24,23 @@ class PruneRateDecay(StrEnum):
 
 @dataclass
 class SparseConfig:
-    method: str = "rigl"  # dense | static | rigl | magran (alias: set); see sparse/methods.py
+    # a name or alias of sparse/methods.py's METHODS (`sparsedm train --help` lists them); default RigL-DM
+    method: str = DEFAULT_METHOD
     sparsity: float = 0.5  # S: fraction of zero weights over the sparse tensors, in [0, 1)
+    initial_sparsity: float = 0.5  # S_i: where a gradual method (GraNet) starts, capped at S; others ignore it
     distribution: Distribution = Distribution.erk  # erk | uniform | custom: how S is spread over tensors
-    custom_densities: Dict[str, float] = field(
-        default_factory=dict
-    )  # distribution=custom: regex -> density; unmatched tensors get 1 - S
+    # distribution=custom: regex -> density; unmatched tensors get 1 - S
+    custom_densities: Dict[str, float] = field(default_factory=dict)
     prune_rate: float = 0.1  # p: fraction of a tensor's active weights replaced at one update, in (0, 1]
     prune_rate_decay: PruneRateDecay = PruneRateDecay.cosine  # cosine (p_t = p (1 + cos(pi t / t_end)) / 2) | constant
     update_interval: int = 100  # ΔT: optimiser steps between mask updates
     t_end: float = 0.75  # last update step: <= 1 is a fraction of training, > 1 an absolute step
     regrow_dropped: bool = False  # grow among positions inactive after the drop (google-research/rigl), not before
     grad_accumulation: int = 1  # RigL: batches whose dense gradients are summed for the grow criterion
-    include: List[str] = field(
-        default_factory=list
-    )  # regexes on parameter names to sparsify; empty = every weight with >= 2 dims
+    include: List[str] = field(default_factory=list)  # regexes of names to sparsify; empty = every weight >= 2 dims
     exclude: List[str] = field(default_factory=list)  # regexes on parameter names to keep dense
     exclude_time_embedding: bool = True  # keep timestep-embedding layers dense (the paper's rule)
-    seed: int = 0  # seeds the initial masks and MagRan's growth; identical on every rank
+    seed: int = 0  # seeds the initial masks and random growth; identical on every rank
 
     def __post_init__(self):
         self.validate()
@@ -63,6 +62,8 @@ class SparseConfig:
         get_method(self.method)
         if not 0.0 <= self.sparsity < 1.0:
             raise UserError(f"sparse.sparsity={self.sparsity} is out of range; S must be in [0, 1)")
+        if not 0.0 <= self.initial_sparsity < 1.0:
+            raise UserError(f"sparse.initial_sparsity={self.initial_sparsity} is out of range; S_i must be in [0, 1)")
         self.distribution = choice(Distribution, self.distribution, "sparse.distribution")
         if not 0.0 < self.prune_rate <= 1.0:
             raise UserError(f"sparse.prune_rate={self.prune_rate} is out of range; p must be in (0, 1]")

@@ -15,7 +15,7 @@ A model on the meta device (shapes only) is copied with zero weights: FLOPs depe
 
 import copy
 import math
-from typing import Any, Dict, Mapping, Sequence, Union
+from typing import Any, Dict, Mapping, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -76,15 +76,10 @@ def _module_flops(model: nn.Module, inputs: Union[Sequence[Any], Mapping[str, An
     return flops
 
 
-def forward_flops(
-    model: nn.Module,
-    inputs: Union[Sequence[Any], Mapping[str, Any]],
-    densities: Mapping[str, float],
-) -> Dict[str, int]:
-    """Dense and sparse FLOPs of one forward pass on `inputs` (positional tuple or keyword dict)."""
+def flop_shares(model: nn.Module, inputs: Union[Sequence[Any], Mapping[str, Any]]) -> Tuple[int, Dict[str, float]]:
+    """Dense forward FLOPs on `inputs` and each weight's share of them (a weight at density d costs d × share)."""
     flops = _module_flops(model, inputs)
-    dense = flops.get("", 0)
-    saved = 0.0
+    shares = {}
     for module_name, module in model.named_modules():
         own = {n: p for n, p in module.named_parameters(recurse=False) if p.dim() >= 2}
         if not own or module_name not in flops:
@@ -94,16 +89,54 @@ def forward_flops(
         exclusive = flops[module_name] - sum(flops.get(prefix + child, 0) for child, _ in module.named_children())
         size = sum(p.numel() for p in own.values())
         for param_name, param in own.items():
-            full = prefix + param_name
-            if full in densities:
-                share = exclusive * param.numel() / size
-                saved += share * (1.0 - densities[full])
-    return {"flops_forward_dense": int(dense), "flops_forward_sparse": int(round(dense - saved))}
+            shares[prefix + param_name] = exclusive * param.numel() / size
+    return flops.get("", 0), shares
+
+
+def sparse_forward_flops(dense: int, shares: Mapping[str, float], densities: Mapping[str, float]) -> int:
+    """Forward FLOPs with the weights named in `densities` at those densities (the others dense)."""
+    saved = 0.0
+    for name, share in shares.items():
+        if name in densities:
+            saved += share * (1.0 - densities[name])
+    return int(round(dense - saved))
+
+
+def forward_flops(
+    model: nn.Module,
+    inputs: Union[Sequence[Any], Mapping[str, Any]],
+    densities: Mapping[str, float],
+) -> Dict[str, int]:
+    """Dense and sparse FLOPs of one forward pass on `inputs` (positional tuple or keyword dict)."""
+    dense, shares = flop_shares(model, inputs)
+    return {"flops_forward_dense": int(dense), "flops_forward_sparse": sparse_forward_flops(dense, shares, densities)}
+
+
+def mean_forward_flops(
+    dense: int,
+    shares: Mapping[str, float],
+    counts_history: Sequence[Tuple[int, Mapping[str, int]]],
+    numels: Mapping[str, int],
+    steps: int,
+) -> float:
+    """Sparse forward FLOPs averaged over steps 0 .. steps-1, each at the active counts it trained with.
+
+    `counts_history`: (first step, active weights per tensor) in step order (SparseEngine.counts_history). A run
+    whose counts never changed has one entry, and the figure is its FLOPs exactly."""
+    per_entry = [
+        sparse_forward_flops(dense, shares, {n: c / numels[n] for n, c in counts.items()})
+        for _, counts in counts_history
+    ]
+    if len(per_entry) == 1:
+        return per_entry[0]
+    starts = [step for step, _ in counts_history] + [steps]
+    return sum(f * (max(min(end, steps) - start, 0)) for f, start, end in zip(per_entry, starts, starts[1:])) / steps
 
 
 def train_flops_per_step(method: str, f_sparse: float, f_dense: float, update_interval: int) -> float:
     """Training FLOPs per step, backward ≈ 2 × forward (RigL, Evci et al. 2020, appendix H): the method's
-    formula in sparse/methods.py (Dense 3 f_D; Static and MagRan 3 f_S; RigL (3 f_S ΔT + 2 f_S + f_D) / (ΔT + 1))."""
+    formula in sparse/methods.py (e.g. Dense 3 f_D, Static 3 f_S, RigL (3 f_S ΔT + 2 f_S + f_D) / (ΔT + 1)); f_S is
+    the sparse forward FLOPs averaged over the run's steps (`mean_forward_flops`) where the counts change."""
     return get_method(method).train_flops(f_sparse, f_dense, update_interval)
 
 

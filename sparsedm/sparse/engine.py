@@ -1,4 +1,4 @@
-"""The sparse-to-sparse training engine: any PyTorch loop becomes Static-, RigL- or MagRan-sparse.
+"""The sparse-to-sparse training engine: any PyTorch loop trains sparse with a method of methods.py.
 
     engine = SparseEngine(model, optimizer, SparseConfig(method="rigl", sparsity=0.5), total_steps=T, ema=ema)
     for batch in loader:
@@ -8,11 +8,15 @@
         engine.after_optimizer_step()  # every ΔT steps: drop and grow
         ema.update(model)
 
+At an update the engine asks the method's parts what changes (methods.py: drop score, grow rule, sparsity
+schedule, redistribution) and applies every change in one place, `_apply_change`.
+
 The engine knows nothing about diffusion. With mixed precision call `after_backward` after
 `scaler.unscale_(optimizer)`; an update whose gradients are not finite is skipped.
 """
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -22,19 +26,21 @@ from torch import nn
 from sparsedm.errors import UserError
 from sparsedm.sparse.config import SparseConfig
 from sparsedm.sparse.density import allocate_densities, nonzero_counts
-from sparsedm.sparse.drop import drop_by_magnitude
+from sparsedm.sparse.drop import drop_lowest
 from sparsedm.sparse.ema import EMA
 from sparsedm.sparse.exploration import ExploredPositions
-from sparsedm.sparse.masks import all_finite, apply_masks_, mask_gradients_, masks_fingerprint, random_mask
+from sparsedm.sparse.masks import all_finite, apply_masks_, mask_gradients_, masks_fingerprint
 from sparsedm.sparse.optim_state import (
     check_holds,
     check_supported,
     mask_moments_,
+    momentum,
     warn_if_slow_on_zeros,
     zero_moments_,
 )
 from sparsedm.sparse.schedule import UpdateSchedule
 from sparsedm.sparse.selection import select_sparse_parameters
+from sparsedm.sparse.tensor_state import TensorState
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +82,10 @@ class SparseEngine:
         self._backward_seen = False  # after_backward called since the last after_optimizer_step
         self._warned_capped = False  # the capped-prune-rate hint is logged once
         self.explored = ExploredPositions({})
+        self.shapes: Dict[str, Tuple[int, ...]] = {}
+        self._targets: Dict[str, int] = {}  # active weights per tensor at S_t
+        self.target_sparsity = 0.0  # S_t, the sparsity the counts follow (density_schedule.py)
+        self.counts_history: List[Tuple[int, Dict[str, int]]] = []  # (from step, active weights per tensor)
         if not self.method_record.sparse:
             return
 
@@ -83,17 +93,19 @@ class SparseEngine:
         warn_if_slow_on_zeros(optimizer)
         self.params = select_sparse_parameters(model, config.include, config.exclude, config.exclude_time_embedding)
         check_holds(optimizer, self.params)
-        shapes = {n: tuple(p.shape) for n, p in self.params.items()}
-        self.densities = allocate_densities(shapes, config.sparsity, config.distribution, config.custom_densities)
-        self.nonzeros = nonzero_counts(self.densities, shapes)
-        self.masks = {
-            n: random_mask(p.shape, self.nonzeros[n], self.generator, p.device) for n, p in self.params.items()
-        }
-        self.explored = ExploredPositions(self.masks)
+        self.shapes = {n: tuple(p.shape) for n, p in self.params.items()}
         if config.is_dynamic:
             self.schedule = UpdateSchedule(
                 config.update_interval, config.end_step(total_steps), config.prune_rate, config.prune_rate_decay
             )
+        self._set_targets(self._sparsity_at(0))
+        self.nonzeros = dict(self._targets)
+        self.masks = {
+            n: self.method_record.initial_mask(p.shape, self.nonzeros[n], self.generator, p.device)
+            for n, p in self.params.items()
+        }
+        self.explored = ExploredPositions(self.masks)
+        self.counts_history = [(0, dict(self.nonzeros))]
         self.apply_masks()
 
     # -- the two calls of a training step -----------------------------------------------------------
@@ -121,7 +133,8 @@ class SparseEngine:
         if self.schedule is not None and self.schedule.is_update_step(t):
             grads = [p.grad for p in self.model.parameters() if p.grad is not None] + list(self._dense_grads.values())
             self._grads_finite = all_finite(grads)
-        mask_gradients_(self.params, self.masks)
+        if not self.method_record.dense_moments:
+            mask_gradients_(self.params, self.masks)
 
     @torch.no_grad()
     def after_optimizer_step(self) -> Optional[dict]:
@@ -141,6 +154,8 @@ class SparseEngine:
             )
         self._backward_seen = False
         self.step += 1
+        if self.method_record.dense_moments:  # the optimiser moved masked weights by their dense gradient
+            apply_masks_(self.params, self.masks)
         if self.schedule is None or not self.schedule.is_update_step(self.step):
             return None
         apply_masks_(self.params, self.masks)
@@ -160,58 +175,85 @@ class SparseEngine:
         upcoming = self.schedule.next_update_step(t)
         return upcoming > 0 and upcoming - t < self.config.grad_accumulation
 
-    def _update_masks(self, t: int) -> dict:
-        """Drop the k smallest-|W| active weights and grow k inactive ones, per tensor (k = round(p_t · n)).
+    def _sparsity_at(self, t: int) -> float:
+        end = self.schedule.end_step if self.schedule is not None else 0
+        return self.method_record.sparsity_schedule(self.config.sparsity, self.config.initial_sparsity, t, end)
 
-        k is capped at n and, when growth is among the positions inactive before the update (the default), at
-        the numel - n inactive ones: a nearly dense tensor replaces fewer than p_t · n (a dense one is skipped).
-        With `regrow_dropped` growth is among the positions inactive after the drop (google-research/rigl), and
-        a just-dropped weight grown again keeps its value and optimiser moments (its reinit_when_same=False), so
-        fewer than k connections may change. The statistics give both counts and the capped tensors.
+    def _set_targets(self, sparsity: float) -> None:
+        """S_t spread over the tensors by the distribution: their target densities and active counts."""
+        self.target_sparsity = sparsity
+        self.densities = allocate_densities(
+            self.shapes, sparsity, self.config.distribution, self.config.custom_densities
+        )
+        self._targets = nonzero_counts(self.densities, self.shapes)
+
+    def _tensor_state(self, name: str) -> TensorState:
+        param = self.params[name]
+        return TensorState(
+            name, param, self.masks[name], self._dense_grads.get(name), momentum(self.optimizer, param), self.generator
+        )
+
+    def _update_masks(self, t: int) -> dict:
+        """Ask the method's parts what changes (drop score, grow rule, S_t, redistribution), then apply it.
+
+        Per tensor, k = round(p_t · n) weights are replaced (n: its active count after any pruning to S_t),
+        and a tensor above its S_t target also drops its surplus. k is capped at n and, when growth is among
+        the positions inactive before the update (the default), at the numel - n inactive ones: a nearly dense
+        tensor replaces fewer than p_t · n (a dense one is skipped). With `regrow_dropped` growth is among the
+        positions inactive after the drop (google-research/rigl), and a just-dropped weight grown again keeps
+        its value and optimiser moments (its reinit_when_same=False), so fewer than k connections may change.
+        The statistics give both counts and the capped tensors.
         """
+        method, regrow = self.method_record, self.config.regrow_dropped
         fraction = self.schedule.prune_fraction(t)
-        ema_params = dict(self.ema.named_parameters()) if self.ema is not None else {}
-        regrow = self.config.regrow_dropped
-        requested = replaced = regrown = 0
-        capped = {}
-        self.last_update = {}
-        for name, param in self.params.items():
+        sparsity = self._sparsity_at(t)
+        prune_to_target = sparsity != self.target_sparsity  # S_t moved: each tensor drops its surplus
+        if prune_to_target:
+            self._set_targets(sparsity)
+        requested = pruned = 0
+        capped, states, dropped, grow_counts, capacity = {}, {}, {}, {}, {}
+        for name in self.params:
             mask, n_active = self.masks[name], self.nonzeros[name]
-            if n_active == mask.numel():  # made dense by the distribution: no topology to change
+            n_target = min(self._targets[name], n_active) if prune_to_target else n_active
+            if n_active == mask.numel() == n_target:  # made dense by the distribution: no topology to change
                 continue
-            wanted = round(fraction * n_active)
-            k = min(wanted, n_active) if regrow else min(wanted, n_active, mask.numel() - n_active)
+            wanted = round(fraction * n_target)
+            k = min(wanted, n_target) if regrow else min(wanted, n_target, mask.numel() - n_active)
             requested += wanted
             if k < wanted:
                 capped[name] = [wanted, k]
-            if k == 0:
+            surplus = n_active - n_target
+            if k == 0 and surplus == 0:
                 continue
-            dropped = drop_by_magnitude(param, mask, k)
+            pruned += surplus
+            states[name] = self._tensor_state(name)
+            dropped[name] = drop_lowest(method.drop(states[name]), mask, k + surplus)
+            grow_counts[name] = k
+            capacity[name] = mask.numel() - n_active + (len(dropped[name]) if regrow else 0)
+        if method.redistribute is not None and grow_counts:
+            grow_counts = method.redistribute(grow_counts, states, capacity)
+        ema_params = dict(self.ema.named_parameters()) if self.ema is not None else {}
+        replaced = regrown = 0
+        self.last_update = {}
+        for name, gone in dropped.items():
+            mask, k = self.masks[name], grow_counts[name]
             candidates = mask
             if regrow:
                 candidates = mask.clone().view(-1)
-                candidates[dropped] = False
+                candidates[gone] = False
                 candidates = candidates.view_as(mask)
-            grown = self.method_record.grow(candidates, k, self._dense_grads.get(name), self.generator)
+            grown = method.grow(candidates, k, states[name]) if k > 0 else gone[:0]
             if regrow:  # a weight dropped and grown again is no change: it keeps its value and moments
-                back = torch.isin(dropped, grown)
+                back = torch.isin(gone, grown)
                 regrown += int(back.sum())
-                dropped, grown = dropped[~back], grown[~mask.view(-1)[grown]]
-            new_mask = mask.clone().view(-1)
-            new_mask[dropped] = False
-            new_mask[grown] = True
-            self.masks[name] = new_mask.view_as(mask)
-            flat = param.data.view(-1)
-            flat[dropped] = 0
-            flat[grown] = 0  # a grown connection starts at zero
-            zero_moments_(self.optimizer, param, (dropped, grown))
-            if name in ema_params:
-                ema_flat = ema_params[name].data.view(-1)
-                ema_flat[dropped] = 0
-                ema_flat[grown] = flat[grown]
-            self.last_update[name] = (dropped, grown)
-            self.explored.add(name, grown)
+                gone, grown = gone[~back], grown[~mask.view(-1)[grown]]
+            self._apply_change(name, gone, grown, ema_params)
             replaced += len(grown)
+        if method.counts_vary:
+            if method.redistribute is not None:
+                self.densities = {n: self.nonzeros[n] / self.masks[n].numel() for n in self.masks}
+            if self.nonzeros != self.counts_history[-1][1]:
+                self.counts_history.append((t, dict(self.nonzeros)))
         if capped and not self._warned_capped:
             self._warned_capped = True
             log.warning(
@@ -219,7 +261,7 @@ class SparseEngine:
                 t,
                 len(capped),
             )
-        return {
+        stats = {
             "step": t,
             "prune_fraction": fraction,
             "requested": requested,
@@ -228,15 +270,44 @@ class SparseEngine:
             "capped": capped,
             "sparsity": self.sparsity(),
         }
+        if method.counts_vary:
+            stats.update(target_sparsity=sparsity, pruned=pruned)
+        return stats
+
+    def _apply_change(self, name: str, dropped: torch.Tensor, grown: torch.Tensor, ema_params: dict) -> None:
+        """The one place a topology changes: mask, weights, optimiser moments, EMA, exploration record, counts.
+
+        Dropped and grown weights are set to zero (a grown connection starts at zero) with zero moments; the
+        EMA follows (zero where dropped, the new weight where grown). Every rank computes the same change from
+        the same generator and gradients (dist.check_masks compares them).
+        """
+        param, mask = self.params[name], self.masks[name]
+        new_mask = mask.clone().view(-1)
+        new_mask[dropped] = False
+        new_mask[grown] = True
+        self.masks[name] = new_mask.view_as(mask)
+        flat = param.data.view(-1)
+        flat[dropped] = 0
+        flat[grown] = 0
+        zero_moments_(self.optimizer, param, (dropped, grown))
+        if name in ema_params:
+            ema_flat = ema_params[name].data.view(-1)
+            ema_flat[dropped] = 0
+            ema_flat[grown] = flat[grown]
+        self.last_update[name] = (dropped, grown)
+        self.explored.add(name, grown)
+        self.nonzeros[name] += len(grown) - len(dropped)
 
     # -- masks applied elsewhere ----------------------------------------------------------------------
 
     @torch.no_grad()
     def apply_masks(self) -> None:
-        """Zero masked weights, their optimiser moments and the EMA's entries (after init or a load)."""
+        """Zero masked weights, their optimiser moments (unless the method keeps them dense) and the EMA's
+        entries (after init or a load)."""
         apply_masks_(self.params, self.masks)
         for name, param in self.params.items():
-            mask_moments_(self.optimizer, param, self.masks[name])
+            if not self.method_record.dense_moments:
+                mask_moments_(self.optimizer, param, self.masks[name])
         if self.ema is not None:
             apply_masks_(dict(self.ema.named_parameters()), self.masks)
 
@@ -254,6 +325,8 @@ class SparseEngine:
             "generator": self.generator.get_state(),
             "dense_grads": {n: g.cpu() for n, g in self._dense_grads.items()},
             "explored": self.explored.state_dict(),
+            "target_sparsity": self.target_sparsity,
+            "counts_history": [(step, dict(counts)) for step, counts in self.counts_history],
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -261,6 +334,12 @@ class SparseEngine:
             raise UserError(
                 f"the checkpoint was trained with sparse.method={state['method']}, not {self.method}; use the run's config"
             )
+        if self.masks and "counts_history" in state:  # older checkpoints: counts never changed, as built
+            self._set_targets(state["target_sparsity"])
+            self.counts_history = [(step, dict(counts)) for step, counts in state["counts_history"]]
+            self.nonzeros = dict(self.counts_history[-1][1])
+            if self.method_record.redistribute is not None:
+                self.densities = {n: self.nonzeros[n] / math.prod(self.shapes[n]) for n in self.nonzeros}
         self._check_masks(state["masks"], "the checkpoint's masks", "use the run's config")
         self.step = state["step"]
         self.masks = {n: state["masks"][n].to(device=p.device, dtype=torch.bool) for n, p in self.params.items()}
@@ -277,6 +356,8 @@ class SparseEngine:
         the step, schedule and RNG are left as they are. The exploration record starts again from these masks
         (they carry no history).
         """
+        if self.method_record.counts_vary:  # the counts of a finished run are not those of its step 0
+            self.nonzeros = {n: int(masks[n].sum()) if n in masks else c for n, c in self.nonzeros.items()}
         self._check_masks(masks, "the masks", "build the engine with the config they were trained with")
         self.masks = {n: masks[n].to(device=p.device, dtype=torch.bool) for n, p in self.params.items()}
         self.explored = ExploredPositions(self.masks)

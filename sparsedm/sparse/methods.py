@@ -1,22 +1,33 @@
 """The sparse training methods, one record each: everything the rest of sparsedm needs to know about one.
 
-The config accepts a method by its name or an alias, the sweep grid spans S and p by `sparse` and
-`dynamic`, the engine grows by `grow` and keeps the dense gradient when `needs_dense_gradient`, the cost
-accounting calls `train_flops`, and the report and plots show `display_name`. A new method (SNFS, GraNet)
-is a record here and its tests.
+A method is composed of parts, each a small function of one signature, in one file per kind:
+
+    initial_mask.py      which weights are active at step 0                     (random)
+    drop.py              the drop score: the active weights of lowest score go  (magnitude)
+    grow.py              which inactive weights are grown                       (gradient, random, momentum)
+    density_schedule.py  the sparsity S_t over steps                            (constant, cubic)
+    density.py           how S_t is spread over tensors (sparse.distribution)   (ERK, uniform, custom)
+    redistribution.py    how many weights each tensor grows back                (its own, by momentum)
+
+The engine asks the record's parts what changes and applies the change in one place (engine.py). The config
+accepts a method by its name or an alias, the sweep grid spans S and p by `sparse` and `dynamic`, the cost
+accounting calls `train_flops`, and the report and plots show `display_name` and `colour`. A new method is a
+record here plus, at most, one file of its parts.
 """
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple
-
-import torch
+from typing import Callable, Dict, List, Optional, Tuple
 
 from sparsedm.errors import UserError
-from sparsedm.sparse.grow import grow_by_gradient, grow_random
+from sparsedm.sparse import density_schedule, redistribution
+from sparsedm.sparse.density_schedule import SparsitySchedule
+from sparsedm.sparse.drop import DropScore, magnitude
+from sparsedm.sparse.grow import GrowRule, at_random, by_gradient, by_momentum
+from sparsedm.sparse.initial_mask import InitialMask, random
+from sparsedm.sparse.redistribution import Redistribution
 
-# grow(mask, k, dense_grad, generator) -> flat indices of k inactive entries to activate
-GrowRule = Callable[[torch.Tensor, int, Optional[torch.Tensor], torch.Generator], torch.Tensor]
-# train_flops(f_S, f_D, ΔT) -> training FLOPs per sample and step, backward ≈ 2 × forward (Evci et al. 2020, app. H)
+# train_flops(f_S, f_D, ΔT) -> training FLOPs per sample and step, backward ≈ 2 × forward (Evci et al. 2020,
+# app. H); f_S is the sparse forward FLOPs averaged over the run's steps (it varies when the counts do)
 TrainFlops = Callable[[float, float, int], float]
 
 
@@ -27,9 +38,21 @@ class Method:
     sparse: bool  # has masks (a sparsity S)
     dynamic: bool  # changes its masks every ΔT steps (a prune rate p)
     train_flops: TrainFlops
+    initial_mask: InitialMask = random
+    drop: DropScore = magnitude  # dynamic methods: the active weights of lowest score are dropped
     grow: Optional[GrowRule] = None  # dynamic methods: which inactive weights to activate
+    sparsity_schedule: SparsitySchedule = density_schedule.constant  # S_t over steps
+    redistribute: Optional[Redistribution] = None  # None: a tensor grows back what it dropped
     needs_dense_gradient: bool = False  # the grow rule reads the dense gradient of the update step
+    dense_moments: bool = False  # the optimiser sees dense gradients (its moments of inactive weights are kept)
+    colour: Optional[str] = None  # in plots; None: the next of matplotlib's cycle
+    paper: bool = False  # one of the paper's four (Oliveira et al. 2025): the demo's and the sweep's default
     aliases: Tuple[str, ...] = ()  # other accepted spellings
+
+    @property
+    def counts_vary(self) -> bool:
+        """Whether a tensor's number of active weights may change during training."""
+        return self.sparsity_schedule is not density_schedule.constant or self.redistribute is not None
 
 
 def _dense_flops(f_sparse: float, f_dense: float, update_interval: int) -> float:
@@ -46,28 +69,30 @@ def _rigl_flops(f_sparse: float, f_dense: float, update_interval: int) -> float:
     return (3.0 * f_sparse * dt + 2.0 * f_sparse + f_dense) / (dt + 1)
 
 
-def _grow_by_gradient(mask, k, dense_grad, generator):
-    return grow_by_gradient(dense_grad, mask, k)
-
-
-def _grow_random(mask, k, dense_grad, generator):
-    return grow_random(mask, k, generator)
+def _snfs_flops(f_sparse: float, f_dense: float, update_interval: int) -> float:
+    """2 f_S + f_D: the momentum of every weight needs the dense weight gradient at every step (Evci et al. 2020,
+    app. H); the forward pass and the gradient w.r.t. the activations stay sparse."""
+    return 2.0 * f_sparse + f_dense
 
 
 # In this order in tables, plots and sweeps.
 METHODS: Dict[str, Method] = {
     m.name: m
     for m in (
-        Method("dense", "Dense", sparse=False, dynamic=False, train_flops=_dense_flops),
-        Method("static", "Static-DM", sparse=True, dynamic=False, train_flops=_sparse_flops),
+        Method("dense", "Dense", sparse=False, dynamic=False, train_flops=_dense_flops, paper=True),
+        Method(
+            "static", "Static-DM", sparse=True, dynamic=False, train_flops=_sparse_flops, colour="tab:blue", paper=True
+        ),
         Method(
             "rigl",
             "RigL-DM",
             sparse=True,
             dynamic=True,
             train_flops=_rigl_flops,
-            grow=_grow_by_gradient,
+            grow=by_gradient,
             needs_dense_gradient=True,
+            colour="tab:red",
+            paper=True,
         ),
         # SET (Mocanu et al. 2018) is MagRan's grow rule
         Method(
@@ -76,11 +101,41 @@ METHODS: Dict[str, Method] = {
             sparse=True,
             dynamic=True,
             train_flops=_sparse_flops,
-            grow=_grow_random,
+            grow=at_random,
+            colour="tab:green",
+            paper=True,
             aliases=("set",),
+        ),
+        # Sparse momentum (Dettmers & Zettlemoyer 2019): grow by |momentum|, move density to busy layers
+        Method(
+            "snfs",
+            "SNFS-DM",
+            sparse=True,
+            dynamic=True,
+            train_flops=_snfs_flops,
+            grow=by_momentum,
+            redistribute=redistribution.by_momentum,
+            dense_moments=True,
+            colour="tab:purple",
+            aliases=("sparse-momentum",),
+        ),
+        # GraNet (Liu et al. 2021), starting sparse: S rises on a cubic schedule, regrowth by gradient
+        Method(
+            "granet",
+            "GraNet-DM",
+            sparse=True,
+            dynamic=True,
+            train_flops=_rigl_flops,
+            grow=by_gradient,
+            sparsity_schedule=density_schedule.cubic,
+            needs_dense_gradient=True,
+            colour="tab:orange",
         ),
     )
 }
+
+
+DEFAULT_METHOD = "rigl"  # sparse.method when a config does not say
 
 
 def find_method(name: str) -> Optional[Method]:
@@ -102,3 +157,23 @@ def get_method(name: str, key: str = "sparse.method") -> Method:
 def method_order(name: str) -> int:
     """Where a method comes in tables, plots and sweeps."""
     return list(METHODS).index(get_method(name).name)
+
+
+def dense_method() -> Method:
+    """The record without masks: the baseline every sparse run is compared with."""
+    return next(m for m in METHODS.values() if not m.sparse)
+
+
+def static_method() -> Method:
+    """The sparse record whose masks never change: what a dynamic method is compared with at the same S."""
+    return next(m for m in METHODS.values() if m.sparse and not m.dynamic)
+
+
+def paper_methods() -> List[str]:
+    """The paper's four methods, in order."""
+    return [m.name for m in METHODS.values() if m.paper]
+
+
+def names_and_aliases() -> str:
+    """ "dense, static, rigl, magran (alias set), ...": for help texts."""
+    return ", ".join(m.name + (f" (alias {', '.join(m.aliases)})" if m.aliases else "") for m in METHODS.values())

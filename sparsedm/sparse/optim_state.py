@@ -6,7 +6,7 @@ are accepted.
 """
 
 import logging
-from typing import Dict, Iterable
+from typing import Dict, Iterable, Optional
 
 import torch
 
@@ -21,6 +21,8 @@ MOMENT_KEYS = {
     torch.optim.AdamW: ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
     torch.optim.SGD: ("momentum_buffer",),
 }
+# the first moment, read by momentum-based methods (SNFS)
+MOMENTUM_KEY = {torch.optim.Adam: "exp_avg", torch.optim.AdamW: "exp_avg", torch.optim.SGD: "momentum_buffer"}
 
 
 def check_supported(optimizer: torch.optim.Optimizer) -> None:
@@ -95,3 +97,9 @@ def mask_moments_(optimizer: torch.optim.Optimizer, param: torch.Tensor, mask: t
         moment = state.get(key)
         if moment is not None:
             moment.masked_fill_(~mask, 0)
+
+
+def momentum(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> Optional[torch.Tensor]:
+    """The optimiser's first moment of `param` (Adam's exp_avg, SGD's momentum buffer); None before its first
+    step or for SGD without momentum."""
+    return (optimizer.state.get(param) or {}).get(MOMENTUM_KEY[type(optimizer)])

@@ -1,25 +1,14 @@
 """Tasks: each pairs a denoiser, a data layer and the diffusion process (ChiroDiff; Latent Diffusion), or
-trains Latent Diffusion's autoencoder."""
+trains Latent Diffusion's autoencoder. Which class a task name stands for is sparsedm.config's TASKS, the one
+task registry (with each task's schema)."""
 
-from sparsedm.errors import UserError
 from sparsedm.tasks.base import Task
 
 
 def build_task(cfg) -> Task:
-    """The task of a typed experiment config (`sparsedm.config.load_config` or `read_run_config`)."""
-    if cfg.task == "chirodiff":
-        from sparsedm.tasks.chirodiff import ChiroDiffTask
-
-        return ChiroDiffTask(cfg)
-    if cfg.task == "ldm":
-        from sparsedm.tasks.ldm import LatentDiffusionTask
-
-        return LatentDiffusionTask(cfg)
-    if cfg.task == "autoencoder":
-        from sparsedm.tasks.autoencoder import AutoencoderTask
-
-        return AutoencoderTask(cfg)
-    raise UserError(f"task={cfg.task!r} is unknown; use chirodiff, ldm or autoencoder")
+    """The task of a typed experiment config (`sparsedm.config.load_config` or `read_run_config`): the class the
+    registry names for its `task`, built by the config itself (this package sits below the schemas)."""
+    return cfg.build_task()
 
 
 __all__ = ["Task", "build_task"]

@@ -28,15 +28,13 @@ class TrainConfig:
     precision: Precision = Precision.fp32  # fp32 | bf16 (autocast, CPU and GPU) | fp16 (autocast + scaler, GPU)
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
     log_every: int = 25  # steps between lines of metrics.jsonl
-    log_to: List[str] = field(
-        default_factory=lambda: ["jsonl", "tensorboard"]
-    )  # jsonl (RUN/metrics.jsonl, required) and tensorboard (RUN/tb/); [jsonl] turns TensorBoard off
+    # jsonl (RUN/metrics.jsonl, required) and tensorboard (RUN/tb/); [jsonl] turns TensorBoard off
+    log_to: List[str] = field(default_factory=lambda: ["jsonl", "tensorboard"])
     sample_every: int = 500  # steps between TensorBoard grids of 16 samples from the EMA weights (0 = none)
     val_every: int = 500  # steps between validation losses of the EMA model (0 = only at the start and the end)
     val_batches: int = 4  # validation batches per evaluation
-    stop_at: Optional[int] = (
-        None  # stop after this step with a checkpoint; --resume continues bit-exactly (the way to split a run into jobs)
-    )
+    # stop after this step with a checkpoint; --resume continues bit-exactly (the way to split a run into jobs)
+    stop_at: Optional[int] = None
     checkpoint_every: int = 500  # steps between checkpoints (one is always written at the end)
     compress_checkpoints: bool = True  # store the zeros of weights, EMA and Adam moments as bit-packed masks
     keep_checkpoints: int = 2  # how many recent checkpoints to keep

@@ -20,10 +20,9 @@ import numpy as np
 import torch
 
 from sparsedm.errors import UserError
-from sparsedm.runs.run_dir import RunDir
+from sparsedm.runs.run_dir import TENSORBOARD, RunDir
 
 LOG_TO = ("jsonl", "tensorboard")
-TENSORBOARD = "tb"  # RUN/tb/: the event files
 FLUSH_S = 10  # seconds between writes of the event file, so a running job can be watched
 SAMPLE_PICTURES = 16  # samples in one TensorBoard grid (4 x 4)
 STEP_SCALARS = {"loss": "train/loss", "lr": "train/lr", "sparsity": "train/sparsity", "val_loss": "val/loss"}

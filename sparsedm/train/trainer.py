@@ -9,15 +9,12 @@ Everything a step reads is a function of (seed, step): the batch (`BatchSchedule
 seeded per step), so a resumed run needs only the checkpoint to continue bit-identically.
 """
 
-import hashlib
 import logging
 import math
-import shutil
 import signal
 import threading
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict
 from typing import Optional
 
 import torch
@@ -27,67 +24,24 @@ from sparsedm.config_loader import to_dict
 from sparsedm.errors import UserError
 from sparsedm.runs.batches import BatchSchedule
 from sparsedm.runs.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from sparsedm.runs.distributed import DistInfo, init_distributed, main_process_first, resolve_device
-from sparsedm.runs.files import writing
-from sparsedm.runs.plots import plot_run
-from sparsedm.runs.provenance import provenance
-from sparsedm.runs.run_dir import CHECKPOINTS, CONFIG, EVAL, EVAL_STEPS, METRICS, SAMPLES, SUMMARY, RunDir
-from sparsedm.sparse import (
-    EMA,
-    SparseConfig,
-    SparseEngine,
-    count_parameters,
-    forward_flops,
-    masked_densities,
-    train_flops_per_step,
+from sparsedm.runs.distributed import (
+    DistInfo,
+    check_masks_agree,
+    init_distributed,
+    main_process_first,
+    resolve_device,
 )
+from sparsedm.runs.plots import plot_run
+from sparsedm.runs.prepare import prepare_run_dir
+from sparsedm.runs.provenance import provenance
+from sparsedm.runs.run_dir import RunDir
+from sparsedm.sparse import EMA, SparseConfig, SparseEngine
+from sparsedm.sparse.methods import dense_method
 from sparsedm.tasks import build_task
-from sparsedm.train.loggers import TENSORBOARD, RunLogger, sample_pictures
+from sparsedm.train.loggers import RunLogger, sample_pictures
+from sparsedm.train.summary import build_summary
 
 log = logging.getLogger(__name__)
-
-RESUMABLE_CHANGES = (
-    "steps",
-    "stop_at",
-    "log_to",
-    "sample_every",
-    "compress_checkpoints",
-    "keep_steps",
-    "val_every",
-)  # train.* keys a resumed run may change
-
-
-def weights_fingerprint(module: torch.nn.Module) -> str:
-    """sha256 over the raw bytes of every tensor in the state dict, in name order."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def prepare_run_dir(run: RunDir, cfg, resume: bool, overwrite: bool) -> None:
-    """Refuse to mix two runs in one folder; on resume the config must be the run's."""
-    if not run.exists():
-        if resume:
-            raise UserError(f"--resume: {run.path} holds no run to resume (no {CONFIG}); drop --resume to start one")
-        return
-    if overwrite:
-        with writing():
-            for name in (CHECKPOINTS, SAMPLES, TENSORBOARD, EVAL_STEPS):
-                shutil.rmtree(run.path / name, ignore_errors=True)
-            for name in (CONFIG, METRICS, SUMMARY, EVAL):
-                (run.path / name).unlink(missing_ok=True)
-        return
-    if not resume:
-        raise UserError(f"{run.path} already holds a run; pass --resume to continue it or --overwrite to replace it")
-    old, new = to_dict(run.read_config()), to_dict(cfg)
-    for key in RESUMABLE_CHANGES:
-        old["train"].pop(key, None), new["train"].pop(key, None)
-    if old != new:
-        raise UserError(
-            f"--resume: the config differs from the one in {run.path / CONFIG}; resume with the run's config (only train.{', train.'.join(RESUMABLE_CHANGES)} may change)"
-        )
 
 
 def autocast(precision: str, device: torch.device):
@@ -251,9 +205,8 @@ class Trainer:
             indices = range(b * bs, min((b + 1) * bs, len(self.val_set)))
             batch = self._batch(self.val_set, indices)
             with autocast(self.tc.precision, self.device):
-                total += float(
-                    self.task.loss(self.ema.module, batch, -1 - torch.tensor(list(indices)))
-                )  # fixed noise: negative seeds are never used in training
+                # fixed noise: negative seeds are never used in training
+                total += float(self.task.loss(self.ema.module, batch, -1 - torch.tensor(list(indices))))
             count += 1
         return total / max(count, 1)
 
@@ -337,7 +290,7 @@ class Trainer:
 
     def _after_step(self, update, task_event, window, bar, elapsed) -> None:
         if update is not None and self.cfg.dist.check_masks and self.dist.enabled:
-            check_masks_agree(self.engine, self.step, self.device)
+            check_masks_agree(self.engine.masks_fingerprint(), self.step, self.device)
         if not self.dist.is_main:
             return
         if update is not None:
@@ -368,35 +321,13 @@ class Trainer:
         return val_loss
 
     def _summary(self, wall: float) -> dict:
-        cfg, engine, sparse = self.cfg, self.engine, self.engine.config
         val_loss = self._log_validation()
         example = self._batch(self.train_set, self.batches.indices(0)[:1])
-        flops = forward_flops(self.model.eval(), self.task.flops_inputs(example), masked_densities(engine.masks))
-        summary = {
-            "task": cfg.task,
-            "data": self.task.data_name(),
-            "method": engine.method,
-            "sparsity": sparse.sparsity if engine.method_record.sparse else 0.0,
-            "distribution": sparse.distribution,
-            "prune_rate": sparse.prune_rate,
-            "update_interval": sparse.update_interval,
-            "steps": self.step,
-            "seed": cfg.seed,
-            **count_parameters(self.model, engine.masks),
-            "sparsity_actual": engine.sparsity(),
-            "exploration_rate": engine.exploration_rate(),
-            **flops,
-            "flops_train_step": train_flops_per_step(
-                engine.method, flops["flops_forward_sparse"], flops["flops_forward_dense"], sparse.update_interval
-            ),
-            "loss_final": self.last_loss,
-            "val_loss_final": val_loss,
-            "wall_time_s": wall,
-            "provenance": provenance(self.device),
-            "weights_sha256": weights_fingerprint(self.model),
-            "masks_sha256": engine.masks_fingerprint(),
-            "tensors": [asdict(row) for row in engine.report()],  # per sparse tensor, in model order
-        }
+        losses = {"loss_final": self.last_loss, "val_loss_final": val_loss}
+        summary = build_summary(
+            self.cfg, self.task, self.model, self.engine, self.task.flops_inputs(example), self.step, losses, wall
+        )
+        summary["provenance"] = provenance(self.device)
         self.task.finish(self.ema.module, self.run.path, summary)
         self.run.write_summary(summary)
         return summary
@@ -405,17 +336,4 @@ class Trainer:
 def sparse_settings(cfg) -> SparseConfig:
     """The experiment's `sparse` block; an experiment without one (the autoencoder) is trained dense."""
     sparse = getattr(cfg, "sparse", None)
-    return SparseConfig(method="dense") if sparse is None else sparse
-
-
-def check_masks_agree(engine: SparseEngine, step: int, device: torch.device) -> None:
-    """All-gather a hash of the masks; a mismatch means the ranks' topologies diverged."""
-    import torch.distributed as dist
-
-    mine = torch.tensor([int(engine.masks_fingerprint()[:15], 16)], dtype=torch.int64, device=device)
-    gathered = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
-    dist.all_gather(gathered, mine)
-    if len({int(g) for g in gathered}) != 1:
-        raise UserError(
-            f"masks differ across ranks at step {step}; the ranks' sparse topologies diverged (dist.check_masks)"
-        )
+    return SparseConfig(method=dense_method().name) if sparse is None else sparse
