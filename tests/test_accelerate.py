@@ -50,7 +50,7 @@ class Wrapped:
         self.optimizer = optimizer
 
 
-def test_fp16_gradients_are_unscaled_then_masked_then_clipped_once(one_thread):
+def test_fp16_gradients_are_unscaled_then_masked_then_clipped_once():
     from sparsedm.integrations.accelerate import after_backward, prepare_engine
 
     model = TinyGRU()

@@ -42,7 +42,7 @@ def ema_params(module):
 
 
 @pytest.mark.parametrize("ema", ["sparsedm", "litema", "torch_ema"])
-def test_the_module_its_ema_and_moments_stay_sparse_while_masks_move(ema, one_thread):
+def test_the_module_its_ema_and_moments_stay_sparse_while_masks_move(ema):
     module, callback = fit(ema=ema)
     engine = callback.engine
     assert engine.step == EPOCHS * 8
@@ -59,7 +59,7 @@ def test_the_module_its_ema_and_moments_stay_sparse_while_masks_move(ema, one_th
 
 
 @pytest.mark.parametrize("ema", ["sparsedm", "litema", "torch_ema"])
-def test_resume_from_a_lightning_checkpoint_continues_with_the_same_masks(ema, tmp_path, one_thread):
+def test_resume_from_a_lightning_checkpoint_continues_with_the_same_masks(ema, tmp_path):
     whole, whole_cb = fit(ema=ema, folder=tmp_path / "whole")
     checkpoint = tmp_path / "whole" / "epoch=0-step=8.ckpt"
     resumed, resumed_cb = fit(ema=ema, folder=tmp_path / "resumed", ckpt_path=checkpoint)
@@ -71,7 +71,7 @@ def test_resume_from_a_lightning_checkpoint_continues_with_the_same_masks(ema, t
         assert torch.equal(ema_params(resumed)[name], value), name
 
 
-def test_the_engine_state_round_trips_through_a_lightning_checkpoint(tmp_path, one_thread):
+def test_the_engine_state_round_trips_through_a_lightning_checkpoint(tmp_path):
     module, callback = fit(epochs=1, folder=tmp_path)
     state = torch.load(tmp_path / "epoch=0-step=8.ckpt", weights_only=True)["callbacks"]["SparseTraining"]
     fresh = TinyModule()
@@ -80,7 +80,7 @@ def test_the_engine_state_round_trips_through_a_lightning_checkpoint(tmp_path, o
     assert engine.step == 8 and engine.masks_fingerprint() == callback.engine.masks_fingerprint()
 
 
-def test_a_second_fit_continues_the_masks_with_the_new_optimiser(one_thread):
+def test_a_second_fit_continues_the_masks_with_the_new_optimiser():
     from sparsedm.integrations.lightning import SparseTraining
 
     class MasksAtStart(pl.Callback):
@@ -101,7 +101,7 @@ def test_a_second_fit_continues_the_masks_with_the_new_optimiser(one_thread):
         assert (engine.optimizer.state[param]["exp_avg"][~engine.masks[name]] == 0).all()
 
 
-def test_an_ema_of_another_module_is_refused_in_one_line(one_thread):
+def test_an_ema_of_another_module_is_refused_in_one_line():
     from sparsedm.errors import UserError
     from sparsedm.integrations.lightning import SparseTraining
 
@@ -110,7 +110,7 @@ def test_an_ema_of_another_module_is_refused_in_one_line(one_thread):
         trainer(1, [SparseTraining(CONFIG)]).fit(module, loader())
 
 
-def test_accumulating_two_batches_of_4_equals_one_batch_of_8(one_thread):
+def test_accumulating_two_batches_of_4_equals_one_batch_of_8():
     plain, plain_cb = fit(epochs=2)
     accumulated, accumulated_cb = fit(epochs=2, batch_size=4, accumulate_grad_batches=2)
     assert accumulated_cb.engine.step == plain_cb.engine.step == 16
