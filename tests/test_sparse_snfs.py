@@ -41,6 +41,7 @@ def test_snfs_drops_by_magnitude_grows_by_momentum_and_moves_density_by_hand():
          [3.0, -3.0, 3.0, 3.0, 0.2, -5.0, 1.0, 4.0])  # fmt: skip
     _set(engine, optimizer, "1.weight", [0, 0, 0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 1.0, -0.2, 0.05, 3.0],
          [0.5, 2.0, -0.1, 0.3, 1.0, -1.0, 1.0, 1.0])  # fmt: skip
+    engine.after_backward()  # no gradients: SNFS reads the momentum set above
     stats = engine.after_optimizer_step()  # step 1 is an update step (ΔT = 1)
 
     # p = 0.5 of 4 active: each tensor drops its 2 smallest |W| (A: 1, 3; B: 6, 5); the 4 regrown weights are
