@@ -16,6 +16,7 @@ from torch import nn
 
 from sparsedm.autoencoder import FirstStage, cached_latents, decode, latent_std
 from sparsedm.data.images import display_name, load_image_splits, to_uint8_images
+from sparsedm.data.images.dataset import SPLIT_RULE
 from sparsedm.data.images.flips import mirror_choices
 from sparsedm.data.images.grid import save_image_grid
 from sparsedm.diffusion import GaussianDiffusion
@@ -142,6 +143,9 @@ class LatentDiffusionTask(Task):
     def reference_images(self, split: str = "val") -> np.ndarray:
         train, val = load_image_splits(self.cfg.data)
         return {"train": train, "val": val}[split].images
+
+    def reference_key(self, split: str = "val") -> str:
+        return f"{super().reference_key(split)}/split-rule-{SPLIT_RULE}"
 
     def data_name(self) -> str:
         return display_name(self.cfg.data)
