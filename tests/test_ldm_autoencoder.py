@@ -2,12 +2,13 @@
 latent scaling factor LDM uses (1.0 for VQ, 1/std for KL), and a bad autoencoder folder gets a one-line error."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL, UNet2DModel, VQModel
-from ldm_helpers import train_tiny_autoencoder, write_shapes
+from ldm_helpers import SIZE, ldm_overrides, single_thread, train_tiny_autoencoder, write_shapes
 from PIL import Image
 
 from sparsedm.autoencoder import FirstStage, encode, latent_std
@@ -125,6 +126,59 @@ def test_bad_autoencoder_folders_give_clear_errors(tmp_path):
     (tmp_path / "broken" / "config.json").write_text("{not json")
     with pytest.raises(UserError, match="is not readable JSON"):
         FirstStage(str(tmp_path / "broken"))
+
+
+@pytest.fixture(scope="module")
+def finished_autoencoder(tmp_path_factory, images):
+    out = tmp_path_factory.mktemp("finished") / "ae"
+    with single_thread():
+        train_tiny_autoencoder(images, out.parent / "cache", out, steps=2)
+    return out
+
+
+def _train_ldm(tmp_path, images, autoencoder, capsys, *extra) -> tuple[int, str]:
+    overrides = [*ldm_overrides(images, tmp_path / "cache", autoencoder), "train.steps=1", *extra]
+    code = main(["train", "configs/ldm_openmoji_cpu.yaml", "--out", str(tmp_path / "ldm"), "--no-progress", *overrides])
+    return code, capsys.readouterr().err.strip()
+
+
+def test_an_unfinished_autoencoder_run_is_refused_in_one_line(
+    tmp_path, images, finished_autoencoder, capsys, one_thread
+):
+    paused = tmp_path / "paused"
+    assert train_tiny_autoencoder(images, tmp_path / "cache", paused, steps=4, extra=["train.stop_at=2"]) is None
+    assert (paused / "checkpoints").is_dir() and not (paused / "config.json").exists()  # paused before its weights
+    code, err = _train_ldm(tmp_path, images, paused, capsys)
+    assert code == 2 and err.startswith("sparsedm: error:") and "\n" not in err, err
+    assert (
+        f"autoencoder.path={paused} is an autoencoder run that has not finished (no config.json or summary.json)" in err
+    )
+    assert f"`sparsedm train-autoencoder {paused / 'config.yaml'} --out {paused} --resume`" in err
+    assert not (tmp_path / "ldm").exists()
+
+    # weights written, summary not yet (training on, or stopped between the two)
+    shutil.copytree(finished_autoencoder, tmp_path / "no_summary")
+    (tmp_path / "no_summary" / "summary.json").unlink()
+    code, err = _train_ldm(tmp_path, images, tmp_path / "no_summary", capsys)
+    assert code == 2 and "has not finished (no summary.json)" in err and "\n" not in err, err
+
+    shutil.copytree(finished_autoencoder, tmp_path / "no_weights")
+    (tmp_path / "no_weights" / "diffusion_pytorch_model.safetensors").unlink()
+    code, err = _train_ldm(tmp_path, images, tmp_path / "no_weights", capsys)
+    assert code == 2 and "has a config.json but no diffusion_pytorch_model.* weights" in err and "\n" not in err, err
+
+
+def test_a_missing_autoencoder_is_refused_in_one_line(tmp_path, images, capsys):
+    code, err = _train_ldm(tmp_path, images, tmp_path / "nowhere", capsys)
+    assert code == 2 and "\n" not in err, err
+    assert f"autoencoder.path={tmp_path / 'nowhere'} does not exist; train one there with" in err
+
+
+def test_an_autoencoder_of_another_image_size_is_refused_in_one_line(tmp_path, images, finished_autoencoder, capsys):
+    code, err = _train_ldm(tmp_path, images, finished_autoencoder, capsys, f"data.image_size={2 * SIZE}")
+    assert code == 2 and "\n" not in err, err
+    assert f"was trained on {SIZE} px images, not data.image_size={2 * SIZE}" in err
+    assert not (tmp_path / "ldm").exists()
 
 
 def test_a_pipeline_folder_is_searched_for_its_vqvae(tmp_path, images, one_thread):

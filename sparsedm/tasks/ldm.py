@@ -39,6 +39,12 @@ class LatentDiffusionTask(Task):
             raise UserError(
                 f"data.image_size={cfg.data.image_size} is not divisible by the autoencoder's downsampling factor f={self.first_stage.factor}"
             )
+        trained_at = self.first_stage.image_size
+        if trained_at is not None and trained_at != cfg.data.image_size:
+            raise UserError(
+                f"the autoencoder in {self.first_stage.folder} was trained on {trained_at} px images, not "
+                f"data.image_size={cfg.data.image_size}; train one at {cfg.data.image_size} px or set data.image_size={trained_at}"
+            )
         self.latent_size = cfg.data.image_size // self.first_stage.factor
         check_unet_config(cfg.model, self.latent_size)
         self.scaling_factor: float | None = None  # s: the UNet sees s·z; set by load_data or a checkpoint
