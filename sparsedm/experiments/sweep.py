@@ -219,8 +219,11 @@ def _run_in_workers(
     workers: int,
 ) -> Dict[str, str]:
     cfg = load_config(config, overrides)
-    # the reference statistics first, or every worker would compute them at once
-    reference_statistics(build_task(cfg), settings, resolve_device(cfg.train.device, DistInfo()), progress)
+    task, device = build_task(cfg), resolve_device(cfg.train.device, DistInfo())
+    # the data caches (an LDM config's encoded latents) and the reference statistics first, or every worker
+    # would fill them at once
+    task.load_data(progress, device)
+    reference_statistics(task, settings, device, progress)
     results = run_in_workers(
         run_one,
         {spec.name: (spec, config, overrides, out, settings, False) for spec in todo},
