@@ -1,6 +1,7 @@
 """The first stage: training lowers the reconstruction error, the folder is diffusers' own format with the
 latent scaling factor LDM uses (1.0 for VQ, 1/std for KL), and a bad autoencoder folder gets a one-line error."""
 
+import importlib.util
 import json
 import shutil
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL, UNet2DModel, VQModel
+from fid_stub import use_pooled_pixels
 from ldm_helpers import SIZE, ldm_overrides, single_thread, train_tiny_autoencoder, write_shapes
 from PIL import Image
 
@@ -207,3 +209,19 @@ def test_codebook_restarts_move_only_dead_codes_onto_encoder_outputs():
     assert codebook[0].tolist() == [0.0, 0.0]
     moved = near_zero.permute(0, 2, 3, 1).reshape(-1, 2)
     assert all((moved == code).all(1).any() for code in codebook[1:])
+
+
+def test_the_quality_benchmark_measures_the_held_out_split(tmp_path, finished_autoencoder, monkeypatch, one_thread):
+    """benchmarks/autoencoder_quality.py: the PSNR the run recorded at its end, an rFID, and the picture."""
+    use_pooled_pixels(monkeypatch)
+    spec = importlib.util.spec_from_file_location("autoencoder_quality", "benchmarks/autoencoder_quality.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    result = benchmark.main([str(finished_autoencoder), "--picture", str(tmp_path / "pairs.png"), "--count", "4"])
+    recorded = json.loads((finished_autoencoder / "metrics.json").read_text())
+    assert result["held_out_images"] == 7  # a tenth of the 72 shapes
+    assert result["psnr_of_mean_mse_db"] == pytest.approx(recorded["val_psnr_after"], abs=1e-4)
+    assert result["mean_psnr_db"] >= result["psnr_of_mean_mse_db"] - 1e-9  # Jensen: the mean of logs is larger
+    assert result["rfid"] > 0
+    with Image.open(tmp_path / "pairs.png") as picture:
+        assert picture.size[0] > picture.size[1] > 0  # 4 originals over their 4 reconstructions

@@ -31,12 +31,18 @@ def test_an_ldm_sweep_encodes_once_decodes_for_fid_and_reports(tmp_path, autoenc
     images, ae = autoencoder
     cache, out = tmp_path / "cache", tmp_path / "sweep"
     encoded, decoded = [], []
-    encode_images = latents_module.encode_images
-    monkeypatch.setattr(
-        latents_module, "encode_images", lambda model, split, *a, **k: encoded.append(split.name) or encode_images(model, split, *a, **k)
-    )
-    real_decode = ldm_module.decode
-    monkeypatch.setattr(ldm_module, "decode", lambda model, z: decoded.append(len(z)) or real_decode(model, z))
+    real_encode, real_decode = latents_module.encode_images, ldm_module.decode
+
+    def encode(model, split, *args, **options):
+        encoded.append(split.name)
+        return real_encode(model, split, *args, **options)
+
+    def decode(model, z):
+        decoded.append(len(z))
+        return real_decode(model, z)
+
+    monkeypatch.setattr(latents_module, "encode_images", encode)
+    monkeypatch.setattr(ldm_module, "decode", decode)
 
     def in_process(fn, jobs, workers, progress_count, total, **options):
         """run_in_workers without spawning (test_sweep_parallel spawns real ones): what the workers would find."""
@@ -63,7 +69,8 @@ def test_an_ldm_sweep_encodes_once_decodes_for_fid_and_reports(tmp_path, autoenc
         run = out / "runs" / name
         result = json.loads((run / "eval.json").read_text())
         assert result["n_samples"] == 6 and result["reference_size"] == 16 and np.isfinite(result["fid"])
-        assert result["reference_key"].startswith("ldm/folder/val/") and result["reference_key"].endswith("/split-rule-2")
+        key = result["reference_key"]
+        assert key.startswith("ldm/folder/val/") and key.endswith("/split-rule-2")
         samples = np.load(run / "samples" / "eval_samples.npz")
         assert samples["images"].shape == (6, SIZE, SIZE, 3) and samples["images"].dtype == np.uint8
         assert json.loads((run / "summary.json").read_text())["steps"] == 4
