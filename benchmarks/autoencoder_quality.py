@@ -6,8 +6,9 @@ the originals), on the validation split of the data the autoencoder run was trai
 AE is a `sparsedm train-autoencoder` run folder (its config.yaml names the data and the split). Printed: the
 number of held-out images, PSNR in dB from the mean squared error (as metrics.json) and as the mean of the
 per-image PSNRs, and the rFID (Inception on CPU: about 12 images/s on 2 cores, both sets of the split counted).
-The picture shows held-out images spread over the split (odd rows) over their reconstructions (even rows). Decoded samples carry
-the reconstructions' blur, so an FID of samples decoded by this autoencoder is expected above about its rFID.
+The picture shows held-out images spread over the split (odd rows) over their reconstructions (even rows).
+Decoded samples carry the reconstructions' blur, so an FID of samples decoded by this autoencoder is expected
+above about its rFID.
 """
 
 import argparse
