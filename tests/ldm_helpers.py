@@ -30,7 +30,8 @@ def data_overrides(images, cache) -> list:
     return ["data.name=folder", f"data.path={images}", f"data.image_size={SIZE}", f"data.cache_dir={cache}"]
 
 
-def train_tiny_autoencoder(images, cache, out, kind: str = "vq", steps: int = 60, extra=()) -> dict:
+def train_tiny_autoencoder(images, cache, out, kind: str = "vq", steps: int = 60, extra=()) -> dict | None:
+    """Its metrics.json, or None when `extra` stops it before the end (train.stop_at)."""
     cfg = load_autoencoder_config(
         "configs/autoencoder_openmoji_cpu.yaml",
         [
@@ -46,7 +47,8 @@ def train_tiny_autoencoder(images, cache, out, kind: str = "vq", steps: int = 60
             *extra,
         ],
     )
-    Trainer(cfg, out, progress=False).fit()
+    if Trainer(cfg, out, progress=False).fit() is None:
+        return None
     return read_autoencoder_metrics(out)
 
 

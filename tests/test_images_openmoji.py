@@ -78,6 +78,44 @@ def test_load_image_splits_serves_the_stand_in_under_its_honest_name(tmp_path):
     assert train[0].shape == (3, 16, 16)
 
 
+def _square(red: int, green: int) -> bytes:
+    """A square filling the picture in a colour that says which file it is."""
+    return (
+        f'<svg viewBox="0 0 72 72" xmlns="http://www.w3.org/2000/svg">'
+        f'<rect width="72" height="72" fill="rgb({red},{green},0)"/></svg>'
+    ).encode()
+
+
+def test_variant_group_takes_out_skin_tone_gender_and_presentation():
+    group = openmoji.variant_group
+    assert group("1F44B.svg") == group("1F44B-1F3FB.svg") == group("1F44B-1F3FF.svg") == "1F44B"  # waving hand
+    # person, woman and man running, and their skin tones
+    assert group("1F3C3.svg") == group("1F3C3-200D-2640-FE0F.svg") == group("1F3C3-1F3FD-200D-2642-FE0F.svg")
+    assert group("1F3C3-200D-2640-FE0F-200D-27A1-FE0F.svg") == group("1F3C3-1F3FB-200D-27A1-FE0F.svg")
+    assert group("1F3C3-200D-27A1-FE0F.svg") != group("1F3C3.svg")  # running to the right is another emoji
+    assert group("1F9D1-1F3FB-200D-1F91D-200D-1F9D1-1F3FF.svg") == group("1F9D1-200D-1F91D-200D-1F9D1.svg")
+    assert group("1F468-200D-1F692.svg") != group("1F469-200D-1F692.svg")  # man and woman drawn apart stay apart
+    assert group("2640.svg") != group("2642.svg") and group("1F3FB.svg") == "1F3FB"  # the signs themselves
+
+
+def test_the_split_never_parts_the_variants_of_an_emoji(tmp_path):
+    """6 skin tones of 8 hands, 3 genders of 4 runners and 20 singles: no group may straddle train and val."""
+    names = [f"1F44{i}{tone}.svg" for i in range(8) for tone in ("", "-1F3FB", "-1F3FC", "-1F3FD", "-1F3FE", "-1F3FF")]
+    names += [f"1F3C{i}{gender}.svg" for i in range(4) for gender in ("", "-200D-2640-FE0F", "-200D-2642-FE0F")]
+    names += [f"E{i:03d}.svg" for i in range(20)]
+    svgs = {f"package/color/svg/{name}": _square(i % 256, i // 256) for i, name in enumerate(names)}
+    _fake_tarball(tmp_path / "openmoji-17.0.0" / openmoji.TARBALL, svgs)
+    group_of = [openmoji.variant_group(name) for name in names]
+    for seed in range(5):
+        cfg = ImageDataConfig(name="openmoji", image_size=8, cache_dir=str(tmp_path), val_size=25, split_seed=seed)
+        train, val = load_image_splits(cfg)
+        train_files, val_files = (
+            {int(r) + 256 * int(g) for r, g, _ in split.images[:, 4, 4]} for split in (train, val)
+        )
+        assert len(val) == 25 and len(train) == len(names) - 25 and not train_files & val_files
+        assert not {group_of[i] for i in train_files} & {group_of[i] for i in val_files}, seed
+
+
 def _fake_npm(bin_dir, script):
     bin_dir.mkdir()
     npm = bin_dir / "npm"
@@ -117,6 +155,7 @@ def test_real_package_smoke(tmp_path):
     tarball = openmoji.fetch_package(tmp_path)
     svgs = openmoji.read_color_svgs(tarball)
     assert len(svgs) == 4495
+    assert len({openmoji.variant_group(name) for name, _ in svgs}) == 2365  # emoji once variants are taken out
     start = time.perf_counter()
     images, names = openmoji.render_svgs(svgs[1000:1010], 32)
     assert time.perf_counter() - start < 5.0

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from sparsedm.data.images import ImageDataConfig, load_image_splits
-from sparsedm.data.images.dataset import split_indices, split_sizes
+from sparsedm.data.images.dataset import split_groups, split_indices, split_sizes
 from sparsedm.errors import UserError
 
 
@@ -35,6 +35,21 @@ def test_split_indices_are_disjoint_and_fixed_by_the_seed():
 
 def test_val_does_not_move_when_only_train_size_changes():
     assert np.array_equal(split_indices(100, 70, 20, seed=1)[1], split_indices(100, 10, 20, seed=1)[1])
+
+
+def test_group_splits_keep_groups_whole_and_val_fixed_by_the_seed():
+    groups = [f"g{i // 3}" for i in range(30)] + [f"single{i}" for i in range(20)]  # ten triples, twenty singles
+    train, val = split_groups(groups, 35, 12, seed=2, name="test")
+    assert len(val) == 12 and len(train) == 35 and not set(train) & set(val)
+    assert not {groups[i] for i in train} & {groups[i] for i in val}
+    assert np.array_equal(val, split_groups(groups, 5, 12, seed=2, name="test")[1])  # train_size does not move val
+    assert np.array_equal(train, split_groups(groups, 35, 12, seed=2, name="test")[0])
+    assert {groups[i] for i in val} != {groups[i] for i in split_groups(groups, 35, 12, seed=3, name="test")[1]}
+
+
+def test_group_splits_refuse_a_val_size_whole_groups_cannot_fill():
+    with pytest.raises(UserError, match="whole groups of variants give only 8 of data.val_size=10"):
+        split_groups([f"g{i // 4}" for i in range(12)], 2, 10, seed=0, name="test")
 
 
 def test_paper_sizes_are_used_when_the_folder_is_big_enough():

@@ -1,13 +1,16 @@
 """The first stage: training lowers the reconstruction error, the folder is diffusers' own format with the
 latent scaling factor LDM uses (1.0 for VQ, 1/std for KL), and a bad autoencoder folder gets a one-line error."""
 
+import importlib.util
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL, UNet2DModel, VQModel
-from ldm_helpers import train_tiny_autoencoder, write_shapes
+from fid_stub import use_pooled_pixels
+from ldm_helpers import SIZE, ldm_overrides, train_tiny_autoencoder, write_shapes
 from PIL import Image
 
 from sparsedm.autoencoder import FirstStage, encode, latent_std
@@ -127,6 +130,56 @@ def test_bad_autoencoder_folders_give_clear_errors(tmp_path):
         FirstStage(str(tmp_path / "broken"))
 
 
+@pytest.fixture(scope="module")
+def finished_autoencoder(tmp_path_factory, images):
+    out = tmp_path_factory.mktemp("finished") / "ae"
+    train_tiny_autoencoder(images, out.parent / "cache", out, steps=2)
+    return out
+
+
+def _train_ldm(tmp_path, images, autoencoder, capsys, *extra) -> tuple[int, str]:
+    overrides = [*ldm_overrides(images, tmp_path / "cache", autoencoder), "train.steps=1", *extra]
+    code = main(["train", "configs/ldm_openmoji_cpu.yaml", "--out", str(tmp_path / "ldm"), "--no-progress", *overrides])
+    return code, capsys.readouterr().err.strip()
+
+
+def test_an_unfinished_autoencoder_run_is_refused_in_one_line(tmp_path, images, finished_autoencoder, capsys):
+    paused = tmp_path / "paused"
+    assert train_tiny_autoencoder(images, tmp_path / "cache", paused, steps=4, extra=["train.stop_at=2"]) is None
+    assert (paused / "checkpoints").is_dir() and not (paused / "config.json").exists()  # paused before its weights
+    code, err = _train_ldm(tmp_path, images, paused, capsys)
+    assert code == 2 and err.startswith("sparsedm: error:") and "\n" not in err, err
+    assert (
+        f"autoencoder.path={paused} is an autoencoder run that has not finished (no config.json or summary.json)" in err
+    )
+    assert f"`sparsedm train-autoencoder {paused / 'config.yaml'} --out {paused} --resume`" in err
+    assert not (tmp_path / "ldm").exists()
+
+    # weights written, summary not yet (training on, or stopped between the two)
+    shutil.copytree(finished_autoencoder, tmp_path / "no_summary")
+    (tmp_path / "no_summary" / "summary.json").unlink()
+    code, err = _train_ldm(tmp_path, images, tmp_path / "no_summary", capsys)
+    assert code == 2 and "has not finished (no summary.json)" in err and "\n" not in err, err
+
+    shutil.copytree(finished_autoencoder, tmp_path / "no_weights")
+    (tmp_path / "no_weights" / "diffusion_pytorch_model.safetensors").unlink()
+    code, err = _train_ldm(tmp_path, images, tmp_path / "no_weights", capsys)
+    assert code == 2 and "has a config.json but no diffusion_pytorch_model.* weights" in err and "\n" not in err, err
+
+
+def test_a_missing_autoencoder_is_refused_in_one_line(tmp_path, images, capsys):
+    code, err = _train_ldm(tmp_path, images, tmp_path / "nowhere", capsys)
+    assert code == 2 and "\n" not in err, err
+    assert f"autoencoder.path={tmp_path / 'nowhere'} does not exist; train one there with" in err
+
+
+def test_an_autoencoder_of_another_image_size_is_refused_in_one_line(tmp_path, images, finished_autoencoder, capsys):
+    code, err = _train_ldm(tmp_path, images, finished_autoencoder, capsys, f"data.image_size={2 * SIZE}")
+    assert code == 2 and "\n" not in err, err
+    assert f"was trained on {SIZE} px images, not data.image_size={2 * SIZE}" in err
+    assert not (tmp_path / "ldm").exists()
+
+
 def test_a_pipeline_folder_is_searched_for_its_vqvae(tmp_path, images):
     train_tiny_autoencoder(images, tmp_path / "cache", tmp_path / "pipeline" / "vqvae", steps=1)
     assert FirstStage(str(tmp_path / "pipeline")).folder == tmp_path / "pipeline" / "vqvae"
@@ -153,3 +206,19 @@ def test_codebook_restarts_move_only_dead_codes_onto_encoder_outputs():
     assert codebook[0].tolist() == [0.0, 0.0]
     moved = near_zero.permute(0, 2, 3, 1).reshape(-1, 2)
     assert all((moved == code).all(1).any() for code in codebook[1:])
+
+
+def test_the_quality_benchmark_measures_the_held_out_split(tmp_path, finished_autoencoder, monkeypatch):
+    """benchmarks/autoencoder_quality.py: the PSNR the run recorded at its end, an rFID, and the picture."""
+    use_pooled_pixels(monkeypatch)
+    spec = importlib.util.spec_from_file_location("autoencoder_quality", "benchmarks/autoencoder_quality.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    result = benchmark.main([str(finished_autoencoder), "--picture", str(tmp_path / "pairs.png"), "--count", "4"])
+    recorded = json.loads((finished_autoencoder / "metrics.json").read_text())
+    assert result["held_out_images"] == 7  # a tenth of the 72 shapes
+    assert result["psnr_of_mean_mse_db"] == pytest.approx(recorded["val_psnr_after"], abs=1e-4)
+    assert result["mean_psnr_db"] >= result["psnr_of_mean_mse_db"] - 1e-9  # Jensen: the mean of logs is larger
+    assert result["rfid"] > 0
+    with Image.open(tmp_path / "pairs.png") as picture:
+        assert picture.size[0] > picture.size[1] > 0  # 4 originals over their 4 reconstructions

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from sparsedm.autoencoder.model import FirstStage, encode
 from sparsedm.data.images import ImageDataset, load_image_splits
+from sparsedm.data.images.dataset import SPLIT_RULE
 from sparsedm.runs.files import check_fields, read_npz
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ def cache_path(data_cfg, first_stage: FirstStage) -> Path:
     data = {key: getattr(data_cfg, key) for key in DATA_KEYS}
     if data["path"]:
         data["path"] = str(Path(data["path"]).expanduser().resolve())
+    data["split_rule"] = SPLIT_RULE
     key = json.dumps({"version": CACHE_VERSION, "autoencoder": first_stage.identity, "data": data}, sort_keys=True)
     return Path(data_cfg.cache_dir).expanduser() / "latents" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz"
 

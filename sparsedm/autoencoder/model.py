@@ -17,6 +17,10 @@ from diffusers import AutoencoderKL, VQModel
 
 from sparsedm.autoencoder.config import AutoencoderConfig
 from sparsedm.errors import UserError
+from sparsedm.runs.run_dir import CHECKPOINTS, CONFIG, METRICS, SUMMARY
+
+WEIGHTS_PREFIX = "diffusion_pytorch_model"  # diffusers' weight files: .safetensors, .bin, or sharded
+RUN_METRICS = "metrics.json"  # what `sparsedm train-autoencoder` writes last: image size, reconstruction error
 
 CLASSES = {"VQModel": VQModel, "AutoencoderKL": AutoencoderKL}
 KIND_OF_CLASS = {"VQModel": "vq", "AutoencoderKL": "kl"}
@@ -67,12 +71,26 @@ def find_autoencoder_folder(path: Optional[str]) -> Path:
             f"autoencoder.path={path} does not exist; train one there with `sparsedm train-autoencoder CONFIG --out {path}` "
             "or point it at a diffusers VQModel/AutoencoderKL folder"
         )
+    _check_finished(root, path)
     for folder in (root, *(root / sub for sub in PIPELINE_SUBFOLDERS)):
         if (folder / "config.json").is_file():
             return folder
     raise UserError(
         f"autoencoder.path={path} holds no config.json (nor vqvae/ or vae/ with one); it is not a diffusers autoencoder folder"
     )
+
+
+def _check_finished(root: Path, path: str) -> None:
+    """A `sparsedm train-autoencoder` run folder (it has config.yaml, metrics.jsonl or checkpoints/) is an
+    autoencoder only once training has finished: its weights come first, summary.json last."""
+    if not any((root / name).exists() for name in (CONFIG, METRICS, CHECKPOINTS)):
+        return  # a plain diffusers folder, or a pipeline's
+    missing = [name for name in ("config.json", SUMMARY) if not (root / name).is_file()]
+    if missing:
+        raise UserError(
+            f"autoencoder.path={path} is an autoencoder run that has not finished (no {' or '.join(missing)}); "
+            f"finish it with `sparsedm train-autoencoder {root / CONFIG} --out {path} --resume`, or point at a finished one"
+        )
 
 
 class FirstStage:
@@ -88,6 +106,10 @@ class FirstStage:
         if class_name not in CLASSES:
             raise UserError(
                 f"{self.folder} holds a {class_name}; autoencoder.path must be a VQModel or AutoencoderKL folder"
+            )
+        if not self._weights():
+            raise UserError(
+                f"{self.folder} has a config.json but no {WEIGHTS_PREFIX}.* weights; it is not a whole autoencoder"
             )
         self.class_name = class_name
         self.kind = KIND_OF_CLASS[class_name]
@@ -111,14 +133,20 @@ class FirstStage:
         value = self.config.get("scaling_factor")
         return float(value) if value is not None else None
 
+    @property
+    def image_size(self) -> Optional[int]:
+        """The image size a `sparsedm train-autoencoder` run trained at (its metrics.json); None if not recorded."""
+        try:
+            return int(json.loads((self.folder / RUN_METRICS).read_text())["image_size"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
     @cached_property
     def identity(self) -> str:
         """sha256 of config.json and the weight files: equal iff it is the same autoencoder."""
-        weights = sorted(
-            p for p in self.folder.iterdir() if p.name.startswith("diffusion_pytorch_model") and p.is_file()
-        )
-        if not weights:
-            raise UserError(f"{self.folder} has a config.json but no diffusion_pytorch_model.* weights")
+        weights = self._weights()
+        if not weights:  # deleted since the folder was opened
+            raise UserError(f"{self.folder} has a config.json but no {WEIGHTS_PREFIX}.* weights")
         digest = hashlib.sha256()
         for path in [self.folder / "config.json", *weights]:
             digest.update(path.name.encode())
@@ -126,6 +154,9 @@ class FirstStage:
                 for block in iter(lambda: f.read(1 << 20), b""):
                     digest.update(block)
         return digest.hexdigest()
+
+    def _weights(self) -> list[Path]:
+        return sorted(p for p in self.folder.iterdir() if p.name.startswith(WEIGHTS_PREFIX) and p.is_file())
 
     def load(self, device) -> VQModel | AutoencoderKL:
         """The model on `device`, in eval mode with gradients off (loaded once)."""

@@ -256,8 +256,11 @@ def _run_in_workers(
     train_only: bool,
 ) -> Dict[str, str]:
     cfg = load_config(config, overrides)
-    if not train_only:  # the references first, or every worker would compute them at once
-        task, device = build_task(cfg), resolve_device(cfg.train.device, DistInfo())
+    task, device = build_task(cfg), resolve_device(cfg.train.device, DistInfo())
+    # the data caches (an LDM config's encoded latents) and the references first, or every worker would fill them
+    # at once
+    task.load_data(progress, device)
+    if not train_only:
         reference_statistics(task, settings, device, progress)
         if settings.memorisation:
             for split in ("train", "val"):

@@ -16,6 +16,7 @@ from torch import nn
 
 from sparsedm.autoencoder import FirstStage, cached_latents, decode, latent_std
 from sparsedm.data.images import display_name, load_image_splits, to_uint8_images
+from sparsedm.data.images.dataset import SPLIT_RULE
 from sparsedm.data.images.flips import mirror_choices
 from sparsedm.data.images.grid import save_image_grid
 from sparsedm.diffusion import GaussianDiffusion
@@ -37,6 +38,12 @@ class LatentDiffusionTask(Task):
         if cfg.data.image_size % self.first_stage.factor:
             raise UserError(
                 f"data.image_size={cfg.data.image_size} is not divisible by the autoencoder's downsampling factor f={self.first_stage.factor}"
+            )
+        trained_at = self.first_stage.image_size
+        if trained_at is not None and trained_at != cfg.data.image_size:
+            raise UserError(
+                f"the autoencoder in {self.first_stage.folder} was trained on {trained_at} px images, not "
+                f"data.image_size={cfg.data.image_size}; train one at {cfg.data.image_size} px or set data.image_size={trained_at}"
             )
         self.latent_size = cfg.data.image_size // self.first_stage.factor
         check_unet_config(cfg.model, self.latent_size)
@@ -142,6 +149,9 @@ class LatentDiffusionTask(Task):
     def reference_images(self, split: str = "val") -> np.ndarray:
         train, val = load_image_splits(self.cfg.data)
         return {"train": train, "val": val}[split].images
+
+    def reference_key(self, split: str = "val") -> str:
+        return f"{super().reference_key(split)}/split-rule-{SPLIT_RULE}"
 
     def data_name(self) -> str:
         return display_name(self.cfg.data)

@@ -2,14 +2,16 @@
 
 Every data set becomes an `ImageSource` (a list of images that can be loaded one by one); a seeded
 permutation picks the validation images first and the training images from the rest, so the two are
-disjoint and the validation set stays the same when only train_size changes. The chosen images are
-decoded once, centre-cropped and resized, and held as uint8, which also serves FID's reference set.
+disjoint and the validation set stays the same when only train_size changes. A source whose images come in
+groups of variants (`groups()`: OpenMoji's skin tones and genders) is split by whole groups, so no image is
+held out while a recoloured copy of it is trained on. The chosen images are decoded once, centre-cropped and
+resized, and held as uint8, which also serves FID's reference set.
 """
 
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional, Protocol
+from typing import Optional, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +29,9 @@ from sparsedm.errors import UserError
 log = logging.getLogger(__name__)
 
 # (train, val) images the paper used; data sets without an entry hold out a tenth for validation.
+# Bump when the images a split config selects change (2: OpenMoji split by variant groups); caches keyed by
+# the data config (latents, FID statistics) include it.
+SPLIT_RULE = 2
 PAPER_SPLIT_SIZES = {"celebahq": celebahq.PAPER_SPLIT_SIZES, "lsun_bedrooms": lsun.PAPER_SPLIT_SIZES}
 
 
@@ -68,7 +73,11 @@ def load_image_splits(cfg, progress: bool | None = None) -> tuple[ImageDataset, 
         train_source = val_source = _single_source(cfg)
         paper = PAPER_SPLIT_SIZES.get(cfg.name)
         train_size, val_size = split_sizes(len(train_source), cfg.train_size, cfg.val_size, paper, name)
-        train_index, val_index = split_indices(len(train_source), train_size, val_size, cfg.split_seed)
+        groups = train_source.groups() if hasattr(train_source, "groups") else None
+        if groups is None:
+            train_index, val_index = split_indices(len(train_source), train_size, val_size, cfg.split_seed)
+        else:
+            train_index, val_index = split_groups(groups, train_size, val_size, cfg.split_seed, name)
     if cfg.max_items is not None:
         # Index arrays are still in random order here, so a prefix is a random subset of the split.
         train_index, val_index = train_index[: cfg.max_items], val_index[: cfg.max_items]
@@ -123,6 +132,28 @@ def split_indices(available: int, train_size: int, val_size: int, seed: int) -> 
     """Disjoint random (train, val) index arrays; val is drawn first so it ignores train_size."""
     order = np.random.default_rng(seed).permutation(available)
     return order[val_size : val_size + train_size], order[:val_size]
+
+
+def split_groups(
+    groups: Sequence[str], train_size: int, val_size: int, seed: int, name: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint (train, val) index arrays that never part a group: whole groups, in a seeded random order, fill
+    val (a group that would overfill it is passed over), the rest of the groups give train in the same order."""
+    members: dict[str, list[int]] = {}
+    for index, group in enumerate(groups):
+        members.setdefault(group, []).append(index)
+    order = np.random.default_rng(seed).permutation(len(members))
+    in_order = [members[key] for key in (list(members)[i] for i in order)]
+    val: list[int] = []
+    rest: list[int] = []
+    for group in in_order:
+        (val if len(val) + len(group) <= val_size else rest).extend(group)
+    if len(val) < val_size:
+        raise UserError(
+            f"{name}: whole groups of variants give only {len(val)} of {CONFIG_KEY}.val_size={val_size} "
+            f"validation images; lower {CONFIG_KEY}.val_size"
+        )
+    return np.array(rest[:train_size], dtype=np.int64), np.array(val, dtype=np.int64)
 
 
 def _subset(available: int, size: Optional[int], seed: int, key: str, what: str) -> np.ndarray:
