@@ -1,0 +1,383 @@
+"""Sparse training kernels: forward and backward of a masked Linear / Conv1d / Conv2d with its active weights only.
+
+    layers = use_sparse_training_kernels(model, lambda: loss(model).backward(), masks, cache_dir="data/cache/kernels")
+    ...train...                            # weight.grad is dense and exactly zero where the mask is 0
+    refresh_patterns(model, masks)         # after every mask update (drop/grow)
+
+Each layer is three products with its weight W (out x K), the mask fixed between updates:
+
+    forward         Y  = W M                 M = x as (in, N) for a Linear, im2col(x) as (in·kh·kw, B·L) for a conv
+    input gradient  dM = Wᵀ dY               a conv folds dM back onto x (col2im)
+    weight gradient dW = dY Mᵀ, only at the mask's non-zeros
+
+and each product has several ways to be computed (`PARTS`): dense (the masked weight, torch's BLAS), torch's
+CSR product (MKL on CPU, cuSPARSE on CUDA), scipy's CSR/CSC product, and for dW torch's `sampled_addmm` (the
+dense-dense product evaluated at the pattern's positions only). None wins everywhere, so each part of each
+layer is timed on the layer's real input and the fastest kept; the layer is swapped only where the three
+together, forward and backward timed as one, beat the dense module by `margin`. A layer whose three parts are
+all fastest dense stays the dense module.
+
+A plan is written `KIND:FWD/DX/DW`, e.g. `unfold:dense/scipy/sampled`. Decisions are cached in
+`cache_dir`/sparse_training_kernels.json keyed by machine and by layer (kind, geometry, weight shape, the mask's
+non-zeros, input shape), as `kernels.py` does for inference.
+
+Exactness: outputs and gradients equal the dense masked path's to fp32 rounding (sums in another order);
+`weight.grad` is the dense masked gradient (what the engine's `mask_gradients_` leaves), built by scattering
+the active values, which `MaskPattern.backward` also returns alone for a caller that stores only those.
+The weight stays a dense Parameter (zeros at masked positions), so optimiser, EMA and engine see no change.
+Only groups=1, zero-padded convolutions in fp32/fp64 (`applicable_kernels` of `kernels.py`).
+"""
+
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+
+import numpy as np
+import scipy.sparse
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sparsedm.errors import UserError
+from sparsedm.sparse.kernels import DecisionCache, _conv_geometry, _replace, applicable_kernels, best_of
+
+CACHE_FILE = "sparse_training_kernels.json"
+PARTS = {  # the ways each product can be computed; "dense" first
+    "fwd": ("dense", "torch", "scipy"),
+    "dx": ("dense", "torch", "scipy"),
+    "dw": ("dense", "sampled"),
+}
+ALL_DENSE = ("dense", "dense", "dense")
+
+
+def _csr(crow, col, values, size) -> torch.Tensor:
+    with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, values, size)
+
+
+class MaskPattern:
+    """The non-zeros of a 2-D mask (out x K) in CSR order, and in the order of its transpose's CSR.
+
+    `index` / `index_t`: flat positions in W of the active weights, row-major (CSR of W) / column-major (CSR of
+    Wᵀ). The products below take the dense weight W (zeros at masked positions) and gather what they need."""
+
+    def __init__(self, mask: torch.Tensor):
+        if mask.dim() != 2:
+            raise UserError(f"a mask pattern is 2-D (out x K), got shape {list(mask.shape)}")
+        self.shape = tuple(mask.shape)
+        rows, cols = self.shape
+        mask = mask.detach().to(torch.bool)
+        self.index = mask.reshape(-1).nonzero().squeeze(1)
+        k_t = mask.t().reshape(-1).nonzero().squeeze(1)  # flat positions in Wᵀ (K x out)
+        self.index_t = (k_t % rows) * cols + k_t // rows
+        self.crow = torch.cat([self.index.new_zeros(1), mask.sum(1).cumsum(0)])
+        self.col = self.index % cols
+        self.crow_t = torch.cat([self.index.new_zeros(1), mask.sum(0).cumsum(0)])
+        self.col_t = k_t % rows
+        self.nnz = int(self.index.numel())
+        self._scipy_indices = (self.col.cpu().numpy().astype(np.int32), self.crow.cpu().numpy().astype(np.int32))
+        self._sampler = _csr(self.crow, self.col, torch.zeros(self.nnz, dtype=torch.float32), self.shape)
+
+    def csr(self, weight: torch.Tensor) -> torch.Tensor:
+        return _csr(self.crow, self.col, weight.reshape(-1)[self.index], self.shape)
+
+    def csr_t(self, weight: torch.Tensor) -> torch.Tensor:
+        return _csr(self.crow_t, self.col_t, weight.reshape(-1)[self.index_t], self.shape[::-1])
+
+    def scipy(self, weight: torch.Tensor) -> scipy.sparse.csr_matrix:
+        values = weight.detach().reshape(-1)[self.index].numpy()
+        return scipy.sparse.csr_matrix((values, *self._scipy_indices), shape=self.shape)
+
+    def forward(self, weight: torch.Tensor, m: torch.Tensor, how: str) -> torch.Tensor:
+        """Y = W M (out x N) for a dense M (K x N)."""
+        if how == "dense":
+            return weight @ m
+        if how == "torch":
+            return self.csr(weight) @ m
+        return torch.from_numpy(self.scipy(weight) @ m.numpy())
+
+    def input_grad(self, weight: torch.Tensor, dy: torch.Tensor, how: str) -> torch.Tensor:
+        """dM = Wᵀ dY (K x N)."""
+        if how == "dense":
+            return weight.t() @ dy
+        if how == "torch":
+            return self.csr_t(weight) @ dy
+        return torch.from_numpy(self.scipy(weight).T @ dy.numpy())  # CSC: no transposed copy
+
+    def weight_grad_values(self, dy: torch.Tensor, m: torch.Tensor, how: str) -> torch.Tensor:
+        """(dY Mᵀ) at the active positions, in CSR order (nnz values)."""
+        if how == "dense":
+            return (dy @ m.t()).reshape(-1)[self.index]
+        sampler = self._sampler.to(dtype=dy.dtype, device=dy.device)
+        return torch.sparse.sampled_addmm(sampler, dy, m.t(), beta=0.0).values()
+
+    def scatter(self, values: torch.Tensor) -> torch.Tensor:
+        """The dense (out x K) tensor with `values` at the active positions and zeros elsewhere."""
+        dense = values.new_zeros(self.shape[0] * self.shape[1])
+        return dense.index_copy_(0, self.index, values).view(self.shape)
+
+    def backward(self, weight, m, dy, plan: Tuple[str, str, str], need_dm: bool = True):
+        """(dM or None, dW's active values) for a plan (fwd, dx, dw)."""
+        dm = self.input_grad(weight, dy, plan[1]) if need_dm else None
+        return dm, self.weight_grad_values(dy, m, plan[2])
+
+
+class _MaskedProduct(torch.autograd.Function):
+    """Y = W M with W's gradient computed only at the mask's non-zeros (returned dense, zeros elsewhere)."""
+
+    @staticmethod
+    def forward(ctx, weight, m, pattern: MaskPattern, plan):
+        ctx.pattern, ctx.plan = pattern, plan
+        ctx.save_for_backward(weight, m)
+        return pattern.forward(weight.detach(), m.detach(), plan[0])
+
+    @staticmethod
+    def backward(ctx, dy):
+        weight, m = ctx.saved_tensors
+        dm, values = ctx.pattern.backward(weight, m, dy, ctx.plan, need_dm=ctx.needs_input_grad[1])
+        dw = ctx.pattern.scatter(values) if ctx.needs_input_grad[0] else None
+        return dw, dm, None, None
+
+
+def masked_product(weight: torch.Tensor, m: torch.Tensor, pattern: MaskPattern, plan) -> torch.Tensor:
+    return _MaskedProduct.apply(weight, m, pattern, tuple(plan))
+
+
+class _SparseTrainLayer(nn.Module):
+    """Holds the original layer's Parameters under the same names (`weight`, `bias`), so state dicts, masks and
+    optimisers keyed by name or by Parameter see no change; `dense` is the original module."""
+
+    def __init__(self, module: nn.Module, mask: torch.Tensor, plan):
+        super().__init__()
+        self.weight, self.bias = module.weight, module.bias
+        self.dense_module = [module]  # a list: not a submodule, its Parameters are not listed twice
+        self.plan = tuple(plan)
+        self.refresh(mask)
+
+    def refresh(self, mask: torch.Tensor) -> None:
+        """A new pattern after a mask update (the mask has the weight's shape)."""
+        self.pattern = MaskPattern(mask.reshape(self.weight.shape[0], -1))
+
+    @property
+    def dense(self) -> nn.Module:
+        return self.dense_module[0]
+
+
+class SparseTrainLinear(_SparseTrainLayer):
+    """A Linear whose weight is multiplied through `plan` at `mask`'s pattern."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.reshape(-1, self.weight.shape[1]).t()  # (in, N), a view
+        y = masked_product(self.weight, m, self.pattern, self.plan).t()
+        y = y if self.bias is None else y + self.bias
+        return y.reshape(*x.shape[:-1], self.weight.shape[0])
+
+
+class SparseTrainConv(_SparseTrainLayer):
+    """A groups=1 zero-padded Conv1d/Conv2d as W · im2col(x) with W at `mask`'s pattern (a Conv1d is 1 x k)."""
+
+    def __init__(self, conv: nn.Module, mask: torch.Tensor, plan):
+        super().__init__(conv, mask, plan)
+        self.one_d = isinstance(conv, nn.Conv1d)
+        self.kernel_size = (1,) + tuple(conv.kernel_size) if self.one_d else tuple(conv.kernel_size)
+        self.stride, self.padding, self.dilation = _conv_geometry(conv)
+
+    def _out_size(self, size: int, axis: int) -> int:
+        k, p, s, d = self.kernel_size[axis], self.padding[axis], self.stride[axis], self.dilation[axis]
+        return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+    def columns(self, x: torch.Tensor) -> torch.Tensor:
+        """im2col(x) as (in·kh·kw, B·L)."""
+        x4 = x[:, :, None] if self.one_d else x
+        cols = F.unfold(x4, self.kernel_size, dilation=self.dilation, padding=self.padding, stride=self.stride)
+        return cols.transpose(0, 1).reshape(cols.shape[1], -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, height, width = x.shape[0], 1 if self.one_d else x.shape[2], x.shape[-1]
+        # autograd folds dM back onto x through unfold's backward (col2im)
+        y = masked_product(self.weight.reshape(self.weight.shape[0], -1), self.columns(x), self.pattern, self.plan)
+        y = y.view(-1, batch, self._out_size(height, 0), self._out_size(width, 1)).transpose(0, 1)
+        if self.bias is not None:
+            y = y + self.bias.view(1, -1, 1, 1)
+        y = y.contiguous()
+        return y[:, :, 0] if self.one_d else y
+
+
+def sparse_train_module(module: nn.Module, mask: torch.Tensor, plan) -> nn.Module:
+    if isinstance(module, nn.Linear):
+        return SparseTrainLinear(module, mask, plan)
+    return SparseTrainConv(module, mask, plan)
+
+
+def refresh_patterns(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> int:
+    """After a mask update: give every sparse training layer its weight's new mask. Returns how many."""
+    count = 0
+    for name, module in model.named_modules():
+        if isinstance(module, (SparseTrainLinear, SparseTrainConv)):
+            module.refresh(masks[f"{name}.weight" if name else "weight"])
+            count += 1
+    return count
+
+
+# ---- choice by measurement ----------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainLayerChoice:
+    name: str  # module name in the model
+    kind: str  # Linear | Conv1d | Conv2d
+    weight_shape: List[int]
+    input_shape: List[int]
+    density: float  # fraction of the mask's ones
+    plan: str  # "dense" or KIND:FWD/DX/DW
+    speedup: Optional[float]  # dense fwd+bwd time / the plan's; None when forced (not timed)
+
+
+def plan_name(module: nn.Module, plan) -> str:
+    if tuple(plan) == ALL_DENSE:
+        return "dense"
+    return f"{'linear' if isinstance(module, nn.Linear) else 'unfold'}:{'/'.join(plan)}"
+
+
+def parse_plan(name: str) -> Tuple[str, str, str]:
+    plan = tuple(name.split(":", 1)[1].split("/"))
+    if len(plan) != 3 or any(p not in PARTS[k] for p, k in zip(plan, PARTS)):
+        raise UserError(f"unknown sparse training plan {name!r}: write KIND:FWD/DX/DW with {PARTS}")
+    return plan
+
+
+def training_layer_key(module: nn.Module, mask: torch.Tensor, x: torch.Tensor) -> str:
+    w = module.weight
+    geometry = "" if isinstance(module, nn.Linear) else f" {_conv_geometry(module)}"
+    return (
+        f"train {type(module).__name__}{geometry} {list(w.shape)} nnz {int(mask.sum())} {w.dtype} {w.device.type}"
+        f" x {list(x.shape)}"
+    )
+
+
+def _fwd_bwd(module: nn.Module, x: torch.Tensor, dy: torch.Tensor, mask: Optional[torch.Tensor]):
+    """One forward and backward; for the dense module also the masking of its weight gradient."""
+
+    def run():
+        for p in module.parameters():
+            p.grad = None
+        x.grad = None
+        module(x).backward(dy)
+        if mask is not None:
+            module.weight.grad.mul_(mask)
+
+    return run
+
+
+def _part_times(layer: nn.Module, x: torch.Tensor, dy: torch.Tensor, repeats: int, sync) -> Dict[str, List[float]]:
+    """Each way of computing each product, timed on the layer's real M and dY."""
+    weight = layer.weight.detach().reshape(layer.weight.shape[0], -1)
+    with torch.no_grad():
+        if isinstance(layer, SparseTrainLinear):
+            m, dy2 = x.reshape(-1, weight.shape[1]).t(), dy.reshape(-1, weight.shape[0]).t()
+        else:
+            m = layer.columns(x)
+            dy2 = dy.transpose(0, 1).reshape(dy.shape[1], -1)
+        p = layer.pattern
+        fns = {
+            "fwd": [lambda h=h: p.forward(weight, m, h) for h in PARTS["fwd"]],
+            "dx": [lambda h=h: p.input_grad(weight, dy2, h) for h in PARTS["dx"]],
+            "dw": [lambda h=h: p.weight_grad_values(dy2, m, h) for h in PARTS["dw"]],
+        }
+        return {part: best_of(f, repeats, sync) for part, f in fns.items()}
+
+
+def choose_training_plans(
+    model: nn.Module,
+    inputs: Dict[str, torch.Tensor],
+    masks: Mapping[str, torch.Tensor],
+    cache_dir=None,
+    force: Optional[str] = None,
+    margin: float = 1.05,
+    repeats: int = 5,
+) -> List[TrainLayerChoice]:
+    """Swap each layer of `inputs` ({module name: its input}) for the sparse training layer of its fastest
+    plan if that beats the dense module's forward + backward by `margin`. `force`: a plan (FWD/DX/DW, e.g.
+    "torch/torch/sampled") for every layer, untimed."""
+    cache = DecisionCache(cache_dir, CACHE_FILE)
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    choices = []
+    for name, x in inputs.items():
+        module = model.get_submodule(name)
+        mask = masks[f"{name}.weight" if name else "weight"].to(torch.bool)
+        key = training_layer_key(module, mask, x)
+        if force is not None:
+            plan, speedup = parse_plan(f"k:{force}"), None
+        elif cache.get(key) is not None:
+            name_, speedup = cache.get(key)
+            plan = ALL_DENSE if name_ == "dense" else parse_plan(name_)
+        else:
+            plan, speedup = _measure(module, mask, x, repeats, sync, margin)
+            cache.put(key, plan_name(module, plan), speedup)
+        choices.append(
+            TrainLayerChoice(
+                name,
+                type(module).__name__,
+                list(module.weight.shape),
+                list(x.shape),
+                float(mask.float().mean()),
+                plan_name(module, plan),
+                speedup,
+            )
+        )
+        if plan_name(module, plan) != "dense":
+            _replace(model, name, sparse_train_module(module, mask, plan))
+    cache.save()
+    return choices
+
+
+def _measure(module, mask, x, repeats, sync, margin):
+    """(plan, speed-up): each part's fastest way, then the whole forward + backward against dense."""
+    with torch.no_grad():
+        dy = torch.randn_like(module(x))
+    x = x.detach().requires_grad_(True)
+    layer = sparse_train_module(module, mask, ALL_DENSE)
+    times = _part_times(layer, x, dy, repeats, sync)
+    plan = tuple(PARTS[part][min(range(len(t)), key=t.__getitem__)] for part, t in times.items())
+    if plan == ALL_DENSE:
+        return ALL_DENSE, 1.0
+    layer.plan = plan
+    dense, sparse = best_of([_fwd_bwd(module, x, dy, mask), _fwd_bwd(layer, x, dy, None)], repeats, sync)
+    for p in module.parameters():
+        p.grad = None
+    speedup = dense / sparse
+    return (plan if speedup >= margin else ALL_DENSE), speedup
+
+
+def candidate_training_layers(model: nn.Module, names: Iterable[str]) -> Dict[str, nn.Module]:
+    """{module name: module} of the Linear/Conv1d/Conv2d layers whose weight is in `names` and that a sparse
+    training layer computes exactly."""
+    wanted = set(names)
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d))
+        and applicable_kernels(module)
+        and (f"{name}.weight" if name else "weight") in wanted
+    }
+
+
+def use_sparse_training_kernels(
+    model: nn.Module, run_example: Callable[[], object], masks: Mapping[str, torch.Tensor], **options
+) -> List[TrainLayerChoice]:
+    """Run `run_example` (one forward of `model` on a training batch), then swap the masked layers by
+    measurement (options: cache_dir, force, margin, repeats of `choose_training_plans`)."""
+    layers = candidate_training_layers(model, masks.keys())
+    inputs: Dict[str, torch.Tensor] = {}
+    handles = [
+        m.register_forward_pre_hook(lambda mod, args, n=n: inputs.setdefault(n, args[0].detach()))
+        for n, m in layers.items()
+    ]
+    try:
+        with torch.no_grad():
+            run_example()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return choose_training_plans(model, inputs, masks, **options)
