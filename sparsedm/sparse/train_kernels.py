@@ -39,7 +39,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparsedm.errors import UserError
-from sparsedm.sparse.kernels import DecisionCache, _conv_geometry, _replace, applicable_kernels, best_of
+from sparsedm.sparse.kernels import (
+    DecisionCache,
+    _conv_geometry,
+    _replace,
+    applicable_kernels,
+    best_of,
+    capture_inputs,
+)
 
 CACHE_FILE = "sparse_training_kernels.json"
 PARTS = {  # the ways each product can be computed; "dense" first
@@ -256,7 +263,7 @@ def training_layer_key(module: nn.Module, mask: torch.Tensor, x: torch.Tensor) -
     )
 
 
-def _fwd_bwd(module: nn.Module, x: torch.Tensor, dy: torch.Tensor, mask: Optional[torch.Tensor]):
+def fwd_bwd_call(module: nn.Module, x: torch.Tensor, dy: torch.Tensor, mask: Optional[torch.Tensor]):
     """One forward and backward; for the dense module also the masking of its weight gradient."""
 
     def run():
@@ -313,7 +320,7 @@ def choose_training_plans(
             name_, speedup = cache.get(key)
             plan = ALL_DENSE if name_ == "dense" else parse_plan(name_)
         else:
-            plan, speedup = _measure(module, mask, x, repeats, sync, margin)
+            plan, speedup, _ = measure_plan(module, mask, x, repeats, sync, margin)
             cache.put(key, plan_name(module, plan), speedup)
         choices.append(
             TrainLayerChoice(
@@ -332,8 +339,10 @@ def choose_training_plans(
     return choices
 
 
-def _measure(module, mask, x, repeats, sync, margin):
-    """(plan, speed-up): each part's fastest way, then the whole forward + backward against dense."""
+def measure_plan(module, mask, x, repeats, sync, margin=1.05):
+    """(plan, speed-up, part times): each part's fastest way ({part: seconds of each way in PARTS}), then the
+    whole forward + backward of that plan against the dense module's; the plan is all dense unless it wins by
+    `margin`."""
     with torch.no_grad():
         dy = torch.randn_like(module(x))
     x = x.detach().requires_grad_(True)
@@ -341,13 +350,13 @@ def _measure(module, mask, x, repeats, sync, margin):
     times = _part_times(layer, x, dy, repeats, sync)
     plan = tuple(PARTS[part][min(range(len(t)), key=t.__getitem__)] for part, t in times.items())
     if plan == ALL_DENSE:
-        return ALL_DENSE, 1.0
+        return ALL_DENSE, 1.0, times
     layer.plan = plan
-    dense, sparse = best_of([_fwd_bwd(module, x, dy, mask), _fwd_bwd(layer, x, dy, None)], repeats, sync)
+    dense, sparse = best_of([fwd_bwd_call(module, x, dy, mask), fwd_bwd_call(layer, x, dy, None)], repeats, sync)
     for p in module.parameters():
         p.grad = None
     speedup = dense / sparse
-    return (plan if speedup >= margin else ALL_DENSE), speedup
+    return (plan if speedup >= margin else ALL_DENSE), speedup, times
 
 
 def candidate_training_layers(model: nn.Module, names: Iterable[str]) -> Dict[str, nn.Module]:
@@ -368,12 +377,7 @@ def use_sparse_training_kernels(
 ) -> List[TrainLayerChoice]:
     """Run `run_example` (one forward of `model` on a training batch), then swap the masked layers by
     measurement (options: cache_dir, force, margin, repeats of `choose_training_plans`)."""
-    layers = candidate_training_layers(model, masks.keys())
-    inputs: Dict[str, torch.Tensor] = {}
-    handles = [
-        m.register_forward_pre_hook(lambda mod, args, n=n: inputs.setdefault(n, args[0].detach()))
-        for n, m in layers.items()
-    ]
+    inputs, handles = capture_inputs(model, candidate_training_layers(model, masks.keys()))
     try:
         with torch.no_grad():
             run_example()
