@@ -1,7 +1,7 @@
 """Does sparsity pay in training? Forward + backward of each masked layer, dense against sparse kernels, in one run.
 
     OMP_NUM_THREADS=1 python benchmarks/sparse_training.py [--models cpu-ldm ldm4-small chirodiff]
-        [--sparsities 0.5 0.9 0.95] [--repeats 5] [--rounds 3] [--no-model]
+        [--sparsities 0.5 0.9 0.95] [--repeats 5] [--rounds 5] [--no-model]
 
 For every distinct masked Linear / Conv1d / Conv2d of each model (same kind, geometry, weight shape and input
 shape counted once; `n` says how often it occurs) and each S (a uniform random mask with exactly (1 - S) of
@@ -11,10 +11,12 @@ layer sees in a training forward is timed, interleaved, best of `--repeats`, for
     dense     the module with the masked weight, then its weight gradient masked (what training does today)
     torch     sparse_training layer, plan torch/torch/sampled: CSR products (MKL) and sampled_addmm for dW
     scipy     plan scipy/scipy/sampled: scipy's CSR (forward) and CSC (input gradient) products
-    measured  the plan `measure_plan` picks per product (dense where dense wins), as `sparse.kernels=measure`
-    sparseprop  IST-DASLab's SparseLinear / SparseConv2d (both loop orders, the faster shown), if installed;
-              '-' where it does not apply (Conv1d, non-square kernels, dilation), 'wrong' where its result
-              differs from dense (checked before timing)
+    measured  the plan `measure_plan` picks (the fastest way of each product, or a sparseprop variant, or
+              dense where dense wins), as `sparse.kernels=measure` would
+    sparseprop  IST-DASLab's kernels through sparsedm/sparse/sparseprop_kernels.py (pattern from the mask,
+              contiguous inputs), both loop orders, the faster shown, if installed; '-' where it does not
+              apply (Conv1d, non-square kernels, dilation), 'wrong' where no variant agrees with dense
+              (checked on the layer's input before timing)
 
 Printed are times / dense's time in the same rounds (below 1: faster), the measured plan, and, per product,
 the best sparse way over the dense way (`parts`: fwd, dx, dw). The `share` column is the layer's part of the
@@ -42,24 +44,18 @@ import torch  # noqa: E402
 from sparse_inference import MODELS, Workload  # noqa: E402  (benchmarks/ is the script's folder)
 from torch import nn  # noqa: E402
 
-from sparsedm.sparse.kernels import _conv_geometry, best_of, capture_inputs, clock  # noqa: E402
+from sparsedm.sparse import sparseprop_kernels  # noqa: E402
+from sparsedm.sparse.kernels import best_of, capture_inputs, clock  # noqa: E402
 from sparsedm.sparse.masks import random_mask  # noqa: E402
 from sparsedm.sparse.train_kernels import (  # noqa: E402
-    ALL_DENSE,
     PARTS,
     candidate_training_layers,
     fwd_bwd_call,
+    make_layer,
     measure_plan,
-    plan_name,
     sparse_train_module,
     use_sparse_training_kernels,
 )
-
-try:
-    import sparseprop.modules as sparseprop
-    import sparseprop.modules.utils as sparseprop_utils
-except ImportError:  # optional: pip install sparseprop==0.1.14
-    sparseprop = None
 
 SIDE_BY_SIDE = {"torch": ("torch", "torch", "sampled"), "scipy": ("scipy", "scipy", "sampled")}
 NO_SYNC = lambda: None  # noqa: E731
@@ -99,86 +95,33 @@ def distinct_layers(model, inputs):
     return [(desc, first[desc], seen[desc]) for desc in first]
 
 
-def sparseprop_layers(module: nn.Module):
-    """sparseprop's versions of `module` ({label: module}); {} where it has none."""
-    if sparseprop is None:
-        return {}
-    if isinstance(module, nn.Linear):
-        return {"sparseprop": sparseprop.SparseLinear.from_dense(module)}
-    if not isinstance(module, nn.Conv2d):
-        return {}
-    stride, padding, dilation = _conv_geometry(module)
-    square = module.kernel_size[0] == module.kernel_size[1] and padding[0] == padding[1] and stride[0] == stride[1]
-    if not square or set(dilation) != {1} or stride[0] not in (1, 2):
-        return {}
-    return {
-        f"sparseprop{'-on' if over_on else ''}": sparseprop.SparseConv2d.from_dense(module, vectorizing_over_on=over_on)
-        for over_on in (False, True)
-    }
-
-
-def sparseprop_weight_grad(layer, module) -> torch.Tensor:
-    """sparseprop's W_val gradient scattered back to the dense weight's shape."""
-    if isinstance(layer, sparseprop.SparseLinear):
-        indptr, indices = layer.W_idx
-        rows = torch.repeat_interleave(torch.arange(layer.N), (indptr[1:] - indptr[:-1]).long())
-        dense = torch.zeros(layer.N, layer.M)
-        dense[rows, indices.long()] = layer.W_val.grad
-        return dense
-    return sparseprop_utils.from_sparse_format_conv2d(layer.W_val.grad, layer.W_idx, module.weight.shape)
-
-
-def agrees(layer, module, mask, x, dy) -> bool:
-    """Does a sparseprop layer give dense's output, input gradient and masked weight gradient?"""
-    x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    y1, y2 = layer(x1), module(x2)
-    y1.backward(dy)
-    y2.backward(dy)
-    w_grad, dense_grad = sparseprop_weight_grad(layer, module), module.weight.grad * mask
-    module.zero_grad(set_to_none=True)
-
-    def close(a, b):
-        return bool((a - b).abs().max() <= 1e-4 * b.abs().max().clamp_min(1e-6))
-
-    return close(y1, y2) and close(x1.grad, x2.grad) and close(w_grad, dense_grad)
-
-
-def sparseprop_call(layer, x, dy):
-    def run():
-        for p in layer.parameters():
-            p.grad = None
-        x.grad = None
-        layer(x).backward(dy)
-
-    return run
-
-
 def layer_row(module, mask, x, repeats):
     """{column: ratio or text} for one layer at one S."""
     with torch.no_grad():
         module.weight.mul_(mask)
-        dy = torch.randn(module(x).shape)  # contiguous: sparseprop reads its inputs' memory as if they were
-    x = x.detach().contiguous().requires_grad_(True)
+        dy = torch.randn(module(x).shape)
+    x = x.detach().clone().requires_grad_(True)
     plan, _, parts = measure_plan(module, mask, x, repeats, NO_SYNC)
     calls = {"dense": fwd_bwd_call(module, x, dy, mask)}
     for label, side_plan in SIDE_BY_SIDE.items():
         calls[label] = fwd_bwd_call(sparse_train_module(module, mask, side_plan), x, dy, None)
-    if plan != ALL_DENSE:
-        calls["measured"] = fwd_bwd_call(sparse_train_module(module, mask, plan), x, dy, None)
+    if plan != "dense":
+        calls["measured"] = fwd_bwd_call(make_layer(module, mask, plan), x, dy, None)
     wrong = []
-    for label, layer in sparseprop_layers(module).items():
-        if agrees(layer, module, mask, x.detach(), dy):
-            calls[label] = sparseprop_call(layer, x, dy)
+    for variant in sparseprop_kernels.variants(module):
+        layer = sparseprop_kernels.SparsepropLayer(module, mask, variant)
+        if sparseprop_kernels.agrees(layer, module, mask, x, dy):
+            calls[f"sparseprop:{variant}"] = fwd_bwd_call(layer, x, dy, None)
         else:
-            wrong.append(label)
+            wrong.append(variant)
     times = dict(zip(calls, best_of(list(calls.values()), repeats, NO_SYNC)))
     module.zero_grad(set_to_none=True)
     dense = times["dense"]
     row = {label: t / dense for label, t in times.items()}
     row.setdefault("measured", 1.0)  # all dense: the dense module itself
-    sp = [row.pop(k) for k in ("sparseprop", "sparseprop-on") if k in row]
+    sp = [row.pop(f"sparseprop:{v}") for v in sparseprop_kernels.VARIANTS if f"sparseprop:{v}" in row]
     row["sparseprop"] = f"{min(sp):.2f}" if sp else ("wrong" if wrong else "-")
-    row["plan"] = plan_name(module, plan)
+    row["plan"] = plan
     row["parts"] = " ".join(
         f"{part} {min(t[1:]) / t[0]:.2f}({PARTS[part][1 + t[1:].index(min(t[1:]))]})" for part, t in parts.items()
     )
@@ -217,8 +160,8 @@ def model_ratio(work, masks, rounds, cache_dir):
     now = clock()
     for run in runs.values():  # warm-up
         run()
-    for _ in range(rounds):
-        for key, run in runs.items():
+    for i in range(rounds):
+        for key, run in list(runs.items())[:: 1 if i % 2 == 0 else -1]:  # ABBA: neither always goes first
             start = now()
             run()
             times[key].append(now() - start)
@@ -234,7 +177,7 @@ def main():
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.9, 0.95])
     parser.add_argument("--repeats", type=int, default=5, help="interleaved calls per layer; the best is kept")
-    parser.add_argument("--rounds", type=int, default=3, help="whole-model turns; medians are compared")
+    parser.add_argument("--rounds", type=int, default=5, help="whole-model turns; medians are compared")
     parser.add_argument("--batch", type=int, nargs="+", default=[64, 4, 64], help="batch per model (in order)")
     parser.add_argument("--no-model", action="store_true", help="per-layer table only")
     parser.add_argument("--tiny", action="store_true", help="tiny models: a smoke test of the script")
@@ -243,7 +186,7 @@ def main():
     torch.set_grad_enabled(True)
     print(
         f"{torch.get_num_threads()} thread(s), load average {os.getloadavg()[0]:.2f} at start, torch "
-        f"{torch.__version__}, sparseprop {'installed' if sparseprop else 'not installed'}"
+        f"{torch.__version__}, sparseprop {'installed' if sparseprop_kernels.AVAILABLE else 'not installed'}"
     )
     print("ratios: time / dense masked layer's time in the same rounds (forward + backward); below 1 is faster")
     header = f"{'layer':<52} {'n':>3} {'S':>5} {'share':>6} {'torch':>6} {'scipy':>6} {'sparseprop':>10} "

@@ -172,7 +172,7 @@ def test_choice_by_measurement_swaps_exactly_the_faster_layers_and_caches_them(t
     choices = use_sparse_training_kernels(model, lambda: model(x), masks, cache_dir=tmp_path, repeats=2)
     assert [c.name for c in choices] == ["0", "3"]
     for c in choices:
-        swapped = isinstance(model.get_submodule(c.name), (SparseTrainLinear, SparseTrainConv))
+        swapped = type(model.get_submodule(c.name)) not in (nn.Conv2d, nn.Linear)  # ours or sparseprop's
         assert swapped == (c.plan != "dense") and c.speedup is not None and c.speedup > 0
         assert c.plan == "dense" or c.speedup >= 1.05
         assert c.density == pytest.approx(float(masks[f"{c.name}.weight"].float().mean()))
@@ -206,3 +206,42 @@ def test_forced_plan_swaps_every_masked_layer():
     assert [c.plan for c in choices] == ["unfold:scipy/torch/sampled", "linear:scipy/torch/sampled"]
     assert isinstance(model[0], SparseTrainConv) and isinstance(model[3], SparseTrainLinear)
     assert all(c.speedup is None for c in choices)
+
+
+sparseprop_kernels = pytest.importorskip("sparsedm.sparse.sparseprop_kernels")
+needs_sparseprop = pytest.mark.skipif(not sparseprop_kernels.AVAILABLE, reason="sparseprop is not installed")
+
+
+@needs_sparseprop
+@pytest.mark.parametrize("module", [nn.Linear(40, 24), nn.Conv2d(16, 24, 3, padding=1), nn.Conv2d(16, 8, 3, stride=2)])
+def test_sparseprop_layers_follow_the_mask_even_where_active_weights_are_zero(module):
+    """sparseprop takes its pattern from the weight's non-zeros; the adapter takes it from the mask."""
+    g = torch.Generator().manual_seed(0)
+    mask = masked_(module, 0.8, g)
+    with torch.no_grad():
+        module.weight[mask.nonzero()[:7].unbind(1)] = 0.0  # grown weights start at zero
+    shape = (3, 5, 40) if isinstance(module, nn.Linear) else (8, 16, 9, 9)  # batch 8: its batch loop's width
+    x = torch.randn(shape, generator=g)
+    dy = torch.randn(module(x).shape, generator=g)
+    for variant in sparseprop_kernels.variants(module):
+        layer = sparseprop_kernels.SparsepropLayer(module, mask, variant)
+        assert sparseprop_kernels.agrees(layer, module, mask, x, dy), variant
+        layer(x).backward(dy)
+        assert ((module.weight.grad != 0) == mask).all()  # every active weight, zero or not, has a gradient
+        module.zero_grad(set_to_none=True)
+    model = nn.Sequential(module)
+    choices = use_sparse_training_kernels(model, lambda: model(x), {"0.weight": mask}, force="sparseprop:batch")
+    assert choices[0].plan == "sparseprop:batch" and isinstance(model[0], sparseprop_kernels.SparsepropLayer)
+    assert list(model.state_dict()) == ["0.weight", "0.bias"]
+
+
+@needs_sparseprop
+def test_a_sparseprop_layer_that_computes_wrong_numbers_is_caught():
+    """Its batch-vectorised Conv2d forward is wrong for batches that are not a multiple of 8 (torch 2.13, AVX2)."""
+    g = torch.Generator().manual_seed(0)
+    conv = nn.Conv2d(16, 24, 3, padding=1)
+    mask = masked_(conv, 0.8, g)
+    x = torch.randn(2, 16, 8, 8, generator=g)
+    dy = torch.randn(2, 24, 8, 8, generator=g)
+    assert not sparseprop_kernels.agrees(sparseprop_kernels.SparsepropLayer(conv, mask, "batch"), conv, mask, x, dy)
+    assert sparseprop_kernels.agrees(sparseprop_kernels.SparsepropLayer(conv, mask, "outputs"), conv, mask, x, dy)

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparsedm.errors import UserError
+from sparsedm.sparse import sparseprop_kernels
 from sparsedm.sparse.kernels import (
     DecisionCache,
     _conv_geometry,
@@ -221,7 +222,7 @@ def refresh_patterns(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> int
     """After a mask update: give every sparse training layer its weight's new mask. Returns how many."""
     count = 0
     for name, module in model.named_modules():
-        if isinstance(module, (SparseTrainLinear, SparseTrainConv)):
+        if isinstance(module, (_SparseTrainLayer, sparseprop_kernels.SparsepropLayer)):
             module.refresh(masks[f"{name}.weight" if name else "weight"])
             count += 1
     return count
@@ -242,6 +243,9 @@ class TrainLayerChoice:
 
 
 def plan_name(module: nn.Module, plan) -> str:
+    """ "dense", KIND:FWD/DX/DW for a parts plan (a tuple), or a name as given (e.g. "sparseprop:batch")."""
+    if isinstance(plan, str):
+        return plan
     if tuple(plan) == ALL_DENSE:
         return "dense"
     return f"{'linear' if isinstance(module, nn.Linear) else 'unfold'}:{'/'.join(plan)}"
@@ -252,6 +256,18 @@ def parse_plan(name: str) -> Tuple[str, str, str]:
     if len(plan) != 3 or any(p not in PARTS[k] for p, k in zip(plan, PARTS)):
         raise UserError(f"unknown sparse training plan {name!r}: write KIND:FWD/DX/DW with {PARTS}")
     return plan
+
+
+def make_layer(module: nn.Module, mask: torch.Tensor, name: str) -> nn.Module:
+    """The layer that computes `module` by the plan `name` (the module itself for "dense")."""
+    if name == "dense":
+        return module
+    if name.startswith("sparseprop:"):
+        variant = name.split(":", 1)[1]
+        if variant not in sparseprop_kernels.variants(module):
+            raise UserError(f"{name} does not fit {module} (or sparseprop is not installed)")
+        return sparseprop_kernels.SparsepropLayer(module, mask, variant)
+    return sparse_train_module(module, mask, parse_plan(name))
 
 
 def training_layer_key(module: nn.Module, mask: torch.Tensor, x: torch.Tensor) -> str:
@@ -305,8 +321,8 @@ def choose_training_plans(
     repeats: int = 5,
 ) -> List[TrainLayerChoice]:
     """Swap each layer of `inputs` ({module name: its input}) for the sparse training layer of its fastest
-    plan if that beats the dense module's forward + backward by `margin`. `force`: a plan (FWD/DX/DW, e.g.
-    "torch/torch/sampled") for every layer, untimed."""
+    plan if that beats the dense module's forward + backward by `margin`. `force`: a plan for every layer,
+    untimed: FWD/DX/DW (e.g. "torch/torch/sampled") or "sparseprop:batch" / "sparseprop:outputs"."""
     cache = DecisionCache(cache_dir, CACHE_FILE)
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     choices = []
@@ -315,13 +331,13 @@ def choose_training_plans(
         mask = masks[f"{name}.weight" if name else "weight"].to(torch.bool)
         key = training_layer_key(module, mask, x)
         if force is not None:
-            plan, speedup = parse_plan(f"k:{force}"), None
+            plan = force if force.startswith("sparseprop:") else plan_name(module, parse_plan(f"k:{force}"))
+            speedup = None
         elif cache.get(key) is not None:
-            name_, speedup = cache.get(key)
-            plan = ALL_DENSE if name_ == "dense" else parse_plan(name_)
+            plan, speedup = cache.get(key)
         else:
             plan, speedup, _ = measure_plan(module, mask, x, repeats, sync, margin)
-            cache.put(key, plan_name(module, plan), speedup)
+            cache.put(key, plan, speedup)
         choices.append(
             TrainLayerChoice(
                 name,
@@ -329,34 +345,43 @@ def choose_training_plans(
                 list(module.weight.shape),
                 list(x.shape),
                 float(mask.float().mean()),
-                plan_name(module, plan),
+                plan,
                 speedup,
             )
         )
-        if plan_name(module, plan) != "dense":
-            _replace(model, name, sparse_train_module(module, mask, plan))
+        if plan != "dense":
+            _replace(model, name, make_layer(module, mask, plan))
     cache.save()
     return choices
 
 
 def measure_plan(module, mask, x, repeats, sync, margin=1.05):
-    """(plan, speed-up, part times): each part's fastest way ({part: seconds of each way in PARTS}), then the
-    whole forward + backward of that plan against the dense module's; the plan is all dense unless it wins by
-    `margin`."""
+    """(plan name, speed-up, part times): each product's fastest way ({part: seconds of each way in PARTS}),
+    then that parts plan and each sparseprop variant that agrees with dense on x, forward + backward against
+    the dense module's, interleaved; the fastest if it beats dense by `margin`, else "dense"."""
     with torch.no_grad():
-        dy = torch.randn_like(module(x))
+        dy = torch.randn(module(x).shape, dtype=x.dtype, device=x.device)
     x = x.detach().requires_grad_(True)
     layer = sparse_train_module(module, mask, ALL_DENSE)
     times = _part_times(layer, x, dy, repeats, sync)
     plan = tuple(PARTS[part][min(range(len(t)), key=t.__getitem__)] for part, t in times.items())
-    if plan == ALL_DENSE:
-        return ALL_DENSE, 1.0, times
-    layer.plan = plan
-    dense, sparse = best_of([fwd_bwd_call(module, x, dy, mask), fwd_bwd_call(layer, x, dy, None)], repeats, sync)
+    candidates = {}
+    if plan != ALL_DENSE:
+        layer.plan = plan
+        candidates[plan_name(module, plan)] = layer
+    for variant in sparseprop_kernels.variants(module):
+        sparse = sparseprop_kernels.SparsepropLayer(module, mask, variant)
+        if sparseprop_kernels.agrees(sparse, module, mask, x, dy):
+            candidates[f"sparseprop:{variant}"] = sparse
+    if not candidates:
+        return "dense", 1.0, times
+    calls = [fwd_bwd_call(module, x, dy, mask)] + [fwd_bwd_call(c, x, dy, None) for c in candidates.values()]
+    dense, *sparse = best_of(calls, repeats, sync)
     for p in module.parameters():
         p.grad = None
-    speedup = dense / sparse
-    return (plan if speedup >= margin else ALL_DENSE), speedup, times
+    fastest = min(range(len(sparse)), key=sparse.__getitem__)
+    speedup = dense / sparse[fastest]
+    return (list(candidates)[fastest] if speedup >= margin else "dense"), speedup, times
 
 
 def candidate_training_layers(model: nn.Module, names: Iterable[str]) -> Dict[str, nn.Module]:
