@@ -108,7 +108,7 @@ def layer_row(module, mask, x, repeats):
     if plan != "dense":
         calls["measured"] = fwd_bwd_call(make_layer(module, mask, plan), x, dy, None)
     wrong = []
-    for variant in sparseprop_kernels.variants(module):
+    for variant in sparseprop_kernels.variants(module, x.shape[0]):
         layer = sparseprop_kernels.SparsepropLayer(module, mask, variant)
         if sparseprop_kernels.agrees(layer, module, mask, x, dy):
             calls[f"sparseprop:{variant}"] = fwd_bwd_call(layer, x, dy, None)

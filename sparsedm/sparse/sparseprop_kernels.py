@@ -9,9 +9,13 @@ sparse_training.py, docs/performance.md), but as published it has limits this ad
   RigL grows starts at zero) would get no gradient: here the pattern comes from the mask (each active
   position's flat index is passed through sparseprop's own conversion to learn its order);
 - it reads its inputs' memory as if contiguous: inputs and output gradients are made contiguous here;
-- some set-ups give wrong numbers (measured on torch 2.13, AVX2: the `batch` Conv2d forward for batches not
-  a multiple of 8, the `outputs` Conv2d backward with stride 2): `agrees` checks a layer against the dense
-  masked path on its real input, and the measurement (train_kernels.measure_plan) only takes it where it agrees.
+- the `batch` Conv2d kernels give wrong outputs for batches that are not a multiple of 8 (AVX2's width) and
+  their backward then writes out of bounds (a segmentation fault, seen on LDM-4's shapes at batch 4): that
+  variant is offered only for such batches, and a layer that meets another batch size computes densely
+  (`F.conv2d` with the masked weight, the same numbers);
+- other set-ups give wrong numbers (the `outputs` Conv2d backward with stride 2, measured on torch 2.13,
+  AVX2): `agrees` checks a layer against the dense masked path on its real input, and the measurement
+  (train_kernels.measure_plan) only takes a variant where it agrees.
 
 Only square kernels with equal stride (1 or 2) and padding on both axes, dilation 1, groups 1, fp32.
 """
@@ -34,8 +38,11 @@ except ImportError:
 VARIANTS = ("batch", "outputs")
 
 
-def variants(module: nn.Module):
-    """The sparseprop variants that fit `module` (none without sparseprop)."""
+BATCH_MULTIPLE = 8  # the `batch` Conv2d kernels need a batch that is a multiple of this
+
+
+def variants(module: nn.Module, batch: int = BATCH_MULTIPLE):
+    """The sparseprop variants that fit `module` on inputs of `batch` samples (none without sparseprop)."""
     if not AVAILABLE or module.weight.dtype != torch.float32 or module.weight.device.type != "cpu":
         return []
     if isinstance(module, nn.Linear):
@@ -44,7 +51,9 @@ def variants(module: nn.Module):
         return []
     stride, padding, dilation = _conv_geometry(module)
     square = module.kernel_size[0] == module.kernel_size[1] and padding[0] == padding[1] and stride[0] == stride[1]
-    return list(VARIANTS) if square and set(dilation) == {1} and stride[0] in (1, 2) else []
+    if not square or set(dilation) != {1} or stride[0] not in (1, 2):
+        return []
+    return [v for v in VARIANTS if v != "batch" or batch % BATCH_MULTIPLE == 0]
 
 
 class _ContiguousGrad(torch.autograd.Function):
@@ -68,6 +77,7 @@ class SparsepropLayer(nn.Module):
         self.weight, self.bias = module.weight, module.bias
         self.dense_module = [module]
         self.linear, self.variant = isinstance(module, nn.Linear), variant
+        self.dense_conv = None if self.linear else module._conv_forward  # F.conv2d with the module's geometry
         if not self.linear:
             stride, padding, _ = _conv_geometry(module)
             self.stride, self.padding = stride[0], padding[0]
@@ -75,6 +85,7 @@ class SparsepropLayer(nn.Module):
 
     def refresh(self, mask: torch.Tensor) -> None:
         mask = mask.to(torch.bool).reshape(self.weight.shape)
+        self.mask = mask
         if self.linear:
             flat = mask.reshape(-1)
             self.index = flat.nonzero().squeeze(1)
@@ -91,6 +102,8 @@ class SparsepropLayer(nn.Module):
             self.index = mask.reshape(-1).nonzero().squeeze(1)[order.long() - 1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.linear and self.variant == "batch" and x.shape[0] % BATCH_MULTIPLE:
+            return self.dense_conv(x, self.weight * self.mask, self.bias)  # see the module's docstring
         values = self.weight.reshape(-1)[self.index]  # autograd scatters dW back: the dense masked gradient
         x = x.contiguous()
         if self.linear:

@@ -369,7 +369,7 @@ def measure_plan(module, mask, x, repeats, sync, margin=1.05):
     if plan != ALL_DENSE:
         layer.plan = plan
         candidates[plan_name(module, plan)] = layer
-    for variant in sparseprop_kernels.variants(module):
+    for variant in sparseprop_kernels.variants(module, x.shape[0]):
         sparse = sparseprop_kernels.SparsepropLayer(module, mask, variant)
         if sparseprop_kernels.agrees(sparse, module, mask, x, dy):
             candidates[f"sparseprop:{variant}"] = sparse
