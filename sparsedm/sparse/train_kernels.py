@@ -14,8 +14,10 @@ and each product has several ways to be computed (`PARTS`): dense (the masked we
 CSR product (MKL on CPU, cuSPARSE on CUDA), scipy's CSR/CSC product, and for dW torch's `sampled_addmm` (the
 dense-dense product evaluated at the pattern's positions only). None wins everywhere, so each part of each
 layer is timed on the layer's real input and the fastest kept; the layer is swapped only where the three
-together, forward and backward timed as one, beat the dense module by `margin`. A layer whose three parts are
-all fastest dense stays the dense module.
+together, forward and backward timed as one, beat the dense module by `margin`. For a convolution even
+three dense GEMMs on im2col columns (`unfold:dense/dense/dense`, the weight gradient still gathered at the
+active positions only) can beat torch's convolution: on LDM-4's 896-1792-channel layers at 2 x 2 maps, whose
+time goes to reading the weights.
 
 A plan is written `KIND:FWD/DX/DW`, e.g. `unfold:dense/scipy/sampled`. Decisions are cached in
 `cache_dir`/sparse_training_kernels.json keyed by machine and by layer (kind, geometry, weight shape, the mask's
@@ -246,8 +248,8 @@ def plan_name(module: nn.Module, plan) -> str:
     """ "dense", KIND:FWD/DX/DW for a parts plan (a tuple), or a name as given (e.g. "sparseprop:batch")."""
     if isinstance(plan, str):
         return plan
-    if tuple(plan) == ALL_DENSE:
-        return "dense"
+    if tuple(plan) == ALL_DENSE and isinstance(module, nn.Linear):
+        return "dense"  # the module itself; for a conv, dense GEMMs on im2col columns are another algorithm
     return f"{'linear' if isinstance(module, nn.Linear) else 'unfold'}:{'/'.join(plan)}"
 
 
@@ -366,7 +368,7 @@ def measure_plan(module, mask, x, repeats, sync, margin=1.05):
     times = _part_times(layer, x, dy, repeats, sync)
     plan = tuple(PARTS[part][min(range(len(t)), key=t.__getitem__)] for part, t in times.items())
     candidates = {}
-    if plan != ALL_DENSE:
+    if plan != ALL_DENSE or not isinstance(module, nn.Linear):
         layer.plan = plan
         candidates[plan_name(module, plan)] = layer
     for variant in sparseprop_kernels.variants(module, x.shape[0]):
