@@ -47,15 +47,14 @@ from torch import nn  # noqa: E402
 from sparsedm.sparse import sparseprop_kernels  # noqa: E402
 from sparsedm.sparse.kernels import best_of, capture_inputs, clock  # noqa: E402
 from sparsedm.sparse.masks import random_mask  # noqa: E402
-from sparsedm.sparse.train_kernels import (  # noqa: E402
-    PARTS,
+from sparsedm.sparse.train_kernel_choice import (  # noqa: E402
     candidate_training_layers,
     fwd_bwd_call,
     make_layer,
     measure_plan,
-    sparse_train_module,
     use_sparse_training_kernels,
 )
+from sparsedm.sparse.train_kernels import PARTS, sparse_train_module  # noqa: E402
 
 SIDE_BY_SIDE = {"torch": ("torch", "torch", "sampled"), "scipy": ("scipy", "scipy", "sampled")}
 NO_SYNC = lambda: None  # noqa: E731

@@ -7,16 +7,18 @@ import torch
 from torch import nn
 
 from sparsedm.errors import UserError
-from sparsedm.sparse.train_kernels import (
+from sparsedm.sparse.train_kernel_choice import (
     CACHE_FILE,
+    parse_plan,
+    refresh_patterns,
+    use_sparse_training_kernels,
+)
+from sparsedm.sparse.train_kernels import (
     PARTS,
     MaskPattern,
     SparseTrainConv,
     SparseTrainLinear,
-    parse_plan,
-    refresh_patterns,
     sparse_train_module,
-    use_sparse_training_kernels,
 )
 
 # fp32 sums in another order: relative error ~1e-6 on these sizes; atol for entries that cancel to ~0
