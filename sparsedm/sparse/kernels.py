@@ -204,8 +204,8 @@ def layer_key(module: nn.Module, x: torch.Tensor) -> str:
 class DecisionCache:
     """{machine: {layer: [kernel, speedup]}} in one JSON file; `None` for no cache."""
 
-    def __init__(self, cache_dir):
-        self.path = None if cache_dir is None else Path(cache_dir) / CACHE_FILE
+    def __init__(self, cache_dir, file: str = CACHE_FILE):
+        self.path = None if cache_dir is None else Path(cache_dir) / file
         self.machine = machine_key()
         self.entries = {}
         if self.path is not None and self.path.is_file():

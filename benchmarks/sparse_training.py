@@ -1,0 +1,229 @@
+"""Does sparsity pay in training? Forward + backward of each masked layer, dense against sparse kernels, in one run.
+
+    OMP_NUM_THREADS=1 python benchmarks/sparse_training.py [--models cpu-ldm ldm4-small chirodiff]
+        [--sparsities 0.5 0.9 0.95] [--repeats 5] [--rounds 5] [--no-model]
+
+For every distinct masked Linear / Conv1d / Conv2d of each model (same kind, geometry, weight shape and input
+shape counted once; `n` says how often it occurs) and each S (a uniform random mask with exactly (1 - S) of
+the weights active), one forward and backward (input gradient, weight gradient, bias gradient) on the input the
+layer sees in a training forward is timed, interleaved, best of `--repeats`, for:
+
+    dense     the module with the masked weight, then its weight gradient masked (what training does today)
+    torch     sparse_training layer, plan torch/torch/sampled: CSR products (MKL) and sampled_addmm for dW
+    scipy     plan scipy/scipy/sampled: scipy's CSR (forward) and CSC (input gradient) products
+    measured  the plan `measure_plan` picks (the fastest way of each product, or a sparseprop variant, or
+              dense where dense wins), as `sparse.kernels=measure` would
+    sparseprop  IST-DASLab's kernels through sparsedm/sparse/sparseprop_kernels.py (pattern from the mask,
+              contiguous inputs), both loop orders, the faster shown, if installed; '-' where it does not
+              apply (Conv1d, non-square kernels, dilation), 'wrong' where no variant agrees with dense
+              (checked on the layer's input before timing)
+
+Printed are times / dense's time in the same rounds (below 1: faster), the measured plan, and, per product,
+the best sparse way over the dense way (`parts`: fwd, dx, dw). The `share` column is the layer's part of the
+model's masked-layer time (dense, times n). Each model then gets a summary: the masked layers' total time with
+the measured plans over dense (n-weighted), and, unless --no-model, the whole model's forward + backward
+(loss = mean square of the output) with `use_sparse_training_kernels` over the masked model, median of
+`--rounds` interleaved rounds, with the largest gradient difference relative to the largest gradient.
+
+Models as in benchmarks/sparse_inference.py: cpu-ldm (configs/ldm_openmoji_cpu.yaml's UNet, 3 x 8 x 8,
+batch 64), ldm4-small (LDM-4's UNet on 3 x 16 x 16 latents, batch 4), chirodiff (its denoiser, 120 points,
+batch 64; only its two Linear layers are masked Linear layers, the GRU is not timed here). `--tiny`: a smoke
+test in seconds.
+"""
+
+import argparse
+import copy
+import os
+import statistics
+import tempfile
+from collections import Counter
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from sparse_inference import MODELS, Workload  # noqa: E402  (benchmarks/ is the script's folder)
+from torch import nn  # noqa: E402
+
+from sparsedm.sparse import sparseprop_kernels  # noqa: E402
+from sparsedm.sparse.kernels import best_of, capture_inputs, clock  # noqa: E402
+from sparsedm.sparse.masks import random_mask  # noqa: E402
+from sparsedm.sparse.train_kernel_choice import (  # noqa: E402
+    candidate_training_layers,
+    fwd_bwd_call,
+    make_layer,
+    measure_plan,
+    use_sparse_training_kernels,
+)
+from sparsedm.sparse.train_kernels import PARTS, sparse_train_module  # noqa: E402
+
+SIDE_BY_SIDE = {"torch": ("torch", "torch", "sampled"), "scipy": ("scipy", "scipy", "sampled")}
+NO_SYNC = lambda: None  # noqa: E731
+
+
+def uniform_masks(model: nn.Module, sparsity: float, seed: int = 0):
+    """{weight name: mask} for every Linear/Conv weight of the model, exactly (1 - S) of each active."""
+    g = torch.Generator().manual_seed(seed)
+    masks = {}
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            w = module.weight
+            masks[f"{name}.weight"] = random_mask(w.shape, max(1, round(w.numel() * (1 - sparsity))), g)
+    return masks
+
+
+def layer_inputs(work: Workload, masks):
+    """{module name: input} of every masked layer, from one forward."""
+    inputs, handles = capture_inputs(work.model, candidate_training_layers(work.model, masks))
+    with torch.no_grad():
+        work.call(work.model, 500)
+    for handle in handles:
+        handle.remove()
+    return inputs
+
+
+def distinct_layers(model, inputs):
+    """[(description, name of the first, n)] of the layers that differ in kind, geometry, weight or input shape."""
+    seen, first = Counter(), {}
+    for name, x in inputs.items():
+        m = model.get_submodule(name)
+        geometry = "" if isinstance(m, nn.Linear) else f" s{m.stride[0]}"
+        kernel = "" if isinstance(m, nn.Linear) else "x".join(map(str, m.kernel_size)) + " "
+        desc = f"{type(m).__name__} {kernel}{'x'.join(map(str, m.weight.shape[:2]))}{geometry} in {list(x.shape)}"
+        seen[desc] += 1
+        first.setdefault(desc, name)
+    return [(desc, first[desc], seen[desc]) for desc in first]
+
+
+def layer_row(module, mask, x, repeats):
+    """{column: ratio or text} for one layer at one S."""
+    with torch.no_grad():
+        module.weight.mul_(mask)
+        dy = torch.randn(module(x).shape)
+    x = x.detach().clone().requires_grad_(True)
+    plan, _, parts = measure_plan(module, mask, x, repeats, NO_SYNC)
+    calls = {"dense": fwd_bwd_call(module, x, dy, mask)}
+    for label, side_plan in SIDE_BY_SIDE.items():
+        calls[label] = fwd_bwd_call(sparse_train_module(module, mask, side_plan), x, dy, None)
+    if plan != "dense":
+        calls["measured"] = fwd_bwd_call(make_layer(module, mask, plan), x, dy, None)
+    wrong = []
+    for variant in sparseprop_kernels.variants(module, x.shape[0]):
+        layer = sparseprop_kernels.SparsepropLayer(module, mask, variant)
+        if sparseprop_kernels.agrees(layer, module, mask, x, dy):
+            calls[f"sparseprop:{variant}"] = fwd_bwd_call(layer, x, dy, None)
+        else:
+            wrong.append(variant)
+    times = dict(zip(calls, best_of(list(calls.values()), repeats, NO_SYNC)))
+    module.zero_grad(set_to_none=True)
+    dense = times["dense"]
+    row = {label: t / dense for label, t in times.items()}
+    row.setdefault("measured", 1.0)  # all dense: the dense module itself
+    sp = [row.pop(f"sparseprop:{v}") for v in sparseprop_kernels.VARIANTS if f"sparseprop:{v}" in row]
+    row["sparseprop"] = f"{min(sp):.2f}" if sp else ("wrong" if wrong else "-")
+    row["plan"] = plan
+    row["parts"] = " ".join(
+        f"{part} {min(t[1:]) / t[0]:.2f}({PARTS[part][1 + t[1:].index(min(t[1:]))]})" for part, t in parts.items()
+    )
+    row["dense_s"] = dense
+    return row
+
+
+def model_ratio(work, masks, rounds, cache_dir):
+    """(whole model fwd + bwd with measured plans / masked model, largest grad difference, layers swapped)."""
+    masked = work.model
+    with torch.no_grad():
+        for name, p in masked.named_parameters():
+            if name in masks:
+                p.mul_(masks[name])
+    sparse = copy.deepcopy(masked)
+    choices = use_sparse_training_kernels(sparse, lambda: work.call(sparse, 500), masks, cache_dir=cache_dir, repeats=3)
+    swapped = {f"{c.name}.weight" for c in choices if c.plan != "dense"}
+
+    def step(model, mask_these):
+        def run():
+            for p in model.parameters():
+                p.grad = None
+            work.call(model, 500).square().mean().backward()
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    if name in mask_these and p.grad is not None:
+                        p.grad.mul_(mask_these[name])
+
+        return run
+
+    runs = {
+        "masked": step(masked, masks),
+        "sparse": step(sparse, {k: v for k, v in masks.items() if k not in swapped}),
+    }
+    times = {k: [] for k in runs}
+    now = clock()
+    for run in runs.values():  # warm-up
+        run()
+    for i in range(rounds):
+        for key, run in list(runs.items())[:: 1 if i % 2 == 0 else -1]:  # ABBA: neither always goes first
+            start = now()
+            run()
+            times[key].append(now() - start)
+    grads = {n: p.grad for n, p in masked.named_parameters() if p.grad is not None}
+    largest = max(float(g.abs().max()) for g in grads.values())
+    error = max(float((p.grad - grads[n]).abs().max()) for n, p in sparse.named_parameters() if n in grads)
+    ratio = statistics.median(times["sparse"]) / statistics.median(times["masked"])
+    return ratio, error / largest, f"{len(swapped)}/{len(choices)}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.9, 0.95])
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved calls per layer; the best is kept")
+    parser.add_argument("--rounds", type=int, default=5, help="whole-model turns; medians are compared")
+    parser.add_argument("--batch", type=int, nargs="+", default=[64, 4, 64], help="batch per model (in order)")
+    parser.add_argument("--no-model", action="store_true", help="per-layer table only")
+    parser.add_argument("--tiny", action="store_true", help="tiny models: a smoke test of the script")
+    args = parser.parse_args()
+    batches = dict(zip(MODELS, args.batch + args.batch[-1:] * len(MODELS)))
+    torch.set_grad_enabled(True)
+    print(
+        f"{torch.get_num_threads()} thread(s), load average {os.getloadavg()[0]:.2f} at start, torch "
+        f"{torch.__version__}, sparseprop {'installed' if sparseprop_kernels.AVAILABLE else 'not installed'}"
+    )
+    print("ratios: time / dense masked layer's time in the same rounds (forward + backward); below 1 is faster")
+    header = f"{'layer':<52} {'n':>3} {'S':>5} {'share':>6} {'torch':>6} {'scipy':>6} {'sparseprop':>10} "
+    print(header + f"{'measured':>8}  {'plan':<28} parts: best sparse / dense")
+    for name in args.models:
+        work = Workload(name, batches[name], args.tiny)
+        work.model.train()
+        layers = distinct_layers(work.model, layer_inputs(work, uniform_masks(work.model, 0.5)))
+        for sparsity in args.sparsities:
+            masks = uniform_masks(work.model, sparsity)
+            inputs = layer_inputs(work, masks)
+            rows = []
+            for desc, layer_name, n in layers:
+                module = copy.deepcopy(work.model.get_submodule(layer_name))
+                row = layer_row(module, masks[f"{layer_name}.weight"], inputs[layer_name], args.repeats)
+                rows.append((desc, n, row))
+            total = sum(n * row["dense_s"] for _, n, row in rows)
+            for desc, n, row in rows:
+                print(
+                    f"{desc:<52} {n:>3} {sparsity:>5.2f} {n * row['dense_s'] / total:>6.1%} {row['torch']:>6.2f} "
+                    f"{row['scipy']:>6.2f} {row['sparseprop']:>10} {row['measured']:>8.2f}  {row['plan']:<28} "
+                    f"{row['parts']}",
+                    flush=True,
+                )
+            measured = sum(n * row["dense_s"] * row["measured"] for _, n, row in rows) / total
+            summary = f"{name} S = {sparsity}: masked layers, measured plans / dense {measured:.3f}"
+            if not args.no_model:
+                with tempfile.TemporaryDirectory() as tmp:
+                    ratio, error, swapped = model_ratio(
+                        Workload(name, batches[name], args.tiny), masks, args.rounds, tmp
+                    )
+                summary += (
+                    f"; whole model fwd+bwd, measured / masked {ratio:.3f} ({swapped} layers sparse, "
+                    f"gradient difference {error:.1e} of the largest)"
+                )
+            print(summary, flush=True)
+    print(f"load average {os.getloadavg()[0]:.2f} at the end")
+
+
+if __name__ == "__main__":
+    main()
