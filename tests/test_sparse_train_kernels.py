@@ -31,11 +31,6 @@ PLANS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(one_thread):
-    yield
-
-
 def masked_(module: nn.Module, sparsity: float, g: torch.Generator) -> torch.Tensor:
     mask = torch.rand(module.weight.shape, generator=g) >= sparsity
     with torch.no_grad():
