@@ -86,6 +86,7 @@ def test_gpu_check_without_a_gpu_says_so_and_checks_the_rest(tmp_path):
     assert result.stdout.rstrip().endswith("all checks passed")
 
 
+@pytest.mark.slow
 def test_sparse_training_benchmark_prints_every_layer_and_the_models_gradients_agree():
     args = [sys.executable, "benchmarks/sparse_training.py", "--tiny", "--sparsities", "0.5", "0.95"]
     args += ["--repeats", "1", "--rounds", "1", "--batch", "2"]

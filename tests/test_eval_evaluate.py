@@ -143,6 +143,7 @@ def test_evaluate_writes_eval_json_and_reuses_the_reference_statistics(trained, 
     assert json.loads((run / "eval.json").read_text())["fid"] == result["fid"]
 
 
+@pytest.mark.slow  # real Inception over both splits: 40 s
 def test_kept_steps_are_scored_with_memorisation_each_in_its_file(run, capsys, monkeypatch):
     code, out = evaluate(run, capsys, "--num", "6", "--steps", "3", "--at-step", "5")
     assert code == 2 and "no checkpoint of step 5 (kept steps: 4, 12)" in out.err
