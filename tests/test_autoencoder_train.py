@@ -64,6 +64,7 @@ def test_resume_is_bit_identical(tmp_path, images, kind):
     assert {k: v for k, v in a.items() if k != "wall_time_s"} == {k: v for k, v in b.items() if k != "wall_time_s"}
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_with_a_checkpoint_and_resumes(tmp_path, images, monkeypatch, capsys):
     hook = AutoencoderTask.after_optimizer_step
 

