@@ -50,6 +50,15 @@ def _dense_level(axes, rows: List[Row]) -> None:
                 axes.axhspan(row.fid_mean - row.fid_std, row.fid_mean + row.fid_std, color="black", alpha=0.1)
 
 
+def _finish_axes(figure, axes, xlabel: str, path: Path) -> Path:
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel("FID (lower is better)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    return save_figure(figure, path, dpi=120)
+
+
 def _fid_against(rows: List[Row], x_of: Callable[[Row], float], xlabel: str, path: Path) -> Path:
     """FID (mean ± std over seeds) against one figure of each row, a line per method and p."""
     figure = Figure(figsize=(6, 4))
@@ -67,12 +76,7 @@ def _fid_against(rows: List[Row], x_of: Callable[[Row], float], xlabel: str, pat
             label=_label(method, prune_rate),
         )
     axes.set_xlim(0, 1.02)  # both axes are fractions: S, and FLOPs as a share of dense
-    axes.set_xlabel(xlabel)
-    axes.set_ylabel("FID (lower is better)")
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize="small")
-    figure.tight_layout()
-    return save_figure(figure, path, dpi=120)
+    return _finish_axes(figure, axes, xlabel, path)
 
 
 def fid_vs_sparsity(rows: List[Row], path: Path) -> Path:
@@ -89,15 +93,6 @@ def fid_vs_exploration(rows: List[Row], path: Path) -> Path:
     return _fid_against(
         known, lambda r: r.exploration_rate, "exploration rate (share of sparse weights ever active)", path
     )
-
-
-def _finish_axes(figure, axes, xlabel: str, path: Path) -> Path:
-    axes.set_xlabel(xlabel)
-    axes.set_ylabel("FID (lower is better)")
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize="small")
-    figure.tight_layout()
-    return save_figure(figure, path, dpi=120)
 
 
 def fid_vs_step(by_step: Dict[int, List[Row]], path: Path) -> Path:
