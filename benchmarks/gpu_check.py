@@ -9,7 +9,9 @@ with a tiny autoencoder trained first, as the tests do), shrunk to seconds by co
 2. the RigL fp32 run's FLOPs (`summary.json`, counted on the device) equal the count of the same model,
    masks and input on the CPU;
 3. the same run stopped half-way and resumed ends with the same weights and masks fingerprints;
-4. `sample_run` draws finite samples, and with every sparse layer on a sparse kernel the same ones.
+4. `sample_run` draws finite samples, and with every sparse layer on a sparse kernel the same ones;
+5. RigL trained with `sparse.kernels=measure` (compact layers, plans measured on the device: cuSPARSE CSR
+   products and `sampled_addmm` on CUDA) ends with the masked run's masks and, to fp32 rounding, weights.
 Without CUDA it says "no GPU" and checks all it can on the CPU (fp32 and bf16). Exit status 1 on a failure.
 """
 
@@ -25,6 +27,7 @@ import torch
 
 from sparsedm.config import load_config
 from sparsedm.inference.sampling import sample_run
+from sparsedm.runs.checkpoint import list_checkpoints, load_checkpoint
 from sparsedm.sparse import forward_flops, masked_densities
 from sparsedm.train.trainer import Trainer
 
@@ -112,6 +115,22 @@ def check_resume(config, overrides, out: Path, steps: int) -> bool:
     return all(full[k] == split[k] for k in ("weights_sha256", "masks_sha256"))
 
 
+def check_compact_kernels(config, overrides, out: Path, steps: int) -> bool:
+    """sparse.kernels=measure (compact layers, plans measured on this device) trains as masked training does:
+    the same masks, weights equal to fp32 rounding."""
+    last = {}
+    for kernels in ("masked", "measure"):
+        run_out = out / f"kernels-{kernels}"
+        trainer(
+            config, [*overrides, f"train.steps={steps}", f"sparse.kernels={kernels}"], run_out, overwrite=True
+        ).fit()
+        last[kernels] = load_checkpoint(list_checkpoints(run_out / "checkpoints")[-1])
+    a, b = last["masked"], last["measure"]
+    masks = all(torch.equal(m, b["engine"]["masks"][n]) for n, m in a["engine"]["masks"].items())
+    close = all(torch.allclose(w, b["model"][n], rtol=1e-4, atol=1e-5) for n, w in a["model"].items())
+    return masks and close
+
+
 def check_samples(run_dir: Path) -> bool:
     """Finite samples, and the same (to fp32 tolerance) with every sparse layer on a sparse kernel."""
     drawn = {}
@@ -153,6 +172,7 @@ def main() -> int:
             "FLOPs equal the CPU count": check_flops(run, run.fit()),
             "stop-and-resume fingerprints equal": check_resume(config, rigl, out, args.resume_steps),
             "samples finite, same with sparse kernels": check_samples(out / "full"),
+            "sparse.kernels=measure trains as masked": check_compact_kernels(config, rigl, out, args.resume_steps),
         }
         for name, ok in checks.items():
             print(f"{task}: {name}: {'ok' if ok else 'FAILED'}", flush=True)

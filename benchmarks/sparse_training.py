@@ -2,6 +2,8 @@
 
     OMP_NUM_THREADS=1 python benchmarks/sparse_training.py [--models cpu-ldm ldm4-small chirodiff]
         [--sparsities 0.5 0.9 0.95] [--repeats 5] [--rounds 5] [--no-model]
+    OMP_NUM_THREADS=1 python benchmarks/sparse_training.py --cycle [--interval 10] [--cycles 2]
+        [--distributions erk uniform]
 
 For every distinct masked Linear / Conv1d / Conv2d of each model (same kind, geometry, weight shape and input
 shape counted once; `n` says how often it occurs) and each S (a uniform random mask with exactly (1 - S) of
@@ -25,6 +27,19 @@ the measured plans over dense (n-weighted), and, unless --no-model, the whole mo
 (loss = mean square of the output) with `use_sparse_training_kernels` over the masked model, median of
 `--rounds` interleaved rounds, with the largest gradient difference relative to the largest gradient.
 
+`--cycle`: whole training steps instead, the engine's two modes side by side (sparse/compact.py): for each S
+and distribution (ERK, uniform), two copies of the model, each with fused Adam, an EMA and RigL-DM's engine
+(ΔT = `--interval`, so one step in ΔT is an update step with the dense gradient), one masked
+(`sparse.kernels=masked`), one compact with measured plans (`sparse.kernels=measure`); `--cycles` ΔT cycles,
+their steps interleaved (the order swapped every step), each step timed on the CPU-time clock. Printed: a
+cycle's time, measure / masked, for the whole cycle, its update step and its other steps, the same ratio for
+a cycle of `--long-interval` steps (default 100, the paper's ΔT) computed from those measured times (one
+update step and ΔT - 1 other steps at their measured mean), and the bytes held by parameters, gradients and
+Adam's moments (the goal's quantity; compact layers' index tensors counted with the parameters), by the EMA,
+and by the engine's masks and exploration record (the same in both modes), compact / masked. The last
+column counts the layers measure mode made compact with a sparse plan, compact on their dense operation, and
+left masked (where the masked layer was faster).
+
 Models as in benchmarks/sparse_inference.py: cpu-ldm (configs/ldm_openmoji_cpu.yaml's UNet, 3 x 8 x 8,
 batch 64), ldm4-small (LDM-4's UNet on 3 x 16 x 16 latents, batch 4), chirodiff (its denoiser, 120 points,
 batch 64; only its two Linear layers are masked Linear layers, the GRU is not timed here). `--tiny`: a smoke
@@ -44,7 +59,8 @@ import torch  # noqa: E402
 from sparse_inference import MODELS, Workload  # noqa: E402  (benchmarks/ is the script's folder)
 from torch import nn  # noqa: E402
 
-from sparsedm.sparse import sparseprop_kernels  # noqa: E402
+from sparsedm.sparse import EMA, SparseConfig, SparseEngine, sparseprop_kernels  # noqa: E402
+from sparsedm.sparse.compact import DENSE, choose_compact_plans, compactable, held_bytes, make_compact  # noqa: E402
 from sparsedm.sparse.kernels import best_of, capture_inputs, clock  # noqa: E402
 from sparsedm.sparse.masks import random_mask  # noqa: E402
 from sparsedm.sparse.train_kernel_choice import (  # noqa: E402
@@ -171,6 +187,121 @@ def model_ratio(work, masks, rounds, cache_dir):
     return ratio, error / largest, f"{len(swapped)}/{len(choices)}"
 
 
+def training_setup(work: Workload, sparsity: float, distribution: str, interval: int, kernels: str, cache_dir):
+    """(model, optimizer, ema, engine, storage or None) of one mode, the same weights and masks for both."""
+    model = copy.deepcopy(work.model).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
+    ema = EMA(model, decay=0.999)
+    config = SparseConfig(
+        method="rigl", sparsity=sparsity, distribution=distribution, update_interval=interval, t_end=10**9
+    )
+    engine = SparseEngine(model, optimizer, config, total_steps=10**9, ema=ema)
+    storage = None
+    if kernels != "masked":
+        force = SparseConfig(kernels=kernels).kernel_plan()
+        plans = choose_compact_plans(
+            model,
+            lambda: work.call(model, 500),
+            engine.masks,
+            cache_dir=cache_dir,
+            force=None if force == "measure" else force,
+            repeats=3,
+        )
+        storage = make_compact(engine, plans)
+    return model, optimizer, ema, engine, storage
+
+
+def training_step(work: Workload, setup) -> None:
+    model, optimizer, ema, engine, _ = setup
+    optimizer.zero_grad(set_to_none=True)
+    work.call(model, 500).square().mean().backward()
+    engine.after_backward()
+    optimizer.step()
+    engine.after_optimizer_step()
+    ema.update(model)
+
+
+def held(setup) -> dict:
+    """Bytes held, by part: parameters (with compact layers' patterns), gradients, optimiser state, EMA, engine."""
+    model, optimizer, ema, engine, storage = setup
+    patterns = [t for layer in (storage.layers.values() if storage else ()) for t in layer.pattern.tensors()]
+    return {
+        "params": held_bytes(list(model.parameters()) + patterns),
+        "grads": held_bytes(p.grad for p in model.parameters()),
+        "optimizer": held_bytes(t for state in optimizer.state.values() for t in state.values()),
+        "ema": held_bytes(ema.module.parameters()),
+        "engine": held_bytes(list(engine.masks.values()) + list(engine.explored.ever_active.values())),
+    }
+
+
+def cycle_row(work: Workload, sparsity: float, distribution: str, interval: int, cycles: int, cache_dir) -> dict:
+    """Time of `cycles` ΔT cycles per mode (update steps apart), interleaved, and the bytes each mode holds."""
+    setups = {
+        mode: training_setup(work, sparsity, distribution, interval, mode, cache_dir) for mode in ("masked", "measure")
+    }
+    layers = setups["measure"][4].layers
+    sparse_plans = sum(layer.plan != DENSE for layer in layers.values())
+    candidates = len(compactable(setups["masked"][0], setups["masked"][3].masks))
+    now = clock()
+    times = {mode: {"update": 0.0, "other": 0.0} for mode in setups}
+    for mode in setups:  # warm-up: one step each (the first backward allocates)
+        training_step(work, setups[mode])
+    for i in range(cycles * interval):
+        kind = "update" if setups["masked"][3].schedule.is_update_step(setups["masked"][3].step + 1) else "other"
+        for mode in list(setups)[:: 1 if i % 2 == 0 else -1]:
+            start = now()
+            training_step(work, setups[mode])
+            times[mode][kind] += now() - start
+    masks = {mode: setup[3].masks for mode, setup in setups.items()}
+    moved = sum(int((masks["masked"][n] != masks["measure"][n]).sum()) for n in masks["masked"])
+    memory = {mode: held(setup) for mode, setup in setups.items()}
+    return {
+        "times": times,
+        "memory": memory,
+        "layers": f"{sparse_plans}/{len(layers) - sparse_plans}/{candidates - len(layers)}",
+        "density": 1 - setups["masked"][3].sparsity(),
+        "masks_differ": moved,  # positions where the two modes' masks differ at the end (rounding at ties)
+    }
+
+
+def print_cycles(args, batches) -> None:
+    print(
+        f"RigL-DM, ΔT = {args.interval}, {args.cycles} cycle(s) after one warm-up step; time ratios measure / masked "
+        "(below 1 is faster); bytes compact / masked"
+    )
+    print(
+        f"{'model':<11} {'S':>5} {'dist':<8} {'cycle':>6} {'update':>7} {'other':>6} "
+        f"{f'ΔT={args.long_interval}':>7} {'masked s/cycle':>14} "
+        f"{'p+g+opt':>8} {'ema':>6} {'engine':>7} {'p+g+opt MiB masked':>18}  layers sparse/dense/masked"
+    )
+    for name in args.models:
+        work = Workload(name, batches[name], args.tiny)
+        for sparsity in args.sparsities:
+            for distribution in args.distributions:
+                with tempfile.TemporaryDirectory() as tmp:
+                    row = cycle_row(work, sparsity, distribution, args.interval, args.cycles, tmp)
+                t, mem = row["times"], row["memory"]
+                total = {mode: sum(parts.values()) for mode, parts in t.items()}
+                pgo = {mode: m["params"] + m["grads"] + m["optimizer"] for mode, m in mem.items()}
+                other = t["measure"]["other"] / t["masked"]["other"] if t["masked"]["other"] else float("nan")
+                per_other = args.cycles * (args.interval - 1)
+                long = {
+                    mode: t[mode]["update"] / args.cycles + (args.long_interval - 1) * t[mode]["other"] / per_other
+                    for mode in t
+                }
+                print(
+                    f"{name:<11} {sparsity:>5.2f} {distribution:<8} {total['measure'] / total['masked']:>6.3f} "
+                    f"{t['measure']['update'] / t['masked']['update']:>7.3f} {other:>6.3f} "
+                    f"{long['measure'] / long['masked']:>7.3f} "
+                    f"{total['masked'] / args.cycles:>14.2f} {pgo['measure'] / pgo['masked']:>8.3f} "
+                    f"{mem['measure']['ema'] / mem['masked']['ema']:>6.3f} "
+                    f"{mem['measure']['engine'] / mem['masked']['engine']:>7.3f} {pgo['masked'] / 2**20:>18.1f}  "
+                    f"{row['layers']}"
+                    + (f" (masks differ at {row['masks_differ']} positions)" if row["masks_differ"] else ""),
+                    flush=True,
+                )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
@@ -180,6 +311,11 @@ def main():
     parser.add_argument("--batch", type=int, nargs="+", default=[64, 4, 64], help="batch per model (in order)")
     parser.add_argument("--no-model", action="store_true", help="per-layer table only")
     parser.add_argument("--tiny", action="store_true", help="tiny models: a smoke test of the script")
+    parser.add_argument("--cycle", action="store_true", help="whole training steps over ΔT cycles, and memory")
+    parser.add_argument("--interval", type=int, default=10, help="--cycle: ΔT")
+    parser.add_argument("--cycles", type=int, default=2, help="--cycle: ΔT cycles timed")
+    parser.add_argument("--long-interval", type=int, default=100, help="--cycle: the ΔT of the computed column")
+    parser.add_argument("--distributions", nargs="+", default=["erk", "uniform"], help="--cycle: distributions")
     args = parser.parse_args()
     batches = dict(zip(MODELS, args.batch + args.batch[-1:] * len(MODELS)))
     torch.set_grad_enabled(True)
@@ -187,6 +323,10 @@ def main():
         f"{torch.get_num_threads()} thread(s), load average {os.getloadavg()[0]:.2f} at start, torch "
         f"{torch.__version__}, sparseprop {'installed' if sparseprop_kernels.AVAILABLE else 'not installed'}"
     )
+    if args.cycle:
+        print_cycles(args, batches)
+        print(f"load average {os.getloadavg()[0]:.2f} at the end")
+        return
     print("ratios: time / dense masked layer's time in the same rounds (forward + backward); below 1 is faster")
     header = f"{'layer':<52} {'n':>3} {'S':>5} {'share':>6} {'torch':>6} {'scipy':>6} {'sparseprop':>10} "
     print(header + f"{'measured':>8}  {'plan':<28} parts: best sparse / dense")

@@ -81,7 +81,7 @@ def test_gpu_check_without_a_gpu_says_so_and_checks_the_rest(tmp_path):
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["device"] == "cpu"
     checks = [k for k in report if k.startswith("chirodiff: ")]
-    assert len(checks) == 3 and all(report[k] is True for k in checks)
+    assert len(checks) == 4 and all(report[k] is True for k in checks)
     assert (tmp_path / "chirodiff" / "full" / "samples" / "samples.npz").is_file()
     assert result.stdout.rstrip().endswith("all checks passed")
 
@@ -111,3 +111,31 @@ def test_sparse_training_benchmark_prints_every_layer_and_the_models_gradients_a
         (model, s) for model in ("cpu-ldm", "ldm4-small", "chirodiff") for s in ("0.5", "0.95")
     ]
     assert all(float(s[6]) < 1e-4 for s in summaries)  # sparse layers compute the masked model's gradients
+
+
+@pytest.mark.slow
+def test_training_cycle_benchmark_prints_time_and_memory_ratios_per_model():
+    args = [sys.executable, "benchmarks/sparse_training.py", "--tiny", "--cycle", "--sparsities", "0.9"]
+    args += ["--cycles", "1", "--interval", "3", "--distributions", "uniform", "--batch", "2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    result = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = re.findall(
+        r"^(cpu-ldm|ldm4-small|chirodiff)\s+0\.90 uniform\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)"
+        r"\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\d+/\d+/\d+)",
+        result.stdout,
+        re.M,
+    )
+    assert [r[0] for r in rows] == ["cpu-ldm", "ldm4-small", "chirodiff"]
+    for model, *ratios, layers in rows:
+        cycle, update, other, long, seconds, pgo, ema, engine, mib = map(float, ratios)
+        assert cycle > 0 and update > 0 and other > 0 and seconds > 0
+        assert min(update, other) <= long <= max(update, other)  # a mix of the two, weighted to the other steps
+        assert engine == 1.0  # the masks and exploration record are the same in both modes
+        sparse, dense, masked = map(int, layers.split("/"))
+        assert sparse + dense + masked == {"chirodiff": 2}.get(model, sparse + dense + masked) > 0
+        if model != "chirodiff" and masked == 0:  # every weight compact: ~0.1 of the values, plus their indices
+            assert pgo < 0.45 and ema < 0.2, (model, pgo, ema)
+        assert pgo <= 1.0
+        if model == "chirodiff":  # the GRU, most of the model, stays masked
+            assert 0.5 < pgo <= 1.0

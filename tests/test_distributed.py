@@ -210,3 +210,27 @@ def test_two_ranks_train_the_autoencoder_as_one_process(tmp_path):
         runs[nproc] = load_checkpoint(list_checkpoints(out / "checkpoints")[-1])["model"]
     for name, weight in runs[1].items():
         torch.testing.assert_close(runs[2][name], weight, rtol=1e-4, atol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("kernels", ["torch/torch/sampled", "measure"])
+def test_two_ranks_with_compact_sparse_kernels_match_one_masked_process(tmp_path, cache, kernels):
+    """sparse.kernels under torchrun (a sparse plan forced on every layer, or plans rank 0 measured and sent to
+    all): the ranks' RigL dense gradients are averaged like DDP's, so the masks are the masked single process's,
+    and the weights agree with it."""
+    two = launch(tmp_path / "two", 2, cache, "sparse.method=rigl", f"sparse.kernels={kernels}", "dist.check_masks=true")
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert "compact layers" in two.stderr
+    one = launch(tmp_path / "one", 1, cache, "sparse.method=rigl")
+    assert one.returncode == 0, one.stderr[-2000:]
+    a = load_checkpoint(list_checkpoints(tmp_path / "two" / "checkpoints")[-1])
+    b = load_checkpoint(list_checkpoints(tmp_path / "one" / "checkpoints")[-1])
+    replaced = [
+        r["replaced"]
+        for r in map(json.loads, (tmp_path / "two" / "metrics.jsonl").read_text().splitlines())
+        if r.get("event") == "mask_update"
+    ]
+    assert len(replaced) == 4 and sum(replaced) > 0
+    for name, mask in b["engine"]["masks"].items():
+        assert torch.equal(mask, a["engine"]["masks"][name]), name
+    for name, weight in b["model"].items():
+        torch.testing.assert_close(a["model"][name], weight, rtol=1e-4, atol=1e-5, msg=name)

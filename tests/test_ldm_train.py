@@ -3,6 +3,8 @@ every method, the CLI's train-autoencoder -> train -> sample writes the run-fold
 gets a one-line error."""
 
 import json
+import logging
+import re
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from test_chirodiff_train import SUMMARY_KEYS, read_metrics
 from sparsedm.autoencoder import FirstStage
 from sparsedm.cli import main
 from sparsedm.models.unet import UNetConfig, unet_kwargs
-from sparsedm.runs.checkpoint import load_checkpoint
+from sparsedm.runs.checkpoint import list_checkpoints, load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +92,25 @@ def test_unet_training_lowers_the_loss(tmp_path, setup, method):
     updates = [r for r in metrics if r.get("event") == "mask_update"]
     assert len(updates) == (4 if method in ("rigl", "magran") else 0)
     assert all(u["replaced"] <= u["requested"] and isinstance(u["capped"], dict) for u in updates)
+
+
+def test_sparse_kernels_train_the_unet_as_masked_training_does(tmp_path, setup, caplog):
+    """sparse.kernels with a sparse plan forced on the LDM UNet (the frozen autoencoder is not the engine's):
+    the masked run's masks, and its weights to fp32 rounding."""
+    root, images = setup
+    caplog.set_level(logging.INFO, logger="sparsedm")
+    common = ["train.steps=12", "sparse.method=rigl", "sparse.sparsity=0.8", "sparse.update_interval=4"]
+    for kernels in ("masked", "torch/torch/sampled"):
+        assert train(root, images, tmp_path / kernels.replace("/", "-"), *common, f"sparse.kernels={kernels}") == 0
+    a, b = (
+        load_checkpoint(list_checkpoints(tmp_path / n / "checkpoints")[-1]) for n in ("masked", "torch-torch-sampled")
+    )
+    compacted = re.findall(r"sparse.kernels=torch/torch/sampled: (\d+) compact layers", caplog.text)
+    assert len(compacted) == 1 and int(compacted[0]) > 10, compacted
+    for name, mask in a["engine"]["masks"].items():
+        assert torch.equal(mask, b["engine"]["masks"][name]), name
+    for name, tensor in a["model"].items():
+        torch.testing.assert_close(b["model"][name], tensor, rtol=1e-4, atol=1e-5, msg=name)
 
 
 @pytest.mark.slow

@@ -127,12 +127,16 @@ def test_pattern_orders_and_values():
     mask = torch.tensor([[1, 0, 1], [0, 0, 1]], dtype=torch.bool)
     w = torch.arange(6.0).view(2, 3) * mask
     p = MaskPattern(mask)
-    assert p.nnz == 3 and p.index.tolist() == [0, 2, 5] and p.index_t.tolist() == [0, 2, 5]
-    assert p.csr(w).to_dense().equal(w) and p.csr_t(w).to_dense().equal(w.t())
-    assert torch.from_numpy(p.scipy(w).toarray()).equal(w)
+    assert p.nnz == 3 and p.index.tolist() == [0, 2, 5] and p.gather(w).tolist() == [0.0, 2.0, 5.0]
+    values = p.gather(w)
+    assert p.csr(values).to_dense().equal(w) and p.csr_t(values).to_dense().equal(w.t())
+    assert torch.from_numpy(p.scipy(values).toarray()).equal(w)
     assert p.scatter(torch.tensor([7.0, 8.0, 9.0])).tolist() == [[7.0, 0.0, 8.0], [0.0, 0.0, 9.0]]
-    mask2 = torch.tensor([[1, 1], [0, 1], [1, 0]], dtype=torch.bool)
-    assert MaskPattern(mask2).index_t.tolist() == [0, 4, 1, 3]  # Wᵀ's rows are W's columns
+    mask2 = torch.tensor([[1, 1], [0, 1], [1, 0]], dtype=torch.bool)  # CSR values: (0,0) (0,1) (1,1) (2,0)
+    p2 = MaskPattern(mask2)
+    assert p2._transpose[2].tolist() == [0, 3, 1, 2]  # Wᵀ's rows are W's columns: (0,0) (2,0) | (0,1) (1,1)
+    w2 = torch.arange(1.0, 7.0).view(3, 2) * mask2
+    assert p2.csr_t(p2.gather(w2)).to_dense().equal(w2.t())
 
 
 def test_refresh_follows_a_new_mask():

@@ -21,29 +21,38 @@ from sparsedm.runs.run_dir import (
     RunDir,
 )
 
-# train.* keys a resumed run may change -> whether a sweep, which compares its runs, keeps them pinned: those that
-# change what a run computes or which of its steps are scored
+# keys a resumed run may change -> whether a sweep, which compares its runs, keeps them pinned: those that change
+# what a run computes or which of its steps are scored
 RESUMABLE_CHANGES = {
-    "steps": True,  # moves t_end and the cosine p_t (the trainer warns)
-    "stop_at": False,
-    "log_to": False,
-    "sample_every": False,
-    "compress_checkpoints": False,
-    "val_every": False,
-    "keep_steps": True,  # what is kept to be scored: a sweep scores all its runs at the same steps
+    "train.steps": True,  # moves t_end and the cosine p_t (the trainer warns)
+    "train.stop_at": False,
+    "train.log_to": False,
+    "train.sample_every": False,
+    "train.compress_checkpoints": False,
+    "train.val_every": False,
+    "train.keep_steps": True,  # what is kept to be scored: a sweep scores all its runs at the same steps
+    "sparse.kernels": True,  # checkpoints keep one format; sums in another order change the rounding
 }
 
 
 def resumable_keys() -> str:
-    """ "train.steps, train.stop_at, ... and train.compress_checkpoints": for messages."""
-    keys = [f"train.{key}" for key in RESUMABLE_CHANGES]
+    """ "train.steps, train.stop_at, ... and sparse.kernels": for messages."""
+    keys = list(RESUMABLE_CHANGES)
     return ", ".join(keys[:-1]) + " and " + keys[-1]
 
 
+def _without(config: dict, keys) -> dict:
+    config = {section: dict(value) if isinstance(value, dict) else value for section, value in config.items()}
+    for key in keys:
+        section, _, name = key.partition(".")
+        if isinstance(config.get(section), dict):
+            config[section].pop(name, None)
+    return config
+
+
 def without_free_keys(config: dict) -> dict:
-    """A plain config less the train.* keys whose change leaves a run's results alone (what a sweep pins)."""
-    train = {k: v for k, v in config["train"].items() if RESUMABLE_CHANGES.get(k, True)}
-    return {**config, "train": train}
+    """A plain config less the keys whose change leaves a run's results alone (what a sweep pins)."""
+    return _without(config, [key for key, pinned in RESUMABLE_CHANGES.items() if not pinned])
 
 
 def prepare_run_dir(run: RunDir, cfg, resume: bool, overwrite: bool) -> None:
@@ -61,9 +70,7 @@ def prepare_run_dir(run: RunDir, cfg, resume: bool, overwrite: bool) -> None:
         return
     if not resume:
         raise UserError(f"{run.path} already holds a run; pass --resume to continue it or --overwrite to replace it")
-    old, new = to_dict(run.read_config()), to_dict(cfg)
-    for key in RESUMABLE_CHANGES:
-        old["train"].pop(key, None), new["train"].pop(key, None)
+    old, new = _without(to_dict(run.read_config()), RESUMABLE_CHANGES), _without(to_dict(cfg), RESUMABLE_CHANGES)
     if old != new:
         raise UserError(
             f"--resume: the config differs from the one in {run.path / CONFIG}; resume with the run's config "

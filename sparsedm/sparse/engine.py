@@ -13,10 +13,15 @@ schedule, redistribution) and applies every change in one place, `_apply_change`
 
 The engine knows nothing about diffusion. With mixed precision call `after_backward` after
 `scaler.unscale_(optimizer)`; an update whose gradients are not finite is skipped.
+
+Storage: by default every sparse tensor stays dense with a mask. compact.py's `make_compact` makes masked
+Linear/Conv layers keep only their active weights (`self.storage`); the engine then lends their dense copies
+to the same surgery at each update (`_dense_views`) and collects RigL's dense gradient from the layers.
 """
 
 import logging
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -29,6 +34,7 @@ from sparsedm.sparse.density import allocate_densities, nonzero_counts
 from sparsedm.sparse.drop import drop_lowest
 from sparsedm.sparse.ema import EMA
 from sparsedm.sparse.exploration import ExploredPositions
+from sparsedm.sparse.grow import by_momentum
 from sparsedm.sparse.masks import all_finite, apply_masks_, mask_gradients_, masks_fingerprint
 from sparsedm.sparse.optim_state import (
     check_holds,
@@ -86,6 +92,7 @@ class SparseEngine:
         self._targets: Dict[str, int] = {}  # active weights per tensor at S_t
         self.target_sparsity = 0.0  # S_t, the sparsity the counts follow (density_schedule.py)
         self.counts_history: List[Tuple[int, Dict[str, int]]] = []  # (from step, active weights per tensor)
+        self.storage = None  # compact.py's CompactStorage when layers keep only their active weights
         if not self.method_record.sparse:
             return
 
@@ -125,16 +132,24 @@ class SparseEngine:
         if not self.masks:
             return
         t = self.step + 1
-        if self.method_record.needs_dense_gradient and self._in_accumulation_window(t):
+        if self._wants_dense_gradient(t):
+            collected = self.storage.take_dense_grads() if self.storage is not None else {}  # fresh tensors
+            masked = self._masked_params()
             for name, param in self.params.items():
-                grad = param.grad if param.grad is not None else torch.zeros_like(param)
+                if name in masked:
+                    grad = param.grad.clone() if param.grad is not None else None
+                else:
+                    grad = collected.get(name)
+                if grad is None:
+                    grad = param.new_zeros(self.shapes[name])
                 acc = self._dense_grads.get(name)
-                self._dense_grads[name] = grad.clone() if acc is None else acc.add_(grad)
+                self._dense_grads[name] = grad if acc is None else acc.add_(grad)
         if self.schedule is not None and self.schedule.is_update_step(t):
             grads = [p.grad for p in self.model.parameters() if p.grad is not None] + list(self._dense_grads.values())
             self._grads_finite = all_finite(grads)
         if not self.method_record.dense_moments:
-            mask_gradients_(self.params, self.masks)
+            masked = self._masked_params()
+            mask_gradients_(masked, {n: self.masks[n] for n in masked})
 
     @torch.no_grad()
     def after_optimizer_step(self) -> Optional[dict]:
@@ -154,22 +169,65 @@ class SparseEngine:
             )
         self._backward_seen = False
         self.step += 1
+        self._prepare_backward()
+        masked = self._masked_params()
+        masks = {n: self.masks[n] for n in masked}
         if self.method_record.dense_moments:  # the optimiser moved masked weights by their dense gradient
-            apply_masks_(self.params, self.masks)
+            apply_masks_(masked, masks)
         if self.schedule is None or not self.schedule.is_update_step(self.step):
             return None
-        apply_masks_(self.params, self.masks)
+        apply_masks_(masked, masks)
         if not self._grads_finite:
             log.warning("step %d: non-finite gradients, mask update skipped", self.step)
             self._dense_grads = {}
             self._grads_finite = True
             return {"step": self.step, "skipped": True}
-        stats = self._update_masks(self.step)
+        with self._dense_views() as ema_params:
+            stats = self._update_masks(self.step, ema_params)
         stats["exploration_rate"] = self.explored.rate()
         self._dense_grads = {}
         return stats
 
     # -- the topology update ------------------------------------------------------------------------
+
+    # -- storage: masked dense tensors, or compact layers (compact.py) ---------------------------------
+
+    def set_storage(self, storage) -> None:
+        """Called by compact.py's make_compact / to_dense."""
+        self.storage = storage
+        self._prepare_backward()
+
+    def _masked_params(self) -> Dict[str, nn.Parameter]:
+        """The sparse tensors kept dense with a mask: all of them, unless compact layers hold some."""
+        if self.storage is None:
+            return self.params
+        return {n: p for n, p in self.params.items() if n not in self.storage.layers}
+
+    def _wants_dense_gradient(self, t: int) -> bool:
+        return self.method_record.needs_dense_gradient and self._in_accumulation_window(t)
+
+    def _prepare_backward(self) -> None:
+        """Tell compact layers whether the next backward must also give the dense gradient (RigL's window)."""
+        if self.storage is not None:
+            self.storage.collect_dense_grads(self._wants_dense_gradient(self.step + 1))
+
+    @contextmanager
+    def _dense_views(self):
+        """For a mask update: self.params hold dense weights (compact layers lend dense copies, compacted
+        again at the new masks on exit); yields the EMA's dense weights by name."""
+        ema_params = dict(self.ema.named_parameters()) if self.ema is not None else {}
+        if self.storage is None:
+            yield ema_params
+            return
+        params = self.params
+        reads_moments = self.method_record.grow is by_momentum or self.method_record.redistribute is not None
+        with self.storage.expanded(self.masks, reads_moments) as (weights, ema_weights):
+            self.params = {**params, **weights}
+            try:
+                yield {**ema_params, **ema_weights}
+            finally:
+                self.params = params
+        self.params.update({n: layer.values for n, layer in self.storage.layers.items()})  # new counts: new ones
 
     def _in_accumulation_window(self, t: int) -> bool:
         upcoming = self.schedule.next_update_step(t)
@@ -193,7 +251,7 @@ class SparseEngine:
             name, param, self.masks[name], self._dense_grads.get(name), momentum(self.optimizer, param), self.generator
         )
 
-    def _update_masks(self, t: int) -> dict:
+    def _update_masks(self, t: int, ema_params: Dict[str, torch.Tensor]) -> dict:
         """Ask the method's parts what changes (drop score, grow rule, S_t, redistribution), then apply it.
 
         Per tensor, k = round(p_t · n) weights are replaced (n: its active count after any pruning to S_t),
@@ -232,7 +290,6 @@ class SparseEngine:
             capacity[name] = mask.numel() - n_active + (len(dropped[name]) if regrow else 0)
         if method.redistribute is not None and grow_counts:
             grow_counts = method.redistribute(grow_counts, states, capacity)
-        ema_params = dict(self.ema.named_parameters()) if self.ema is not None else {}
         replaced = regrown = 0
         self.last_update = {}
         for name, gone in dropped.items():
@@ -304,12 +361,14 @@ class SparseEngine:
     def apply_masks(self) -> None:
         """Zero masked weights, their optimiser moments (unless the method keeps them dense) and the EMA's
         entries (after init or a load)."""
-        apply_masks_(self.params, self.masks)
-        for name, param in self.params.items():
+        masked = self._masked_params()
+        masks = {n: self.masks[n] for n in masked}
+        apply_masks_(masked, masks)
+        for name, param in masked.items():
             if not self.method_record.dense_moments:
                 mask_moments_(self.optimizer, param, self.masks[name])
         if self.ema is not None:
-            apply_masks_(dict(self.ema.named_parameters()), self.masks)
+            apply_masks_(dict(self.ema.named_parameters()), masks)
 
     def apply_masks_to(self, module: nn.Module) -> None:
         """Zero the masked entries of another module with the same parameter names (an export, a copy)."""
@@ -330,6 +389,7 @@ class SparseEngine:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        self._refuse_when_compact("load_state_dict")
         if state["method"] != self.method:
             raise UserError(
                 f"the checkpoint was trained with sparse.method={state['method']}, not {self.method}; use the run's config"
@@ -348,6 +408,7 @@ class SparseEngine:
         self.explored.load_state_dict(state.get("explored"), self.masks)
         self._backward_seen = False
         self.apply_masks()
+        self._prepare_backward()
 
     def load_masks(self, masks: Dict[str, torch.Tensor]) -> None:
         """Take a topology from elsewhere (an export's `masks.safetensors`, another run) and apply it.
@@ -356,12 +417,19 @@ class SparseEngine:
         the step, schedule and RNG are left as they are. The exploration record starts again from these masks
         (they carry no history).
         """
+        self._refuse_when_compact("load_masks")
         if self.method_record.counts_vary:  # the counts of a finished run are not those of its step 0
             self.nonzeros = {n: int(masks[n].sum()) if n in masks else c for n, c in self.nonzeros.items()}
         self._check_masks(masks, "the masks", "build the engine with the config they were trained with")
         self.masks = {n: masks[n].to(device=p.device, dtype=torch.bool) for n, p in self.params.items()}
         self.explored = ExploredPositions(self.masks)
         self.apply_masks()
+
+    def _refuse_when_compact(self, what: str) -> None:
+        if self.storage is not None:
+            raise UserError(
+                f"SparseEngine.{what} on a compact model: load the state first, then make the model compact"
+            )
 
     def _check_masks(self, masks: Dict[str, torch.Tensor], what: str, fix: str) -> None:
         if set(masks) != set(self.masks):

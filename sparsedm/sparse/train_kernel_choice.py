@@ -126,12 +126,17 @@ def _part_times(layer: nn.Module, x: torch.Tensor, dy: torch.Tensor, repeats: in
             m = layer.columns(x)
             dy2 = dy.transpose(0, 1).reshape(dy.shape[1], -1)
         p = layer.pattern
-        fns = {
-            "fwd": [lambda h=h: p.forward(weight, m, h) for h in PARTS["fwd"]],
-            "dx": [lambda h=h: p.input_grad(weight, dy2, h) for h in PARTS["dx"]],
-            "dw": [lambda h=h: p.weight_grad_values(dy2, m, h) for h in PARTS["dw"]],
+        product = {
+            "fwd": lambda h: p.forward(weight, m, h),
+            "dx": lambda h: p.input_grad(weight, dy2, h),
+            "dw": lambda h: p.weight_grad_values(dy2, m, h),
         }
-        return {part: best_of(f, repeats, sync) for part, f in fns.items()}
+        times = {}
+        for part, ways in PARTS.items():  # scipy computes on the CPU only: never chosen elsewhere
+            usable = [h for h in ways if h != "scipy" or x.device.type == "cpu"]
+            measured = dict(zip(usable, best_of([lambda h=h: product[part](h) for h in usable], repeats, sync)))
+            times[part] = [measured.get(h, float("inf")) for h in ways]
+        return times
 
 
 def choose_training_plans(
@@ -178,10 +183,10 @@ def choose_training_plans(
     return choices
 
 
-def measure_plan(module, mask, x, repeats, sync, margin=1.05):
+def measure_plan(module, mask, x, repeats, sync, margin=1.05, sparseprop=True):
     """(plan name, speed-up, part times): each product's fastest way ({part: seconds of each way in PARTS}),
-    then that parts plan and each sparseprop variant that agrees with dense on x, forward + backward against
-    the dense module's, interleaved; the fastest if it beats dense by `margin`, else "dense"."""
+    then that parts plan and (with `sparseprop`) each sparseprop variant that agrees with dense on x, forward +
+    backward against the dense module's, interleaved; the fastest if it beats dense by `margin`, else "dense"."""
     with torch.no_grad():
         dy = torch.randn(module(x).shape, dtype=x.dtype, device=x.device)
     x = x.detach().requires_grad_(True)
@@ -192,7 +197,7 @@ def measure_plan(module, mask, x, repeats, sync, margin=1.05):
     if plan != ALL_DENSE or not isinstance(module, nn.Linear):
         layer.plan = plan
         candidates[plan_name(module, plan)] = layer
-    for variant in sparseprop_kernels.variants(module, x.shape[0]):
+    for variant in sparseprop_kernels.variants(module, x.shape[0]) if sparseprop else ():
         sparse = sparseprop_kernels.SparsepropLayer(module, mask, variant)
         if sparseprop_kernels.agrees(sparse, module, mask, x, dy):
             candidates[f"sparseprop:{variant}"] = sparse

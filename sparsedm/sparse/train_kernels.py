@@ -25,6 +25,7 @@ EMA and engine see no change. Only groups=1, zero-padded convolutions in fp32/fp
 """
 
 import warnings
+from functools import cached_property
 from typing import Tuple
 
 import numpy as np
@@ -53,51 +54,94 @@ def _csr(crow, col, values, size) -> torch.Tensor:
 class MaskPattern:
     """The non-zeros of a 2-D mask (out x K) in CSR order, and in the order of its transpose's CSR.
 
-    `index` / `index_t`: flat positions in W of the active weights, row-major (CSR of W) / column-major (CSR of
-    Wᵀ). The products below take the dense weight W (zeros at masked positions) and gather what they need."""
+    `index`: flat positions in W of the active weights, row-major (CSR of W): a layer that stores only its
+    active values (compact.py) keeps them in this order. The products take those values (`*_values`) or the
+    dense weight W (zeros at masked positions), gathering what they need. What only some plans use (the
+    transpose's order, scipy's indices, the sampler of `sampled_addmm`) is built on first use, so a pattern
+    costs memory in proportion to the non-zeros and to what its plan needs."""
 
     def __init__(self, mask: torch.Tensor):
         if mask.dim() != 2:
             raise UserError(f"a mask pattern is 2-D (out x K), got shape {list(mask.shape)}")
         self.shape = tuple(mask.shape)
-        rows, cols = self.shape
         mask = mask.detach().to(torch.bool)
-        self.index = mask.reshape(-1).nonzero().squeeze(1)
-        k_t = mask.t().reshape(-1).nonzero().squeeze(1)  # flat positions in Wᵀ (K x out)
-        self.index_t = (k_t % rows) * cols + k_t // rows
-        self.crow = torch.cat([self.index.new_zeros(1), mask.sum(1).cumsum(0)])
-        self.col = self.index % cols
-        self.crow_t = torch.cat([self.index.new_zeros(1), mask.sum(0).cumsum(0)])
-        self.col_t = k_t % rows
+        # int32 indices where they fit (torch's CSR products, gathers and scatters take them): half the bytes
+        dtype = torch.int32 if mask.numel() < 2**31 else torch.int64
+        index = mask.reshape(-1).nonzero().squeeze(1)
+        self.index = index.to(dtype)
+        self.crow = torch.cat([index.new_zeros(1), mask.sum(1).cumsum(0)]).to(dtype)
+        self.col = (index % self.shape[1]).to(dtype)
         self.nnz = int(self.index.numel())
-        self._scipy_indices = (self.col.cpu().numpy().astype(np.int32), self.crow.cpu().numpy().astype(np.int32))
-        self._sampler = _csr(self.crow, self.col, torch.zeros(self.nnz, dtype=torch.float32), self.shape)
 
-    def csr(self, weight: torch.Tensor) -> torch.Tensor:
-        return _csr(self.crow, self.col, weight.reshape(-1)[self.index], self.shape)
+    @cached_property
+    def _transpose(self):
+        """(crow, col, order) of Wᵀ's CSR; `order`: the CSR values' positions in Wᵀ's CSR order."""
+        rows, cols = self.shape
+        dtype = self.index.dtype
+        rows_of = torch.repeat_interleave(torch.arange(rows, device=self.index.device), self.crow.diff().long())
+        order = torch.argsort(self.col.long() * rows + rows_of)  # column-major position of each CSR value
+        counts = torch.bincount(self.col.long(), minlength=cols)
+        crow_t = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        return crow_t.to(dtype), rows_of[order].to(dtype), order.to(dtype)
 
-    def csr_t(self, weight: torch.Tensor) -> torch.Tensor:
-        return _csr(self.crow_t, self.col_t, weight.reshape(-1)[self.index_t], self.shape[::-1])
+    @cached_property
+    def _scipy_indices(self):
+        if self.index.dtype == torch.int32:  # scipy takes the same arrays, no copy
+            return self.col.cpu().numpy(), self.crow.cpu().numpy()
+        return self.col.cpu().numpy().astype(np.int64), self.crow.cpu().numpy().astype(np.int64)
 
-    def scipy(self, weight: torch.Tensor) -> scipy.sparse.csr_matrix:
-        values = weight.detach().reshape(-1)[self.index].numpy()
-        return scipy.sparse.csr_matrix((values, *self._scipy_indices), shape=self.shape)
+    @cached_property
+    def _sampler(self):
+        return _csr(
+            self.crow, self.col, torch.zeros(self.nnz, dtype=torch.float32, device=self.index.device), self.shape
+        )
+
+    def tensors(self):
+        """Every tensor the pattern holds now (for counting its bytes)."""
+        held = [self.index, self.crow, self.col]
+        if "_transpose" in self.__dict__:
+            held += list(self._transpose)
+        if "_sampler" in self.__dict__:
+            held += [self._sampler.crow_indices(), self._sampler.col_indices(), self._sampler.values()]
+        if "_scipy_indices" in self.__dict__:
+            held += [torch.from_numpy(a) for a in self._scipy_indices]  # shares self.col / self.crow when int32
+        return held
+
+    def gather(self, weight: torch.Tensor) -> torch.Tensor:
+        """The active values of a dense weight, in CSR order."""
+        return weight.reshape(-1)[self.index]
+
+    def csr(self, values: torch.Tensor) -> torch.Tensor:
+        return _csr(self.crow, self.col, values, self.shape)
+
+    def csr_t(self, values: torch.Tensor) -> torch.Tensor:
+        crow_t, col_t, order = self._transpose
+        return _csr(crow_t, col_t, values[order], self.shape[::-1])
+
+    def scipy(self, values: torch.Tensor) -> scipy.sparse.csr_matrix:
+        return scipy.sparse.csr_matrix((values.detach().numpy(), *self._scipy_indices), shape=self.shape)
 
     def forward(self, weight: torch.Tensor, m: torch.Tensor, how: str) -> torch.Tensor:
         """Y = W M (out x N) for a dense M (K x N)."""
+        return weight @ m if how == "dense" else self.forward_values(self.gather(weight), m, how)
+
+    def forward_values(self, values: torch.Tensor, m: torch.Tensor, how: str) -> torch.Tensor:
         if how == "dense":
-            return weight @ m
+            return self.scatter(values) @ m
         if how == "torch":
-            return self.csr(weight) @ m
-        return torch.from_numpy(self.scipy(weight) @ m.numpy())
+            return self.csr(values) @ m
+        return torch.from_numpy(self.scipy(values) @ m.numpy())
 
     def input_grad(self, weight: torch.Tensor, dy: torch.Tensor, how: str) -> torch.Tensor:
         """dM = Wᵀ dY (K x N)."""
+        return weight.t() @ dy if how == "dense" else self.input_grad_values(self.gather(weight), dy, how)
+
+    def input_grad_values(self, values: torch.Tensor, dy: torch.Tensor, how: str) -> torch.Tensor:
         if how == "dense":
-            return weight.t() @ dy
+            return self.scatter(values).t() @ dy
         if how == "torch":
-            return self.csr_t(weight) @ dy
-        return torch.from_numpy(self.scipy(weight).T @ dy.numpy())  # CSC: no transposed copy
+            return self.csr_t(values) @ dy
+        return torch.from_numpy(self.scipy(values).T @ dy.numpy())  # CSC: no transposed copy
 
     def weight_grad_values(self, dy: torch.Tensor, m: torch.Tensor, how: str) -> torch.Tensor:
         """(dY Mᵀ) at the active positions, in CSR order (nnz values)."""
@@ -107,9 +151,10 @@ class MaskPattern:
         return torch.sparse.sampled_addmm(sampler, dy, m.t(), beta=0.0).values()
 
     def scatter(self, values: torch.Tensor) -> torch.Tensor:
-        """The dense (out x K) tensor with `values` at the active positions and zeros elsewhere."""
+        """The dense (out x K) tensor with `values` at the active positions and zeros elsewhere (differentiable:
+        the gradient of `values` is the dense gradient gathered at the active positions)."""
         dense = values.new_zeros(self.shape[0] * self.shape[1])
-        return dense.index_copy_(0, self.index, values).view(self.shape)
+        return dense.index_put((self.index,), values).view(self.shape)
 
     def backward(self, weight, m, dy, plan: Tuple[str, str, str], need_dm: bool = True):
         """(dM or None, dW's active values) for a plan (fwd, dx, dw)."""
@@ -145,6 +190,7 @@ class _SparseTrainLayer(nn.Module):
     def __init__(self, module: nn.Module, mask: torch.Tensor, plan):
         super().__init__()
         self.weight, self.bias = module.weight, module.bias
+        self.weight_shape = tuple(module.weight.shape)
         self.dense_module = [module]  # a list: not a submodule, its Parameters are not listed twice
         self.plan = tuple(plan)
         self.refresh(mask)
@@ -152,6 +198,10 @@ class _SparseTrainLayer(nn.Module):
     def refresh(self, mask: torch.Tensor) -> None:
         """A new pattern after a mask update (the mask has the weight's shape)."""
         self.pattern = MaskPattern(mask.reshape(self.weight.shape[0], -1))
+
+    def product(self, m: torch.Tensor) -> torch.Tensor:
+        """W M by the plan (W as out x K)."""
+        return masked_product(self.weight.reshape(self.weight.shape[0], -1), m, self.pattern, self.plan)
 
     @property
     def dense(self) -> nn.Module:
@@ -162,10 +212,10 @@ class SparseTrainLinear(_SparseTrainLayer):
     """A Linear whose weight is multiplied through `plan` at `mask`'s pattern."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m = x.reshape(-1, self.weight.shape[1]).t()  # (in, N), a view
-        y = masked_product(self.weight, m, self.pattern, self.plan).t()
+        m = x.reshape(-1, self.weight_shape[1]).t()  # (in, N), a view
+        y = self.product(m).t()
         y = y if self.bias is None else y + self.bias
-        return y.reshape(*x.shape[:-1], self.weight.shape[0])
+        return y.reshape(*x.shape[:-1], self.weight_shape[0])
 
 
 class SparseTrainConv(_SparseTrainLayer):
@@ -173,6 +223,9 @@ class SparseTrainConv(_SparseTrainLayer):
 
     def __init__(self, conv: nn.Module, mask: torch.Tensor, plan):
         super().__init__(conv, mask, plan)
+        self._set_geometry(conv)
+
+    def _set_geometry(self, conv: nn.Module) -> None:
         self.one_d = isinstance(conv, nn.Conv1d)
         self.kernel_size = (1,) + tuple(conv.kernel_size) if self.one_d else tuple(conv.kernel_size)
         self.stride, self.padding, self.dilation = _conv_geometry(conv)
@@ -190,7 +243,7 @@ class SparseTrainConv(_SparseTrainLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, height, width = x.shape[0], 1 if self.one_d else x.shape[2], x.shape[-1]
         # autograd folds dM back onto x through unfold's backward (col2im)
-        y = masked_product(self.weight.reshape(self.weight.shape[0], -1), self.columns(x), self.pattern, self.plan)
+        y = self.product(self.columns(x))
         y = y.view(-1, batch, self._out_size(height, 0), self._out_size(width, 1)).transpose(0, 1)
         if self.bias is not None:
             y = y + self.bias.view(1, -1, 1, 1)

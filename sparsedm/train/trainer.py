@@ -14,7 +14,9 @@ import math
 import signal
 import threading
 import time
+from collections import Counter
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -36,6 +38,7 @@ from sparsedm.runs.prepare import prepare_run_dir
 from sparsedm.runs.provenance import provenance
 from sparsedm.runs.run_dir import RunDir
 from sparsedm.sparse import EMA, SparseConfig, SparseEngine
+from sparsedm.sparse.compact import choose_compact_plans, make_compact
 from sparsedm.sparse.methods import dense_method
 from sparsedm.tasks import build_task
 from sparsedm.train.loggers import RunLogger, sample_pictures
@@ -91,10 +94,32 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler(self.device.type) if tc.precision == "fp16" else None
         self.forward_model = self.model
+        self.step, self.wall_before = 0, 0.0
+
+    def _use_kernels(self) -> None:
+        """sparse.kernels other than masked: sparse layers keep only their active weights (compact.py), each on
+        the plan forced or measured on a training batch (rank 0 measures, every rank takes its plans). After a
+        restore, whose checkpoint is in the masked format; before DDP wraps the model."""
+        plan = self.engine.config.kernel_plan()
+        if plan is None or not self.engine.masks:
+            return
+        batch = self._batch(self.train_set, self.batches.indices(self.step, self.dist.rank, self.dist.world_size))
+        plans = choose_compact_plans(
+            self.model,
+            lambda: self.task.loss(self.model, batch, self._seeds(self.step)),
+            self.engine.masks,
+            cache_dir=Path(self.cfg.data.cache_dir) / "kernels",
+            force=None if plan == "measure" else plan,
+        )
+        make_compact(self.engine, plans)
+        if self.dist.is_main:
+            chosen = Counter("/".join(p) if isinstance(p, tuple) else p for p in plans.values())
+            log.info("sparse.kernels=%s: %d compact layers (%s)", self.engine.config.kernels, len(plans), dict(chosen))
+
+    def _wrap(self) -> None:
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.forward_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        self.step, self.wall_before = 0, 0.0
 
     def _restore(self) -> None:
         path = latest_checkpoint(self.run.checkpoints)
@@ -238,6 +263,8 @@ class Trainer:
             self._restore()
         elif self.dist.is_main:
             self.run.write_config(self.cfg)
+        self._use_kernels()
+        self._wrap()
         if self.dist.is_main:
             purge = self.step + 1 if self.resume else None  # TensorBoard hides what came after the checkpoint
             self.logger = RunLogger(self.run, self.tc.log_to, self.tc.sample_every, purge)
@@ -276,6 +303,8 @@ class Trainer:
             )
             self._close_logs(finished=False)
             return None
+        if self.engine.storage is not None:
+            self.engine.storage.to_dense()  # the model's own layers for the summary, sampling and export
         summary = self._summary(elapsed()) if self.dist.is_main else {}
         self._close_logs(finished=True)
         return summary

@@ -1,0 +1,310 @@
+"""Compact storage (sparse/compact.py): layers that keep only their active weights train as masked layers do,
+to fp32 rounding, with every plan forced; parameters, gradients, Adam moments and EMA hold only the non-zeros
+(bytes counted); files keep the masked format, so runs resume across modes."""
+
+import json
+
+import pytest
+import torch
+from tiny_models import tiny_chirodiff, tiny_unet
+from torch import nn
+
+from sparsedm.cli import main
+from sparsedm.errors import UserError
+from sparsedm.runs.checkpoint import list_checkpoints, load_checkpoint
+from sparsedm.sparse import EMA, SparseConfig, SparseEngine
+from sparsedm.sparse.compact import CompactConv, CompactLinear, choose_compact_plans, held_bytes, make_compact
+
+PLANS = ["compact", "torch/torch/sampled", "scipy/scipy/dense", "dense/torch/sampled", "torch/dense/sampled"]
+PLAN_TUPLES = [
+    (f, x, w) for f in ("dense", "torch", "scipy") for x in ("dense", "torch", "scipy") for w in ("dense", "sampled")
+]
+
+
+class Net(nn.Module):
+    """Convolutions (one strided, one 1-d), Linear layers and a GRU, which stays masked."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.down = nn.Conv2d(16, 16, 3, stride=2, padding=1, bias=False)
+        self.seq = nn.Conv1d(16, 16, 3, padding="same")
+        self.lin = nn.Linear(16 * 4 * 4, 32)
+        self.gru = nn.GRU(32, 8, batch_first=True)
+        self.out = nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.down(torch.relu(self.conv(x))))
+        h = torch.relu(self.seq(h.flatten(2))).flatten(1)
+        h, _ = self.gru(torch.relu(self.lin(h))[:, None].expand(-1, 3, -1))
+        return self.out(h[:, -1])
+
+
+def build(method, seed=0, steps=12, **sparse):
+    torch.manual_seed(seed)
+    model = Net()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2, fused=True)
+    ema = EMA(model, decay=0.9)
+    config = SparseConfig(method=method, sparsity=0.7, update_interval=3, t_end=0.9, **sparse)
+    engine = SparseEngine(model, optimizer, config, total_steps=steps, ema=ema)
+    return model, optimizer, ema, engine
+
+
+def batches(steps=12):
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(8, 3, 8, 8, generator=g), torch.randn(8, 4, generator=g)) for _ in range(steps)]
+
+
+def step(model, optimizer, ema, engine, x, y):
+    optimizer.zero_grad(set_to_none=True)
+    loss = ((model(x) - y) ** 2).mean()
+    loss.backward()
+    engine.after_backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    update = engine.after_optimizer_step()
+    ema.update(model)
+    return float(loss.detach()), update
+
+
+def compact(model, engine, plan, x):
+    force = SparseConfig(kernels=plan).kernel_plan()
+    return make_compact(engine, choose_compact_plans(model, lambda: model(x), engine.masks, force=force))
+
+
+def train(method, plan=None, **sparse):
+    model, optimizer, ema, engine = build(method, **sparse)
+    data = batches()
+    storage = compact(model, engine, plan, data[0][0]) if plan else None
+    losses, updates = [], 0
+    for x, y in data:
+        loss, update = step(model, optimizer, ema, engine, x, y)
+        losses.append(loss)
+        updates += update is not None and update.get("replaced", 0) > 0
+    files = (model.state_dict(), optimizer.state_dict(), ema.state_dict())
+    if storage is not None:
+        storage.to_dense()
+    return losses, files, engine, updates
+
+
+@pytest.mark.parametrize("method", ["static", "rigl", "magran", "granet"])
+@pytest.mark.parametrize("plan", PLANS)
+def test_compact_training_equals_masked_training(method, plan):
+    ref_losses, (ref_model, ref_opt, ref_ema), ref_engine, updates = train(method)
+    losses, (model, opt, ema), engine, _ = train(method, plan)
+    assert ref_engine.masks_fingerprint() == engine.masks_fingerprint()  # the same drops and growths
+    assert engine.nonzeros == ref_engine.nonzeros
+    if method != "static":
+        assert updates >= 2  # topology changes happened inside the run
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(ref_losses), rtol=1e-5, atol=1e-6)
+    # the files are in the masked format: the same keys and shapes, the same values to fp32 rounding
+    assert set(ref_model) == set(model)
+    for name, tensor in ref_model.items():
+        torch.testing.assert_close(model[name], tensor, rtol=1e-4, atol=5e-5, msg=name)
+    for name, tensor in ref_ema["module"].items():
+        torch.testing.assert_close(ema["module"][name], tensor, rtol=1e-4, atol=5e-5, msg=name)
+    for i, state in ref_opt["state"].items():
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert opt["state"][i][key].shape == state[key].shape
+            torch.testing.assert_close(opt["state"][i][key], state[key], rtol=1e-3, atol=1e-7)
+    # after to_dense the model is the masked model's again
+    for name, p in engine.model.named_parameters():
+        torch.testing.assert_close(p.detach(), ref_engine.model.get_parameter(name).detach(), rtol=1e-4, atol=5e-5)
+
+
+def optimizer_bytes(optimizer):
+    return held_bytes(t for state in optimizer.state.values() for t in state.values())
+
+
+def test_memory_of_weights_gradients_moments_and_ema_follows_the_non_zeros():
+    """Bytes counted: each compact layer holds nnz values, gradients, two Adam moments and EMA values instead of
+    the dense numel of each; everything else (biases, the masked GRU, Adam's step counters) is unchanged."""
+    held = {}
+    for plan in (None, "torch/torch/sampled"):
+        model, optimizer, ema, engine = build("rigl")
+        data = batches()
+        storage = compact(model, engine, plan, data[0][0]) if plan else None
+        for x, y in data[:4]:  # through an update (step 3)
+            step(model, optimizer, ema, engine, x, y)
+        model(data[5][0]).sum().backward()  # gradients present
+        held[plan] = {
+            "params": held_bytes(model.parameters()),
+            "grads": held_bytes(p.grad for p in model.parameters()),
+            "moments": optimizer_bytes(optimizer),
+            "ema": held_bytes(ema.module.parameters()),
+        }
+        if plan:
+            layers = storage.layers
+            saved = {n: (layer.weight_shape, layer.values.numel()) for n, layer in layers.items()}
+            assert set(layers) == {"conv.weight", "down.weight", "seq.weight", "lin.weight", "out.weight"}
+            for name, layer in layers.items():
+                nnz = engine.nonzeros[name]
+                assert layer.values.numel() == nnz == layer.values.grad.numel()
+                state = optimizer.state[layer.values]
+                assert state["exp_avg"].numel() == state["exp_avg_sq"].numel() == nnz
+                assert storage.ema_layers[name].values.numel() == nnz
+                assert isinstance(layer, CompactLinear if name in ("lin.weight", "out.weight") else CompactConv)
+    freed = sum(4 * (torch.Size(shape).numel() - nnz) for shape, nnz in saved.values())
+    for part, factor in (("params", 1), ("grads", 1), ("moments", 2), ("ema", 1)):
+        assert held[None][part] - held["torch/torch/sampled"][part] == factor * freed, part
+    assert freed > 0.5 * held[None]["params"]  # most of the model is compact at S = 0.7
+
+
+def test_rigl_grows_from_the_dense_gradient_only_inside_its_window():
+    model, optimizer, ema, engine = build("rigl")
+    data = batches()
+    storage = compact(model, engine, "torch/torch/sampled", data[0][0])
+    sinks = []
+    for x, y in data[:6]:
+        sinks.append(all(layer.sink is not None for layer in storage.layers.values()))
+        step(model, optimizer, ema, engine, x, y)
+    assert sinks == [False, False, True, False, False, True]  # updates at steps 3 and 6 (ΔT = 3)
+
+
+def test_a_run_resumes_across_modes_from_the_same_file(tmp_path):
+    """Six steps compact, saved, then six more in masked mode equal twelve compact steps to fp32 rounding."""
+
+    def run(first_plan, second_plan, split):
+        model, optimizer, ema, engine = build("rigl")
+        data = batches()
+        storage = compact(model, engine, first_plan, data[0][0]) if first_plan else None
+        for x, y in data[:split]:
+            step(model, optimizer, ema, engine, x, y)
+        files = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "ema": ema.state_dict(),
+            "engine": engine.state_dict(),
+        }
+        torch.save(files, tmp_path / "state.pt")
+        if storage is not None:
+            storage.to_dense()
+        model, optimizer, ema, engine = build("rigl")
+        state = torch.load(tmp_path / "state.pt", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        ema.load_state_dict(state["ema"])
+        engine.load_state_dict(state["engine"])
+        storage = compact(model, engine, second_plan, data[0][0]) if second_plan else None
+        for x, y in data[split:]:
+            step(model, optimizer, ema, engine, x, y)
+        return {k: v.clone() for k, v in model.state_dict().items()}, engine.masks_fingerprint()
+
+    straight, masks = run("torch/torch/sampled", "torch/torch/sampled", 12)
+    for first, second in (("torch/torch/sampled", None), (None, "torch/torch/sampled")):
+        resumed, resumed_masks = run(first, second, 7)  # inside the window before the update at 9
+        assert resumed_masks == masks
+        for name, tensor in straight.items():
+            torch.testing.assert_close(resumed[name], tensor, rtol=1e-4, atol=5e-5, msg=name)
+
+
+def test_refusals_are_one_line():
+    with pytest.raises(UserError, match="sparse.kernels='fast' is unknown"):
+        SparseConfig(kernels="fast")
+    with pytest.raises(UserError, match="sparse.kernels='torch/torch/torch' is unknown"):
+        SparseConfig(kernels="torch/torch/torch")
+    model, optimizer, ema, engine = build("snfs")
+    with pytest.raises(UserError, match="keeps the moments of inactive weights"):
+        make_compact(engine, {})
+    model, optimizer, ema, engine = build("rigl")
+    with pytest.raises(UserError, match="no compact layer computes gru.weight_hh_l0"):
+        make_compact(engine, {"gru.weight_hh_l0": "dense"})
+    compact(model, engine, "compact", batches()[0][0])
+    with pytest.raises(UserError, match="load the state first"):
+        engine.load_state_dict(engine.state_dict())
+
+
+def test_measured_plans_are_cached_per_layer(tmp_path):
+    model, optimizer, ema, engine = build("rigl")
+    x = batches()[0][0]
+    plans = choose_compact_plans(model, lambda: model(x), engine.masks, cache_dir=tmp_path, repeats=1)
+    compactable = {"conv.weight", "down.weight", "seq.weight", "lin.weight", "out.weight"}
+    assert set(plans) <= compactable  # a layer where the masked module is faster stays masked
+    cached = json.loads((tmp_path / "sparse_training_kernels.json").read_text())
+    (entries,) = cached.values()
+    assert len(entries) == 5 and all(key.startswith("compact train ") for key in entries)
+    assert {plan for plan, _ in entries.values()} <= {"masked", "dense", *(p for p in map("/".join, PLAN_TUPLES))}
+    assert choose_compact_plans(model, lambda: model(x), engine.masks, cache_dir=tmp_path) == plans  # from the file
+
+
+@pytest.mark.parametrize("margin, compacted", [(1e9, 5), (1e-9, 0)])
+def test_the_masked_layer_is_kept_only_where_it_beats_compact_by_the_margin(margin, compacted):
+    """margin: how much faster the masked module must be; huge -> never, tiny -> always."""
+    model, optimizer, ema, engine = build("rigl")
+    x = batches()[0][0]
+    plans = choose_compact_plans(model, lambda: model(x), engine.masks, margin=margin, repeats=1)
+    assert len(plans) == compacted
+
+
+def test_a_tiny_unet_trains_compact_with_attention_and_resampling():
+    torch.manual_seed(0)
+    results = []
+    for plan in (None, "torch/torch/sampled"):
+        torch.manual_seed(0)
+        model = tiny_unet()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+        ema = EMA(model, decay=0.9)
+        engine = SparseEngine(model, optimizer, SparseConfig(method="rigl", sparsity=0.8, update_interval=2), 6, ema)
+        g = torch.Generator().manual_seed(0)
+        x, t = torch.randn(2, 3, 8, 8, generator=g), torch.tensor([3, 700])
+        storage = None
+        if plan:
+            storage = make_compact(
+                engine,
+                choose_compact_plans(model, lambda: model(x, t), engine.masks, force=plan),
+            )
+        for _ in range(6):
+            optimizer.zero_grad(set_to_none=True)
+            model(x, t).sample.square().mean().backward()
+            engine.after_backward()
+            optimizer.step()
+            engine.after_optimizer_step()
+            ema.update(model)
+        results.append((model.state_dict(), engine.masks_fingerprint(), storage))
+    assert results[0][1] == results[1][1]
+    assert len(results[1][2].layers) > 10
+    for name, tensor in results[0][0].items():
+        torch.testing.assert_close(results[1][0][name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+
+
+TINY = [*tiny_chirodiff(), "model.num_layers=1", "train.log_every=4", "train.val_batches=1", "train.steps=12"]
+TINY += ["sparse.update_interval=4", "sparse.prune_rate=0.3", "sparse.t_end=1.0", "train.checkpoint_every=100"]
+
+
+def run_cli(out, cache, *overrides, flags=()):
+    args = ["train", "configs/chirodiff_kanjivg_cpu.yaml", "--out", str(out), "--no-progress", *TINY, cache]
+    return main([*args, *overrides, *flags])
+
+
+@pytest.mark.parametrize("kernels", ["measure", "torch/torch/sampled"])
+def test_sparsedm_train_with_kernels_equals_masked_training(tmp_path, tiny_cache, kernels):
+    assert run_cli(tmp_path / "masked", tiny_cache, "sparse.method=rigl") == 0
+    assert run_cli(tmp_path / "compact", tiny_cache, "sparse.method=rigl", f"sparse.kernels={kernels}") == 0
+    a = load_checkpoint(list_checkpoints(tmp_path / "masked" / "checkpoints")[-1])
+    b = load_checkpoint(list_checkpoints(tmp_path / "compact" / "checkpoints")[-1])
+    for name, mask in a["engine"]["masks"].items():
+        assert torch.equal(mask, b["engine"]["masks"][name]), name
+    for name, tensor in a["model"].items():
+        torch.testing.assert_close(b["model"][name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+    summary = json.loads((tmp_path / "compact" / "summary.json").read_text())
+    masked = json.loads((tmp_path / "masked" / "summary.json").read_text())
+    for key in ("params_nonzero", "params_total", "flops_forward_sparse", "flops_train_step", "masks_sha256"):
+        assert summary[key] == masked[key], key
+
+
+def test_sparsedm_train_resumes_a_masked_run_with_compact_kernels(tmp_path, tiny_cache):
+    assert run_cli(tmp_path / "straight", tiny_cache, "sparse.method=magran") == 0
+    assert run_cli(tmp_path / "split", tiny_cache, "sparse.method=magran", "train.stop_at=6") == 0
+    resumed = run_cli(
+        tmp_path / "split", tiny_cache, "sparse.method=magran", "sparse.kernels=compact", flags=["--resume"]
+    )
+    assert resumed == 0
+    a = load_checkpoint(list_checkpoints(tmp_path / "straight" / "checkpoints")[-1])
+    b = load_checkpoint(list_checkpoints(tmp_path / "split" / "checkpoints")[-1])
+    for name, tensor in a["model"].items():
+        torch.testing.assert_close(b["model"][name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_sparsedm_train_refuses_an_unknown_kernel_mode(tmp_path, tiny_cache, capsys):
+    assert run_cli(tmp_path / "run", tiny_cache, "sparse.kernels=fast") == 2
+    assert "sparse.kernels='fast' is unknown" in capsys.readouterr().err
