@@ -72,7 +72,7 @@ class Workload:
         self.model.eval()
 
     def call(self, model: nn.Module, t: int):
-        ts = torch.full((self.x.shape[0],), t)
+        ts = torch.full((self.x.shape[0],), t, device=self.x.device)
         if self.mask is not None:
             return model(self.x, ts, self.mask)
         return model(self.x, ts, return_dict=False)[0]

@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 python benchmarks/sparse_training.py [--models cpu-ldm ldm4-small chirodiff]
         [--sparsities 0.5 0.9 0.95] [--repeats 5] [--rounds 5] [--no-model]
     OMP_NUM_THREADS=1 python benchmarks/sparse_training.py --cycle [--interval 10] [--cycles 2]
-        [--distributions erk uniform]
+        [--distributions erk uniform] [--device cuda]
 
 For every distinct masked Linear / Conv1d / Conv2d of each model (same kind, geometry, weight shape and input
 shape counted once; `n` says how often it occurs) and each S (a uniform random mask with exactly (1 - S) of
@@ -243,14 +243,17 @@ def cycle_row(work: Workload, sparsity: float, distribution: str, interval: int,
     sparse_plans = sum(layer.plan != DENSE for layer in layers.values())
     candidates = len(compactable(setups["masked"][0], setups["masked"][3].masks))
     now = clock()
+    sync = torch.cuda.synchronize if work.x.device.type == "cuda" else NO_SYNC
     times = {mode: {"update": 0.0, "other": 0.0} for mode in setups}
     for mode in setups:  # warm-up: one step each (the first backward allocates)
         training_step(work, setups[mode])
     for i in range(cycles * interval):
         kind = "update" if setups["masked"][3].schedule.is_update_step(setups["masked"][3].step + 1) else "other"
         for mode in list(setups)[:: 1 if i % 2 == 0 else -1]:
+            sync()
             start = now()
             training_step(work, setups[mode])
+            sync()
             times[mode][kind] += now() - start
     masks = {mode: setup[3].masks for mode, setup in setups.items()}
     moved = sum(int((masks["masked"][n] != masks["measure"][n]).sum()) for n in masks["masked"])
@@ -276,6 +279,9 @@ def print_cycles(args, batches) -> None:
     )
     for name in args.models:
         work = Workload(name, batches[name], args.tiny)
+        work.model.to(args.device)
+        work.x = work.x.to(args.device)
+        work.mask = None if work.mask is None else work.mask.to(args.device)
         for sparsity in args.sparsities:
             for distribution in args.distributions:
                 with tempfile.TemporaryDirectory() as tmp:
@@ -314,6 +320,7 @@ def main():
     parser.add_argument("--cycle", action="store_true", help="whole training steps over ΔT cycles, and memory")
     parser.add_argument("--interval", type=int, default=10, help="--cycle: ΔT")
     parser.add_argument("--cycles", type=int, default=2, help="--cycle: ΔT cycles timed")
+    parser.add_argument("--device", default="cpu", help="--cycle: cpu or cuda (cuSPARSE CSR and sampled_addmm)")
     parser.add_argument("--long-interval", type=int, default=100, help="--cycle: the ΔT of the computed column")
     parser.add_argument("--distributions", nargs="+", default=["erk", "uniform"], help="--cycle: distributions")
     args = parser.parse_args()

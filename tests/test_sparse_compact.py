@@ -236,22 +236,25 @@ def test_the_masked_layer_is_kept_only_where_it_beats_compact_by_the_margin(marg
     assert len(plans) == compacted
 
 
-def test_a_tiny_unet_trains_compact_with_attention_and_resampling():
-    torch.manual_seed(0)
+@pytest.mark.parametrize("method", ["static", "rigl", "magran"])
+@pytest.mark.parametrize("plan", ["compact", "torch/torch/sampled", "scipy/scipy/dense"])
+def test_a_tiny_unet_trains_compact_with_attention_and_resampling(method, plan):
     results = []
-    for plan in (None, "torch/torch/sampled"):
+    for plan in (None, plan):
         torch.manual_seed(0)
         model = tiny_unet()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
         ema = EMA(model, decay=0.9)
-        engine = SparseEngine(model, optimizer, SparseConfig(method="rigl", sparsity=0.8, update_interval=2), 6, ema)
+        engine = SparseEngine(model, optimizer, SparseConfig(method=method, sparsity=0.8, update_interval=2), 6, ema)
         g = torch.Generator().manual_seed(0)
         x, t = torch.randn(2, 3, 8, 8, generator=g), torch.tensor([3, 700])
         storage = None
         if plan:
             storage = make_compact(
                 engine,
-                choose_compact_plans(model, lambda: model(x, t), engine.masks, force=plan),
+                choose_compact_plans(
+                    model, lambda: model(x, t), engine.masks, force=SparseConfig(kernels=plan).kernel_plan()
+                ),
             )
         for _ in range(6):
             optimizer.zero_grad(set_to_none=True)
