@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparsedm.errors import UserError
-from sparsedm.sparse.kernels import _replace, best_of, capture_inputs
+from sparsedm.sparse.kernels import _replace, best_of, inputs_of
 from sparsedm.sparse.optim_state import MOMENT_KEYS
 from sparsedm.sparse.train_kernels import MaskPattern, SparseTrainConv, SparseTrainLinear
 
@@ -429,13 +429,7 @@ def choose_compact_plans(
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     plans: Dict[str, object] = {}
     if not distributed or dist.get_rank() == 0:
-        inputs, handles = capture_inputs(model, {n.rpartition(".")[0]: m for n, m in layers.items()})
-        try:
-            with torch.no_grad():
-                run_example()
-        finally:
-            for handle in handles:
-                handle.remove()
+        inputs = inputs_of(model, {n.rpartition(".")[0]: m for n, m in layers.items()}, run_example)
         cache = DecisionCache(cache_dir, CACHE_FILE)
         sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
         for name, module in layers.items():

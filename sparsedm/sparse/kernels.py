@@ -337,19 +337,27 @@ def capture_inputs(model: nn.Module, layers: Dict[str, nn.Module]):
     return inputs, [module.register_forward_pre_hook(hook(name)) for name, module in layers.items()]
 
 
+def inputs_of(
+    model: nn.Module, layers: Dict[str, nn.Module], run_example: Callable[[], object]
+) -> Dict[str, torch.Tensor]:
+    """{name: first input} of each of `layers` in one run of `run_example` (a forward of `model`, no gradients)."""
+    inputs, handles = capture_inputs(model, layers)
+    try:
+        with torch.no_grad():
+            run_example()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return inputs
+
+
 @torch.no_grad()
 def use_sparse_kernels(
     model: nn.Module, run_example: Callable[[], object], names: Optional[Iterable[str]] = None, **options
 ) -> List[LayerChoice]:
     """Run `run_example` (one forward of `model` on the inputs it will see), then swap layers by measurement
     (options: cache_dir, force, kernels, margin, repeats of `choose_and_swap`). Returns one choice per layer."""
-    inputs, handles = capture_inputs(model, candidate_layers(model, names))
-    try:
-        run_example()
-    finally:
-        for handle in handles:
-            handle.remove()
-    return choose_and_swap(model, inputs, **options)
+    return choose_and_swap(model, inputs_of(model, candidate_layers(model, names), run_example), **options)
 
 
 class SparseKernelsOnFirstCall:

@@ -31,7 +31,7 @@ from sparsedm.sparse.kernels import (
     _replace,
     applicable_kernels,
     best_of,
-    capture_inputs,
+    inputs_of,
 )
 from sparsedm.sparse.train_kernels import (
     ALL_DENSE,
@@ -230,11 +230,5 @@ def use_sparse_training_kernels(
 ) -> List[TrainLayerChoice]:
     """Run `run_example` (one forward of `model` on a training batch), then swap the masked layers by
     measurement (options: cache_dir, force, margin, repeats of `choose_training_plans`)."""
-    inputs, handles = capture_inputs(model, candidate_training_layers(model, masks.keys()))
-    try:
-        with torch.no_grad():
-            run_example()
-    finally:
-        for handle in handles:
-            handle.remove()
+    inputs = inputs_of(model, candidate_training_layers(model, masks.keys()), run_example)
     return choose_training_plans(model, inputs, masks, **options)
