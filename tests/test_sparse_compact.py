@@ -279,8 +279,11 @@ def run_cli(out, cache, *overrides, flags=()):
     return main([*args, *overrides, *flags])
 
 
-@pytest.mark.parametrize("kernels", ["measure", "torch/torch/sampled"])
+@pytest.mark.parametrize(
+    "kernels", ["measure", "compact", "torch/torch/sampled", "scipy/scipy/dense", "dense/torch/sampled"]
+)
 def test_sparsedm_train_with_kernels_equals_masked_training(tmp_path, tiny_cache, kernels):
+    """The ChiroDiff denoiser (its Linear layers compact, its GRU masked) through `sparsedm train`."""
     assert run_cli(tmp_path / "masked", tiny_cache, "sparse.method=rigl") == 0
     assert run_cli(tmp_path / "compact", tiny_cache, "sparse.method=rigl", f"sparse.kernels={kernels}") == 0
     a = load_checkpoint(list_checkpoints(tmp_path / "masked" / "checkpoints")[-1])
