@@ -251,7 +251,7 @@ class SparseEngine:
             name, param, self.masks[name], self._dense_grads.get(name), momentum(self.optimizer, param), self.generator
         )
 
-    def _update_masks(self, t: int, ema_params: Dict[str, torch.Tensor]) -> dict:
+    def _update_masks(self, t: int, ema_params: Optional[Dict[str, torch.Tensor]] = None) -> dict:
         """Ask the method's parts what changes (drop score, grow rule, S_t, redistribution), then apply it.
 
         Per tensor, k = round(p_t · n) weights are replaced (n: its active count after any pruning to S_t),
@@ -262,6 +262,8 @@ class SparseEngine:
         its value and optimiser moments (its reinit_when_same=False), so fewer than k connections may change.
         The statistics give both counts and the capped tensors.
         """
+        if ema_params is None:  # called outside _dense_views (benchmarks): a masked engine's EMA by name
+            ema_params = dict(self.ema.named_parameters()) if self.ema is not None else {}
         method, regrow = self.method_record, self.config.regrow_dropped
         fraction = self.schedule.prune_fraction(t)
         sparsity = self._sparsity_at(t)
