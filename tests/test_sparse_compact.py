@@ -314,3 +314,14 @@ def test_sparsedm_train_resumes_a_masked_run_with_compact_kernels(tmp_path, tiny
 def test_sparsedm_train_refuses_an_unknown_kernel_mode(tmp_path, tiny_cache, capsys):
     assert run_cli(tmp_path / "run", tiny_cache, "sparse.kernels=fast") == 2
     assert "sparse.kernels='fast' is unknown" in capsys.readouterr().err
+    assert run_cli(tmp_path / "bf16", tiny_cache, "sparse.kernels=measure", "train.precision=bf16") == 2
+    assert "sparse.kernels=measure trains in fp32 only" in capsys.readouterr().err
+
+
+def test_rigl_accumulating_dense_gradients_over_two_steps_matches_masked():
+    """sparse.grad_accumulation=2: the window is two steps, the sinks' gradients summed over both."""
+    ref_losses, (ref_model, _, _), ref_engine, updates = train("rigl", grad_accumulation=2)
+    losses, (model, _, _), engine, _ = train("rigl", "torch/torch/sampled", grad_accumulation=2)
+    assert updates >= 2 and engine.masks_fingerprint() == ref_engine.masks_fingerprint()
+    for name, tensor in ref_model.items():
+        torch.testing.assert_close(model[name], tensor, rtol=1e-4, atol=5e-5, msg=name)

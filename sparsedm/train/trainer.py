@@ -103,6 +103,11 @@ class Trainer:
         plan = self.engine.config.kernel_plan()
         if plan is None or not self.engine.masks:
             return
+        if self.tc.precision != "fp32":
+            raise UserError(
+                f"sparse.kernels={self.engine.config.kernels} trains in fp32 only (its sparse products take no "
+                f"autocast); use train.precision=fp32 or sparse.kernels=masked"
+            )
         batch = self._batch(self.train_set, self.batches.indices(self.step, self.dist.rank, self.dist.world_size))
         plans = choose_compact_plans(
             self.model,
