@@ -46,9 +46,9 @@ study: $(STAMP)
 
 # The learning-curve study of docs/curves.md (configs/study_kanjivg_curves.yaml): 12 runs of 12,000 steps, each
 # scored at 3 kept steps; about 3.8 hours on 2 cores; resumable. Run it from a clean clone at a fixed commit.
-# Two lanes of one worker share the sweep folder through its run locks; each goes seed by seed, so no core
-# idles between commands and an early stop leaves whole seeds.
-CURVES := $(PY) -m sparsedm sweep configs/study_kanjivg_curves.yaml --out reports/curves --workers 1 --num 1000 --no-progress
+# Two lanes of one worker share the sweep folder through its run locks, one thread each (two a lane would fight
+# over 2 cores); each goes seed by seed, so no core idles between commands and an early stop leaves whole seeds.
+CURVES := OMP_NUM_THREADS=1 $(PY) -m sparsedm sweep configs/study_kanjivg_curves.yaml --out reports/curves --workers 1 --num 1000 --no-progress
 curves: $(STAMP)
 	$(MAKE) curves-lane & pid=$$!; sleep 20; $(MAKE) curves-lane && wait $$pid
 	$(PY) -m sparsedm report reports/curves
