@@ -100,6 +100,16 @@ def test_inception_replicates_grayscale_and_rejects_float_input():
         inception(gray.float())
 
 
+def test_channels_last_features_match_the_networks_own_layout():
+    # forward runs the network channels-last (faster on CPU): the same features as the plain NCHW call
+    inception = load_inception()
+    images = torch.from_numpy(photo_crops(3, size=48)).permute(0, 3, 1, 2).contiguous()
+    with torch.inference_mode():
+        ours = inception(images)
+        plain = inception.network((tf1_bilinear_resize(images.float(), 299) - 128) / 128)
+    torch.testing.assert_close(ours, plain, rtol=1e-4, atol=1e-4)
+
+
 def test_missing_feature_extractor_says_how_to_install(monkeypatch, tmp_path):
     real_find_spec = importlib.util.find_spec
 
