@@ -45,7 +45,7 @@ study: $(STAMP)
 	$(PY) -m sparsedm compare reports/study reports/study_4x > reports/study_4x/compare.md && cat reports/study_4x/compare.md
 
 # The learning-curve study of docs/curves.md (configs/study_kanjivg_curves.yaml): 12 runs of 12,000 steps, each
-# scored at 3 kept steps; about 3.8 hours on 2 cores; resumable. Run it from a clean clone at a fixed commit.
+# scored at 3 kept steps; about 4.5 hours on 2 cores; resumable. Run it from a clean clone at a fixed commit.
 # Two lanes of one worker share the sweep folder through its run locks, one thread each (two a lane would fight
 # over 2 cores); each goes seed by seed, so no core idles between commands and an early stop leaves whole seeds.
 CURVES := OMP_NUM_THREADS=1 $(PY) -m sparsedm sweep configs/study_kanjivg_curves.yaml --out reports/curves --workers 1 --num 1000 --no-progress
