@@ -34,6 +34,7 @@ from sparsedm.experiments.aggregate import (
 )
 from sparsedm.experiments.comparisons import OTHERS_NOTE, comparison_table, versus_largest_prune_rate, versus_static
 from sparsedm.experiments.curves import (
+    FLOPS_TOLERANCE,
     equal_flops_pairs,
     equal_flops_table,
     has_curves,
@@ -71,8 +72,8 @@ def curves_section(records: List[dict]) -> str:
         "the same step.\n\n"
         + per_step_table(by_step)
         + "\n### Equal training FLOPs\n\nEach sparse point paired, seed by seed, with the Dense point whose "
-        "cumulative training FLOPs are the largest at or below its own (no interpolation: Dense never spent "
-        "more; the share says how much less).\n\n" + pairs
+        f"cumulative training FLOPs are the largest at or below its own, {FLOPS_TOLERANCE:.1%} more counting as "
+        "equal (no interpolation: Dense never spent more; the share says how much less).\n\n" + pairs
     )
 
 
