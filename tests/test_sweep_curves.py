@@ -87,7 +87,7 @@ def test_equal_flops_pairs_take_the_dense_point_at_or_below_and_leave_out_what_h
 
 
 @pytest.mark.parametrize("share, partner", [(0.99998, 2000), (0.998, 1000)])
-def test_a_dense_point_a_hair_above_counts_as_equal_flops(tmp_path, share, partner):
+def test_a_dense_point_a_hair_above_counts_as_equal_flops(share, partner):
     # MagRan-DM at S = 0.5 in docs/curves.md spent 99.998% of Dense at half its steps: that is Dense's partner
     # (0.1% tolerance); 0.2% less is a real gap, and the partner is Dense's point before
     records = [
