@@ -205,6 +205,15 @@ def _report(args) -> None:
     _print_report(build_report(args.sweep))
 
 
+def _archive(args) -> None:
+    from sparsedm.experiments.archive import archive_sweep
+
+    kept, left_out = archive_sweep(args.sweep, args.dest)
+    for name, state in left_out:
+        print(f"left out {name}: {state}")
+    print(f"kept {len(kept)} finished runs in {args.dest}" + (f": {', '.join(kept)}" if kept else ""))
+
+
 def _compare(args) -> None:
     from sparsedm.experiments.comparisons import compare_sweeps
 
@@ -357,6 +366,15 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="rebuild a sweep's results.csv, results.md and plots from its finished runs")
     report.add_argument("sweep", help="sweep folder")
     report.set_defaults(func=_report)
+
+    archive = sub.add_parser(
+        "archive",
+        help="copy a sweep's finished runs without checkpoints or samples (scores, configs, metrics) to a folder; "
+        "a sweep continued from that folder skips them",
+    )
+    archive.add_argument("sweep", help="sweep folder")
+    archive.add_argument("dest", help="folder to copy them into (created; an earlier archive of the same sweep grows)")
+    archive.set_defaults(func=_archive)
 
     compare = sub.add_parser(
         "compare", help="each configuration of sweep B against the same one in sweep A, paired by seed (markdown)"

@@ -9,6 +9,7 @@ import pytest
 from fid_stub import use_pooled_pixels
 from ldm_helpers import SIZE, ldm_overrides, train_tiny_autoencoder, write_shapes
 
+from sparsedm.autoencoder import FirstStage
 from sparsedm.autoencoder import latents as latents_module
 from sparsedm.cli import main
 from sparsedm.experiments import sweep as sweep_module
@@ -72,6 +73,7 @@ def test_an_ldm_sweep_encodes_once_decodes_for_fid_and_reports(tmp_path, autoenc
         assert result["n_samples"] == 6 and result["reference_size"] == 16 and np.isfinite(result["fid"])
         key = result["reference_key"]
         assert key.startswith("ldm/folder/val/") and key.endswith("/split-rule-2")
+        assert result["autoencoder_sha256"] == FirstStage(ae).identity  # the report refuses to mix autoencoders
         samples = np.load(run / "samples" / "eval_samples.npz")
         assert samples["images"].shape == (6, SIZE, SIZE, 3) and samples["images"].dtype == np.uint8
         assert json.loads((run / "summary.json").read_text())["steps"] == 4
@@ -82,3 +84,9 @@ def test_an_ldm_sweep_encodes_once_decodes_for_fid_and_reports(tmp_path, autoenc
     (out / "results.md").unlink()
     assert main(["report", str(out)]) == 0
     assert "| Static-DM | 0.5 | – |" in (out / "results.md").read_text()
+    # a run decoded by another autoencoder (a study continued on another machine, the autoencoder trained
+    # again with other weights) is not put in the same table
+    moved = json.loads((out / "runs" / "dense-seed1" / "eval.json").read_text())
+    (out / "runs" / "dense-seed1" / "eval.json").write_text(json.dumps({**moved, "autoencoder_sha256": "0" * 64}))
+    assert main(["report", str(out)]) == 2
+    assert "differ in autoencoder_sha256" in capsys.readouterr().err

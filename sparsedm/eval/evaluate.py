@@ -254,6 +254,7 @@ def evaluate_run(
         "reference_size": reference.n,
         "reference_key": task.reference_key(settings.split),
         "data": summary.get("data", task.data_name()),
+        "autoencoder_sha256": task.frozen_identity(),  # Latent Diffusion: the one it was trained and decoded with
         "fid_features": "Inception-v3 pool3, TF 2015 weights (torch-fidelity's)",
         "ema_sparsity": measured,
         "method": summary["method"],

@@ -31,6 +31,7 @@ RUNS = "runs"  # SWEEP/runs/NAME/
 # What every run of one table must share; a difference would put incomparable numbers side by side.
 PROTOCOL = (
     "data",
+    "autoencoder_sha256",  # Latent Diffusion's first stage (None for the others)
     "train_steps",
     "train_batch_size",
     "distribution",

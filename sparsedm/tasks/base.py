@@ -99,6 +99,12 @@ class Task:
         """The data set's honest display name (a stand-in says so)."""
         raise NotImplementedError
 
+    def frozen_identity(self) -> Optional[str]:
+        """A fingerprint of the frozen, pretrained parts the samples pass through (Latent Diffusion's
+        autoencoder), as the run was trained with them; None when there are none. Runs with different ones
+        are not comparable."""
+        return None
+
     def state_dict(self) -> dict:
         """What sampling or a resumed run needs from the task (e.g. the length distribution), stored in
         checkpoints."""

@@ -156,6 +156,9 @@ class LatentDiffusionTask(Task):
     def data_name(self) -> str:
         return display_name(self.cfg.data)
 
+    def frozen_identity(self) -> str | None:
+        return self.autoencoder_sha256
+
     def state_dict(self) -> dict:
         return {"scaling_factor": self.scaling_factor, "autoencoder_sha256": self.autoencoder_sha256}
 
