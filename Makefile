@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test test-fast study curves curves-lane images setup clean
+.PHONY: demo test test-fast study curves curves-lane images images-lane setup clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -60,17 +60,30 @@ curves-lane: $(STAMP)
 	  $(CURVES) --seeds $$n --methods rigl --sparsities 0.9 --prune-rates 0.1 || exit 1; \
 	done
 
-# The image study (issue 20, configs/study_openmoji.yaml): the shared autoencoder (about 30 minutes; resumed if
-# it was stopped), then Dense and three methods at S = 0.5 and 0.9, 3 seeds, scored at 4 kept steps: about
-# 6.3 hours on 2 cores (the config's header has the arithmetic); resumable. Run it from a clean clone.
+# The image study of docs/images.md (configs/study_openmoji.yaml): the shared autoencoder, trained on one thread
+# (the same weights each time on one kind of CPU; resumed if stopped), then two lanes like `curves`, seed by
+# seed, S = 0.5 before S = 0.9; then the sampling noise (dense-seed0's final step scored with sampling seeds 1
+# and 2) and the report. Resumable; the config's header has the cost. Run it from a clean clone.
 AE_STUDY := runs/ae_openmoji_study
+IMAGES_OUT := reports/study_openmoji
+IMAGES := OMP_NUM_THREADS=1 $(PY) -m sparsedm sweep configs/study_openmoji.yaml --out $(IMAGES_OUT) --workers 1 --num 1000 --no-progress
 images: $(STAMP)
 	if [ ! -f $(AE_STUDY)/summary.json ]; then \
-		$(PY) -m sparsedm train-autoencoder configs/autoencoder_openmoji_study.yaml --out $(AE_STUDY) --no-progress \
-			$$([ -f $(AE_STUDY)/config.yaml ] && echo --resume); fi
-	$(PY) -m sparsedm sweep configs/study_openmoji.yaml --out reports/study_openmoji --methods dense static rigl magran \
-		--sparsities 0.5 0.9 --prune-rates 0.1 --seeds 3 --workers 2 --num 1000 --no-progress
-	$(PY) -m sparsedm report reports/study_openmoji
+		OMP_NUM_THREADS=1 $(PY) -m sparsedm train-autoencoder configs/autoencoder_openmoji_study.yaml --out $(AE_STUDY) \
+			--no-progress $$([ -f $(AE_STUDY)/config.yaml ] && echo --resume) || exit 1; fi
+	$(MAKE) images-lane & pid=$$!; sleep 20; $(MAKE) images-lane && wait $$pid
+	for s in 1 2; do \
+	  d=reports/study_openmoji_noise/dense-seed0-sample$$s; test -f $$d/eval.json && continue; \
+	  rm -rf $$d && mkdir -p $$d/checkpoints && src=$(IMAGES_OUT)/runs/dense-seed0 && \
+	  cp $$src/config.yaml $$src/summary.json $$d/ && cp $$src/checkpoints/step_00002500.pt $$d/checkpoints/ && \
+	  OMP_NUM_THREADS=2 $(PY) -m sparsedm evaluate $$d --seed $$s --num 1000 --no-progress || exit 1; \
+	done
+	$(PY) -m sparsedm report $(IMAGES_OUT)
+images-lane: $(STAMP)
+	for n in 1 2 3; do \
+	  $(IMAGES) --seeds $$n --methods dense static rigl magran --sparsities 0.5 --prune-rates 0.1 || exit 1; \
+	  $(IMAGES) --seeds $$n --methods static rigl magran --sparsities 0.9 --prune-rates 0.1 || exit 1; \
+	done
 
 # lint and format checks first (seconds), then the suite
 test: $(STAMP)
