@@ -55,6 +55,7 @@ def read_metrics(run: Path) -> List[dict]:
 def plot_curves(records: List[dict], path: Path) -> Path:
     losses = [(r["step"], r["loss"]) for r in records if r.get("loss") is not None]
     val = [(r["step"], r["val_loss"]) for r in records if r.get("val_loss") is not None]
+    fit = [(r["step"], r["train_split_loss"]) for r in records if r.get("train_split_loss") is not None]
     updates = [r for r in records if r.get("event") == "mask_update" and not r.get("skipped")]
     explored = [(r["step"], r["exploration_rate"]) for r in updates if r.get("exploration_rate") is not None]
     figure = Figure(figsize=(7, 5.5 if explored else 4))
@@ -62,6 +63,8 @@ def plot_curves(records: List[dict], path: Path) -> Path:
     axes.plot(*zip(*losses), color="tab:blue", label="training loss (mean since the last point)")
     if val:
         axes.plot(*zip(*val), color="tab:orange", marker="o", linestyle="--", label="validation loss (EMA weights)")
+    if fit:
+        axes.plot(*zip(*fit), color="tab:green", marker=".", linestyle=":", label="the same on training items")
     for i, update in enumerate(updates):
         axes.axvline(update["step"], color="grey", linewidth=0.6, alpha=0.5, label="mask update" if i == 0 else None)
     axes.set_ylabel("diffusion loss")

@@ -25,7 +25,13 @@ from sparsedm.runs.run_dir import TENSORBOARD, RunDir
 LOG_TO = ("jsonl", "tensorboard")
 FLUSH_S = 10  # seconds between writes of the event file, so a running job can be watched
 SAMPLE_PICTURES = 16  # samples in one TensorBoard grid (4 x 4)
-STEP_SCALARS = {"loss": "train/loss", "lr": "train/lr", "sparsity": "train/sparsity", "val_loss": "val/loss"}
+STEP_SCALARS = {
+    "loss": "train/loss",
+    "lr": "train/lr",
+    "sparsity": "train/sparsity",
+    "val_loss": "val/loss",
+    "train_split_loss": "val/train_split_loss",  # the same on training items: the gap to val/loss is over-fitting
+}
 UPDATE_SCALARS = {"replaced": "mask_update/replaced", "exploration_rate": "mask_update/exploration_rate"}
 
 

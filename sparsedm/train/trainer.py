@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from tqdm.auto import tqdm
@@ -228,12 +228,15 @@ class Trainer:
         return float(loss.detach()), update, task_event
 
     @torch.no_grad()
-    def validation_loss(self) -> float:
-        """Mean loss of the EMA model on the first `val_batches` validation batches, with fixed noise."""
+    def validation_loss(self, split: str = "val") -> float:
+        """Mean loss of the EMA model on the first `val_batches` batches of the validation items (or, with
+        split="train", of the training items), with fixed noise: item i of either split gets the same noise, so
+        the two differ only by the data, and their gap measures over-fitting."""
+        items = {"val": self.val_set, "train": self.train_set}[split]
         bs, total, count = self.tc.batch_size, 0.0, 0
-        for b in range(min(self.tc.val_batches, math.ceil(len(self.val_set) / bs))):
-            indices = range(b * bs, min((b + 1) * bs, len(self.val_set)))
-            batch = self._batch(self.val_set, indices)
+        for b in range(min(self.tc.val_batches, math.ceil(len(items) / bs))):
+            indices = range(b * bs, min((b + 1) * bs, len(items)))
+            batch = self._batch(items, indices)
             with autocast(self.tc.precision, self.device):
                 # fixed noise: negative seeds are never used in training
                 total += float(self.task.loss(self.ema.module, batch, -1 - torch.tensor(list(indices))))
@@ -349,15 +352,16 @@ class Trainer:
         if self.logger.wants_pictures(self.step):
             self.logger.pictures(self.step, sample_pictures(self.task, self.ema.module, self.device))
 
-    def _log_validation(self) -> float:
-        val_loss = self.validation_loss()
-        self.logger.log({"step": self.step, "val_loss": val_loss, **self.task.validation_metrics(self.ema.module)})
-        return val_loss
+    def _log_validation(self) -> Tuple[float, float]:
+        val_loss, train_split_loss = self.validation_loss("val"), self.validation_loss("train")
+        metrics = self.task.validation_metrics(self.ema.module)
+        self.logger.log({"step": self.step, "val_loss": val_loss, "train_split_loss": train_split_loss, **metrics})
+        return val_loss, train_split_loss
 
     def _summary(self, wall: float) -> dict:
-        val_loss = self._log_validation()
+        val_loss, train_split_loss = self._log_validation()
         example = self._batch(self.train_set, self.batches.indices(0)[:1])
-        losses = {"loss_final": self.last_loss, "val_loss_final": val_loss}
+        losses = {"loss_final": self.last_loss, "val_loss_final": val_loss, "train_split_loss_final": train_split_loss}
         summary = build_summary(
             self.cfg, self.task, self.model, self.engine, self.task.flops_inputs(example), self.step, losses, wall
         )
