@@ -15,6 +15,7 @@ from tiny_models import tiny_chirodiff
 from sparsedm.cli import main
 from sparsedm.config import read_run_config
 from sparsedm.data.strokes import load_stroke_splits
+from sparsedm.eval import evaluate as evaluate_module
 from sparsedm.eval.evaluate import ema_sparsity
 from sparsedm.runs.checkpoint import load_checkpoint
 from sparsedm.runs.run_dir import RunDir
@@ -181,6 +182,27 @@ def test_kept_steps_are_scored_with_memorisation_each_in_its_file(run, capsys, m
     code, out = evaluate(run, capsys, "--num", "6", "--steps", "3", "--at-step", "4", "--overwrite")
     assert code == 0, out.err
     assert json.loads((run / "eval" / "step_00000004.json").read_text())["near_copy"] == early["near_copy"]
+
+
+def test_the_training_items_groups_reach_every_near_copy_test(run, capsys, monkeypatch):
+    """A task whose items come in variant groups (OpenMoji) hands the training split's groups to the four tests
+    (samples and the held-out baseline, Inception features and pixels), and the score names the rule."""
+    train = load_stroke_splits(RunDir(run).read_config().data)[0]
+    groups = [f"g{i // 2}" for i in range(len(train))]
+    monkeypatch.setattr(ChiroDiffTask, "reference_groups", lambda self, split="val": groups if split == "train" else [])
+    monkeypatch.setattr(evaluate_module, "_HELDOUT_SHARES", {})  # the per-process caches
+    monkeypatch.setattr(evaluate_module, "_TRAIN_GROUPS", {})
+    seen, real = [], evaluate_module.near_copy_share
+
+    def spy(query, reference, groups=None):
+        seen.append((len(reference), groups))
+        return real(query, reference, groups)
+
+    monkeypatch.setattr(evaluate_module, "near_copy_share", spy)
+    code, out = evaluate(run, capsys, "--num", "6", "--steps", "3")
+    assert code == 0, out.err
+    assert seen == [(len(train), groups)] * 4
+    assert json.loads((run / "eval.json").read_text())["near_copy_rule"].endswith("of another variant group")
 
 
 def sparsify_linear_layers(run) -> set:

@@ -33,6 +33,34 @@ def test_an_exact_copy_of_a_duplicated_training_item_ties_and_is_not_counted():
     assert near_copies(np.array([[0.0, 0.0], [10.0, 0.1]]), train).tolist() == [False, True]
 
 
+def test_with_groups_the_second_nearest_is_taken_outside_the_nearest_items_group():
+    # a drawing and its recolouring (group a), and another drawing (group b)
+    train, groups = np.array([[0.0, 0.0], [0.2, 0.0], [10.0, 0.0]]), ["a", "a", "b"]
+    copy = np.array([[0.1, 0.0]])  # halfway between the two colourings: ties without the groups
+    np.testing.assert_allclose(nearest_two(copy, train), [[0.1, 0.1]])
+    assert near_copies(copy, train).tolist() == [False]
+    np.testing.assert_allclose(nearest_two(copy, train, groups), [[0.1, 9.9]])
+    assert near_copies(copy, train, groups).tolist() == [True]
+    # a new item between the drawings stays new: its second nearest is the other drawing
+    assert near_copies(np.array([[5.0, 0.0]]), train, groups).tolist() == [False]
+    with pytest.raises(ValueError, match="2 groups for 3"):
+        nearest_two(copy, train, ["a", "b"])
+    with pytest.raises(ValueError, match="at least 2 groups"):
+        nearest_two(copy, train, ["a", "a", "a"])
+
+
+def test_grouped_distances_match_a_brute_force_search_on_random_points():
+    rng = np.random.default_rng(1)
+    query, reference = rng.normal(size=(29, 6)), rng.normal(size=(120, 6))
+    groups = [f"g{i}" for i in rng.integers(0, 15, size=120)]
+    found = nearest_two(query, reference, groups, chunk=8)
+    for row, (d1, d2) in zip(query, found):
+        distances = np.linalg.norm(reference - row, axis=1)
+        nearest = int(np.argmin(distances))
+        others = [d for d, g in zip(distances, groups) if g != groups[nearest]]
+        assert d1 == pytest.approx(distances[nearest], rel=1e-9) and d2 == pytest.approx(min(others), rel=1e-9)
+
+
 def test_distances_match_a_brute_force_search_on_random_points():
     rng = np.random.default_rng(0)
     query, reference = rng.normal(size=(37, 20)), rng.normal(size=(300, 20))

@@ -114,6 +114,9 @@ def test_the_split_never_parts_the_variants_of_an_emoji(tmp_path):
         )
         assert len(val) == 25 and len(train) == len(names) - 25 and not train_files & val_files
         assert not {group_of[i] for i in train_files} & {group_of[i] for i in val_files}, seed
+        for split in (train, val):  # each image carries its own group (the memorisation test reads them)
+            files = [int(r) + 256 * int(g) for r, g, _ in split.images[:, 4, 4]]
+            assert split.groups == [group_of[i] for i in files]
 
 
 def _fake_npm(bin_dir, script):

@@ -33,7 +33,8 @@ from sparsedm.eval.fid import (
     fid_from_statistics,
     statistics_of,
 )
-from sparsedm.eval.memorisation import RULE, near_copy_share, pixels
+from sparsedm.eval.memorisation import near_copy_share, pixels
+from sparsedm.eval.memorisation import rule as near_copy_rule
 from sparsedm.inference.sampling import attach_sparse_kernels, draw_samples, load_run_ema
 from sparsedm.runs.checkpoint import checkpoint_path, checkpoint_step, list_checkpoints
 from sparsedm.runs.distributed import DistInfo, resolve_device
@@ -142,6 +143,7 @@ def reference_features(task: Task, split: str, settings: EvalSettings, device, p
 
 
 _HELDOUT_SHARES = {}  # (train key, val key) -> the held-out split's near-copy shares
+_TRAIN_GROUPS = {}  # train key -> the training items' variant groups (or None)
 
 
 def memorisation(task: Task, settings: EvalSettings, features: np.ndarray, images: np.ndarray, device, progress):
@@ -149,20 +151,24 @@ def memorisation(task: Task, settings: EvalSettings, features: np.ndarray, image
     same shares for the held-out split as the baseline."""
     train_features = reference_features(task, "train", settings, device, progress)
     train_pixels = pixels(reference_images(task, "train"))
+    if task.reference_key("train") not in _TRAIN_GROUPS:
+        _TRAIN_GROUPS[task.reference_key("train")] = task.reference_groups("train")
+    groups = _TRAIN_GROUPS[task.reference_key("train")]
     key = (task.reference_key("train"), task.reference_key("val"))
     if key not in _HELDOUT_SHARES:  # the baseline does not depend on the model: once per process
         val_features = reference_features(task, "val", settings, device, progress)
+        val_pixels = pixels(reference_images(task, "val"))
         _HELDOUT_SHARES[key] = {
-            "near_copy_heldout": near_copy_share(val_features, train_features),
-            "near_copy_heldout_pixels": near_copy_share(pixels(reference_images(task, "val")), train_pixels),
+            "near_copy_heldout": near_copy_share(val_features, train_features, groups),
+            "near_copy_heldout_pixels": near_copy_share(val_pixels, train_pixels, groups),
         }
     return {
         "fid_train": fid_from_statistics(statistics_of(features), statistics_of(train_features)),
         "train_size": len(train_features),
-        "near_copy": near_copy_share(features, train_features),
-        "near_copy_pixels": near_copy_share(pixels(images), train_pixels),
+        "near_copy": near_copy_share(features, train_features, groups),
+        "near_copy_pixels": near_copy_share(pixels(images), train_pixels, groups),
         **_HELDOUT_SHARES[key],
-        "near_copy_rule": RULE,
+        "near_copy_rule": near_copy_rule(groups),
     }
 
 

@@ -85,6 +85,11 @@ class Task:
         """uint8 N x H x W x C pictures of a real data split, made the same way as `to_images`."""
         raise NotImplementedError
 
+    def reference_groups(self, split: str = "val") -> Optional[Sequence[str]]:
+        """Per item of `reference_images(split)`, its group of variants (colourings of one drawing), or None when
+        items come in no groups; the memorisation test looks past an item's own group for its second nearest."""
+        return None
+
     def reference_key(self, split: str = "val") -> str:
         """Names the FID statistics of `reference_images(split)` in a cache: it must change whenever they would.
 

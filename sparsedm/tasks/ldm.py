@@ -150,6 +150,10 @@ class LatentDiffusionTask(Task):
         train, val = load_image_splits(self.cfg.data)
         return {"train": train, "val": val}[split].images
 
+    def reference_groups(self, split: str = "val") -> list[str] | None:
+        train, val = load_image_splits(self.cfg.data)
+        return {"train": train, "val": val}[split].groups
+
     def reference_key(self, split: str = "val") -> str:
         return f"{super().reference_key(split)}/split-rule-{SPLIT_RULE}"
 

@@ -48,10 +48,11 @@ class ImageSource(Protocol):
 class ImageDataset(Dataset):
     """Square uint8 images held in memory; item i is a float32 3×H×W tensor in [-1, 1]."""
 
-    def __init__(self, images: np.ndarray, name: str, skipped: int = 0):
+    def __init__(self, images: np.ndarray, name: str, skipped: int = 0, groups: Optional[Sequence[str]] = None):
         self.images = images  # (N, H, W, 3) uint8, e.g. for FID reference statistics
         self.name = name  # e.g. "CelebA-HQ train"
         self.skipped = skipped  # unreadable files left out of this split
+        self.groups = groups  # per image, its variant group (OpenMoji), or None: the memorisation test reads it
 
     def __len__(self) -> int:
         return len(self.images)
@@ -69,6 +70,7 @@ def load_image_splits(cfg, progress: bool | None = None) -> tuple[ImageDataset, 
         train_source, val_source = imagenette_splits(cfg.path)
         train_index = _subset(len(train_source), cfg.train_size, cfg.split_seed, "train_size", "train/")
         val_index = _subset(len(val_source), cfg.val_size, cfg.split_seed, "val_size", "val/")
+        groups = None
     else:
         train_source = val_source = _single_source(cfg)
         paper = PAPER_SPLIT_SIZES.get(cfg.name)
@@ -81,8 +83,8 @@ def load_image_splits(cfg, progress: bool | None = None) -> tuple[ImageDataset, 
     if cfg.max_items is not None:
         # Index arrays are still in random order here, so a prefix is a random subset of the split.
         train_index, val_index = train_index[: cfg.max_items], val_index[: cfg.max_items]
-    train = _decode(train_source, np.sort(train_index), cfg.image_size, f"{name} train", progress)
-    val = _decode(val_source, np.sort(val_index), cfg.image_size, f"{name} val", progress)
+    train = _decode(train_source, np.sort(train_index), cfg.image_size, f"{name} train", progress, groups)
+    val = _decode(val_source, np.sort(val_index), cfg.image_size, f"{name} val", progress, groups)
     log.info("%s: %d train / %d val images at %d px", name, len(train), len(val), cfg.image_size)
     return train, val
 
@@ -163,7 +165,16 @@ def _subset(available: int, size: Optional[int], seed: int, key: str, what: str)
     return np.random.default_rng(seed).permutation(available)[:size]
 
 
-def _decode(source: ImageSource, indices: np.ndarray, size: int, name: str, progress: bool | None) -> ImageDataset:
+def _decode(
+    source: ImageSource,
+    indices: np.ndarray,
+    size: int,
+    name: str,
+    progress: bool | None,
+    groups: Optional[Sequence[str]] = None,
+) -> ImageDataset:
+    """The images of `indices`, less unreadable ones; `groups`: every source image's group, kept for those loaded."""
+
     def load(index: int) -> Optional[np.ndarray]:
         try:
             return source.load(int(index), size)
@@ -173,24 +184,29 @@ def _decode(source: ImageSource, indices: np.ndarray, size: int, name: str, prog
 
     # Filled in place rather than stacked from a list: at 256 px the paper's splits take gigabytes.
     images = np.empty((len(indices), size, size, 3), dtype=np.uint8)
-    loaded = 0
+    loaded, kept = 0, []
     # Pillow decodes and resizes with the GIL released, so threads use every core.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         disable = None if progress is None else not progress
-        for image in tqdm(
-            pool.map(load, indices),
-            total=len(indices),
-            desc=f"decode {name}",
-            unit="img",
-            disable=disable,
-            dynamic_ncols=True,
+        for index, image in zip(
+            indices,
+            tqdm(
+                pool.map(load, indices),
+                total=len(indices),
+                desc=f"decode {name}",
+                unit="img",
+                disable=disable,
+                dynamic_ncols=True,
+            ),
         ):
             if image is not None:
                 images[loaded] = image
                 loaded += 1
+                kept.append(int(index))
     skipped = len(indices) - loaded
     if skipped:
         log.warning("%s: skipped %d unreadable of %d images", name, skipped, len(indices))
     if not loaded:
         raise UserError(f"{name}: none of its {len(indices)} images could be read; check that the files are images")
-    return ImageDataset(images[:loaded], name, skipped)
+    kept_groups = [groups[i] for i in kept] if groups is not None else None
+    return ImageDataset(images[:loaded], name, skipped, kept_groups)
