@@ -136,7 +136,7 @@ def test_the_report_adds_curves_memorisation_and_provenance(sweep, caplog):
     assert "Baseline: 1.0% (Inception) and 2.0% (pixels)" in text
     assert "Runs trained at: aaaaaaaaaa (6 runs). Runs scored at: aaaaaaaaaa (6 runs)." in text
     names = {path.name for path in report.files}
-    assert {"fid_vs_step.png", "fid_vs_train_flops.png"} <= names
+    assert {"fid_vs_step.png", "fid_vs_train_flops.png", "memorisation_vs_step.png"} <= names
     assert all(path.stat().st_size > 0 for path in report.files)
     # a run scored by other code is named in one warning line
     curve_run(sweep, "dense-seed3", "dense", [61.0, 51.0, 41.0], 3, commit="b" * 40)

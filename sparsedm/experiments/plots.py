@@ -1,4 +1,5 @@
-"""PNG figures of a sweep: FID against sparsity, training FLOPs and exploration rate, and samples side by side.
+"""PNG figures of a sweep: FID against sparsity, training FLOPs and exploration rate, memorisation against the
+step, and samples side by side.
 
 Matplotlib's object API with the Agg canvas (`Figure.savefig`), so no display and no global backend.
 """
@@ -12,7 +13,7 @@ from matplotlib.ticker import NullFormatter
 
 from sparsedm.experiments.aggregate import Row, group_key
 from sparsedm.runs.plots import save_figure
-from sparsedm.sparse.methods import get_method
+from sparsedm.sparse.methods import get_method, method_order
 
 LINESTYLES = ("-", "--", ":", "-.")  # one per prune rate of a method
 
@@ -159,6 +160,45 @@ def fid_vs_cumulative_flops(records: List[dict], path: Path) -> Path:
     axes.set_xscale("log")
     axes.xaxis.set_minor_formatter(NullFormatter())
     return _finish_axes(figure, axes, "cumulative training FLOPs", path)
+
+
+def memorisation_vs_step(records: List[dict], path: Path) -> Path:
+    """Two panels against the scored step, a line per configuration (means over seeds): FID against the held-out
+    split minus FID against the training split, and the share of near copies (Inception), with the held-out
+    split's share as the baseline. Both rise when a model fits its training items better than new ones."""
+    points: Dict[tuple, Dict[int, List[dict]]] = {}
+    for record in records:
+        points.setdefault(group_key(record), {}).setdefault(record["step"], []).append(record)
+    figure = Figure(figsize=(10, 4))
+    gap_axes, copy_axes = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
+    order = sorted(points, key=lambda key: (method_order(key[0]), key[1] or 0.0, key[2] or 0.0))
+    for method, sparsity, prune_rate in order:
+        by_step = points[method, sparsity, prune_rate]
+        steps = sorted(by_step)
+        style = {
+            "color": get_method(method).colour if get_method(method).sparse else "black",
+            "linestyle": "--" if sparsity is not None and sparsity > 0.75 else "-",
+            "marker": "o",
+            "markersize": 3,
+            "label": _config_label(method, sparsity, prune_rate),
+        }
+        gaps = [np.mean([r["fid"] - r["fid_train"] for r in by_step[step]]) for step in steps]
+        shares = [100 * np.mean([r["near_copy"] for r in by_step[step]]) for step in steps]
+        gap_axes.plot(steps, gaps, **style)
+        copy_axes.plot(steps, shares, **style)
+    copy_axes.axhline(100 * records[0]["near_copy_heldout"], color="grey", linestyle=":", label="held-out items")
+    gap_axes.set_ylabel("FID held-out - FID train")
+    copy_axes.set_ylabel("near copies of training items (%, Inception)")
+    for axes in (gap_axes, copy_axes):
+        axes.set_xscale("log")
+        steps = sorted({r["step"] for r in records})
+        axes.set_xticks(steps, [f"{step:,}" for step in steps])
+        axes.xaxis.set_minor_formatter(NullFormatter())
+        axes.set_xlabel("training step")
+        axes.grid(alpha=0.3)
+    copy_axes.legend(fontsize="small")
+    figure.tight_layout()
+    return save_figure(figure, path, dpi=120)
 
 
 def sample_rows(images: Dict[str, np.ndarray], path: Path, gap: int = 2) -> Path:

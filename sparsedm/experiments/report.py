@@ -10,6 +10,7 @@ SWEEP/fid_vs_sparsity.png     FID against S, a line per method (and p); Dense as
 SWEEP/fid_vs_train_flops.png  FID against training FLOPs as a fraction of dense; for runs scored at several
                               steps, every scored point at its cumulative training FLOPs
 SWEEP/fid_vs_step.png         FID against the scored step (runs scored at several steps, curves.py)
+SWEEP/memorisation_vs_step.png FID held-out minus FID train, and the near-copy share, against the step
 SWEEP/fid_vs_exploration.png  FID against the exploration rate (runs that recorded it)
 SWEEP/samples_S<S>.png        for each S: the first samples of Dense and of each sparse method from the same
                               noise, one row per run (sample_pictures.py)
@@ -49,6 +50,7 @@ from sparsedm.experiments.plots import (
     fid_vs_sparsity,
     fid_vs_step,
     fid_vs_train_flops,
+    memorisation_vs_step,
 )
 from sparsedm.experiments.sample_pictures import sparsity_pictures
 from sparsedm.runs.files import writing
@@ -101,6 +103,9 @@ def build_report(sweep_dir) -> Report:
         if curves:
             files.append(fid_vs_step(rows_by_step(curve_records), sweep_dir / "fid_vs_step.png"))
             files.append(fid_vs_cumulative_flops(curve_records, sweep_dir / "fid_vs_train_flops.png"))
+            scored = [record for record in curve_records if "near_copy" in record]
+            if scored:
+                files.append(memorisation_vs_step(scored, sweep_dir / "memorisation_vs_step.png"))
         else:
             files.append(fid_vs_train_flops(rows, sweep_dir / "fid_vs_train_flops.png"))
         if any(r.exploration_rate is not None for r in rows if get_method(r.method).sparse):
