@@ -60,7 +60,7 @@ curves-lane: $(STAMP)
 	  $(CURVES) --seeds $$n --methods rigl --sparsities 0.9 --prune-rates 0.1 || exit 1; \
 	done
 
-# The image study of docs/images.md (configs/study_openmoji.yaml): the shared autoencoder, trained on one thread
+# The image study (issue 20, configs/study_openmoji.yaml): the shared autoencoder, trained on one thread
 # (the same weights each time on one kind of CPU; resumed if stopped), then two lanes like `curves`, seed by
 # seed, S = 0.5 before S = 0.9; then the sampling noise (dense-seed0's final step scored with sampling seeds 1
 # and 2) and the report. Resumable; the config's header has the cost. Run it from a clean clone.
