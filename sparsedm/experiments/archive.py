@@ -6,9 +6,9 @@
                                  eval.json, eval/ and metrics.jsonl; no checkpoints, samples or TensorBoard files
 
 About 100 kB a run (90-130 kB for a 12,000-step ChiroDiff run scored at 3 steps) instead of megabytes, so a
-long study can be committed as it goes and continued on another machine: copy DEST back into a sweep folder and run the same `sparsedm sweep` command; a finished run without its
-checkpoints is skipped (sweep.py), the others are trained. `sparsedm report DEST` rebuilds the tables and plots
-from the kept files. Runs that are not finished are left out, and nothing in DEST is ever deleted.
+long study can be committed as it goes and continued on another machine: copy DEST back into a sweep folder
+and run the same `sparsedm sweep` command; a finished run without its checkpoints is skipped (sweep.py), the
+others are trained. `sparsedm report DEST` rebuilds the tables and plots from the kept files. Runs that are not finished are left out, and nothing in DEST is ever deleted.
 """
 
 import shutil
