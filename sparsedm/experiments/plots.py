@@ -51,6 +51,14 @@ def _dense_level(axes, rows: List[Row]) -> None:
                 axes.axhspan(row.fid_mean - row.fid_std, row.fid_mean + row.fid_std, color="black", alpha=0.1)
 
 
+def _config_line(method: str, sparsity) -> dict:
+    """A configuration's line: the method's colour (Dense black), dashed above S = 0.75."""
+    return {
+        "color": get_method(method).colour if get_method(method).sparse else "black",
+        "linestyle": "--" if sparsity is not None and sparsity > 0.75 else "-",
+    }
+
+
 def _finish_axes(figure, axes, xlabel: str, path: Path) -> Path:
     axes.set_xlabel(xlabel)
     axes.set_ylabel("FID (lower is better)")
@@ -149,8 +157,7 @@ def fid_vs_cumulative_flops(records: List[dict], path: Path) -> Path:
         axes.plot(
             [r["flops_train_total"] for r in points],
             [r["fid"] for r in points],
-            color=get_method(method).colour if get_method(method).sparse else "black",
-            linestyle="--" if sparsity is not None and sparsity > 0.75 else "-",
+            **_config_line(method, sparsity),
             marker="o",
             markersize=3,
             alpha=0.8,
@@ -176,8 +183,7 @@ def memorisation_vs_step(records: List[dict], path: Path) -> Path:
         by_step = points[method, sparsity, prune_rate]
         steps = sorted(by_step)
         style = {
-            "color": get_method(method).colour if get_method(method).sparse else "black",
-            "linestyle": "--" if sparsity is not None and sparsity > 0.75 else "-",
+            **_config_line(method, sparsity),
             "marker": "o",
             "markersize": 3,
             "label": _config_label(method, sparsity, prune_rate),
