@@ -73,7 +73,10 @@ images: $(STAMP)
 	$(MAKE) images-lane & pid=$$!; sleep 20; $(MAKE) images-lane && wait $$pid
 	for s in 1 2; do \
 	  d=reports/study_openmoji_noise/dense-seed0-sample$$s; test -f $$d/eval.json && continue; \
-	  rm -rf $$d && mkdir -p $$d/checkpoints && src=$(IMAGES_OUT)/runs/dense-seed0 && \
+	  src=$(IMAGES_OUT)/runs/dense-seed0; test -f $$src/checkpoints/step_00002500.pt || { \
+	    echo "$$src has no step 2,500 checkpoint (archived): copy docs/data/images/noise to reports/study_openmoji_noise"; \
+	    exit 1; }; \
+	  rm -rf $$d && mkdir -p $$d/checkpoints && \
 	  cp $$src/config.yaml $$src/summary.json $$d/ && cp $$src/checkpoints/step_00002500.pt $$d/checkpoints/ && \
 	  OMP_NUM_THREADS=2 $(PY) -m sparsedm evaluate $$d --seed $$s --num 1000 --no-progress || exit 1; \
 	done
