@@ -4,7 +4,11 @@ folder refuses another setup. FID uses pooled pixels (fid_stub) instead of Incep
 
 import json
 import logging
+import os
 import shutil
+import socket
+import subprocess
+import sys
 
 import pytest
 from fid_stub import use_pooled_pixels
@@ -228,3 +232,15 @@ def test_every_kept_step_is_scored_and_a_lost_score_is_made_again(tmp_path, caps
     shutil.rmtree(out / "runs" / "dense-seed0" / "checkpoints")
     (out / "runs" / "dense-seed0" / "eval" / "step_00000004.json").unlink()
     assert sweep_module.run_state(out, "dense-seed0") == "done"
+
+
+def test_a_run_whose_job_was_killed_is_not_listed_as_running(tmp_path):
+    out = tmp_path / "sweep"
+    (out / "runs" / "dense-seed0").mkdir(parents=True)
+    lock = out / "runs" / "dense-seed0.lock"
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+    assert sweep_module.run_state(out, "dense-seed0").startswith("running on")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid}))
+    assert not sweep_module.run_state(out, "dense-seed0").startswith("running")

@@ -82,7 +82,8 @@ def holder(path: Path) -> Optional[dict]:
         return {}
 
 
-def _is_stale(path: Path, owner: dict) -> bool:
+def is_stale(path: Path, owner: dict) -> bool:
+    """Whether the lock at `path`, held by `owner`, belongs to a dead job (its process gone, or not refreshed)."""
     try:
         age = time.time() - path.stat().st_mtime
     except FileNotFoundError:
@@ -133,7 +134,7 @@ def claim(sweep_dir: Path, name: str) -> Iterator[bool]:
     claimed = _create_exclusively(path, record)
     if not claimed:
         owner = holder(path)
-        if owner is not None and _is_stale(path, owner):
+        if owner is not None and is_stale(path, owner):
             _take_over(path, owner)
         claimed = _create_exclusively(path, record)
     if not claimed:

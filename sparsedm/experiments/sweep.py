@@ -37,7 +37,7 @@ from sparsedm.experiments.aggregate import RUNS, read_runs
 from sparsedm.experiments.grid import GRID_KEYS, RunSpec, SweepGrid
 from sparsedm.experiments.parallel import run_in_workers
 from sparsedm.experiments.report import Report, build_report
-from sparsedm.experiments.shards import claim, holder, in_slice, lock_path, slice_of
+from sparsedm.experiments.shards import claim, holder, in_slice, is_stale, lock_path, slice_of
 from sparsedm.runs.checkpoint import latest_checkpoint
 from sparsedm.runs.distributed import DistInfo, resolve_device
 from sparsedm.runs.files import read_json, writing
@@ -211,7 +211,7 @@ def run_state(out: Path, name: str) -> str:
     if _finished(path, train_only=False):
         return "done"
     owner = holder(lock_path(out, name))
-    if owner is not None:
+    if owner is not None and not is_stale(lock_path(out, name), owner):  # a killed job's lock: below
         return f"running on {owner.get('host', '?')} (pid {owner.get('pid', '?')})"
     if (path / SUMMARY).exists():
         return f"trained, {len(unscored_steps(path))} kept steps to score"
