@@ -31,5 +31,6 @@ def test_the_kept_autoencoder_is_the_study_config_trained_on_the_study_split():
 def test_every_archived_run_of_the_study_used_the_kept_autoencoder():
     identity = FirstStage(str(KEPT)).identity
     evals = sorted(ARCHIVE.glob("*/eval/step_*.json"))
+    assert evals, f"no archived scores under {ARCHIVE}"
     for path in evals:
         assert json.loads(path.read_text())["autoencoder_sha256"] == identity, path

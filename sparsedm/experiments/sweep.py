@@ -210,8 +210,9 @@ def run_state(out: Path, name: str) -> str:
     path = out / RUNS / name
     if _finished(path, train_only=False):
         return "done"
-    owner = holder(lock_path(out, name))
-    if owner is not None and not is_stale(lock_path(out, name), owner):  # a killed job's lock: below
+    lock = lock_path(out, name)
+    owner = holder(lock)
+    if owner is not None and not is_stale(lock, owner):  # a killed job's lock: below
         return f"running on {owner.get('host', '?')} (pid {owner.get('pid', '?')})"
     if (path / SUMMARY).exists():
         return f"trained, {len(unscored_steps(path))} kept steps to score"
