@@ -73,17 +73,58 @@ def test_each_step_pairs_with_dense_at_the_same_step(sweep):
     assert static.verdict == "worse"
 
 
-def test_equal_flops_pairs_take_the_dense_point_at_or_below_and_leave_out_what_has_none(sweep):
-    pairs = {pair.step: pair for pair in equal_flops_pairs(read_curve_records(sweep))}
-    # Static-DM at S = 0.5 spends half of Dense's FLOPs per step: step 1000 = Dense's 500, below its first point
-    assert sorted(pairs) == [2000, 4000]
-    assert (pairs[2000].dense_step, pairs[4000].dense_step) == (1000, 2000)
-    assert pairs[4000].dense_flops == pytest.approx(pairs[4000].flops)
-    result = pairs[4000].result  # 48 - 50, 50 - 52, 51 - 54: sparse at 4000 against Dense at 2000
+def test_equal_flops_pairs_take_the_dense_points_on_either_side(sweep):
+    pairs = {(pair.step, pair.dense_step): pair for pair in equal_flops_pairs(read_curve_records(sweep))}
+    # Static-DM at S = 0.5 spends half of Dense's FLOPs per step: its step 1000 = Dense's 500, below Dense's first
+    # point (so only the point above), 2000 = Dense's 1000, 4000 = Dense's 2000; Dense's last point (4000) spent
+    # more than any sparse point, so nothing is paired above it
+    assert sorted(pairs) == [(1000, 1000), (2000, 1000), (2000, 2000), (4000, 2000), (4000, 4000)]
+    assert pairs[4000, 2000].dense_flops == pytest.approx(pairs[4000, 2000].flops)
+    assert pairs[4000, 4000].dense_flops == pytest.approx(2 * pairs[4000, 4000].flops)
+    result = pairs[4000, 2000].result  # 48 - 50, 50 - 52, 51 - 54: sparse at 4000 against Dense at 2000
     assert (result.mean, result.ci_low, result.ci_high) == interval([-2.0, -2.0, -3.0])
-    assert result.verdict == "better"
-    # 55 - 60, 56 - 62, 60 - 64: sparse at 2000 against Dense at 1000
-    assert pairs[2000].result.mean == pytest.approx(-5.0) and pairs[2000].result.verdict == "better"
+    assert result.verdict == "better" and pairs[4000, 2000].per_flop == "sparse ahead"
+    # 55 - 60, 56 - 62, 60 - 64: sparse at 2000 against Dense at 1000, which spent as much
+    assert pairs[2000, 1000].result.mean == pytest.approx(-5.0) and pairs[2000, 1000].per_flop == "sparse ahead"
+    # 80 - 60, 82 - 62, 84 - 64: behind a Dense that spent twice as much says nothing per FLOP
+    assert pairs[1000, 1000].result.verdict == "worse" and pairs[1000, 1000].per_flop == "–"
+    # 48 - 40, 50 - 41, 51 - 45: worse than Dense at twice the FLOPs, again nothing per FLOP
+    assert pairs[4000, 4000].result.verdict == "worse" and pairs[4000, 4000].per_flop == "–"
+
+
+def test_a_sparse_point_behind_a_dense_point_that_spent_less_is_behind_per_flop():
+    records = [
+        {
+            "method": "dense",
+            "sparsity": 0.0,
+            "prune_rate": None,
+            "seed": seed,
+            "step": step,
+            "run": f"dense-seed{seed}",
+            "fid": 50.0 - step / 1000 + seed,
+            "flops_train_total": 1e12 * step / 1000,
+        }
+        for seed in range(3)
+        for step in (1000, 2000)
+    ]
+    records += [
+        {
+            "method": "static",
+            "sparsity": 0.5,
+            "prune_rate": None,
+            "seed": seed,
+            "step": 4000,
+            "run": f"static-S0.5-seed{seed}",
+            "fid": 55.0 + seed + 0.1 * seed**2,
+            "flops_train_total": 1.5e12,
+        }
+        for seed in range(3)
+    ]
+    below, above = equal_flops_pairs(records)
+    # Dense at 1000 (1.0T, less than the sparse point's 1.5T) and at 2000 (2.0T, more)
+    assert (below.dense_step, above.dense_step) == (1000, 2000)
+    assert below.result.verdict == "worse" and below.per_flop == "Dense ahead"
+    assert above.result.verdict == "worse" and above.per_flop == "–"
 
 
 @pytest.mark.parametrize("share, partner", [(0.99998, 2000), (0.998, 1000)])
@@ -115,7 +156,7 @@ def test_a_dense_point_a_hair_above_counts_as_equal_flops(share, partner):
             "run": "static-S0.5-seed0",
         }
     )
-    (pair,) = equal_flops_pairs(records)
+    pair = equal_flops_pairs(records)[0]  # the Dense point at or below; [1] would be the one above, if any
     assert pair.dense_step == partner
 
 

@@ -2,10 +2,11 @@
 
 - per step, FID mean ± std, the exploration rate (share of the sparse weights ever active by then) and each
   configuration paired by seed with Dense at the same step;
-- equal training FLOPs: each sparse point paired, seed by seed, with the Dense point of the same seed whose
-  cumulative training FLOPs are the largest at or below its own (within FLOPS_TOLERANCE). No interpolation
-  between Dense's scored steps: Dense never gets more FLOPs than the sparse point spent (beyond that
-  tolerance), and the table states the gap. A sparse point below Dense's first scored step has no partner;
+- equal training FLOPs: each sparse point paired, seed by seed, with the Dense points of the same seed on either
+  side of its cumulative training FLOPs: the last at or below its own (within FLOPS_TOLERANCE) and the first
+  above. No interpolation between Dense's scored steps; the table states what each Dense point spent. Ahead of
+  a Dense point that spent more is ahead per FLOP; behind one that spent less is behind per FLOP; anything else
+  is between Dense's scored points, and says nothing per FLOP;
 - memorisation: FID against the training split and the near-copy shares (eval/memorisation.py), with the
   held-out split's share as the baseline.
 
@@ -19,7 +20,7 @@ from typing import Dict, List, Optional, Tuple
 
 from sparsedm.experiments.aggregate import RUNS, Row, aggregate, group_key, human
 from sparsedm.experiments.comparisons import config_cells, paired_cells, table_lines
-from sparsedm.experiments.paired import CONFIDENCE, PairedDifference, paired_difference
+from sparsedm.experiments.paired import BETTER, CONFIDENCE, WORSE, PairedDifference, paired_difference
 from sparsedm.runs.files import read_json
 from sparsedm.runs.run_dir import EVAL_FIELDS, EVAL_FIX, EVAL_STEPS
 from sparsedm.sparse.methods import get_method, method_order
@@ -81,6 +82,16 @@ class EqualFlopsPair:
     dense_flops: float
     result: PairedDifference  # FID(sparse, step) - FID(Dense, dense_step), by seed
 
+    @property
+    def per_flop(self) -> str:
+        """What the pair says per training FLOP: sparse ahead of a Dense point that spent as much or more, Dense
+        ahead of the sparse point while spending as much or less; else nothing ("–")."""
+        if self.result.verdict == BETTER and self.dense_flops >= self.flops * (1 - FLOPS_TOLERANCE):
+            return "sparse ahead"
+        if self.result.verdict == WORSE and self.dense_flops <= self.flops * (1 + FLOPS_TOLERANCE):
+            return "Dense ahead"
+        return "–"
+
 
 def _dense_points(records: List[dict]) -> Dict[int, List[Tuple[float, int, float]]]:
     """Dense's scored points by seed: (cumulative training FLOPs, step, FID), by FLOPs."""
@@ -91,16 +102,17 @@ def _dense_points(records: List[dict]) -> Dict[int, List[Tuple[float, int, float
     return {seed: sorted(found) for seed, found in points.items()}
 
 
-def _partner(points: List[Tuple[float, int, float]], flops: float) -> Optional[Tuple[float, int, float]]:
-    """The point with the largest FLOPs at or below `flops` (within FLOPS_TOLERANCE); None when every point spent
-    more."""
+def _partners(points: List[Tuple[float, int, float]], flops: float) -> Tuple[Optional[tuple], Optional[tuple]]:
+    """The points on either side of `flops`: the last at or below it (within FLOPS_TOLERANCE) and the first above;
+    None where there is none."""
     below = [point for point in points if point[0] <= flops * (1 + FLOPS_TOLERANCE)]
-    return below[-1] if below else None
+    above = [point for point in points if point[0] > flops * (1 + FLOPS_TOLERANCE)]
+    return (below[-1] if below else None), (above[0] if above else None)
 
 
 def equal_flops_pairs(records: List[dict]) -> List[EqualFlopsPair]:
     """Each sparse (configuration, step) against Dense at the nearest cumulative training FLOPs at or below its
-    own, paired by seed; configurations below Dense's first scored point are left out."""
+    own and at the nearest above, paired by seed; a side without a Dense point is left out."""
     dense = _dense_points(records)
     groups = defaultdict(list)
     for record in records:
@@ -108,31 +120,38 @@ def equal_flops_pairs(records: List[dict]) -> List[EqualFlopsPair]:
             groups[group_key(record), record["step"]].append(record)
     pairs = []
     for (key, step), runs in groups.items():
-        fids, dense_fids, partners = {}, {}, set()
-        for run in runs:
-            partner = _partner(dense.get(run["seed"], []), run["flops_train_total"])
-            if partner is not None:
-                fids[run["seed"]], dense_fids[run["seed"]] = run["fid"], partner[2]
-                partners.add(partner[:2])
-        if not partners:
-            continue
-        # Dense's FLOPs per step are the same for every seed, so the seeds share one partner step
-        dense_flops, dense_step = max(partners)
         flops = sum(run["flops_train_total"] for run in runs) / len(runs)
-        pairs.append(EqualFlopsPair(key, step, flops, dense_step, dense_flops, paired_difference(fids, dense_fids)))
-    return sorted(pairs, key=lambda p: (method_order(p.key[0]), p.key[1] or 0.0, p.key[2] or 0.0, p.step))
+        for side in (0, 1):  # 0: Dense spent as much or less; 1: Dense spent more
+            fids, dense_fids, partners = {}, {}, set()
+            for run in runs:
+                partner = _partners(dense.get(run["seed"], []), run["flops_train_total"])[side]
+                if partner is not None:
+                    fids[run["seed"]], dense_fids[run["seed"]] = run["fid"], partner[2]
+                    partners.add(partner[:2])
+            if not partners:
+                continue
+            # Dense's FLOPs per step are the same for every seed, so the seeds share one partner step
+            dense_flops, dense_step = max(partners) if side == 0 else min(partners)
+            result = paired_difference(fids, dense_fids)
+            pairs.append(EqualFlopsPair(key, step, flops, dense_step, dense_flops, result))
+    return sorted(pairs, key=_pair_order)
+
+
+def _pair_order(pair: EqualFlopsPair) -> tuple:
+    return method_order(pair.key[0]), pair.key[1] or 0.0, pair.key[2] or 0.0, pair.step, pair.dense_flops
 
 
 def equal_flops_table(pairs: List[EqualFlopsPair]) -> str:
     if not pairs:
         return ""
     header = ["Method", "S", "p", "Step", "Training FLOPs", "Dense step", "Dense FLOPs (share)", "Paired seeds"]
-    header += ["ΔFID vs Dense", f"{CONFIDENCE:.0%} CI", "Verdict"]
+    header += ["ΔFID vs Dense", f"{CONFIDENCE:.0%} CI", "Verdict", "Per FLOP"]
     lines = []
     for pair in pairs:
         lines.append(
             f"| {config_cells(*pair.key)} | {pair.step} | {human(pair.flops)} | {pair.dense_step} "
-            f"| {human(pair.dense_flops)} ({pair.dense_flops / pair.flops:.0%}) | {paired_cells(pair.result)} |"
+            f"| {human(pair.dense_flops)} ({pair.dense_flops / pair.flops:.0%}) | {paired_cells(pair.result)} "
+            f"| {pair.per_flop} |"
         )
     return "\n".join(table_lines(header, lines)) + "\n"
 

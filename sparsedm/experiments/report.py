@@ -68,14 +68,16 @@ class Report:
 def curves_section(records: List[dict]) -> str:
     """The learning-curve tables of curves.py, as markdown."""
     by_step = rows_by_step(records)
-    pairs = equal_flops_table(equal_flops_pairs(records)) or "No sparse point spent as many FLOPs as Dense's first.\n"
+    pairs = equal_flops_table(equal_flops_pairs(records)) or "No sparse point has a Dense point to pair with.\n"
     return (
         "\n## Learning curves\n\nEach scored step; ΔFID pairs each configuration with Dense of the same seed at "
         "the same step.\n\n"
         + per_step_table(by_step)
-        + "\n### Equal training FLOPs\n\nEach sparse point paired, seed by seed, with the Dense point whose "
-        f"cumulative training FLOPs are the largest at or below its own, {FLOPS_TOLERANCE:.1%} more counting as "
-        "equal (no interpolation: Dense never spent more; the share says how much less).\n\n" + pairs
+        + "\n### Equal training FLOPs\n\nEach sparse point paired, seed by seed, with the Dense points on either "
+        f"side of its cumulative training FLOPs: the last at or below its own ({FLOPS_TOLERANCE:.1%} more counting "
+        "as equal) and the first above; no interpolation, the share says what Dense spent. Per FLOP: sparse ahead "
+        "of a Dense point that spent as much or more, or Dense ahead of a sparse point while spending as much or "
+        "less; a pair that shows neither says nothing per FLOP.\n\n" + pairs
     )
 
 
