@@ -10,13 +10,15 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from fid_stub import PooledPixels
 from tiny_models import tiny_chirodiff
 
 from sparsedm.cli import main
 from sparsedm.config import read_run_config
 from sparsedm.data.strokes import load_stroke_splits
 from sparsedm.eval import evaluate as evaluate_module
-from sparsedm.eval.evaluate import ema_sparsity
+from sparsedm.eval.evaluate import EvalSettings, ema_sparsity
+from sparsedm.eval.fid import array_batches, compute_statistics
 from sparsedm.runs.checkpoint import load_checkpoint
 from sparsedm.runs.run_dir import RunDir
 from sparsedm.tasks import build_task
@@ -203,6 +205,36 @@ def test_the_training_items_groups_reach_every_near_copy_test(run, capsys, monke
     assert code == 0, out.err
     assert seen == [(len(train), groups)] * 4
     assert json.loads((run / "eval.json").read_text())["near_copy_rule"].endswith("of another variant group")
+
+
+def test_with_memorisation_the_held_out_split_goes_through_inception_once(run, tmp_path, monkeypatch):
+    """The FID statistics of the held-out split are those of the features memorisation keeps of it: one pass."""
+    seen = []
+
+    class Counting(PooledPixels):
+        def forward(self, images):
+            seen.append(len(images))
+            return super().forward(images)
+
+    monkeypatch.setattr("sparsedm.eval.fid.load_inception", lambda device="cpu": Counting())
+    cfg = read_run_config(RunDir(run))
+    cfg.data.cache_dir = str(tmp_path)  # the stub's features must not meet the real network's cache
+    task = build_task(cfg)
+    val = task.reference_images("val")
+    settings = EvalSettings()
+    statistics = evaluate_module.reference_statistics(task, settings, torch.device("cpu"), False)
+    features = evaluate_module.reference_features(task, "val", settings, torch.device("cpu"), False)
+    assert sum(seen) == len(val) == len(features)
+    by_images = compute_statistics(array_batches(val, batch_size=4), progress=False, extractor=PooledPixels())
+    assert statistics.n == by_images.n
+    np.testing.assert_allclose(statistics.mu, by_images.mu, atol=1e-6)
+    np.testing.assert_allclose(statistics.sigma, by_images.sigma, atol=1e-6)
+
+    # without memorisation nothing keeps the features: the statistics come from the images, as before
+    seen.clear()
+    cfg.data.cache_dir = str(tmp_path / "other")
+    evaluate_module.reference_statistics(build_task(cfg), EvalSettings(memorisation=False), torch.device("cpu"), False)
+    assert sum(seen) == len(val) and not list((tmp_path / "other" / "fid").glob("*-features.npz"))
 
 
 def sparsify_linear_layers(run) -> set:

@@ -113,7 +113,10 @@ def check_ema_sparsity(model: nn.Module, cfg, summary: dict, run: RunDir, masks:
 
 
 def reference_statistics(task: Task, settings: EvalSettings, device: torch.device, progress: bool) -> Statistics:
-    """FID statistics of the real split, computed once per data set, split and rendering, then cached."""
+    """FID statistics of the real split, computed once per data set, split and rendering, then cached. With
+    memorisation, whose baseline keeps the held-out split's features, they are those features' statistics: the
+    split goes through Inception once."""
+    keeps_features = settings.memorisation and settings.split == Split.val
     return cached_reference_statistics(
         task.reference_key(settings.split),
         lambda: array_batches(task.reference_images(settings.split), batch_size=settings.batch_size),
@@ -121,6 +124,7 @@ def reference_statistics(task: Task, settings: EvalSettings, device: torch.devic
         batch_size=settings.batch_size,
         device=device,
         progress=progress,
+        features_fn=(lambda: reference_features(task, "val", settings, device, progress)) if keeps_features else None,
     )
 
 

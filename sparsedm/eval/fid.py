@@ -183,17 +183,23 @@ def cached_reference_statistics(
     batch_size: int = 50,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    features_fn: Callable[[], np.ndarray] | None = None,
 ) -> Statistics:
     """Statistics of a reference set (e.g. key "mnist/train"), computed once and then read from `cache_dir`.
 
-    `images_fn` is called only on a cache miss. An unreadable cache file, or one written for another key
+    `images_fn` is called only on a cache miss. With `features_fn` (the set's N x d features, for a set whose
+    features are kept anyway, e.g. by `cached_reference_features`), a miss takes the statistics of those instead,
+    so the set goes through Inception once, not twice. An unreadable cache file, or one written for another key
     or other features, is recomputed with a warning, never fatal.
     """
     path = _cache_path(cache_dir, key, "statistics")
     cached = _read_statistics(path, key)
     if cached is not None:
         return cached
-    statistics = compute_statistics(images_fn(), batch_size=batch_size, device=device, progress=progress)
+    if features_fn is not None:
+        statistics = statistics_of(features_fn())
+    else:
+        statistics = compute_statistics(images_fn(), batch_size=batch_size, device=device, progress=progress)
     mu, sigma, n = statistics
     _write_cache(path, key, mu=mu, sigma=sigma, n=n)
     return statistics
