@@ -66,6 +66,7 @@ def test_sweep_runs_the_grid_writes_every_file_and_continues_without_redoing(tmp
         "fid_vs_exploration.png",
         "fid_vs_sparsity.png",
         "fid_vs_train_flops.png",
+        "loss_vs_step.png",
         "results.csv",
         "results.md",
         "runs",

@@ -1,5 +1,5 @@
-"""PNG figures of a sweep: FID against sparsity, training FLOPs and exploration rate, memorisation against the
-step, and samples side by side.
+"""PNG figures of a sweep: FID against sparsity, training FLOPs and exploration rate, memorisation and the
+validation losses against the step, and samples side by side.
 
 Matplotlib's object API with the Agg canvas (`Figure.savefig`), so no display and no global backend.
 """
@@ -12,9 +12,13 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
 from sparsedm.experiments.aggregate import Row, group_key
+from sparsedm.experiments.losses import LossCurve, by_config
 from sparsedm.runs.plots import save_figure
 from sparsedm.sparse.methods import get_method, method_order
 
+# loss_vs_step leaves out validations before this share of training: the first ones (a loss near 1 at step 0)
+# would flatten everything after them
+LOSS_PLOT_FROM = 0.2
 LINESTYLES = ("-", "--", ":", "-.")  # one per prune rate of a method
 
 
@@ -203,6 +207,42 @@ def memorisation_vs_step(records: List[dict], path: Path) -> Path:
         axes.set_xlabel("training step")
         axes.grid(alpha=0.3)
     copy_axes.legend(fontsize="small")
+    figure.tight_layout()
+    return save_figure(figure, path, dpi=120)
+
+
+def loss_vs_step(curves: List[LossCurve], path: Path) -> Path:
+    """Against the step, a line per configuration (means over the seeds that logged that step): the held-out
+    diffusion loss, and beside it the held-out loss minus the training-split loss when runs logged that one
+    (losses.py)."""
+    gaps = any(fit is not None for curve in curves for fit in curve.train_split)
+    figure = Figure(figsize=(10, 4) if gaps else (6, 4))
+    panels = [figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)] if gaps else [figure.add_subplot()]
+    last = max(curve.steps[-1] for curve in curves)
+    for (method, sparsity, prune_rate), runs in by_config(curves).items():
+        points: Dict[int, List[tuple]] = {}
+        for run in runs:
+            for step, held, fit in zip(run.steps, run.held_out, run.train_split):
+                if step >= LOSS_PLOT_FROM * last:
+                    points.setdefault(step, []).append((held, None if fit is None else held - fit))
+        steps = sorted(points)
+        style = {
+            **_config_line(method, sparsity),
+            "marker": "o",
+            "markersize": 3,
+            "label": _config_label(method, sparsity, prune_rate),
+        }
+        panels[0].plot(steps, [np.mean([p[0] for p in points[s]]) for s in steps], **style)
+        if gaps:
+            known = [s for s in steps if all(p[1] is not None for p in points[s])]
+            panels[1].plot(known, [np.mean([p[1] for p in points[s]]) for s in known], **style)
+    panels[0].set_ylabel("held-out diffusion loss (EMA weights)")
+    if gaps:
+        panels[1].set_ylabel("held-out loss - training-split loss")
+    panels[-1].legend(fontsize="small")
+    for axes in panels:
+        axes.set_xlabel("training step")
+        axes.grid(alpha=0.3)
     figure.tight_layout()
     return save_figure(figure, path, dpi=120)
 

@@ -5,12 +5,15 @@ SWEEP/results.csv             one row per (method, S, p): FID mean and std, the 
 SWEEP/results.md              the paper's table, the paired comparison with Dense, then dynamic methods paired
                               with Static-DM and with their largest p (comparisons.py), a note on what they are;
                               learning curves, equal-FLOPs pairs and memorisation (curves.py) when runs were
-                              scored at several steps; the commits the runs came from
+                              scored at several steps; the validation losses (losses.py); the commits the runs
+                              came from
 SWEEP/fid_vs_sparsity.png     FID against S, a line per method (and p); Dense as a level with its ± std band
 SWEEP/fid_vs_train_flops.png  FID against training FLOPs as a fraction of dense; for runs scored at several
                               steps, every scored point at its cumulative training FLOPs
 SWEEP/fid_vs_step.png         FID against the scored step (runs scored at several steps, curves.py)
 SWEEP/memorisation_vs_step.png FID held-out minus FID train, and the near-copy share, against the step
+SWEEP/loss_vs_step.png        the held-out diffusion loss, and its gap to the training split's, against the step
+                              (runs that logged validations: losses.py)
 SWEEP/fid_vs_exploration.png  FID against the exploration rate (runs that recorded it)
 SWEEP/samples_S<S>.png        for each S: the first samples of Dense and of each sparse method from the same
                               noise, one row per run (sample_pictures.py)
@@ -44,18 +47,26 @@ from sparsedm.experiments.curves import (
     read_curve_records,
     rows_by_step,
 )
+from sparsedm.experiments.losses import loss_table, read_loss_curves
 from sparsedm.experiments.plots import (
     fid_vs_cumulative_flops,
     fid_vs_exploration,
     fid_vs_sparsity,
     fid_vs_step,
     fid_vs_train_flops,
+    loss_vs_step,
     memorisation_vs_step,
 )
 from sparsedm.experiments.sample_pictures import sparsity_pictures
 from sparsedm.runs.files import writing
 from sparsedm.runs.run_dir import write_text_atomically
 from sparsedm.sparse.methods import get_method
+
+LOSSES_HEADING = (
+    "\n## Validation loss\n\nThe EMA model's diffusion loss on held-out and on training items at each validation "
+    "of training (metrics.jsonl), means over seeds: a held-out loss that rises from its lowest point while the "
+    "training-split loss falls is over-fitting on the training side (a loss, not a sample quality).\n\n"
+)
 
 
 @dataclass
@@ -96,6 +107,9 @@ def build_report(sweep_dir) -> Report:
     memorisation = memorisation_table(curve_records or records)
     if memorisation:
         markdown += "\n## Memorisation\n\n" + memorisation
+    loss_curves = read_loss_curves(sweep_dir, records)
+    if loss_curves:
+        markdown += LOSSES_HEADING + loss_table(loss_curves)
     markdown += "\n" + provenance_note(records)
     files = [sweep_dir / "results.csv", sweep_dir / "results.md"]
     with writing():
@@ -110,6 +124,8 @@ def build_report(sweep_dir) -> Report:
                 files.append(memorisation_vs_step(scored, sweep_dir / "memorisation_vs_step.png"))
         else:
             files.append(fid_vs_train_flops(rows, sweep_dir / "fid_vs_train_flops.png"))
+        if loss_curves:
+            files.append(loss_vs_step(loss_curves, sweep_dir / "loss_vs_step.png"))
         if any(r.exploration_rate is not None for r in rows if get_method(r.method).sparse):
             files.append(fid_vs_exploration(rows, sweep_dir / "fid_vs_exploration.png"))
         files += sparsity_pictures(sweep_dir, records)
