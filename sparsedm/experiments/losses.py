@@ -3,8 +3,8 @@
 
 They are the training side of over-fitting: a held-out loss that bottoms out and rises while the training-split
 loss keeps falling. Per configuration (means over seeds) the table gives the held-out loss's lowest point and
-the step of each seed's, the held-out and training-split losses at the end and the rise since the lowest point;
-the plot, both losses against the step. Cheap to have (`train.val_every`), but a loss, not a sample quality: a
+the step of each seed's, the held-out and training-split losses at the end and the rise since the lowest point
+(plots.loss_vs_step draws them against the step). Cheap to have (`train.val_every`), but a loss, not a sample quality: a
 rise need not show in FID (docs/evaluation.md#memorisation has the sample side).
 """
 
@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from sparsedm.experiments.aggregate import group_key
+from sparsedm.experiments.aggregate import RUNS, group_key
 from sparsedm.experiments.comparisons import config_cells, table_lines
 from sparsedm.runs.plots import read_metrics
 from sparsedm.runs.run_dir import METRICS
@@ -44,7 +44,7 @@ def read_loss_curves(sweep_dir, records: List[dict]) -> List[LossCurve]:
     `seed`) that logged at least two; a resumed run logs a step twice, and its last line counts."""
     curves = []
     for record in records:
-        folder = Path(sweep_dir) / "runs" / record["run"]
+        folder = Path(sweep_dir) / RUNS / record["run"]
         if not (folder / METRICS).is_file():
             continue  # e.g. an archive kept without it
         by_step = {}
