@@ -188,6 +188,24 @@ def test_the_report_adds_curves_memorisation_and_provenance(sweep, caplog):
     assert len(warnings) == 2 and "\n" not in warnings[0]
 
 
+def test_the_memorisation_plot_shows_both_near_copy_shares_with_their_baselines(sweep, tmp_path, monkeypatch):
+    from sparsedm.experiments import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda figure, path, dpi: figures.append(figure) or path)
+    plots.memorisation_vs_step(read_curve_records(sweep), tmp_path / "m.png")
+    gap, inception, pixels = figures[0].axes
+    dense = {axes: next(line for line in axes.get_lines() if line.get_label() == "Dense") for axes in figures[0].axes}
+    assert list(dense[gap].get_ydata()) == pytest.approx([1.0, 1.0, 1.0])  # fid - fid_train
+    # Dense: near_copy = 0.1 * step / 1000 in Inception features, 0.05 in pixels; baselines 1% and 2%
+    assert list(dense[inception].get_ydata()) == pytest.approx([10.0, 20.0, 40.0])
+    assert list(dense[pixels].get_ydata()) == pytest.approx([5.0, 5.0, 5.0])
+    for axes, baseline in ((inception, 1.0), (pixels, 2.0)):
+        line = next(line for line in axes.get_lines() if line.get_label() == "held-out items")
+        assert list(line.get_ydata()) == pytest.approx([baseline, baseline])
+    assert "pixels" in pixels.get_ylabel() and "Inception" in inception.get_ylabel()
+
+
 def test_a_sweep_scored_once_has_no_curve_section(tmp_path):
     for seed, fid in enumerate([10.0, 12.0]):
         fake_run(tmp_path, f"dense-seed{seed}", "dense", fid, seed=seed)

@@ -174,14 +174,19 @@ def fid_vs_cumulative_flops(records: List[dict], path: Path) -> Path:
 
 
 def memorisation_vs_step(records: List[dict], path: Path) -> Path:
-    """Two panels against the scored step, a line per configuration (means over seeds): FID against the held-out
-    split minus FID against the training split, and the share of near copies (Inception), with the held-out
-    split's share as the baseline. Both rise when a model fits its training items better than new ones."""
+    """Three panels against the scored step, a line per configuration (means over seeds): FID against the
+    held-out split minus FID against the training split, and the share of near copies in Inception features and
+    in pixels, each with the held-out split's share as its baseline. All rise when a model fits its training
+    items better than new ones."""
     points: Dict[tuple, Dict[int, List[dict]]] = {}
     for record in records:
         points.setdefault(group_key(record), {}).setdefault(record["step"], []).append(record)
-    figure = Figure(figsize=(10, 4))
-    gap_axes, copy_axes = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
+    figure = Figure(figsize=(14, 4))
+    gap_axes, *copy_axes = (figure.add_subplot(1, 3, n) for n in (1, 2, 3))
+    shares = (
+        ("near_copy", "near_copy_heldout", "Inception"),
+        ("near_copy_pixels", "near_copy_heldout_pixels", "pixels"),
+    )
     order = sorted(points, key=lambda key: (method_order(key[0]), key[1] or 0.0, key[2] or 0.0))
     for method, sparsity, prune_rate in order:
         by_step = points[method, sparsity, prune_rate]
@@ -192,21 +197,21 @@ def memorisation_vs_step(records: List[dict], path: Path) -> Path:
             "markersize": 3,
             "label": _config_label(method, sparsity, prune_rate),
         }
-        gaps = [np.mean([r["fid"] - r["fid_train"] for r in by_step[step]]) for step in steps]
-        shares = [100 * np.mean([r["near_copy"] for r in by_step[step]]) for step in steps]
-        gap_axes.plot(steps, gaps, **style)
-        copy_axes.plot(steps, shares, **style)
-    copy_axes.axhline(100 * records[0]["near_copy_heldout"], color="grey", linestyle=":", label="held-out items")
+        gap_axes.plot(steps, [np.mean([r["fid"] - r["fid_train"] for r in by_step[step]]) for step in steps], **style)
+        for axes, (key, _, _) in zip(copy_axes, shares):
+            axes.plot(steps, [100 * np.mean([r[key] for r in by_step[step]]) for step in steps], **style)
     gap_axes.set_ylabel("FID held-out - FID train")
-    copy_axes.set_ylabel("near copies of training items (%, Inception)")
-    for axes in (gap_axes, copy_axes):
+    for axes, (_, baseline, space) in zip(copy_axes, shares):
+        axes.axhline(100 * records[0][baseline], color="grey", linestyle=":", label="held-out items")
+        axes.set_ylabel(f"near copies of training items (%, {space})")
+    for axes in (gap_axes, *copy_axes):
         axes.set_xscale("log")
         steps = sorted({r["step"] for r in records})
         axes.set_xticks(steps, [f"{step:,}" for step in steps])
         axes.xaxis.set_minor_formatter(NullFormatter())
         axes.set_xlabel("training step")
         axes.grid(alpha=0.3)
-    copy_axes.legend(fontsize="small")
+    copy_axes[-1].legend(fontsize="small")
     figure.tight_layout()
     return save_figure(figure, path, dpi=120)
 

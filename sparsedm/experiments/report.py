@@ -11,7 +11,8 @@ SWEEP/fid_vs_sparsity.png     FID against S, a line per method (and p); Dense as
 SWEEP/fid_vs_train_flops.png  FID against training FLOPs as a fraction of dense; for runs scored at several
                               steps, every scored point at its cumulative training FLOPs
 SWEEP/fid_vs_step.png         FID against the scored step (runs scored at several steps, curves.py)
-SWEEP/memorisation_vs_step.png FID held-out minus FID train, and the near-copy share, against the step
+SWEEP/memorisation_vs_step.png FID held-out minus FID train, and the near-copy shares (Inception,
+                              pixels), against the step
 SWEEP/loss_vs_step.png        the held-out diffusion loss, and its gap to the training split's, against the step
                               (runs that logged validations: losses.py)
 SWEEP/fid_vs_exploration.png  FID against the exploration rate (runs that recorded it)
