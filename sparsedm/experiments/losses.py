@@ -4,8 +4,8 @@
 They are the training side of over-fitting: a held-out loss that bottoms out and rises while the training-split
 loss keeps falling. Per configuration (means over seeds) the table gives the held-out loss's lowest point and
 the step of each seed's, the held-out and training-split losses at the end and the rise since the lowest point
-(plots.loss_vs_step draws them against the step). Cheap to have (`train.val_every`), but a loss, not a sample quality: a
-rise need not show in FID (docs/evaluation.md#memorisation has the sample side).
+(plots.loss_vs_step draws them against the step). Cheap to have (`train.val_every`), but a loss, not a sample
+quality: a rise need not show in FID (docs/evaluation.md#memorisation has the sample side).
 """
 
 from collections import defaultdict

@@ -204,10 +204,10 @@ def memorisation_vs_step(records: List[dict], path: Path) -> Path:
     for axes, (_, baseline, space) in zip(copy_axes, shares):
         axes.axhline(100 * records[0][baseline], color="grey", linestyle=":", label="held-out items")
         axes.set_ylabel(f"near copies of training items (%, {space})")
+    scored = sorted({r["step"] for r in records})
     for axes in (gap_axes, *copy_axes):
         axes.set_xscale("log")
-        steps = sorted({r["step"] for r in records})
-        axes.set_xticks(steps, [f"{step:,}" for step in steps])
+        axes.set_xticks(scored, [f"{step:,}" for step in scored])
         axes.xaxis.set_minor_formatter(NullFormatter())
         axes.set_xlabel("training step")
         axes.grid(alpha=0.3)
