@@ -436,6 +436,10 @@ def main(argv=None) -> int:
     )
     try:
         args.func(args)
+        if "torch.distributed" in sys.modules:  # a torchrun run: leave its process group before exiting
+            from sparsedm.runs.distributed import leave_distributed
+
+            leave_distributed()
     except UserError as exc:
         if args.debug:
             raise

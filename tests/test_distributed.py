@@ -95,14 +95,45 @@ def test_two_ranks_match_one_process_with_the_whole_batch(tmp_path, cache, metho
     assert steps == [4, 8, 12]
 
 
-def _mismatch_worker(rank, port, result_file):
-    import torch.distributed as dist
+def join(rank: int, port: int, world_size: int = 2) -> None:
+    """Join a `world_size`-process gloo group on `port` the way `sparsedm` does under torchrun."""
+    from sparsedm.runs.distributed import init_distributed
 
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    init_distributed("gloo", "cpu")
+
+
+def gloo_threads() -> list:
+    return [t for t in os.listdir("/proc/self/task") if "gloo" in open(f"/proc/self/task/{t}/comm").read()]
+
+
+def _leave_worker(rank, port, folder):
+    from sparsedm.runs.distributed import leave_distributed
+
+    join(rank, port)
+    model = torch.nn.Linear(4, 4)
+    torch.optim.AdamW(model.parameters())  # builds after joining, as the trainer does (it imports torch._dynamo)
+    torch.distributed.all_reduce(torch.ones(1))
+    during = len(gloo_threads())
+    leave_distributed()
+    (folder / f"rank{rank}").write_text(f"{during} {len(gloo_threads())}")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads thread names from Linux's /proc")
+def test_leaving_the_group_ends_its_threads_before_the_interpreter_exits(tmp_path):
+    """gloo threads that outlive the run abort the process at exit now and then (SIGABRT), after all its work."""
+    torch.multiprocessing.spawn(_leave_worker, args=(free_port(), tmp_path), nprocs=2)
+    for rank in (0, 1):
+        during, after = map(int, (tmp_path / f"rank{rank}").read_text().split())
+        assert during > 0 and after == 0, (rank, during, after)
+
+
+def _mismatch_worker(rank, port, result_file):
     from sparsedm.errors import UserError
-    from sparsedm.runs.distributed import check_masks_agree
+    from sparsedm.runs.distributed import check_masks_agree, leave_distributed
     from sparsedm.sparse import SparseConfig, SparseEngine
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    join(rank, port)
     model = torch.nn.Linear(8, 8)
     engine = SparseEngine(model, torch.optim.AdamW(model.parameters()), SparseConfig(method="static", sparsity=0.5))
     check_masks_agree(engine.masks_fingerprint(), 1, torch.device("cpu"))  # identical seeds: identical masks, no error
@@ -115,7 +146,7 @@ def _mismatch_worker(rank, port, result_file):
         outcome = str(exc)
     with open(f"{result_file}.{rank}", "w") as f:
         f.write(outcome)
-    dist.destroy_process_group()
+    leave_distributed()
 
 
 def test_check_masks_stops_on_a_mismatch(tmp_path):
@@ -127,11 +158,9 @@ def test_check_masks_stops_on_a_mismatch(tmp_path):
 def _first_worker(rank, port, folder):
     import time
 
-    import torch.distributed as dist
+    from sparsedm.runs.distributed import DistInfo, leave_distributed, main_process_first
 
-    from sparsedm.runs.distributed import DistInfo, main_process_first
-
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    join(rank, port)
     cache = folder / "cache"
     with main_process_first(DistInfo(rank=rank, world_size=2), torch.device("cpu")):
         if rank == 0:
@@ -140,7 +169,7 @@ def _first_worker(rank, port, folder):
         if not seen:
             cache.write_text(f"filled by rank {rank}")
     (folder / f"rank{rank}").write_text(f"{seen} {cache.read_text()}")
-    dist.destroy_process_group()
+    leave_distributed()
 
 
 def test_rank_zero_fills_the_data_cache_before_the_others_read_it(tmp_path):
@@ -150,12 +179,12 @@ def test_rank_zero_fills_the_data_cache_before_the_others_read_it(tmp_path):
 
 
 def _restart_worker(rank, port, folder):
-    import torch.distributed as dist
     from diffusers import VQModel
 
     from sparsedm.autoencoder.codebook import CodebookRestarts
+    from sparsedm.runs.distributed import leave_distributed
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    join(rank, port)
     model = VQModel(block_out_channels=(8,), norm_num_groups=4, num_vq_embeddings=16, latent_channels=2)
     restarts = CodebookRestarts(model, every=1, generator=torch.Generator().manual_seed(0))
     codebook = model.quantize.embedding.weight
@@ -165,7 +194,7 @@ def _restart_worker(rank, port, folder):
     restarts.observe(rank + 0.01 * torch.randn(2, 2, 3, 3, generator=torch.Generator().manual_seed(rank)))
     result = restarts.after_step(1)
     torch.save({"result": result, "codebook": codebook.detach().clone()}, folder / f"rank{rank}.pt")
-    dist.destroy_process_group()
+    leave_distributed()
 
 
 def test_codebook_restarts_pool_the_ranks_and_keep_their_codebooks_identical(tmp_path):
