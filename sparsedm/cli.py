@@ -436,7 +436,7 @@ def main(argv=None) -> int:
     )
     try:
         args.func(args)
-        if "torch.distributed" in sys.modules:  # a torchrun run: leave its process group before exiting
+        if "torch.distributed" in sys.modules:  # leave a process group (under torchrun) before Python exits
             from sparsedm.runs.distributed import leave_distributed
 
             leave_distributed()

@@ -112,7 +112,7 @@ def _leave_worker(rank, port, folder):
 
     join(rank, port)
     model = torch.nn.Linear(4, 4)
-    torch.optim.AdamW(model.parameters())  # builds after joining, as the trainer does (it imports torch._dynamo)
+    torch.optim.AdamW(model.parameters())  # after joining, as in the trainer; building it imports torch._dynamo
     torch.distributed.all_reduce(torch.ones(1))
     during = len(gloo_threads())
     leave_distributed()
