@@ -95,11 +95,11 @@ def test_two_ranks_match_one_process_with_the_whole_batch(tmp_path, cache, metho
     assert steps == [4, 8, 12]
 
 
-def join(rank: int, port: int, world_size: int = 2) -> None:
-    """Join a `world_size`-process gloo group on `port` the way `sparsedm` does under torchrun."""
+def join(rank: int, port: int) -> None:
+    """Join a two-process gloo group on `port` the way `sparsedm` does under torchrun."""
     from sparsedm.runs.distributed import init_distributed
 
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     init_distributed("gloo", "cpu")
 
 
