@@ -82,6 +82,13 @@ class Trainer:
         self.model = self.task.build_model().to(self.device)
         self.batches = BatchSchedule(len(self.train_set), tc.batch_size, cfg.seed)
         self.total_steps = tc.epochs * self.batches.batches_per_epoch if tc.epochs else tc.steps
+        length = (
+            f"train.epochs={tc.epochs} x {self.batches.batches_per_epoch} batches per epoch"
+            if tc.epochs
+            else f"train.steps={tc.steps}"
+        )
+        stop = f", stopping after step {tc.stop_at} (train.stop_at)" if tc.stop_at else ""
+        log.info("training %d steps (%s)%s", self.total_steps, length, stop)
         if tc.keep_steps and tc.keep_steps[-1] > self.total_steps:
             raise UserError(
                 f"train.keep_steps={list(tc.keep_steps)} goes past the run's {self.total_steps} steps; "
