@@ -23,6 +23,7 @@ def saved_config(config: SparseConfig) -> dict:
 
 
 def _plain(value):
+    """A plain value; lists and dicts copied, so that the saved state does not change with the live config."""
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, dict):
@@ -38,7 +39,7 @@ def check_resume(state: dict, config: SparseConfig) -> None:
     saved = state.get("config", {"method": state["method"]})
     current = saved_config(config)
     for name, old in saved.items():
-        if name in APPLIED or name not in current:
+        if name in APPLIED or name not in current:  # not in current: a setting this version no longer has
             continue
         new = current[name]
         if name == "method":  # an alias names the same method
