@@ -12,10 +12,10 @@ dataclass's `__post_init__` checks the ranges. See docs/configs.md.
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from sparsedm.autoencoder.config import AutoencoderConfig, FirstStageConfig, ReconLoss
-from sparsedm.config_loader import load_config as load_schema
+from sparsedm.config_checks import choose_run_length
 from sparsedm.config_loader import merge_config, read_yaml_and_overrides, typed
 from sparsedm.data.images.config import ImageDataConfig
 from sparsedm.data.strokes.config import StrokeDataConfig
@@ -100,7 +100,7 @@ class AutoencoderTrainConfig(TrainConfig):
     """The training loop's settings with the autoencoder's defaults, and its objective: reconstruction only
     (LDM adds LPIPS and a patch GAN, which are not implemented here)."""
 
-    steps: int = 20000  # optimiser steps (or set `epochs`)
+    steps: Optional[int] = 20000  # optimiser steps (or set `epochs`)
     batch_size: int = 12  # images per step (global, split over ranks with torchrun)
     lr: float = 1e-4  # Adam learning rate, constant (taming/LDM: 4.5e-6 x batch size x GPUs)
     betas: List[float] = field(default_factory=lambda: [0.5, 0.9])  # Adam's (β1, β2), as taming/LDM
@@ -193,17 +193,26 @@ def load_config(path: Optional[str] = None, overrides: List[str] = (), task: Opt
     """
     file_cfg, override_cfg = read_yaml_and_overrides(path, overrides)
     task = task or override_cfg.get("task") or file_cfg.get("task") or "chirodiff"
-    return typed(merge_config(_schema(task), file_cfg, override_cfg))
+    return _merged(_schema(task), (path or "the config", file_cfg), ("the command line", override_cfg))
+
+
+def _merged(schema, *sources: tuple) -> Experiment | AutoencoderExperiment:
+    """The schema's defaults <- each (name, part) of `sources` in order, typed and checked; the run length
+    (train.steps or train.epochs) is the one the most specific source set (config_checks.choose_run_length)."""
+    parts = [part for _, part in sources]
+    run_length = choose_run_length([("the defaults", OmegaConf.structured(schema)), *sources])
+    return typed(merge_config(schema, *parts, run_length))
 
 
 def experiment(cfg: DictConfig) -> Experiment | AutoencoderExperiment:
     """The typed, checked experiment of a plain config (e.g. a run folder's config.yaml)."""
-    return typed(merge_config(_schema(cfg.get("task") or "chirodiff", RUN_SCHEMAS), cfg))
+    return _merged(_schema(cfg.get("task") or "chirodiff", RUN_SCHEMAS), ("the run's config", cfg))
 
 
 def load_autoencoder_config(path: Optional[str], overrides=()) -> AutoencoderExperiment:
     """Schema defaults <- YAML <- overrides for `train-autoencoder`, checked."""
-    cfg = load_schema(path, overrides, AutoencoderExperiment)
+    file_cfg, override_cfg = read_yaml_and_overrides(path, overrides)
+    cfg = _merged(AutoencoderExperiment, (path or "the config", file_cfg), ("the command line", override_cfg))
     if cfg.task != "autoencoder":
         raise UserError(
             f"{path} is a task={cfg.task} config; train-autoencoder takes one such as configs/autoencoder_openmoji_cpu.yaml"

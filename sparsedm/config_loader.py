@@ -52,11 +52,6 @@ def typed(cfg: DictConfig):
     return OmegaConf.to_object(cfg)
 
 
-def load_config(path: Optional[str], overrides: List[str], schema):
-    """Schema defaults <- YAML file <- overrides, as an instance of `schema`, checked."""
-    return typed(merge_config(schema, *read_yaml_and_overrides(path, overrides)))
-
-
 def to_dict(cfg) -> dict:
     """Plain dict of a config (dataclass or DictConfig), names of enums as strings: for JSON and comparisons."""
     return OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)

@@ -2,6 +2,7 @@
 writes the run-folder contract, and bad input gets a one-line error."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -182,3 +183,25 @@ def test_paper_configs_clip_and_sample_as_their_references():
         assert (cfg.train.grad_clip, cfg.sample.variance_strength) == expected, path
         schema = SCHEMAS[cfg.task]()
         assert (schema.train.grad_clip, schema.sample.variance_strength) == expected, path
+
+
+def test_steps_on_the_command_line_replace_a_config_s_epochs(tmp_path, tiny, caplog):
+    """A paper config counts epochs; `train.steps=N` on the command line is the user's choice and is the run's
+    length, which the training log's line states (as an epochs run's)."""
+    config = tmp_path / "epochs.yaml"
+    text = open("configs/chirodiff_kanjivg_cpu.yaml").read()
+    config.write_text(text.replace("\n  steps: 1500 ", "\n  epochs: 3 ", 1))
+    run = lambda name, *more: main(  # noqa: E731
+        ["train", str(config), "--out", str(tmp_path / name), "--no-progress", *tiny, *more]
+    )
+    with caplog.at_level(logging.INFO, logger="sparsedm"):
+        assert run("steps", "train.steps=2") == 0
+    assert json.loads((tmp_path / "steps" / "summary.json").read_text())["steps"] == 2
+    assert f"train.steps=2 from the command line replaces train.epochs=3 of {config}" in caplog.messages
+    assert "training 2 steps (train.steps=2)" in caplog.messages
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="sparsedm"):
+        assert run("epochs", "train.batch_size=16", "train.stop_at=1") == 0
+    said = [m for m in caplog.messages if m.startswith("training ")]
+    # 50 training sketches of the tiny data, 16 a batch: 3 batches per epoch
+    assert said == ["training 9 steps (train.epochs=3 x 3 batches per epoch), stopping after step 1 (train.stop_at)"]

@@ -3,6 +3,7 @@
 no value the user set is silently replaced."""
 
 import dataclasses
+import logging
 
 import pytest
 
@@ -12,7 +13,7 @@ from sparsedm.diffusion.config import BetaSchedule, DiffusionConfig, Sampler
 from sparsedm.errors import UserError
 from sparsedm.runs.run_dir import CONFIG, RunDir
 from sparsedm.sparse.config import Distribution, SparseConfig
-from sparsedm.train.config import Precision, SampleConfig
+from sparsedm.train.config import Precision, SampleConfig, TrainConfig
 
 CPU = "configs/chirodiff_kanjivg_cpu.yaml"
 
@@ -69,6 +70,47 @@ def test_a_timestep_count_that_disagrees_with_the_diffusion_is_refused_not_repla
     assert "model.num_train_timesteps=500 differs from diffusion.num_train_timesteps=1000" in str(caught.value)
     agreeing = load_config(CPU, ["model.num_train_timesteps=500", "diffusion.num_train_timesteps=500"])
     assert agreeing.model.num_train_timesteps == agreeing.diffusion.num_train_timesteps == 500
+
+
+EPOCHS = "configs/chirodiff_quickdraw.yaml"  # a paper config: it sets train.epochs
+
+
+def test_steps_on_the_command_line_replace_the_config_s_epochs_and_the_log_says_so(caplog):
+    with caplog.at_level(logging.INFO, logger="sparsedm"):
+        cfg = load_config(EPOCHS, ["train.steps=2"])
+    assert (cfg.train.steps, cfg.train.epochs) == (2, None)
+    assert caplog.messages == [f"train.steps=2 from the command line replaces train.epochs=600 of {EPOCHS}"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="sparsedm"):
+        cfg = load_config(CPU, ["train.epochs=3"])  # and the other way round
+    assert (cfg.train.steps, cfg.train.epochs) == (None, 3)
+    assert caplog.messages == [f"train.epochs=3 from the command line replaces train.steps=1500 of {CPU}"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="sparsedm"):  # a file's epochs replaces only the default: no note
+        assert (load_config(EPOCHS).train.steps, load_config(EPOCHS).train.epochs) == (None, 600)
+        assert load_config(EPOCHS, ["train.epochs=null"]).train.steps == 2000
+    assert caplog.messages == []
+
+
+def test_steps_and_epochs_set_in_one_source_are_refused(tmp_path):
+    with pytest.raises(UserError) as caught:
+        load_config(CPU, ["train.steps=2", "train.epochs=3"])
+    assert str(caught.value) == (
+        "the command line sets both train.steps=2 and train.epochs=3; set one (train.epochs=null to count train.steps)"
+    )
+    both = tmp_path / "both.yaml"
+    both.write_text("task: chirodiff\ntrain:\n  steps: 100\n  epochs: 5\n")
+    with pytest.raises(UserError, match=f"^{both} sets both train.steps=100 and train.epochs=5; set one"):
+        load_config(str(both))
+    with pytest.raises(UserError, match="train.steps=5 and train.epochs=3 are both set; set one, and the other"):
+        TrainConfig(steps=5, epochs=3)  # built in Python: no sources to rank, so both is refused
+
+
+def test_an_epochs_run_s_config_yaml_reads_back_and_loads_again_as_a_file(tmp_path):
+    cfg = load_config(EPOCHS)
+    run = RunDir(tmp_path / "run")
+    run.write_config(cfg)
+    assert read_run_config(run) == cfg == load_config(str(run.path / CONFIG))
 
 
 def test_the_run_folder_config_reads_back_to_the_same_typed_object(tmp_path):

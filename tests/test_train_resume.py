@@ -4,6 +4,7 @@ non-finite loss stops with the step named and the last good checkpoint kept."""
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +15,9 @@ import torch
 from tiny_models import tiny_chirodiff
 
 from sparsedm.cli import main
+from sparsedm.config import read_run_config
 from sparsedm.runs.checkpoint import list_checkpoints, load_checkpoint
+from sparsedm.runs.run_dir import RunDir
 
 TINY = [
     *tiny_chirodiff(),
@@ -98,9 +101,57 @@ def test_resume_is_bit_identical(tmp_path, cache, method):
 def test_resume_refuses_a_different_config(tmp_path, cache, capsys):
     assert train(tmp_path / "run", cache, "train.steps=4") == 0
     assert train(tmp_path / "run", cache, "train.steps=8", "sparse.sparsity=0.9", flags=["--resume"]) == 2
-    assert "config differs" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--resume: sparse.sparsity=0.9 differs from the run's 0.5 in" in err and err.count("\n") == 1
     assert train(tmp_path / "empty", cache, "train.steps=4", flags=["--resume"]) == 2
     assert "holds no run to resume" in capsys.readouterr().err
+
+
+def _killed_before_its_first_checkpoint(run):
+    """The folder a job killed before its first checkpoint leaves: config.yaml and the first log lines."""
+    shutil.rmtree(run / "checkpoints")
+    (run / "summary.json").unlink()
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_step_0(tmp_path, cache, caplog):
+    assert train(tmp_path / "straight", cache, "train.steps=4") == 0
+    assert train(tmp_path / "run", cache, "train.steps=4") == 0
+    _killed_before_its_first_checkpoint(tmp_path / "run")
+    with caplog.at_level(logging.INFO, logger="sparsedm"):
+        assert train(tmp_path / "run", cache, "train.steps=4", flags=["--resume"]) == 0
+    said = [r.getMessage() for r in caplog.records if "no checkpoint" in r.getMessage()]
+    assert len(said) == 1 and said[0].endswith(
+        "has no checkpoint yet (it stopped before its first): training from step 0"
+    )
+    straight = json.loads((tmp_path / "straight" / "summary.json").read_text())
+    resumed = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert resumed["weights_sha256"] == straight["weights_sha256"]
+    logged = lambda run: (run / "metrics.jsonl").read_text()  # noqa: E731
+    # the killed job's lines are gone, not doubled: the log is a straight run's but for the elapsed times
+    assert [json.loads(line).keys() for line in logged(tmp_path / "run").splitlines()] == [
+        json.loads(line).keys() for line in logged(tmp_path / "straight").splitlines()
+    ]
+
+
+def test_a_folder_without_a_checkpoint_is_not_reused_for_another_config(tmp_path, cache, capsys):
+    assert train(tmp_path / "run", cache, "train.steps=4") == 0
+    _killed_before_its_first_checkpoint(tmp_path / "run")
+    before = (tmp_path / "run" / "config.yaml").read_text()
+    assert train(tmp_path / "run", cache, "train.steps=4", "seed=3", flags=["--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "--resume: seed=3 differs from the run's 0" in err and "--overwrite: it has no checkpoint" in err
+    assert (tmp_path / "run" / "config.yaml").read_text() == before
+    # a key a resume may change is the new run's: it starts from step 0 with it
+    assert train(tmp_path / "run", cache, "train.steps=5", flags=["--resume"]) == 0
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 5
+    assert read_run_config(RunDir(tmp_path / "run")).train.steps == 5
+
+
+def test_a_finished_run_whose_checkpoints_were_deleted_is_not_trained_again(tmp_path, cache, capsys):
+    assert train(tmp_path / "run", cache, "train.steps=4") == 0
+    shutil.rmtree(tmp_path / "run" / "checkpoints")
+    assert train(tmp_path / "run", cache, "train.steps=4", flags=["--resume"]) == 2
+    assert "holds a finished run (summary.json) without checkpoints" in capsys.readouterr().err
 
 
 def test_non_finite_loss_names_the_step_and_keeps_the_checkpoint(tmp_path, cache, capsys):

@@ -44,6 +44,7 @@ from sparsedm.sparse.optim_state import (
     warn_if_slow_on_zeros,
     zero_moments_,
 )
+from sparsedm.sparse.resume_rules import check_resume, saved_config
 from sparsedm.sparse.schedule import UpdateSchedule
 from sparsedm.sparse.selection import select_sparse_parameters
 from sparsedm.sparse.tensor_state import TensorState
@@ -381,6 +382,7 @@ class SparseEngine:
     def state_dict(self) -> dict:
         return {
             "method": self.method,
+            "config": saved_config(self.config),
             "step": self.step,
             "masks": {n: m.cpu() for n, m in self.masks.items()},
             "generator": self.generator.get_state(),
@@ -392,10 +394,7 @@ class SparseEngine:
 
     def load_state_dict(self, state: dict) -> None:
         self._refuse_when_compact("load_state_dict")
-        if state["method"] != self.method:
-            raise UserError(
-                f"the checkpoint was trained with sparse.method={state['method']}, not {self.method}; use the run's config"
-            )
+        check_resume(state, self.config)
         if self.masks and "counts_history" in state:  # older checkpoints: counts never changed, as built
             self._set_targets(state["target_sparsity"])
             self.counts_history = [(step, dict(counts)) for step, counts in state["counts_history"]]

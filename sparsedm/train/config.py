@@ -18,7 +18,8 @@ class Precision(StrEnum):
 
 @dataclass
 class TrainConfig:
-    steps: int = 2000  # optimiser steps (the paper counts epochs: set `epochs` instead to derive it)
+    # how long the run is: one of the two is set, the other null (a YAML's epochs replaces the default steps)
+    steps: Optional[int] = 2000  # optimiser steps (the paper counts epochs: set `epochs` instead to derive it)
     epochs: Optional[int] = None  # if set, steps = epochs x batches per epoch (paper: 600 ChiroDiff, 150 LDM)
     batch_size: int = 128  # global batch size (split over ranks with torchrun)
     lr: float = 1e-3  # AdamW learning rate, constant (paper: 1e-3 ChiroDiff, 2.4e-5 / 2e-6 LDM)

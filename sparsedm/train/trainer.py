@@ -82,6 +82,13 @@ class Trainer:
         self.model = self.task.build_model().to(self.device)
         self.batches = BatchSchedule(len(self.train_set), tc.batch_size, cfg.seed)
         self.total_steps = tc.epochs * self.batches.batches_per_epoch if tc.epochs else tc.steps
+        length = (
+            f"train.epochs={tc.epochs} x {self.batches.batches_per_epoch} batches per epoch"
+            if tc.epochs
+            else f"train.steps={tc.steps}"
+        )
+        stop = f", stopping after step {tc.stop_at} (train.stop_at)" if tc.stop_at else ""
+        log.info("training %d steps (%s)%s", self.total_steps, length, stop)
         if tc.keep_steps and tc.keep_steps[-1] > self.total_steps:
             raise UserError(
                 f"train.keep_steps={list(tc.keep_steps)} goes past the run's {self.total_steps} steps; "
@@ -126,10 +133,12 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.forward_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
 
-    def _restore(self) -> None:
+    def _restore(self) -> bool:
+        """Load the newest checkpoint; False when there is none (the run stopped before its first one, and
+        prepare_run_dir said it starts from step 0)."""
         path = latest_checkpoint(self.run.checkpoints)
         if path is None:
-            raise UserError(f"--resume: {self.run.checkpoints} has no checkpoint; start again with --overwrite")
+            return False
         state = load_checkpoint(path, map_location=self.device)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -143,6 +152,7 @@ class Trainer:
             self.run.truncate_metrics(self.step)
         log.info("resumed from %s at step %d", path, self.step)
         self._note_schedule_change(state["config"]["train"])
+        return True
 
     def _note_schedule_change(self, old_train: dict) -> None:
         """t_end and the cosine p_t are fractions of the total steps: a resume that changes train.steps moves them."""
@@ -267,16 +277,15 @@ class Trainer:
     def fit(self) -> Optional[dict]:
         """Train to train.steps (or epochs); returns the summary, or None when stopped early with a checkpoint."""
         self._build()
-        if self.resume:
-            self._restore()
-        elif self.dist.is_main:
+        restored = self.resume and self._restore()
+        if not restored and self.dist.is_main:
             self.run.write_config(self.cfg)
         self._use_kernels()
         self._wrap()
         if self.dist.is_main:
-            purge = self.step + 1 if self.resume else None  # TensorBoard hides what came after the checkpoint
+            purge = self.step + 1 if restored else None  # TensorBoard hides what came after the checkpoint
             self.logger = RunLogger(self.run, self.tc.log_to, self.tc.sample_every, purge)
-            if not self.resume:
+            if not restored:
                 self._log_validation()  # the baseline the final one is compared with
         stop_at = min(self.total_steps, self.tc.stop_at) if self.tc.stop_at else self.total_steps
 

@@ -1,0 +1,51 @@
+"""Which `sparse` settings a resumed engine may change: a checkpoint's masks, counts, schedule position and RNG
+were made by its own settings, so loading it under other ones would run two configs at once (the masks of
+one, the reports of the other). Every field of SparseConfig is refused when it differs, except APPLIED.
+"""
+
+from dataclasses import fields
+from enum import Enum
+
+from sparsedm.errors import UserError
+from sparsedm.sparse.config import SparseConfig
+from sparsedm.sparse.methods import get_method
+
+# fields a resume may change -> why the checkpoint's state is still this config's
+APPLIED = {
+    # how layers store and compute (compact.py), chosen after the load: the masks, counts and moments are the same
+    "kernels": "storage only: checkpoints keep one format in every mode",
+}
+
+
+def saved_config(config: SparseConfig) -> dict:
+    """The settings as plain values (enums by name), for a checkpoint read with weights_only=True."""
+    return {f.name: _plain(getattr(config, f.name)) for f in fields(config)}
+
+
+def _plain(value):
+    """A plain value; lists and dicts copied, so that the saved state does not change with the live config."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, list):
+        return list(value)
+    return value
+
+
+def check_resume(state: dict, config: SparseConfig) -> None:
+    """UserError in one line if `config` differs from the checkpoint's settings (its engine `state`) in a field
+    a resume may not change. Checkpoints written before the settings were saved name only their method."""
+    saved = state.get("config", {"method": state["method"]})
+    current = saved_config(config)
+    for name, old in saved.items():
+        if name in APPLIED or name not in current:  # not in current: a setting this version no longer has
+            continue
+        new = current[name]
+        if name == "method":  # an alias names the same method
+            old, new = get_method(old).name, get_method(new).name
+        if old != new:
+            raise UserError(
+                f"the checkpoint was trained with sparse.{name}={old}, not {new}; resume with that value or "
+                "start a new run"
+            )
