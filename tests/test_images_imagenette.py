@@ -1,5 +1,7 @@
 """Imagenette keeps its own train/ and val/ class folders as the split."""
 
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -56,3 +58,18 @@ def test_wrong_layouts_are_user_errors_that_name_the_expected_one(tmp_path):
         image.unlink()
     with pytest.raises(UserError, match="Imagenette val folder .* holds no"):
         load_image_splits(ImageDataConfig(name="imagenette", path=str(root)))
+
+
+def test_an_unextracted_imagenette_tgz_is_an_archive_to_extract(tmp_path):
+    archive = tmp_path / "imagenette2-320.tgz"
+    archive.write_bytes(b"\x1f\x8b")
+    extract = re.escape(f"(tar xzf {archive} -C {tmp_path})")
+    with pytest.raises(
+        UserError, match=rf"Imagenette folder {re.escape(str(archive))} is an archive: extract it first {extract}"
+    ):
+        load_image_splits(ImageDataConfig(name="imagenette", path=str(archive)))
+    with pytest.raises(UserError, match=r"imagenette2-320 does not exist, but imagenette2-320.tgz does"):
+        load_image_splits(ImageDataConfig(name="imagenette", path=str(tmp_path / "imagenette2-320")))
+    (tmp_path / "celeba_hq_256.zip").write_bytes(b"PK\x03\x04")  # any image folder, e.g. CelebA-HQ
+    with pytest.raises(UserError, match=r"CelebA-HQ folder .*celeba_hq_256.zip is an archive: .*unzip"):
+        load_image_splits(ImageDataConfig(name="celebahq", path=str(tmp_path / "celeba_hq_256.zip")))

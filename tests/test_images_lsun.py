@@ -2,6 +2,7 @@
 
 import io
 import logging
+import re
 import sys
 
 import lmdb
@@ -72,3 +73,38 @@ def test_empty_lmdb_and_missing_lmdb_package_are_user_errors(tmp_path, monkeypat
     monkeypatch.setitem(sys.modules, "lmdb", None)  # makes `import lmdb` raise ImportError
     with pytest.raises(UserError, match="pip install lmdb==3.0.0, or export it to a folder"):
         lsun_images(root)
+
+
+def test_the_parent_of_lmdb_folders_is_refused_with_the_path_it_likely_meant(tmp_path):
+    _write_lmdb(tmp_path / "bedroom_train_lmdb", {b"1": _encoded((0, 0, 0), "WEBP")})
+    _write_lmdb(tmp_path / "bedroom_val_lmdb", {b"1": _encoded((0, 0, 0), "WEBP")})
+    meant = tmp_path / "bedroom_train_lmdb"
+    with pytest.raises(
+        UserError,
+        match=r"holds no images but the LMDB folder\(s\) bedroom_train_lmdb, bedroom_val_lmdb; "
+        rf"did you mean data\.path={re.escape(str(meant))}\?",
+    ):
+        lsun_images(tmp_path)
+
+
+def test_an_lmdb_holding_only_a_named_sub_database_is_refused_saying_so(tmp_path):
+    root = tmp_path / "bedroom_train_lmdb"
+    root.mkdir()
+    env = lmdb.open(str(root), map_size=1 << 22, max_dbs=1)
+    with env.begin(write=True, db=env.open_db(b"images")) as txn:
+        txn.put(b"0001", _encoded((0, 0, 0), "WEBP"))
+    env.close()
+    with pytest.raises(UserError, match=r"holds the named sub-database\(s\) 'images', not images in its main database"):
+        lsun_images(root)
+
+
+def test_an_unextracted_lsun_zip_is_an_archive_to_extract(tmp_path):
+    archive = tmp_path / "bedroom_train_lmdb.zip"
+    archive.write_bytes(b"PK\x03\x04")
+    extract = re.escape(f"(unzip {archive} -d {tmp_path})")
+    with pytest.raises(UserError, match=rf"{re.escape(str(archive))} is an archive: extract it first {extract}"):
+        load_image_splits(ImageDataConfig(name="lsun_bedrooms", path=str(archive)))
+    with pytest.raises(
+        UserError, match=rf"bedroom_train_lmdb does not exist, but bedroom_train_lmdb.zip does: .*{extract}"
+    ):
+        lsun_images(tmp_path / "bedroom_train_lmdb")

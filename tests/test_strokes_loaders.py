@@ -6,6 +6,7 @@ import pickle
 import numpy as np
 import pytest
 
+from sparsedm.data.strokes import StrokeDataConfig
 from sparsedm.data.strokes.kanjivg import builtin_kanji_dir, load_kanjivg, parse_kanji_svg
 from sparsedm.data.strokes.quickdraw import find_quickdraw_files, load_quickdraw
 from sparsedm.data.strokes.vmnist import load_vmnist
@@ -66,7 +67,9 @@ def test_quickdraw_category_and_format_resolution(tmp_path):
     np.savez(tmp_path / "dog.npz", train=_object_array([np.array([[0, 0, 0], [5, 5, 1]])]))
     assert [f.name for f in find_quickdraw_files(str(tmp_path), ["cat"])] == ["cat.ndjson"]
     assert [f.name for f in find_quickdraw_files(str(tmp_path), ["dog"], "npz")] == ["dog.npz"]
-    with pytest.raises(UserError, match="several files"):
+    with pytest.raises(
+        UserError, match=r"'dog' has 2 files .*: dog.ndjson \(simplified\), dog.npz \(npz\); set data.format=npz or"
+    ):
         find_quickdraw_files(str(tmp_path), ["dog"])
     with pytest.raises(UserError, match=r"no file for categories \['bus'\].*cat, dog"):
         find_quickdraw_files(str(tmp_path), ["bus"])
@@ -190,9 +193,10 @@ def test_vmnist_unpacked_layout(tmp_path):
     result = load_vmnist(str(tmp_path))
     assert len(result.sketches) == 5
     assert result.skipped["not a readable pickle"] == 2 and sum(result.skipped.values()) == 3
-    np.testing.assert_array_equal(result.sketches[0].points[:, :2], [[1, 2], [5, 2], [9, 8], [0, 9], [3, 9]])
+    # VMNIST's y grows upwards: sparsedm's (y down) is its negation
+    np.testing.assert_array_equal(result.sketches[0].points[:, :2], [[1, -2], [5, -2], [9, -8], [0, -9], [3, -9]])
     for from_arrays in result.sketches[1:3]:  # numpy arrays, pickled the old (protocol 2) and new (5) way
-        np.testing.assert_array_equal(from_arrays.points[:, :2], [[0, 5], [1, 5], [2, 6]])
+        np.testing.assert_array_equal(from_arrays.points[:, :2], [[0, -5], [1, -5], [2, -6]])
     with pytest.raises(UserError, match="not a folder"):
         load_vmnist(str(tmp_path / "missing"))
 
@@ -215,3 +219,71 @@ def test_sketch_rnn_npz_carrying_code_is_refused_unrun(tmp_path):
     assert not marker.exists()
     np.load(tmp_path / "cat.npz", allow_pickle=True)["train"]  # the old way runs it
     assert marker.exists()
+
+
+def _old_kanji_svg(paths):
+    """A KanjiVG SVG of the releases before 2012: stroke paths in drawing order, without ids."""
+    body = "\n".join(f'<path d="{d}"/>' for d in paths)
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<svg xmlns="http://www.w3.org/2000/svg" width="109" height="109" viewBox="0 0 109 109">
+<g id="HelperGrid"><line x1="0.5" y1="72.51" x2="108.5" y2="72.51"/></g>
+<g id="StrokePaths" style="fill:none;stroke:#404040;stroke-width:3;">
+{body}
+</g>
+</svg>"""
+
+
+def test_kanjivg_releases_before_2012_read_their_four_digit_base_characters(tmp_path):
+    folder = tmp_path / "SVG"  # the old releases' folder
+    folder.mkdir()
+    (folder / "4e00.svg").write_text(_old_kanji_svg(["M11,54.25c3.19,0.62,6.25,0.75,9.73,0.5L96.88,50"]))
+    (folder / "4e8c.svg").write_text(_old_kanji_svg(["M20,30L90,30", "M10,80L100,80"]))
+    (folder / "2008a.svg").write_text(_old_kanji_svg(["M10,10L50,50"]))  # above U+FFFF: five digits
+    (folder / "4e00-Kaisho.svg").write_text(_old_kanji_svg(["M10,50L90,50"]))
+    result = load_kanjivg(str(folder))
+    assert len(result.sketches) == 3 and not result.skipped
+    assert result.sketches[1].num_strokes == 1  # sorted: 2008a, 4e00, 4e8c
+    np.testing.assert_allclose(result.sketches[2].strokes()[0][[0, -1]], [[20, 30], [90, 30]])
+    assert len(load_kanjivg(str(tmp_path), variants=True).sketches) == 4  # the parent of SVG/ works too
+
+
+def test_kanjivg_folders_without_base_characters_or_with_two_releases_are_refused_saying_so(tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("one.svg", "kanji_4e00.svg", "4e00_old.svg"):
+        (other / name).write_text(_old_kanji_svg(["M1,1L5,5"]))
+    with pytest.raises(UserError, match=r"holds 3 \.svg files but none named like a KanjiVG base character"):
+        load_kanjivg(str(other))
+    assert len(load_kanjivg(str(other), variants=True).sketches) == 3
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "4e00.svg").write_text(_old_kanji_svg(["M11,54L96,50"]))
+    (mixed / "04e00.svg").write_text(_kanji_svg("04e00", [(1, "M11,54L96,50")]))
+    with pytest.raises(UserError, match=r"1 character\(s\) under two names \(e\.g\. 04e00\.svg and 4e00\.svg\)"):
+        load_kanjivg(str(mixed))
+
+
+def test_quickdraw_raw_and_simplified_of_one_category_are_chosen_by_data_format(tmp_path):
+    _write_ndjson(tmp_path / "full_raw_cat.ndjson", RAW)
+    _write_ndjson(tmp_path / "full_simplified_cat.ndjson", SIMPLIFIED)
+    with pytest.raises(
+        UserError,
+        match=r"'cat' has 2 files .*full_raw_cat\.ndjson \(raw\), full_simplified_cat\.ndjson \(simplified\); "
+        r"set data\.format=raw or data\.format=simplified \(ChiroDiff trained on raw\)",
+    ):
+        find_quickdraw_files(str(tmp_path), ["cat"])
+    assert [f.name for f in find_quickdraw_files(str(tmp_path), ["cat"], "raw")] == ["full_raw_cat.ndjson"]
+    assert len(load_quickdraw(str(tmp_path), ["cat"], "simplified").sketches) == 3
+    assert StrokeDataConfig(name="quickdraw", path=str(tmp_path), format="raw").format == "raw"
+    (tmp_path / "full_raw_cat.ndjson").unlink()
+    with pytest.raises(
+        UserError, match=r"no raw QuickDraw files in .*, only full_simplified_cat.ndjson \(simplified\)"
+    ):
+        find_quickdraw_files(str(tmp_path), ["cat"], "raw")
+    with pytest.raises(
+        UserError, match="full_simplified_cat.ndjson, which holds simplified drawings, but data.format=raw"
+    ):
+        find_quickdraw_files(str(tmp_path / "full_simplified_cat.ndjson"), [], "raw")
+    _write_ndjson(tmp_path / "cat.ndjson", SIMPLIFIED)  # the same kind twice: no data.format can choose
+    with pytest.raises(UserError, match=r"\(simplified\), full_simplified_cat.ndjson \(simplified\); move all but one"):
+        find_quickdraw_files(str(tmp_path), ["cat"], "simplified")

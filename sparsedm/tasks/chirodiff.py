@@ -20,6 +20,7 @@ from sparsedm.data.strokes import (
     save_sketch_grid,
     sequence_lengths,
 )
+from sparsedm.data.strokes.dataset import reader_revision
 from sparsedm.data.strokes.render import default_line_width
 from sparsedm.diffusion import GaussianDiffusion
 from sparsedm.models.chirodiff import ChiroDiffDenoiser
@@ -116,7 +117,9 @@ class ChiroDiffTask(Task):
         return render_sketches(sketches, size=RENDER_SIZE)[..., None]
 
     def reference_key(self, split: str = "val") -> str:
-        return f"{super().reference_key(split)}/render-{RENDER_SIZE}px-line-{default_line_width(RENDER_SIZE):g}px"
+        key = f"{super().reference_key(split)}/render-{RENDER_SIZE}px-line-{default_line_width(RENDER_SIZE):g}px"
+        revision = reader_revision(self.cfg.data)
+        return key if revision is None else f"{key}/reader-{revision}"
 
     def data_name(self) -> str:
         return display_name(self.cfg.data)

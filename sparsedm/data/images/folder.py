@@ -12,6 +12,28 @@ from sparsedm.data.images.transforms import UnreadableImage, decode_image
 from sparsedm.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+# how the data sets ship (imagenette2-320.tgz, bedroom_train_lmdb.zip) and the command that unpacks each
+ARCHIVES = {
+    ".tar.gz": "tar xzf {0} -C {1}",
+    ".tgz": "tar xzf {0} -C {1}",
+    ".tar": "tar xf {0} -C {1}",
+    ".zip": "unzip {0} -d {1}",
+}
+
+
+def refuse_archive(root: Path, what: str) -> None:
+    """Raise a `UserError` saying how to extract it when `root` is a downloaded archive, or does not exist while
+    the archive it would be unpacked from lies next to it; else return."""
+    if root.exists():
+        candidates = [root] if root.is_file() else []
+    else:
+        candidates = [root.with_name(root.name + suffix) for suffix in ARCHIVES]
+    for archive in candidates:
+        suffix = next((s for s in ARCHIVES if archive.name.lower().endswith(s)), None)
+        if suffix is not None and archive.is_file():
+            where = f"{root} is an archive" if archive == root else f"{root} does not exist, but {archive.name} does"
+            extract = ARCHIVES[suffix].format(archive, archive.parent)
+            raise UserError(f"{what} {where}: extract it first ({extract}) and set the path to the folder it makes")
 
 
 def find_images(root, what: str = "image folder") -> list[Path]:
@@ -20,6 +42,7 @@ def find_images(root, what: str = "image folder") -> list[Path]:
     `what` names the data set in error messages, e.g. "CelebA-HQ folder".
     """
     root = Path(root).expanduser()
+    refuse_archive(root, what)
     if not root.is_dir():
         raise UserError(f"{what} {root} does not exist or is not a folder; check the path")
     paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())

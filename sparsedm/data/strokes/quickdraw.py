@@ -2,15 +2,23 @@
 
 Published formats (https://github.com/googlecreativelab/quickdraw-dataset):
 - `.ndjson`, one JSON object per line with a `drawing` field, a list of strokes:
-  simplified files: `[[x0, x1, ...], [y0, y1, ...]]` per stroke (0-255 box);
-  raw files:        `[[x0, ...], [y0, ...], [t0, ...]]` per stroke (screen pixels, ms). Times are ignored.
+  raw files:        `[[x0, ...], [y0, ...], [t0, ...]]` per stroke (the player's screen pixels, floats;
+                    t in ms since the first point, ignored here);
+  simplified files: `[[x0, x1, ...], [y0, y1, ...]]` per stroke (integers, aligned to the top-left corner
+                    and scaled into 0-255, resampled and RDP-simplified).
   ChiroDiff trains on the raw files (`full/raw/<category>.ndjson`, its data/unpack_ndjson.py:5), which keep
   every pen sample before resampling: they are the recommended format; simplified files are still read.
+  The two are told apart by content (a raw stroke has the third, timing, array), so `data.format=raw` or
+  `simplified` picks one when a folder holds both for a category.
 - sketch-rnn `.npz` (`sketchrnn/<category>.npz`): arrays `train`, `valid`, `test`, each an object array
-  of (n, 3) int16 "stroke-3" rows (dx, dy, pen_lift), pen_lift = 1 on the last point of a stroke.
-  These are pickled object arrays: they are unpickled by `data_pickle.DataOnlyUnpickler`, which builds
-  only numbers and numpy arrays, so a file cannot run code when loaded.
+  of (n, 3) int16 "stroke-3" rows (dx, dy, pen_lift) of the simplified drawings, pen_lift = 1 on the last
+  point of a stroke. These are pickled object arrays: they are unpickled by `data_pickle.DataOnlyUnpickler`,
+  which builds only numbers and numpy arrays, so a file cannot run code when loaded.
   The three published splits are pooled; `dataset.py` makes its own seeded split (as ChiroDiff did).
+
+Every one of them is in screen coordinates, y growing downwards, as in sparsedm (`Y_AXIS`): the published
+28 x 28 bitmaps were drawn from the simplified strokes with cairo and no flip (quickdraw-dataset issue #19),
+and sketch-rnn's `draw_strokes` writes stroke-3 offsets into an SVG path as they are.
 
 File names accepted for category "cat" (case and space/underscore differences ignored): `cat.ndjson`,
 `full_simplified_cat.ndjson`, `full_raw_cat.ndjson`, `simplified_cat.ndjson`, `raw_cat.ndjson`, `cat.npz`,
@@ -29,16 +37,41 @@ from pathlib import Path
 import numpy as np
 
 from sparsedm.data.strokes.data_pickle import read_npz_data_only
-from sparsedm.data.strokes.sketch import LoadResult, Sketch, choose_subset
+from sparsedm.data.strokes.sketch import LoadResult, Sketch, YAxis, choose_subset
 from sparsedm.errors import UserError
 
-FORMATS = ("auto", "ndjson", "npz")
+# data.format -> the kinds of file it reads (`_file_kind`); "ndjson" is also the kind of an .ndjson file whose
+# first line shows neither raw nor simplified strokes
+FORMAT_KINDS = {
+    "auto": ("raw", "simplified", "ndjson", "npz"),
+    "ndjson": ("raw", "simplified", "ndjson"),
+    "raw": ("raw",),
+    "simplified": ("simplified",),
+    "npz": ("npz",),
+}
+FORMATS = tuple(FORMAT_KINDS)
+Y_AXIS = YAxis.down
 _PREFIXES = ("full_simplified_", "full_raw_", "simplified_", "raw_", "sketchrnn_", "full_")
 _NPZ_SPLITS = ("train", "valid", "test")
 
 
 def _file_format(path: Path) -> str | None:
     return {".ndjson": "ndjson", ".npz": "npz"}.get(path.suffix.lower())
+
+
+def _file_kind(path: Path) -> str | None:
+    """'raw' or 'simplified' for an .ndjson file, by its first line's first stroke (3 arrays or 2); 'ndjson' if
+    that line shows neither; 'npz'; None for any other file."""
+    kind = _file_format(path)
+    if kind != "ndjson":
+        return kind
+    with open(path, "rb") as f:
+        line = f.readline()
+    try:
+        stroke = json.loads(line)["drawing"][0]
+        return {2: "simplified", 3: "raw"}.get(len(stroke), "ndjson")
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError):
+        return "ndjson"
 
 
 def _category_key(name: str) -> str:
@@ -64,8 +97,14 @@ def find_quickdraw_files(path: str, categories: list[str], fmt: str = "auto") ->
     if fmt not in FORMATS:
         raise UserError(f"unknown QuickDraw format {fmt!r}; set data.format to one of {', '.join(FORMATS)}")
     if root.is_file():
-        if _file_format(root) is None:
+        kind = _file_kind(root)
+        if kind is None:
             raise UserError(f"{root} is neither .ndjson nor .npz; point data.path at QuickDraw files")
+        if kind not in FORMAT_KINDS[fmt]:
+            raise UserError(
+                f"data.path is the file {root.name}, which holds {kind} drawings, but data.format={fmt}; "
+                "set data.format=auto or point data.path at another file"
+            )
         if categories and _category_key(root.name) not in {_category_key(c) for c in categories}:
             raise UserError(
                 f"data.path is the file {root.name}, which is none of data.categories {list(categories)}; "
@@ -75,11 +114,19 @@ def find_quickdraw_files(path: str, categories: list[str], fmt: str = "auto") ->
     if not root.is_dir():
         raise UserError(f"QuickDraw path {root} does not exist; set data.path to a folder of .ndjson/.npz files")
 
-    by_key: dict[str, list[Path]] = {}
+    by_key: dict[str, list[tuple[Path, str]]] = {}
+    others = []  # QuickDraw files of another format than data.format
     for file in sorted(root.iterdir()):
-        kind = _file_format(file)
-        if file.is_file() and kind is not None and fmt in ("auto", kind):
-            by_key.setdefault(_category_key(file.name), []).append(file)
+        kind = _file_kind(file) if file.is_file() else None
+        if kind in FORMAT_KINDS[fmt]:
+            by_key.setdefault(_category_key(file.name), []).append((file, kind))
+        elif kind is not None:
+            others.append(f"{file.name} ({kind})")
+    if not by_key and others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise UserError(
+            f"no {fmt} QuickDraw files in {root}, only {shown}; set data.format=auto or download {fmt} files"
+        )
     if not by_key:
         raise UserError(f"no QuickDraw .ndjson/.npz files in {root}; download them into that folder")
 
@@ -92,14 +139,22 @@ def find_quickdraw_files(path: str, categories: list[str], fmt: str = "auto") ->
         )
     files = []
     for key in wanted:
-        if len(by_key[key]) > 1:
-            names = ", ".join(f.name for f in by_key[key])
-            raise UserError(
-                f"category {key!r} has several files in {root} ({names}); choose one with data.format "
-                "or move the others away"
-            )
-        files.append(by_key[key][0])
+        found = by_key[key]
+        if len(found) > 1:
+            raise UserError(f"category {key!r} has {len(found)} files in {root}: {_which_one(found)}")
+        files.append(found[0][0])
     return files
+
+
+def _which_one(found: list[tuple[Path, str]]) -> str:
+    """The files of one category and the data.format values that would each pick exactly one of them."""
+    names = ", ".join(f"{file.name} ({kind})" for file, kind in found)
+    kinds = sorted({kind for _, kind in found})
+    picks = [k for k in kinds if sum(kind in FORMAT_KINDS[k] for _, kind in found) == 1]
+    if not picks:
+        return f"{names}; move all but one of them out of the folder"
+    choices = " or ".join(f"data.format={k}" for k in picks)
+    return f"{names}; set {choices}" + (" (ChiroDiff trained on raw)" if "raw" in picks else "")
 
 
 def sketch_from_drawing(drawing) -> Sketch:
@@ -149,7 +204,7 @@ def _read_ndjson(path: Path, keep: set[int] | None, offset: int, out: LoadResult
                 continue
             try:
                 record = json.loads(line)
-                out.sketches.append(sketch_from_drawing(record["drawing"]))
+                out.add(sketch_from_drawing(record["drawing"]))
             except (json.JSONDecodeError, UnicodeDecodeError):
                 out.skip("bad JSON line")
             except (KeyError, TypeError):
@@ -174,7 +229,7 @@ def load_quickdraw(
 ) -> LoadResult:
     """Read the chosen categories; `max_items` keeps a seeded random subset of the records of all files."""
     files = find_quickdraw_files(path, categories, fmt)
-    out = LoadResult()
+    out = LoadResult(Y_AXIS)
     ndjson = [f for f in files if _file_format(f) == "ndjson"]
     npz_records = [r for f in files if _file_format(f) == "npz" for r in _read_npz_records(f)]
 
@@ -190,7 +245,7 @@ def load_quickdraw(
         if keep is not None and offset + i not in keep:
             continue
         try:
-            out.sketches.append(_sketch_from_stroke3(record))
+            out.add(_sketch_from_stroke3(record))
         except (ValueError, TypeError) as e:
             out.skip(f"bad stroke-3 array ({e})")
     return out.finish(f"QuickDraw ({', '.join(f.name for f in files)})")

