@@ -14,7 +14,8 @@ class BatchSchedule:
     def __init__(self, n: int, batch_size: int, seed: int):
         if n < batch_size:
             raise UserError(
-                f"the training set has {n} items, fewer than train.batch_size={batch_size}; lower the batch size or add data"
+                f"the training set has {n} items, fewer than train.batch_size={batch_size}; if the data set should be larger, "
+                "check data.root and data.format against what the loader's log says it read, else lower the batch size"
             )
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.batches_per_epoch = n // batch_size
