@@ -42,7 +42,7 @@ def ema_params(module):
     return {n: buffers[s] for n, s in module.model_ema.m_name2s_name.items()}
 
 
-@pytest.mark.parametrize("ema", ["sparsedm", "litema", "torch_ema"])
+@pytest.mark.parametrize("ema", ["sparsedm", "litema", "torch_ema", "diffusers"])
 def test_the_module_its_ema_and_moments_stay_sparse_while_masks_move(ema):
     module, callback = fit(ema=ema)
     engine = callback.engine
@@ -56,7 +56,7 @@ def test_the_module_its_ema_and_moments_stay_sparse_while_masks_move(ema):
         assert (param[off] == 0).all()
         assert (averaged[name][off] == 0).all()
         assert (optimizer.state[param]["exp_avg"][off] == 0).all()
-    assert callback.ema is {"sparsedm": module.ema, "litema": module.model_ema, "torch_ema": module.shadow_ema}[ema]
+    assert callback.ema is {"sparsedm": module.ema, "litema": module.model_ema}.get(ema, module.shadow_ema)
 
 
 @pytest.mark.parametrize("ema", ["sparsedm", "litema", "torch_ema"])
@@ -72,7 +72,7 @@ def test_resume_from_a_lightning_checkpoint_continues_with_the_same_masks(ema, t
         assert torch.equal(ema_params(resumed)[name], value), name
 
 
-@pytest.mark.parametrize("ema", ["sparsedm", "litema", "torch_ema"])
+@pytest.mark.parametrize("ema", ["sparsedm", "litema", "torch_ema", "diffusers"])
 def test_a_dense_checkpoint_continued_with_the_callback_becomes_sparse(ema, tmp_path):
     """ "Make my existing run sparse": Lightning restores the dense Adam moments after on_fit_start, so without
     masking them again they move the masked weights; the engine counts from the trainer's step."""
