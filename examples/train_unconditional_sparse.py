@@ -4,12 +4,12 @@
     accelerate launch --multi_gpu --num_processes 2 examples/train_unconditional_sparse.py \
         --out runs/uncond --gradient-accumulation-steps 2 --mixed-precision bf16
 
-A UNet2DModel, DDPMScheduler, Accelerate (processes, gradient accumulation, mixed precision, save_state) and a
-data set that needs no network: soft discs made on the fly, or `--data openmoji` (the OpenMoji emoji the
-project renders from npm's openmoji package, fetched once into `--cache`). The sparse lines are marked
-"# sparse"; everything else is the ordinary loop. On a machine without GPUs, set ACCELERATE_USE_CPU=true:
-`--cpu` makes accelerate launch start one process, `--multi_gpu` starts them with torchrun and Accelerate
-falls back to CPU processes on gloo.
+A UNet2DModel, DDPMScheduler, diffusers' EMAModel, Accelerate (processes, gradient accumulation, mixed
+precision, save_state), a DDPMPipeline saved with the EMA's weights at the end, and a data set that needs no
+network: soft discs made on the fly, or `--data openmoji` (the OpenMoji emoji the project renders from npm's
+openmoji package, fetched once into `--cache`). The sparse lines are marked "# sparse"; everything else is the
+ordinary loop. On a machine without GPUs, set ACCELERATE_USE_CPU=true: `--cpu` makes accelerate launch start
+one process, `--multi_gpu` starts them with torchrun and Accelerate falls back to CPU processes on gloo.
 """
 
 import argparse
@@ -23,16 +23,17 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
 
 import sparsedm.integrations.accelerate as sparse  # sparse
-from sparsedm.sparse import EMA, SparseConfig, format_report
+from sparsedm.sparse import SparseConfig, format_report
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="output folder: checkpoints/, masks.pt, summary.json")
+    parser.add_argument("--out", required=True, help="output folder: checkpoints/, masks, model, pipeline/, summary")
     parser.add_argument("--data", choices=["discs", "openmoji"], default="discs")
     parser.add_argument("--cache", default=".cache/openmoji", help="--data openmoji: where the package is kept")
     parser.add_argument("--num-images", type=int, default=512, help="--data discs: how many to make")
@@ -44,7 +45,9 @@ def parse_args(argv=None):
     parser.add_argument("--lr-warmup-steps", type=int, default=20)
     parser.add_argument("--max-grad-norm", type=float, default=1.0)
     parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
-    parser.add_argument("--ema-decay", type=float, default=0.999)
+    parser.add_argument("--ema-max-decay", type=float, default=0.999)
+    parser.add_argument("--ema-inv-gamma", type=float, default=1.0)
+    parser.add_argument("--ema-power", type=float, default=3 / 4)
     parser.add_argument("--checkpointing-steps", type=int, default=0, help="save_state every N steps (0: never)")
     parser.add_argument("--resume-from-checkpoint", default=None, help="a folder that save_state wrote")
     parser.add_argument("--seed", type=int, default=0)
@@ -126,6 +129,15 @@ def main(argv=None):
     loader = torch.utils.data.DataLoader(Images(images), batch_size=args.train_batch_size, shuffle=True, drop_last=True)
 
     model = make_model(args.resolution)
+    ema_model = EMAModel(
+        model.parameters(),
+        decay=args.ema_max_decay,
+        use_ema_warmup=True,
+        inv_gamma=args.ema_inv_gamma,
+        power=args.ema_power,
+        model_cls=UNet2DModel,
+        model_config=model.config,
+    )
     noise_scheduler = DDPMScheduler(num_train_timesteps=1000)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=1e-2, fused=True)
     lr_scheduler = get_scheduler(
@@ -135,11 +147,13 @@ def main(argv=None):
         num_training_steps=args.max_train_steps * accelerator.num_processes,
     )
     model, optimizer, loader, lr_scheduler = accelerator.prepare(model, optimizer, loader, lr_scheduler)
-    ema = EMA(accelerator.unwrap_model(model), decay=args.ema_decay)
+    ema_model.to(accelerator.device)
     sparse_config = SparseConfig(  # sparse
         method="rigl", sparsity=args.sparsity, prune_rate=args.prune_rate, update_interval=args.update_interval
     )
-    engine = sparse.prepare_engine(accelerator, model, optimizer, sparse_config, args.max_train_steps, ema)  # sparse
+    engine = sparse.prepare_engine(  # sparse: the EMA is kept sparse and checkpointed, before the engine
+        accelerator, model, optimizer, sparse_config, args.max_train_steps, ema_model
+    )
 
     steps_per_epoch = len(loader) // args.gradient_accumulation_steps
     step = 0
@@ -165,7 +179,7 @@ def main(argv=None):
             if not accelerator.sync_gradients:
                 continue
             update = engine.after_optimizer_step()  # sparse: drop and grow every ΔT
-            ema.update(accelerator.unwrap_model(model))
+            ema_model.step(model.parameters())
             step += 1
             if update:
                 updates.append(update)
@@ -179,7 +193,12 @@ def main(argv=None):
     rank = accelerator.process_index
     torch.save({"masks": engine.masks, "step": engine.step}, out / f"masks_rank{rank}.pt")  # sparse
     if accelerator.is_main_process:
-        torch.save(accelerator.unwrap_model(model).state_dict(), out / "model.pt")
+        unet = accelerator.unwrap_model(model)
+        torch.save(unet.state_dict(), out / "model.pt")
+        ema_model.store(unet.parameters())
+        ema_model.copy_to(unet.parameters())  # the pipeline samples with the EMA's weights, as diffusers' does
+        DDPMPipeline(unet=unet, scheduler=noise_scheduler).save_pretrained(out / "pipeline")
+        ema_model.restore(unet.parameters())
         summary = {
             "steps": step,
             "sparsity": engine.sparsity(),

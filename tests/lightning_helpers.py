@@ -1,8 +1,10 @@
 """A tiny LightningModule for the SparseTraining tests: an MLP regressor with a sparsedm EMA, one shaped like
-CompVis' LitEma (each weight a buffer named without dots) or like torch_ema's (ChiroDiff), on 64 fixed samples."""
+CompVis' LitEma (each weight a buffer named without dots), like torch_ema's (ChiroDiff) or diffusers' EMAModel, on
+64 fixed samples."""
 
 import pytorch_lightning as pl
 import torch
+from diffusers.training_utils import EMAModel
 from torch import nn
 
 from sparsedm.sparse import EMA
@@ -52,7 +54,8 @@ class TinyModule(pl.LightningModule):
         torch.manual_seed(0)
         self.model = nn.Sequential(nn.Linear(8, 32), nn.SiLU(), nn.Linear(32, 32), nn.SiLU(), nn.Linear(32, 8))
         self.ema = EMA(self.model, decay=0.9, warmup=False) if ema == "sparsedm" else None
-        self.shadow_ema = ShadowEma(self.model.parameters()) if ema == "torch_ema" else None
+        shadows = {"torch_ema": ShadowEma, "diffusers": EMAModel}  # both keep a list of shadow_params
+        self.shadow_ema = shadows[ema](self.model.parameters(), decay=0.9) if ema in shadows else None
         self.model_ema = LitEmaLike(self.model) if ema == "litema" else None
 
     def training_step(self, batch, batch_idx):
@@ -64,7 +67,9 @@ class TinyModule(pl.LightningModule):
             self.ema.update(self.model)
         if self.model_ema is not None:
             self.model_ema(self.model)
-        if self.shadow_ema is not None:
+        if isinstance(self.shadow_ema, EMAModel):
+            self.shadow_ema.step(self.model.parameters())
+        elif self.shadow_ema is not None:
             self.shadow_ema.update(self.model.parameters())
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:  # as ChiroDiff keeps its torch_ema state

@@ -173,3 +173,21 @@ def test_export_refuses_bad_input(exported, tmp_path, capsys):
     assert main(["export", str(chiro), "--out", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err.strip()
     assert "is a task=chirodiff run; export writes diffusers pipelines of Latent Diffusion" in err and "\n" not in err
+
+
+def test_export_says_so_in_one_line_when_the_runs_ema_is_not_sparse(exported, tmp_path, caplog):
+    """An EMA the engine did not keep sparse (a bug, a hand-edited checkpoint) is reported, not silently zeroed."""
+    run = RunDir(exported / "run")
+    state = load_checkpoint(sorted(run.checkpoints.iterdir())[-1])
+    name, mask = next((n, m) for n, m in state["engine"]["masks"].items() if not m.all())  # ERK leaves some dense
+    state["ema"]["module"][name] = state["ema"]["module"][name] + 0.5 * ~mask  # non-zero at every masked position
+    torch.save(state, tmp_path / "step_dense_ema.pt")
+    out = tmp_path / "pipeline"
+    with caplog.at_level(logging.WARNING, logger="sparsedm.sparse.sparsity_check"):
+        assert (
+            main(["export", str(run.path), "--out", str(out), "--checkpoint", str(tmp_path / "step_dense_ema.pt")]) == 0
+        )
+    (message,) = [r.getMessage() for r in caplog.records if r.name == "sparsedm.sparse.sparsity_check"]
+    assert f"is not sparse: {int((~mask).sum())} non-zero weights at masked positions in 1 of" in message
+    assert "the exported UNet has them zeroed" in message and "\n" not in message
+    assert (LDMPipeline.from_pretrained(out).unet.state_dict()[name][~mask] == 0).all()

@@ -1,6 +1,7 @@
 """SparseTraining, the Lightning callback: the module stays sparse (weights, EMA, optimiser moments), masks move,
-a resume from a Lightning checkpoint continues as if never stopped, accumulation sees one step per accumulated
-batch, the engine's state round-trips through the checkpoint, and 2-process DDP on CPU keeps one topology."""
+a resume from a Lightning checkpoint continues as if never stopped, a dense run's checkpoint continues sparse,
+accumulation sees one step per accumulated batch, the engine's state round-trips through the checkpoint,
+compact kernels are refused, and 2-process DDP on CPU keeps one topology."""
 
 import os
 import subprocess
@@ -41,7 +42,7 @@ def ema_params(module):
     return {n: buffers[s] for n, s in module.model_ema.m_name2s_name.items()}
 
 
-@pytest.mark.parametrize("ema", ["sparsedm", "litema", "torch_ema"])
+@pytest.mark.parametrize("ema", ["sparsedm", "litema", "torch_ema", "diffusers"])
 def test_the_module_its_ema_and_moments_stay_sparse_while_masks_move(ema):
     module, callback = fit(ema=ema)
     engine = callback.engine
@@ -55,7 +56,7 @@ def test_the_module_its_ema_and_moments_stay_sparse_while_masks_move(ema):
         assert (param[off] == 0).all()
         assert (averaged[name][off] == 0).all()
         assert (optimizer.state[param]["exp_avg"][off] == 0).all()
-    assert callback.ema is {"sparsedm": module.ema, "litema": module.model_ema, "torch_ema": module.shadow_ema}[ema]
+    assert callback.ema is {"sparsedm": module.ema, "litema": module.model_ema}.get(ema, module.shadow_ema)
 
 
 @pytest.mark.parametrize("ema", ["sparsedm", "litema", "torch_ema"])
@@ -69,6 +70,45 @@ def test_resume_from_a_lightning_checkpoint_continues_with_the_same_masks(ema, t
         assert torch.equal(resumed.model.state_dict()[name], weight), name
     for name, value in ema_params(whole).items():
         assert torch.equal(ema_params(resumed)[name], value), name
+
+
+@pytest.mark.parametrize("ema", ["sparsedm", "litema", "torch_ema", "diffusers"])
+def test_a_dense_checkpoint_continued_with_the_callback_becomes_sparse(ema, tmp_path):
+    """ "Make my existing run sparse": Lightning restores the dense Adam moments after on_fit_start, so without
+    masking them again they move the masked weights; the engine counts from the trainer's step."""
+    from sparsedm.integrations.lightning import SparseTraining
+
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_epochs=1, save_top_k=-1)
+    trainer(2, [checkpoint], tmp_path).fit(TinyModule(ema), loader())  # dense, 16 steps
+    module = TinyModule(ema)
+    callback = SparseTraining({**CONFIG, "sparsity": 0.8}, module="model")
+    continued = trainer(5, [callback])
+    continued.fit(module, loader(), ckpt_path=tmp_path / "epoch=1-step=16.ckpt")
+    engine = callback.engine
+    assert continued.global_step == engine.step == 40
+    assert callback.last_update["step"] == 39  # ΔT = 3 from the run's step: 18, 21, ..., 39
+    optimizer, averaged = continued.optimizers[0], ema_params(module)
+    masked = total = 0
+    for name, param in engine.params.items():
+        off = ~engine.masks[name]
+        masked, total = masked + int(off.sum()), total + off.numel()
+        assert (param[off] == 0).all(), name
+        assert (optimizer.state[param]["exp_avg"][off] == 0).all() and (
+            optimizer.state[param]["exp_avg_sq"][off] == 0
+        ).all()
+        assert (averaged[name][off] == 0).all(), name
+    assert masked / total == pytest.approx(0.8, abs=0.01) and engine.sparsity() == masked / total
+
+
+def test_compact_kernels_are_refused_in_one_line():
+    from sparsedm.errors import UserError
+    from sparsedm.integrations.lightning import SparseTraining
+
+    for kernels in ("compact", "measure", "torch/torch/sampled"):
+        with pytest.raises(UserError, match="compact kernels are supported by `sparsedm train` only") as error:
+            SparseTraining({**CONFIG, "kernels": kernels})
+        assert "\n" not in str(error.value)
+    assert SparseTraining({**CONFIG, "kernels": "masked"}).config.kernels == "masked"
 
 
 def test_the_engine_state_round_trips_through_a_lightning_checkpoint(tmp_path):

@@ -31,6 +31,7 @@ from sparsedm.runs.files import writing
 from sparsedm.runs.run_dir import RunDir
 from sparsedm.sparse.compress import dense_bytes, save_compressed
 from sparsedm.sparse.masks import apply_masks_
+from sparsedm.sparse.sparsity_check import check_sparse
 
 MASKS = "masks.safetensors"
 COMPRESSED_UNET = "unet_sparse.safetensors"
@@ -54,7 +55,9 @@ def export_run(
     cfg, state, task, unet = load_run_ema(run, checkpoint)
     task.check_autoencoder()
     masks = state["engine"]["masks"]
-    apply_masks_(dict(unet.named_parameters()), masks)  # the EMA keeps them already; exact zeros either way
+    # the engine keeps the EMA sparse; if it is not, the export says so before making the zeros exact
+    check_sparse(masks, unet, f"the EMA of {run.path}", "the exported UNet has them zeroed; the run's EMA does not")
+    apply_masks_(dict(unet.named_parameters()), masks)
     vqvae = task.first_stage.load("cpu")
     vqvae.register_to_config(scaling_factor=task.scaling_factor)
 

@@ -317,7 +317,7 @@ class SparseEngine:
         if capped and not self._warned_capped:
             self._warned_capped = True
             log.warning(
-                "step %d: %d nearly dense tensors replace fewer than p_t·n weights (see `capped` in mask_update events)",
+                "step %d: %d nearly dense tensors replace fewer than p_t·n weights (`capped` in the statistics after_optimizer_step returns)",
                 t,
                 len(capped),
             )
