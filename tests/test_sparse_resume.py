@@ -111,3 +111,14 @@ def test_a_resume_that_changes_a_sparse_key_is_refused_or_applied(name):
 def test_an_alias_of_the_method_resumes():
     trained = _engine(replace(BASE, method="magran"))
     _engine(replace(BASE, method="set")).load_state_dict(trained.state_dict())
+
+
+def test_a_state_that_is_not_an_engine_s_is_refused_in_one_line():
+    """An EMA's state handed to the engine (Accelerate's custom_checkpoint order of older checkpoints) is named,
+    not a KeyError."""
+    model = TinyGRU()
+    optimizer = torch.optim.Adam(model.parameters())
+    engine = SparseEngine(model, optimizer, SparseConfig(method="rigl", sparsity=0.5), total_steps=10)
+    with pytest.raises(UserError, match=r"not an engine's .*'decay'") as caught:
+        engine.load_state_dict({"decay": 0.999, "shadow_params": []})
+    assert "\n" not in str(caught.value)

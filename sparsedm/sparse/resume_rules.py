@@ -36,6 +36,13 @@ def _plain(value):
 def check_resume(state: dict, config: SparseConfig) -> None:
     """UserError in one line if `config` differs from the checkpoint's settings (its engine `state`) in a field
     a resume may not change. Checkpoints written before the settings were saved name only their method."""
+    if not isinstance(state, dict) or "method" not in state or "masks" not in state:
+        keys = sorted(state)[:4] if isinstance(state, dict) else type(state).__name__
+        raise UserError(
+            f"the sparse engine was given a state that is not an engine's (no method and masks; it has {keys}); "
+            "Accelerate checkpoints saved before the EMA was registered ahead of the engine hold the two the other "
+            "way round: load them with that sparsedm version"
+        )
     saved = state.get("config", {"method": state["method"]})
     current = saved_config(config)
     for name, old in saved.items():
