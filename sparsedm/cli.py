@@ -342,7 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("config", help="YAML config, e.g. configs/chirodiff_kanjivg_cpu.yaml")
     sweep.add_argument("overrides", nargs="*", help="dotted overrides for every run, e.g. train.steps=2000")
     sweep.add_argument("--out", required=True, help="sweep folder; running again continues it")
-    sweep.add_argument("--methods", nargs="+", help="some of {methods} (default: {paper_methods})")
+    sweep.add_argument(
+        "--methods",
+        nargs="+",
+        help="some of {methods}, or small-dense (Dense narrowed to the non-zero count of each S) (default: {paper_methods})",
+    )
     sweep.add_argument("--sparsities", nargs="+", type=float, help="S values (default: 0.1 0.25 0.5 0.75 0.9)")
     sweep.add_argument(
         "--prune-rates", nargs="+", type=float, help="p values of the dynamic methods (default: 0.05 0.1 0.5)"

@@ -35,6 +35,19 @@ class TaskExperiment:
         return TASKS[self.task].task_class()(self)
 
 
+def check_small_dense(cfg) -> None:
+    """small_dense is an S in (0, 1) of a dense run: a sparse method would sparsify the narrowed model too."""
+    if cfg.small_dense is None:
+        return
+    if not 0 < cfg.small_dense < 1:
+        raise UserError(f"small_dense={cfg.small_dense} must be an S in (0, 1), e.g. 0.5, or null")
+    if cfg.sparse.method_record.sparse:
+        raise UserError(
+            f"small_dense={cfg.small_dense} narrows a dense model, but sparse.method={cfg.sparse.method}; "
+            "set sparse.method=dense (or small_dense=null)"
+        )
+
+
 def chirodiff_train() -> TrainConfig:
     """ChiroDiff clips the gradient norm at 0.1 (its config.yml:49)."""
     return TrainConfig(grad_clip=0.1)
@@ -56,8 +69,11 @@ class ChiroDiffExperiment(TaskExperiment):
     train: TrainConfig = field(default_factory=chirodiff_train)
     sample: SampleConfig = field(default_factory=chirodiff_sample)
     dist: DistConfig = field(default_factory=DistConfig)
+    # S: Small-Dense, model.hidden_size narrowed to the non-zero count of S (models/width.py); with sparse.method=dense
+    small_dense: Optional[float] = None
 
     def __post_init__(self):
+        check_small_dense(self)
         model_t, diffusion_t = self.model.num_train_timesteps, self.diffusion.num_train_timesteps
         if model_t != diffusion_t:
             raise UserError(
@@ -93,6 +109,11 @@ class LDMExperiment(TaskExperiment):
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     dist: DistConfig = field(default_factory=DistConfig)
+    # S: Small-Dense, model.base_channels narrowed to the non-zero count of S (models/width.py); with sparse.method=dense
+    small_dense: Optional[float] = None
+
+    def __post_init__(self):
+        check_small_dense(self)
 
 
 @dataclass

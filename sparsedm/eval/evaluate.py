@@ -1,4 +1,5 @@
-"""Evaluate a trained run: sample its sparse EMA weights, FID against a real split, memorisation, RUN/eval.json.
+"""Evaluate a trained run: sample its sparse EMA weights, FID and KID against a real split, memorisation,
+RUN/eval.json.
 
     result = evaluate_run("runs/kanji", EvalSettings(num=200, split="val"))
     results = evaluate_steps("runs/kanji", "all")   # every kept step (train.keep_steps) not scored yet
@@ -33,6 +34,7 @@ from sparsedm.eval.fid import (
     fid_from_statistics,
     statistics_of,
 )
+from sparsedm.eval.kid import kid
 from sparsedm.eval.memorisation import near_copy_share, pixels
 from sparsedm.eval.memorisation import rule as near_copy_rule
 from sparsedm.inference.sampling import attach_sparse_kernels, draw_samples, load_run_ema
@@ -150,9 +152,15 @@ _HELDOUT_SHARES = {}  # (train key, val key) -> the held-out split's near-copy s
 _TRAIN_GROUPS = {}  # train key -> the training items' variant groups (or None)
 
 
+def kid_record(features: np.ndarray, reference: np.ndarray, suffix: str = "") -> dict:
+    """kid, kid_std (over its subsets) and kid_subset_size, or with `suffix` (kid_train, ...)."""
+    result = kid(features, reference)
+    return {f"kid{suffix}": result.mean, f"kid{suffix}_std": result.std, f"kid{suffix}_subset_size": result.subset_size}
+
+
 def memorisation(task: Task, settings: EvalSettings, features: np.ndarray, images: np.ndarray, device, progress):
-    """FID against the training split and the near-copy shares of the samples (memorisation.py), with the
-    same shares for the held-out split as the baseline."""
+    """FID and KID against the training split and the near-copy shares of the samples (memorisation.py), with
+    the same shares for the held-out split as the baseline."""
     train_features = reference_features(task, "train", settings, device, progress)
     train_pixels = pixels(reference_images(task, "train"))
     if task.reference_key("train") not in _TRAIN_GROUPS:
@@ -168,6 +176,7 @@ def memorisation(task: Task, settings: EvalSettings, features: np.ndarray, image
         }
     return {
         "fid_train": fid_from_statistics(statistics_of(features), statistics_of(train_features)),
+        **kid_record(features, train_features, "_train"),
         "train_size": len(train_features),
         "near_copy": near_copy_share(features, train_features, groups),
         "near_copy_pixels": near_copy_share(pixels(images), train_pixels, groups),
@@ -252,8 +261,10 @@ def evaluate_run(
     )
 
     f_sparse, f_dense = summary["flops_forward_sparse"], summary["flops_forward_dense"]
+    matched = task.matched_width()
     result = {
         "fid": fid_from_statistics(statistics_of(features), reference),
+        **kid_record(features, reference_features(task, settings.split, settings, device, progress)),
         "step": step,  # the checkpoint scored; train_steps is the run's length
         "n_samples": num,
         "sampler": sampling.sampler,
@@ -265,9 +276,10 @@ def evaluate_run(
         "reference_key": task.reference_key(settings.split),
         "data": summary.get("data", task.data_name()),
         "autoencoder_sha256": task.frozen_identity(),  # Latent Diffusion: the one it was trained and decoded with
-        "fid_features": "Inception-v3 pool3, TF 2015 weights (torch-fidelity's)",
+        "fid_features": "Inception-v3 pool3, TF 2015 weights (torch-fidelity's)",  # FID's and KID's
         "ema_sparsity": measured,
         "method": summary["method"],
+        "small_dense": None if matched is None else matched.record(),  # Small-Dense: the width matched to an S
         "sparsity": summary["sparsity"],
         "sparsity_actual": summary["sparsity_actual"],
         "exploration_rate": exploration_rate(state["engine"], summary),  # at the step scored

@@ -31,13 +31,19 @@ from sparsedm.experiments.aggregate import (
     aggregate,
     common_protocol,
     markdown_table,
-    paired_table,
     protocol_note,
     provenance_note,
     read_evaluated_runs,
     write_csv,
 )
-from sparsedm.experiments.comparisons import OTHERS_NOTE, comparison_table, versus_largest_prune_rate, versus_static
+from sparsedm.experiments.baselines import get_method
+from sparsedm.experiments.comparisons import (
+    OTHERS_NOTE,
+    comparison_table,
+    versus_baselines,
+    versus_largest_prune_rate,
+    versus_static,
+)
 from sparsedm.experiments.curves import (
     FLOPS_TOLERANCE,
     equal_flops_pairs,
@@ -61,7 +67,6 @@ from sparsedm.experiments.plots import (
 from sparsedm.experiments.sample_pictures import sparsity_pictures
 from sparsedm.runs.files import writing
 from sparsedm.runs.run_dir import write_text_atomically
-from sparsedm.sparse.methods import get_method
 
 LOSSES_HEADING = (
     "\n## Validation loss\n\nThe EMA model's diffusion loss on held-out and on training items at each validation "
@@ -98,8 +103,11 @@ def build_report(sweep_dir) -> Report:
     records = read_evaluated_runs(sweep_dir)
     protocol = common_protocol(records)
     rows = aggregate(records)
-    others = comparison_table(versus_static(rows) + versus_largest_prune_rate(rows))
-    tables = "\n".join(table for table in (markdown_table(rows), paired_table(rows), others) if table)
+    baselines = comparison_table(versus_baselines(rows), "comparisons with Dense and Small-Dense")
+    others = comparison_table(
+        versus_static(rows) + versus_largest_prune_rate(rows), "comparisons against Static-DM and p"
+    )
+    tables = "\n".join(table for table in (markdown_table(rows), baselines, others) if table)
     markdown = tables + "\n" + protocol_note(protocol) + (OTHERS_NOTE if others else "")
     curve_records = read_curve_records(sweep_dir)
     curves = has_curves(curve_records)

@@ -4,7 +4,8 @@ Data points are (dx, dy, pen) per point (see sparsedm.data.strokes); the loss is
 points only; samples take their lengths from the training set's length distribution.
 """
 
-from typing import Dict
+from dataclasses import replace
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -36,8 +37,11 @@ class ChiroDiffTask(Task):
         self.diffusion = GaussianDiffusion(cfg.diffusion)
         self.lengths = np.array([], dtype=np.int64)  # training-set sequence lengths, for sampling
 
-    def build_model(self) -> nn.Module:
-        return ChiroDiffDenoiser(self.cfg.model)
+    def widths(self) -> List[int]:
+        return list(range(1, self.cfg.model.hidden_size + 1))
+
+    def build_denoiser(self, width: Optional[int] = None) -> nn.Module:
+        return ChiroDiffDenoiser(self.cfg.model if width is None else replace(self.cfg.model, hidden_size=width))
 
     def load_data(self, progress=None, device=None):
         train, val = load_stroke_splits(self.cfg.data, progress)

@@ -8,7 +8,8 @@ Only the UNet is handed to the training loop, so only it is sparse, optimised an
 """
 
 import logging
-from typing import Dict
+from dataclasses import replace
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from sparsedm.data.images.flips import mirror_choices
 from sparsedm.data.images.grid import save_image_grid
 from sparsedm.diffusion import GaussianDiffusion
 from sparsedm.errors import UserError
-from sparsedm.models.unet import build_unet, check_unet_config
+from sparsedm.models.unet import allowed_base_channels, build_unet, check_unet_config
 from sparsedm.runs.distributed import DistInfo, resolve_device
 from sparsedm.tasks.base import Task
 
@@ -54,8 +55,12 @@ class LatentDiffusionTask(Task):
     def latent_shape(self) -> tuple:
         return (self.first_stage.latent_channels, self.latent_size, self.latent_size)
 
-    def build_model(self) -> nn.Module:
-        return build_unet(self.cfg.model, self.latent_size, self.first_stage.latent_channels)
+    def widths(self) -> List[int]:
+        return allowed_base_channels(self.cfg.model)
+
+    def build_denoiser(self, width: Optional[int] = None) -> nn.Module:
+        model = self.cfg.model if width is None else replace(self.cfg.model, base_channels=width)
+        return build_unet(model, self.latent_size, self.first_stage.latent_channels)
 
     def load_data(self, progress=None, device=None):
         device = device or resolve_device(self.cfg.train.device, DistInfo())
