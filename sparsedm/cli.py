@@ -103,6 +103,7 @@ def _eval_settings(args):
         eta=args.eta,
         split=args.split,
         seed=args.sample_seed,
+        sampling_seeds=args.sampling_seeds,
         sparse_kernels=args.sparse_kernels,
         memorisation=not args.no_memorisation,
     )
@@ -246,6 +247,13 @@ def _add_eval_options(parser, prefix: str) -> None:
     parser.add_argument("--eta", type=float, help="DDIM's eta (default: sample.eta)")
     parser.add_argument("--split", choices=["val", "train"], default="val", help="real split FID compares with")
     parser.add_argument(f"{prefix}seed", dest="sample_seed", type=int, default=0, help="seed of the sampling noise")
+    parser.add_argument(
+        "--sampling-seeds",
+        type=int,
+        default=1,
+        metavar="K",
+        help="score the final step with K sampling seeds (the seed and the K - 1 after it); FID and KID are their means",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
         "--no-memorisation", action="store_true", help="skip FID against the training split and near-copy shares"

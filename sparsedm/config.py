@@ -9,6 +9,7 @@ a value of the wrong type or outside its closed set is rejected by OmegaConf wit
 dataclass's `__post_init__` checks the ranges. See docs/configs.md.
 """
 
+import re
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
@@ -33,6 +34,18 @@ class TaskExperiment:
 
     def build_task(self):
         return TASKS[self.task].task_class()(self)
+
+
+# "<configuration as the sweep names its runs, less the seed> vs <dense | small-dense>"
+PRIMARY_COMPARISON = re.compile(r"^(?P<config>[a-z-]+(-S[0-9.]+)?(-p[0-9.]+)?) vs (?P<against>dense|small-dense)$")
+
+
+def check_primary_comparison(cfg) -> None:
+    if cfg.primary_comparison is not None and not PRIMARY_COMPARISON.match(cfg.primary_comparison):
+        raise UserError(
+            f"primary_comparison={cfg.primary_comparison!r} is not '<configuration> vs <dense|small-dense>', "
+            "e.g. 'rigl-S0.5-p0.1 vs small-dense' (the run name less its seed)"
+        )
 
 
 def check_small_dense(cfg) -> None:
@@ -71,9 +84,12 @@ class ChiroDiffExperiment(TaskExperiment):
     dist: DistConfig = field(default_factory=DistConfig)
     # S: Small-Dense, model.hidden_size narrowed to the non-zero count of S (models/width.py); with sparse.method=dense
     small_dense: Optional[float] = None
+    # the study's one primary comparison, which `report` prints first, e.g. "rigl-S0.5-p0.1 vs small-dense"
+    primary_comparison: Optional[str] = None
 
     def __post_init__(self):
         check_small_dense(self)
+        check_primary_comparison(self)
         model_t, diffusion_t = self.model.num_train_timesteps, self.diffusion.num_train_timesteps
         if model_t != diffusion_t:
             raise UserError(
@@ -111,9 +127,12 @@ class LDMExperiment(TaskExperiment):
     dist: DistConfig = field(default_factory=DistConfig)
     # S: Small-Dense, model.base_channels narrowed to the non-zero count of S (models/width.py); with sparse.method=dense
     small_dense: Optional[float] = None
+    # the study's one primary comparison, which `report` prints first, e.g. "rigl-S0.5-p0.1 vs small-dense"
+    primary_comparison: Optional[str] = None
 
     def __post_init__(self):
         check_small_dense(self)
+        check_primary_comparison(self)
 
 
 @dataclass

@@ -187,3 +187,44 @@ def test_equal_flops_pairs_sparse_points_with_small_dense_of_their_s(tmp_path):
     assert small[2000, 2000].per_flop == "Small-Dense ahead"
     dense = [p for p in pairs if p.against == "Dense"]
     assert dense and all(p.key == ("rigl", 0.5, 0.1) for p in pairs)
+
+
+def test_a_sweep_trains_and_scores_small_dense_at_its_width(tmp_path, capsys, monkeypatch):
+    from fid_stub import use_pooled_pixels
+    from test_sweep import tiny
+
+    from sparsedm.cli import main
+    from sparsedm.runs.run_dir import RunDir
+
+    use_pooled_pixels(monkeypatch)
+    out = tmp_path / "sweep"
+    args = ["sweep", CONFIG, *tiny(tmp_path / "cache"), "--out", str(out), "--methods", "dense", "small-dense"]
+    args += ["rigl", "--sparsities", "0.5", "--prune-rates", "0.1", "--seeds", "1", "--num", "4"]
+    assert main([*args, "--sample-steps", "2", "--no-progress"]) == 0
+    run = RunDir(out / "runs" / "small-dense-S0.5-seed0")
+    summary, score = run.read_summary(), json.loads((run.path / "eval.json").read_text())
+    assert summary["method"] == "dense" and score["small_dense"]["sparsity"] == 0.5
+    # the run trained the narrowed model: its parameters are the matched count, not the config's width
+    assert summary["params_total"] == score["small_dense"]["params"] < score["small_dense"]["full_params"]
+    assert score["kid"] is not None and score["kid_std"] >= 0
+    table = (out / "results.md").read_text()
+    assert "| Small-Dense | 0.5 | – |" in table and "| RigL-DM | 0.5 | 0.1 | Small-Dense | FID | 1 |" in table
+
+
+def test_the_primary_comparison_of_the_config_is_printed_first(sweep):
+    from sparsedm.experiments.aggregate import SWEEP_FILE
+
+    (sweep / SWEEP_FILE).write_text(
+        json.dumps({"config": {"primary_comparison": "rigl-S0.5-p0.1 vs small-dense"}, "eval": {}})
+    )
+    text = build_report(sweep).markdown
+    assert text.startswith("## Primary comparison: rigl-S0.5-p0.1 vs small-dense\n")
+    first_table = text.split("## All configurations")[0]
+    assert "| RigL-DM | 0.5 | 0.1 | Small-Dense | FID | 3 | -2.17 |" in first_table
+    assert "| RigL-DM | 0.5 | 0.1 | Small-Dense | KID | 3 | -0.0217 |" in first_table
+    assert "| Dense |" not in first_table.split("| Score |")[1]  # only the comparison it names
+
+
+def test_a_malformed_primary_comparison_is_refused():
+    with pytest.raises(UserError, match="is not '<configuration> vs <dense|small-dense>'"):
+        load_config(CONFIG, ["primary_comparison=rigl S0.5 against dense"])

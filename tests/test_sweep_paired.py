@@ -131,3 +131,31 @@ def test_the_report_prints_holm_beside_each_verdict_over_its_table(sweep):
     verdict = "better" if adjusted["rigl"] < 0.05 else "indistinguishable"
     assert rigl_line.endswith(f"| better | {adjusted['rigl']:.3g} | {verdict} |")
     assert "family of comparisons with Dense and Small-Dense, one family per score (3 by FID;" in table
+
+
+def test_sampling_seeds_are_averaged_within_a_training_seed_and_their_spread_shown(tmp_path):
+    # Dense scored once per training seed; RigL-DM with 3 sampling seeds, whose mean is its FID
+    for seed, fid in enumerate([10.0, 12.0, 14.0]):
+        fake_run(tmp_path, f"dense-seed{seed}", "dense", fid, seed=seed)
+    sampled = {0: [8.0, 9.0, 10.0], 1: [10.0, 11.0, 12.0], 2: [11.0, 12.5, 14.0]}  # means 9, 11, 12.5
+    for seed, fids in sampled.items():
+        fake_run(
+            tmp_path,
+            f"rigl-S0.5-p0.1-seed{seed}",
+            "rigl",
+            sum(fids) / 3,
+            sparsity=0.5,
+            seed=seed,
+            sampling_seeds=[0, 1, 2],
+            fid_by_sampling_seed=fids,
+        )
+    rows = by_name(aggregate(read_runs(tmp_path)))
+    rigl = rows["rigl", 0.5, 0.1]
+    # within-run variances 1, 1, 2.25: pooled std sqrt(4.25 / 3)
+    assert rigl.fid_sampling_std == pytest.approx(math.sqrt(4.25 / 3)) and rigl.sampling_seeds == 3
+    # the interval rests on the three per-training-seed means: differences -1, -1, -1.5
+    expected = paired_difference({0: 9.0, 1: 11.0, 2: 12.5}, {0: 10.0, 1: 12.0, 2: 14.0})
+    assert (rigl.delta_n, rigl.delta_ci_low, rigl.delta_ci_high) == (3, expected.ci_low, expected.ci_high)
+    assert rows["dense", None, None].fid_sampling_std is None
+    assert main(["report", str(tmp_path)]) == 0
+    assert f"| 10.83 ± 1.76 (sampling ± {math.sqrt(4.25 / 3):.2f}, 3 seeds) |" in (tmp_path / "results.md").read_text()

@@ -31,6 +31,8 @@ from sparsedm.sparse.methods import METHODS, find_method
 log = logging.getLogger(__name__)
 
 RUNS = "runs"  # SWEEP/runs/NAME/
+SWEEP_FILE = "sweep.json"  # SWEEP/sweep.json: the setup the sweep was started with (sweep.py)
+SWEEP_FIX = "it pins the setup of the sweep's runs; restore it, or start the sweep in another --out"
 # What every run of one table must share; a difference would put incomparable numbers side by side.
 PROTOCOL = (
     "data",
@@ -65,10 +67,15 @@ class Row:
     flops_train: float  # the whole run's training FLOPs
     flops_train_rel: Optional[float]
     exploration_rate: Optional[float]  # share of the sparse weights ever active (mean); None if not recorded
-    fid_by_seed: Dict[int, float]  # the raw FIDs, by training seed (runs without a recorded seed are left out)
+    fid_by_seed: Dict[int, float]  # the raw FIDs, by training seed (runs without a recorded seed are left out);
+    # a run scored with several sampling seeds gives their mean, so intervals rest on per-training-seed means
     kid_mean: Optional[float] = None  # KID (eval/kid.py) mean over seeds; None for runs scored before it
     kid_std: Optional[float] = None
     kid_by_seed: Dict[int, float] = field(default_factory=dict)
+    # the FID spread of one run over its sampling seeds: sqrt of the mean within-run sample variance over the runs
+    # scored with several (pooled); None when none was
+    fid_sampling_std: Optional[float] = None
+    sampling_seeds: Optional[int] = None  # the most sampling seeds a run of the row was scored with
     width: Optional[int] = None  # Small-Dense: the width built (models/width.py), of full_width
     full_width: Optional[int] = None
     params_target_ratio: Optional[float] = None  # Small-Dense: its parameters / the non-zero count of its S
@@ -149,6 +156,7 @@ def _row(method: str, sparsity, prune_rate, runs: List[dict]) -> Row:
     explored = [r["exploration_rate"] for r in runs if r.get("exploration_rate") is not None]
     matched = [r["small_dense"] for r in runs if r.get("small_dense") is not None]
     full_params = [r["small_dense"]["full_params"] if r.get("small_dense") else r["params_total"] for r in runs]
+    within = [_std(r["fid_by_sampling_seed"]) ** 2 for r in runs if len(r.get("fid_by_sampling_seed") or []) > 1]
     return Row(
         method=method,
         sparsity=sparsity,
@@ -173,6 +181,8 @@ def _row(method: str, sparsity, prune_rate, runs: List[dict]) -> Row:
         width=matched[0]["width"] if matched else None,
         full_width=matched[0]["full_width"] if matched else None,
         params_target_ratio=_mean([m["ratio"] for m in matched]) if matched else None,
+        fid_sampling_std=math.sqrt(_mean(within)) if within else None,
+        sampling_seeds=max(len(r.get("sampling_seeds") or [r.get("sample_seed")]) for r in runs),
     )
 
 
@@ -201,17 +211,20 @@ def aggregate(records: List[dict]) -> List[Row]:
 
 
 def write_csv(rows: List[Row], path: Path) -> None:
-    """One line per row; the per-seed FIDs as columns fid_seed0, fid_seed1, ... (empty where a seed is missing).
-    Written atomically: jobs of a sharded sweep may rebuild the report at the same time."""
+    """One line per row; the per-seed FIDs and KIDs as columns fid_seed0, ..., kid_seed0, ... (empty where a seed
+    is missing). Written atomically: jobs of a sharded sweep may rebuild the report at the same time."""
     seeds = sorted({seed for row in rows for seed in row.fid_by_seed})
-    columns = [f.name for f in fields(Row) if f.name != "fid_by_seed"] + [f"fid_seed{seed}" for seed in seeds]
+    per_seed = ("fid_by_seed", "kid_by_seed")
+    columns = [f.name for f in fields(Row) if f.name not in per_seed]
+    columns += [f"{score}_seed{seed}" for score in ("fid", "kid") for seed in seeds]
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=columns)
     writer.writeheader()
     for row in rows:
         record = asdict(row)
-        by_seed = record.pop("fid_by_seed")
-        record.update({f"fid_seed{seed}": by_seed.get(seed) for seed in seeds})
+        for score in ("fid", "kid"):
+            by_seed = record.pop(f"{score}_by_seed")
+            record.update({f"{score}_seed{seed}": by_seed.get(seed) for seed in seeds})
         writer.writerow({k: "" if v is None else v for k, v in record.items()})
     write_text_atomically(path, text.getvalue())
 
@@ -235,6 +248,14 @@ def mean_std(mean: Optional[float], std: Optional[float], digits: int = 2) -> st
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
 
 
+def fid_cell(row: Row) -> str:
+    """FID mean ± std over training seeds, and beside it the spread over sampling seeds where there was one."""
+    cell = mean_std(row.fid_mean, row.fid_std)
+    if row.fid_sampling_std is not None:
+        cell += f" (sampling ± {row.fid_sampling_std:.2f}, {row.sampling_seeds} seeds)"
+    return cell
+
+
 def markdown_table(rows: List[Row]) -> str:
     lines = [
         "| Method | S | p | FID ↓ | KID ↓ | Seeds | Non-zero params | Forward FLOPs | Training FLOPs |",
@@ -243,7 +264,7 @@ def markdown_table(rows: List[Row]) -> str:
     for r in rows:
         lines.append(
             f"| {get_method(r.method).display_name} | {'–' if r.sparsity is None else f'{r.sparsity:g}'} "
-            f"| {'–' if r.prune_rate is None else f'{r.prune_rate:g}'} | {mean_std(r.fid_mean, r.fid_std)} "
+            f"| {'–' if r.prune_rate is None else f'{r.prune_rate:g}'} | {fid_cell(r)} "
             f"| {mean_std(r.kid_mean, r.kid_std, 4)} | {r.seeds} "
             f"| {human(r.params_nonzero)} ({r.params_rel:.1%}) | {human(r.flops_forward)} ({_share(r.flops_forward_rel)}) "
             f"| {human(r.flops_train)} ({_share(r.flops_train_rel)}) |"

@@ -18,6 +18,7 @@ the report prints it first, in a table of its own.
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Tuple
 
+from sparsedm.config import PRIMARY_COMPARISON
 from sparsedm.errors import UserError
 from sparsedm.experiments.aggregate import (
     PROTOCOL,
@@ -28,6 +29,7 @@ from sparsedm.experiments.aggregate import (
     read_evaluated_runs,
 )
 from sparsedm.experiments.baselines import SMALL_DENSE, get_method, is_dense
+from sparsedm.experiments.grid import RunSpec
 from sparsedm.experiments.paired import CONFIDENCE, PairedDifference, holm, paired_difference
 from sparsedm.sparse.methods import dense_method, static_method
 
@@ -215,6 +217,31 @@ def comparison_table(comparisons: List[Comparison], what: str = "comparisons") -
         for c in comparisons
     ]
     return "\n".join(table_lines(header, lines)) + "\n\n" + family_note(comparisons, what)
+
+
+def primary_table(comparisons: List[Comparison], spec: str) -> str:
+    """The study's primary comparison (`primary_comparison` of its config, e.g. "rigl-S0.5-p0.1 vs small-dense")
+    by FID and KID, with its unadjusted verdict and the Holm one of the table it also appears in."""
+    match = PRIMARY_COMPARISON.match(spec)
+    against = get_method(match["against"]).display_name
+    chosen = [
+        c
+        for c in with_holm(comparisons)
+        if RunSpec(c.row.method, c.row.sparsity, c.row.prune_rate, 0).name == f"{match['config']}-seed0"
+        and c.against == against
+    ]
+    heading = f"## Primary comparison: {spec}\n\nNamed in the study's config before its runs.\n\n"
+    if not chosen:
+        return heading + "No paired runs of it yet.\n"
+    header = ["Method", "S", "p", "Against", "Score", *PAIRED_HEADER]
+    lines = [
+        f"| {_config_cells(c.row)} | {c.against} | {c.score} | {paired_cells(c.result, c.score)} |" for c in chosen
+    ]
+    return (
+        heading
+        + "\n".join(table_lines(header, lines))
+        + "\n\nHolm p and verdict: over the family of the comparisons with Dense and Small-Dense below.\n\n"
+    )
 
 
 def sweep_change_tables(changes: List[SweepChange]) -> str:

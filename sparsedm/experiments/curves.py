@@ -241,4 +241,11 @@ def memorisation_table(records: List[dict]) -> str:
         f"(pixels) of the held-out items are near copies of a training item by the same rule: "
         f"{baseline['near_copy_rule']}. Training split: {baseline['train_size']} items.\n"
     )
+    if baseline.get("near_copy_control") is not None:
+        note += (
+            f"\nPositive control: of {baseline['near_copy_control_size']} near copies by construction "
+            f"({baseline['near_copy_control_kind']}), the test detects {baseline['near_copy_control']:.1%} in "
+            f"Inception features and {baseline['near_copy_control_pixels']:.1%} in pixels; a space that misses them "
+            "cannot show a model's copies either.\n"
+        )
     return "\n".join(table_lines(header, lines)) + "\n" + note

@@ -24,9 +24,11 @@ Every file is replaced atomically: the jobs of a sharded sweep may rebuild the r
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 from sparsedm.experiments.aggregate import (
+    SWEEP_FILE,
+    SWEEP_FIX,
     Row,
     aggregate,
     common_protocol,
@@ -40,6 +42,7 @@ from sparsedm.experiments.baselines import get_method
 from sparsedm.experiments.comparisons import (
     OTHERS_NOTE,
     comparison_table,
+    primary_table,
     versus_baselines,
     versus_largest_prune_rate,
     versus_static,
@@ -65,7 +68,7 @@ from sparsedm.experiments.plots import (
     memorisation_vs_step,
 )
 from sparsedm.experiments.sample_pictures import sparsity_pictures
-from sparsedm.runs.files import writing
+from sparsedm.runs.files import read_json, writing
 from sparsedm.runs.run_dir import write_text_atomically
 
 LOSSES_HEADING = (
@@ -98,16 +101,28 @@ def curves_section(records: List[dict]) -> str:
     )
 
 
+def primary_comparison(sweep_dir: Path) -> Optional[str]:
+    """The `primary_comparison` of the config the sweep was started with (SWEEP/sweep.json), if it names one."""
+    path = sweep_dir / SWEEP_FILE
+    if not path.exists():
+        return None
+    return read_json(path, SWEEP_FIX, {"config": dict})["config"].get("primary_comparison")
+
+
 def build_report(sweep_dir) -> Report:
     sweep_dir = Path(sweep_dir)
     records = read_evaluated_runs(sweep_dir)
     protocol = common_protocol(records)
     rows = aggregate(records)
-    baselines = comparison_table(versus_baselines(rows), "comparisons with Dense and Small-Dense")
+    baseline_comparisons = versus_baselines(rows)
+    baselines = comparison_table(baseline_comparisons, "comparisons with Dense and Small-Dense")
     others = comparison_table(
         versus_static(rows) + versus_largest_prune_rate(rows), "comparisons against Static-DM and p"
     )
     tables = "\n".join(table for table in (markdown_table(rows), baselines, others) if table)
+    primary = primary_comparison(sweep_dir)
+    if primary is not None:
+        tables = primary_table(baseline_comparisons, primary) + "## All configurations\n\n" + tables
     markdown = tables + "\n" + protocol_note(protocol) + (OTHERS_NOTE if others else "")
     curve_records = read_curve_records(sweep_dir)
     curves = has_curves(curve_records)

@@ -112,6 +112,14 @@ class Task:
         items come in no groups; the memorisation test looks past an item's own group for its second nearest."""
         return None
 
+    # the memorisation test's positive control (eval/memorisation.py): how the task makes near copies; "" for none
+    near_copy_kind: str = ""
+
+    def near_copies(self, count: int) -> Optional[np.ndarray]:
+        """uint8 pictures, as `reference_images` makes them, of near copies of the first `count` training items by
+        construction (near_copy_kind says how); None where the task makes none."""
+        return None
+
     def reference_key(self, split: str = "val") -> str:
         """Names the FID statistics of `reference_images(split)` in a cache: it must change whenever they would.
 

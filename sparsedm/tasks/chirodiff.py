@@ -22,6 +22,7 @@ from sparsedm.data.strokes import (
     sequence_lengths,
 )
 from sparsedm.data.strokes.render import default_line_width
+from sparsedm.data.strokes.sketch import Sketch
 from sparsedm.diffusion import GaussianDiffusion
 from sparsedm.models.chirodiff import ChiroDiffDenoiser
 from sparsedm.tasks.base import Task
@@ -118,6 +119,22 @@ class ChiroDiffTask(Task):
         train, val = load_stroke_splits(self.cfg.data)
         sketches = {"train": train, "val": val}[split]
         return render_sketches(sketches, size=RENDER_SIZE)[..., None]
+
+    near_copy_kind = "training sketches with every point moved by N(0, (0.5% of the sketch's size)²)"
+    # of the sketch's larger bounding-box side: 0.3 px of the 64 px rendering, too little to see. The pixel test
+    # catches all at 0.2%, about 3/4 at 0.5% and almost none at 1% (tests/test_eval_memorisation.py)
+    JITTER = 0.005
+
+    def near_copies(self, count: int) -> np.ndarray:
+        """The first `count` training sketches with a small jitter on every point, rendered as `reference_images`."""
+        rng = np.random.default_rng(0)
+        jittered = []
+        for sketch in load_stroke_splits(self.cfg.data)[0][:count]:
+            points = sketch.points.copy()
+            size = float(np.ptp(points[:, :2], axis=0).max()) or 1.0
+            points[:, :2] += rng.normal(0.0, self.JITTER * size, points[:, :2].shape)
+            jittered.append(Sketch(points))
+        return render_sketches(jittered, size=RENDER_SIZE)[..., None]
 
     def reference_key(self, split: str = "val") -> str:
         return f"{super().reference_key(split)}/render-{RENDER_SIZE}px-line-{default_line_width(RENDER_SIZE):g}px"

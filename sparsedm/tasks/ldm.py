@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sparsedm.autoencoder import FirstStage, cached_latents, decode, latent_std
+from sparsedm.autoencoder import FirstStage, cached_latents, decode, encode, latent_std
 from sparsedm.data.images import display_name, load_image_splits, to_uint8_images
 from sparsedm.data.images.dataset import SPLIT_RULE
 from sparsedm.data.images.flips import mirror_choices
@@ -154,6 +154,17 @@ class LatentDiffusionTask(Task):
     def reference_images(self, split: str = "val") -> np.ndarray:
         train, val = load_image_splits(self.cfg.data)
         return {"train": train, "val": val}[split].images
+
+    near_copy_kind = "the autoencoder's reconstructions of training images"
+
+    @torch.no_grad()
+    def near_copies(self, count: int) -> np.ndarray:
+        """decode(encode(x)) of the first `count` training images: what a model that had learnt them by heart
+        would draw, through the same first stage its samples pass."""
+        images = load_image_splits(self.cfg.data)[0].images[:count]
+        autoencoder = self.first_stage.load("cpu")
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        return to_uint8_images(decode(autoencoder, encode(autoencoder, x)[0]))
 
     def reference_groups(self, split: str = "val") -> list[str] | None:
         train, val = load_image_splits(self.cfg.data)
