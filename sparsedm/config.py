@@ -82,7 +82,7 @@ class ChiroDiffExperiment(TaskExperiment):
     train: TrainConfig = field(default_factory=chirodiff_train)
     sample: SampleConfig = field(default_factory=chirodiff_sample)
     dist: DistConfig = field(default_factory=DistConfig)
-    # S: Small-Dense, model.hidden_size narrowed to the non-zero count of S (models/width.py); with sparse.method=dense
+    # S: Small-Dense, model.hidden_size narrowed to the non-zero count of S (tasks/width.py); with sparse.method=dense
     small_dense: Optional[float] = None
     # the study's one primary comparison, which `report` prints first, e.g. "rigl-S0.5-p0.1 vs small-dense"
     primary_comparison: Optional[str] = None
@@ -125,7 +125,7 @@ class LDMExperiment(TaskExperiment):
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     dist: DistConfig = field(default_factory=DistConfig)
-    # S: Small-Dense, model.base_channels narrowed to the non-zero count of S (models/width.py); with sparse.method=dense
+    # S: Small-Dense, model.base_channels narrowed to the non-zero count of S (tasks/width.py); with sparse.method=dense
     small_dense: Optional[float] = None
     # the study's one primary comparison, which `report` prints first, e.g. "rigl-S0.5-p0.1 vs small-dense"
     primary_comparison: Optional[str] = None

@@ -1,4 +1,4 @@
-"""Small-Dense: the dense baseline narrowed to a sparse model's non-zero count (models/width.py), in the config,
+"""Small-Dense: the dense baseline narrowed to a sparse model's non-zero count (tasks/width.py), in the config,
 the sweep grid and the report (pairing with the sparse configurations of its S, per step and at equal FLOPs),
 checked on tiny models and on made-up run folders whose answers are worked out by hand."""
 
@@ -17,7 +17,7 @@ from sparsedm.experiments.curves import equal_flops_pairs, read_curve_records
 from sparsedm.experiments.grid import SweepGrid
 from sparsedm.experiments.report import build_report
 from sparsedm.models.unet import UNetConfig, allowed_base_channels
-from sparsedm.models.width import nonzero_at, parameter_count
+from sparsedm.tasks.width import nonzero_at, parameter_count
 from sparsedm.tasks import build_task
 
 CONFIG = "configs/chirodiff_kanjivg_cpu.yaml"

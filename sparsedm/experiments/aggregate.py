@@ -76,7 +76,7 @@ class Row:
     # scored with several (pooled); None when none was
     fid_sampling_std: Optional[float] = None
     sampling_seeds: Optional[int] = None  # the most sampling seeds a run of the row was scored with
-    width: Optional[int] = None  # Small-Dense: the width built (models/width.py), of full_width
+    width: Optional[int] = None  # Small-Dense: the width built (tasks/width.py), of full_width
     full_width: Optional[int] = None
     params_target_ratio: Optional[float] = None  # Small-Dense: its parameters / the non-zero count of its S
     # FID(this) - FID(Dense) paired by seed (sparsedm.experiments.paired); None for Dense itself

@@ -1,7 +1,7 @@
 """The configurations a sweep and its report know: the engine's methods (sparse/methods.py) and Small-Dense.
 
 Small-Dense is no method of the engine: its runs are Dense runs (sparse.method=dense) whose denoiser the config's
-`small_dense` = S narrowed to the non-zero count of a sparse model at S (models/width.py). The sweep grid spans it
+`small_dense` = S narrowed to the non-zero count of a sparse model at S (tasks/width.py). The sweep grid spans it
 once per S and seed (run names as small-dense-S0.5-seed0), and the report groups its runs under
 "small-dense" at that S: a row of its own with its real parameters and FLOPs, and the dense model of the same
 size that every sparse configuration of that S is paired with, beside Dense. Lookups here take either kind.

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from sparsedm.errors import UserError
-from sparsedm.models.width import MatchedWidth, match_width
+from sparsedm.tasks.width import MatchedWidth, match_width
 
 
 class Task:
@@ -28,7 +28,7 @@ class Task:
 
     def build_model(self) -> nn.Module:
         """The trained model: the denoiser (the only part that is sparse-trained), or the autoencoder. With
-        `small_dense` = S, the denoiser narrowed to the non-zero count of S (models/width.py)."""
+        `small_dense` = S, the denoiser narrowed to the non-zero count of S (tasks/width.py)."""
         matched = self.matched_width()
         return self.build_denoiser(None if matched is None else matched.width)
 
