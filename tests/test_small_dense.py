@@ -17,8 +17,8 @@ from sparsedm.experiments.curves import equal_flops_pairs, read_curve_records
 from sparsedm.experiments.grid import SweepGrid
 from sparsedm.experiments.report import build_report
 from sparsedm.models.unet import UNetConfig, allowed_base_channels
-from sparsedm.tasks.width import nonzero_at, parameter_count
 from sparsedm.tasks import build_task
+from sparsedm.tasks.width import nonzero_at, parameter_count
 
 CONFIG = "configs/chirodiff_kanjivg_cpu.yaml"
 
@@ -228,3 +228,21 @@ def test_the_primary_comparison_of_the_config_is_printed_first(sweep):
 def test_a_malformed_primary_comparison_is_refused():
     with pytest.raises(UserError, match="is not '<configuration> vs <dense|small-dense>'"):
         load_config(CONFIG, ["primary_comparison=rigl S0.5 against dense"])
+
+
+def test_the_small_dense_study_is_the_image_study_with_a_primary_comparison_and_the_widths_it_states():
+    from sparsedm.config_loader import to_dict
+
+    study = to_dict(
+        load_config("configs/study_openmoji_small_dense.yaml", ["autoencoder.path=docs/data/images/autoencoder"])
+    )
+    images = to_dict(load_config("configs/study_openmoji.yaml", ["autoencoder.path=docs/data/images/autoencoder"]))
+    assert (
+        study.pop("primary_comparison") == "rigl-S0.5-p0.1 vs small-dense" and images.pop("primary_comparison") is None
+    )
+    assert study == images
+    # the header's widths and ratios: base_channels 32 at S = 0.5 (0.869 of the target), 16 at S = 0.9 (0.914)
+    for sparsity, width, ratio in ((0.5, 32, 0.869), (0.9, 16, 0.914)):
+        overrides = ["autoencoder.path=docs/data/images/autoencoder", "sparse.method=dense", f"small_dense={sparsity}"]
+        matched = build_task(load_config("configs/study_openmoji_small_dense.yaml", overrides)).matched_width()
+        assert (matched.width, round(matched.ratio, 3)) == (width, ratio)

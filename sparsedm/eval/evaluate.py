@@ -198,11 +198,19 @@ def positive_control(task: Task, train_features, train_pixels, groups, settings:
     """The near-copy test on items that are near copies of training items by construction (`Task.near_copies`):
     the share it detects in Inception features and in pixels. A space whose rate is low cannot show a copy; {} for
     a task that makes none."""
-    images = task.near_copies(CONTROL_ITEMS)
-    if images is None:
+    if not task.near_copy_kind:
         return {}
-    features = extract_features(
-        array_batches(images, batch_size=settings.batch_size),
+    # cached beside the splits' features, under a key that names how the copies are made: an image study's
+    # 200 reconstructions cost about 4 minutes of Inception on one thread, once per machine rather than per process
+    key, cache = (
+        f"{task.reference_key('train')}/near-copies-{task.near_copy_kind}",
+        Path(task.cfg.data.cache_dir) / "fid",
+    )
+    images = cached_array(key, "images", lambda: task.near_copies(CONTROL_ITEMS), cache)
+    features = cached_reference_features(
+        key,
+        lambda: array_batches(images, batch_size=settings.batch_size),
+        cache,
         batch_size=settings.batch_size,
         device=device,
         progress=progress,

@@ -115,10 +115,10 @@ class Task:
     # the memorisation test's positive control (eval/memorisation.py): how the task makes near copies; "" for none
     near_copy_kind: str = ""
 
-    def near_copies(self, count: int) -> Optional[np.ndarray]:
+    def near_copies(self, count: int) -> np.ndarray:
         """uint8 pictures, as `reference_images` makes them, of near copies of the first `count` training items by
-        construction (near_copy_kind says how); None where the task makes none."""
-        return None
+        construction (near_copy_kind says how, and names them in the cache: change it when they change)."""
+        raise NotImplementedError
 
     def reference_key(self, split: str = "val") -> str:
         """Names the FID statistics of `reference_images(split)` in a cache: it must change whenever they would.
