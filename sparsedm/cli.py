@@ -133,7 +133,8 @@ def _evaluate(args) -> None:
     for r in results:
         copies = f", near copies {r['near_copy']:.1%}" if "near_copy" in r else ""
         print(
-            f"{r['method']} step {r['step']}: FID {r['fid']:.2f} ({r['n_samples']} samples, {r['sampler']} "
+            f"{r['method']} step {r['step']}: FID {r['fid']:.2f}, KID {r['kid']:.4f} ({r['n_samples']} samples, "
+            f"{len(r['sampling_seeds'])} sampling seed(s), {r['sampler']} "
             f"{r['steps']} steps, against {r['reference_size']} {r['reference_split']} images){copies}, EMA sparsity "
             f"{r['ema_sparsity']:.3f} -> {step_file(RunDir(args.run), r['step'])}"
         )

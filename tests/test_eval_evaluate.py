@@ -132,7 +132,7 @@ def test_evaluate_writes_eval_json_and_reuses_the_reference_statistics(trained, 
     assert {k: result[k] for k in COPIED_FROM_SUMMARY} == {k: summary[k] for k in COPIED_FROM_SUMMARY}
     assert result["train_steps"] == 12 and result["flops_train_total"] == summary["flops_train_step"] * 16 * 12
     assert result["flops_sample"] == summary["flops_forward_sparse"] * 3
-    assert f"FID {result['fid']:.2f} (6 samples" in out.out
+    assert f"FID {result['fid']:.2f}, KID {result['kid']:.4f} (6 samples, 1 sampling seed(s)" in out.out
     with np.load(run / "samples" / "eval_samples.npz") as samples:
         assert samples["features"].shape[0] == 6
     assert (run / "samples" / "eval_samples.png").is_file()

@@ -246,3 +246,17 @@ def test_the_small_dense_study_is_the_image_study_with_a_primary_comparison_and_
         overrides = ["autoencoder.path=docs/data/images/autoencoder", "sparse.method=dense", f"small_dense={sparsity}"]
         matched = build_task(load_config("configs/study_openmoji_small_dense.yaml", overrides)).matched_width()
         assert (matched.width, round(matched.ratio, 3)) == (width, ratio)
+
+
+def test_a_sweep_scored_at_several_steps_with_kid_gets_its_kid_plot_and_tables(tmp_path):
+    for seed in range(2):
+        curve_run(tmp_path, f"dense-seed{seed}", "dense", [60.0, 50.0 + seed, 40.0], seed)
+        curve_run(tmp_path, f"rigl-S0.5-p0.1-seed{seed}", "rigl", [70.0, 56.0, 45.0 + seed], seed, sparsity=0.5)
+    for path in (tmp_path / "runs").rglob("*.json"):
+        record = json.loads(path.read_text())
+        if "fid" in record:
+            path.write_text(json.dumps({**record, "kid": record["fid"] / 1000, "kid_std": 0.001}))
+    report = build_report(tmp_path)
+    assert "kid_vs_train_flops.png" in {path.name for path in report.files}
+    assert "| 4000 | RigL-DM | 0.5 | 0.1 | 45.50 ± 0.71 | 0.0455 ± 0.0007 | 2 |" in report.markdown
+    assert "| 4000 | RigL-DM | 0.5 | 0.1 | Dense | KID | 2 | +0.0055 |" in report.markdown

@@ -63,9 +63,9 @@ def _config_line(method: str, sparsity) -> dict:
     }
 
 
-def _finish_axes(figure, axes, xlabel: str, path: Path) -> Path:
+def _finish_axes(figure, axes, xlabel: str, path: Path, score: str = "FID") -> Path:
     axes.set_xlabel(xlabel)
-    axes.set_ylabel("FID (lower is better)")
+    axes.set_ylabel(f"{score} (lower is better)")
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")
     figure.tight_layout()
@@ -146,8 +146,10 @@ def fid_vs_step(by_step: Dict[int, List[Row]], path: Path) -> Path:
     return _finish_axes(figure, axes, "training step", path)
 
 
-def fid_vs_cumulative_flops(records: List[dict], path: Path) -> Path:
-    """Every scored point (run and step) at its cumulative training FLOPs, a line per run."""
+def fid_vs_cumulative_flops(records: List[dict], path: Path, score: str = "fid") -> Path:
+    """Every scored point (run and step) at its cumulative training FLOPs, a line per run: Dense black,
+    Small-Dense grey, each sparse method its colour; `score` "kid" for KID (runs scored before it are left out)."""
+    records = [record for record in records if record.get(score) is not None]
     figure = Figure(figsize=(6, 4))
     axes = figure.add_subplot()
     runs: Dict[str, List[dict]] = {}
@@ -160,7 +162,7 @@ def fid_vs_cumulative_flops(records: List[dict], path: Path) -> Path:
         label = _config_label(method, sparsity, prune_rate)
         axes.plot(
             [r["flops_train_total"] for r in points],
-            [r["fid"] for r in points],
+            [r[score] for r in points],
             **_config_line(method, sparsity),
             marker="o",
             markersize=3,
@@ -170,7 +172,7 @@ def fid_vs_cumulative_flops(records: List[dict], path: Path) -> Path:
         labelled.add(label)
     axes.set_xscale("log")
     axes.xaxis.set_minor_formatter(NullFormatter())
-    return _finish_axes(figure, axes, "cumulative training FLOPs", path)
+    return _finish_axes(figure, axes, "cumulative training FLOPs", path, score.upper())
 
 
 def memorisation_vs_step(records: List[dict], path: Path) -> Path:

@@ -1,8 +1,10 @@
 """`sparsedm report SWEEP`: the table and plots of a sweep, rebuilt from its finished runs.
 
-SWEEP/results.csv             one row per (method, S, p): FID mean and std, the per-seed FIDs, the paired
-                              difference to Dense with its 95% interval and verdict, costs and their ratios
-SWEEP/results.md              the paper's table, the paired comparison with Dense, then dynamic methods paired
+SWEEP/results.csv             one row per (method, S, p): FID and KID mean and std, the per-seed scores, the
+                              paired FID difference to Dense and to Small-Dense with its 95% interval and verdict,
+                              costs and their ratios
+SWEEP/results.md              the paper's table, the paired comparisons with Dense and Small-Dense by FID and KID
+                              (each verdict beside its Holm-adjusted one), then dynamic methods paired
                               with Static-DM and with their largest p (comparisons.py), a note on what they are;
                               learning curves, equal-FLOPs pairs and memorisation (curves.py) when runs were
                               scored at several steps; the validation losses (losses.py); the commits the runs
@@ -10,6 +12,7 @@ SWEEP/results.md              the paper's table, the paired comparison with Dens
 SWEEP/fid_vs_sparsity.png     FID against S, a line per method (and p); Dense as a level with its ± std band
 SWEEP/fid_vs_train_flops.png  FID against training FLOPs as a fraction of dense; for runs scored at several
                               steps, every scored point at its cumulative training FLOPs
+SWEEP/kid_vs_train_flops.png  the same by KID, for runs scored at several steps with KID
 SWEEP/fid_vs_step.png         FID against the scored step (runs scored at several steps, curves.py)
 SWEEP/memorisation_vs_step.png FID held-out minus FID train, and the near-copy shares (Inception,
                               pixels), against the step
@@ -143,6 +146,8 @@ def build_report(sweep_dir) -> Report:
         if curves:
             files.append(fid_vs_step(rows_by_step(curve_records), sweep_dir / "fid_vs_step.png"))
             files.append(fid_vs_cumulative_flops(curve_records, sweep_dir / "fid_vs_train_flops.png"))
+            if any(record.get("kid") is not None for record in curve_records):
+                files.append(fid_vs_cumulative_flops(curve_records, sweep_dir / "kid_vs_train_flops.png", "kid"))
             scored = [record for record in curve_records if "near_copy" in record]
             if scored:
                 files.append(memorisation_vs_step(scored, sweep_dir / "memorisation_vs_step.png"))
