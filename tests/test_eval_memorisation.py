@@ -139,8 +139,10 @@ def test_the_memorisation_table_states_the_positive_control_beside_the_baseline(
         record = json.loads(path.read_text())
         if "near_copy" in record:
             record.update(near_copy_control=0.9, near_copy_control_pixels=0.3, near_copy_control_size=200)
+            record.update(kid=record["fid"] / 1000, kid_train=record["fid_train"] / 1000)
             path.write_text(json.dumps({**record, "near_copy_control_kind": "the reconstructions"}))
     table = memorisation_table(read_curve_records(tmp_path))
+    assert "| 4000 | Dense | – | – | 40.00 | 39.00 | 0.0400 | 0.0390 | 40.0% | 5.0% |" in table
     assert "Baseline: 1.0% (Inception) and 2.0% (pixels)" in table
     assert (
         "Positive control: of 200 near copies by construction (the reconstructions), the test detects 90.0% in "

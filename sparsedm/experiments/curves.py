@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from sparsedm.experiments.aggregate import RUNS, Row, aggregate, group_key, human, mean_std
+from sparsedm.experiments.aggregate import RUNS, Row, aggregate, fid_cell, group_key, human, mean_std
 from sparsedm.experiments.baselines import SMALL_DENSE, get_method, is_dense, method_order
 from sparsedm.experiments.comparisons import (
     FID,
@@ -78,7 +78,7 @@ def per_step_table(by_step: Dict[int, List[Row]]) -> str:
             )
             lines.append(
                 f"| {step} | {config_cells(row.method, row.sparsity, row.prune_rate)} "
-                f"| {mean_std(row.fid_mean, row.fid_std)} | {mean_std(row.kid_mean, row.kid_std, 4)} | {row.seeds} "
+                f"| {fid_cell(row)} | {mean_std(row.kid_mean, row.kid_std, 4)} | {row.seeds} "
                 f"| {explored} |"
             )
     header = ["Step", "Method", "S", "p", "FID ↓", "KID ↓", "Seeds", "Explored"]
@@ -224,6 +224,8 @@ def memorisation_table(records: List[dict]) -> str:
         "p",
         "FID held-out",
         "FID train",
+        "KID held-out",
+        "KID train",
         "Near copies (Inception)",
         "Near copies (pixels)",
     ]
@@ -231,8 +233,14 @@ def memorisation_table(records: List[dict]) -> str:
     order = sorted(groups, key=lambda k: (k[0], method_order(k[1][0]), k[1][1] or 0.0, k[1][2] or 0.0))
     for step, (method, sparsity, prune_rate) in order:
         runs = groups[step, (method, sparsity, prune_rate)]
+        # KID where every run has it (the same train and held-out references, without FID's size-dependent bias)
+        kids = [
+            "–" if any(r.get(key) is None for r in runs) else f"{_mean([r[key] for r in runs]):.4f}"
+            for key in ("kid", "kid_train")
+        ]
         lines.append(
-            f"| {step} | {config_cells(method, sparsity, prune_rate)} | {_mean([r['fid'] for r in runs]):.2f} | {_mean([r['fid_train'] for r in runs]):.2f} "
+            f"| {step} | {config_cells(method, sparsity, prune_rate)} | {_mean([r['fid'] for r in runs]):.2f} "
+            f"| {_mean([r['fid_train'] for r in runs]):.2f} | {kids[0]} | {kids[1]} "
             f"| {_mean([r['near_copy'] for r in runs]):.1%} | {_mean([r['near_copy_pixels'] for r in runs]):.1%} |"
         )
     baseline = scored[0]
