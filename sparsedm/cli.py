@@ -103,6 +103,7 @@ def _eval_settings(args):
         eta=args.eta,
         split=args.split,
         seed=args.sample_seed,
+        sampling_seeds=args.sampling_seeds,
         sparse_kernels=args.sparse_kernels,
         memorisation=not args.no_memorisation,
     )
@@ -132,7 +133,8 @@ def _evaluate(args) -> None:
     for r in results:
         copies = f", near copies {r['near_copy']:.1%}" if "near_copy" in r else ""
         print(
-            f"{r['method']} step {r['step']}: FID {r['fid']:.2f} ({r['n_samples']} samples, {r['sampler']} "
+            f"{r['method']} step {r['step']}: FID {r['fid']:.2f}, KID {r['kid']:.4f} ({r['n_samples']} samples, "
+            f"{len(r['sampling_seeds'])} sampling seed(s), {r['sampler']} "
             f"{r['steps']} steps, against {r['reference_size']} {r['reference_split']} images){copies}, EMA sparsity "
             f"{r['ema_sparsity']:.3f} -> {step_file(RunDir(args.run), r['step'])}"
         )
@@ -246,6 +248,13 @@ def _add_eval_options(parser, prefix: str) -> None:
     parser.add_argument("--eta", type=float, help="DDIM's eta (default: sample.eta)")
     parser.add_argument("--split", choices=["val", "train"], default="val", help="real split FID compares with")
     parser.add_argument(f"{prefix}seed", dest="sample_seed", type=int, default=0, help="seed of the sampling noise")
+    parser.add_argument(
+        "--sampling-seeds",
+        type=int,
+        default=1,
+        metavar="K",
+        help="score the final step with K sampling seeds (the seed and the K - 1 after it); FID and KID are their means",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
         "--no-memorisation", action="store_true", help="skip FID against the training split and near-copy shares"
@@ -342,7 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("config", help="YAML config, e.g. configs/chirodiff_kanjivg_cpu.yaml")
     sweep.add_argument("overrides", nargs="*", help="dotted overrides for every run, e.g. train.steps=2000")
     sweep.add_argument("--out", required=True, help="sweep folder; running again continues it")
-    sweep.add_argument("--methods", nargs="+", help="some of {methods} (default: {paper_methods})")
+    sweep.add_argument(
+        "--methods",
+        nargs="+",
+        help="some of {methods}, or small-dense (Dense narrowed to the non-zero count of each S) (default: {paper_methods})",
+    )
     sweep.add_argument("--sparsities", nargs="+", type=float, help="S values (default: 0.1 0.25 0.5 0.75 0.9)")
     sweep.add_argument(
         "--prune-rates", nargs="+", type=float, help="p values of the dynamic methods (default: 0.05 0.1 0.5)"

@@ -9,6 +9,7 @@ a value of the wrong type or outside its closed set is rejected by OmegaConf wit
 dataclass's `__post_init__` checks the ranges. See docs/configs.md.
 """
 
+import re
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
@@ -35,6 +36,31 @@ class TaskExperiment:
         return TASKS[self.task].task_class()(self)
 
 
+# "<configuration as the sweep names its runs, less the seed> vs <dense | small-dense>"
+PRIMARY_COMPARISON = re.compile(r"^(?P<config>[a-z-]+(-S[0-9.]+)?(-p[0-9.]+)?) vs (?P<against>dense|small-dense)$")
+
+
+def check_primary_comparison(cfg) -> None:
+    if cfg.primary_comparison is not None and not PRIMARY_COMPARISON.match(cfg.primary_comparison):
+        raise UserError(
+            f"primary_comparison={cfg.primary_comparison!r} is not '<configuration> vs <dense|small-dense>', "
+            "e.g. 'rigl-S0.5-p0.1 vs small-dense' (the run name less its seed)"
+        )
+
+
+def check_small_dense(cfg) -> None:
+    """small_dense is an S in (0, 1) of a dense run: a sparse method would sparsify the narrowed model too."""
+    if cfg.small_dense is None:
+        return
+    if not 0 < cfg.small_dense < 1:
+        raise UserError(f"small_dense={cfg.small_dense} must be an S in (0, 1), e.g. 0.5, or null")
+    if cfg.sparse.method_record.sparse:
+        raise UserError(
+            f"small_dense={cfg.small_dense} narrows a dense model, but sparse.method={cfg.sparse.method}; "
+            "set sparse.method=dense (or small_dense=null)"
+        )
+
+
 def chirodiff_train() -> TrainConfig:
     """ChiroDiff clips the gradient norm at 0.1 (its config.yml:49)."""
     return TrainConfig(grad_clip=0.1)
@@ -56,8 +82,14 @@ class ChiroDiffExperiment(TaskExperiment):
     train: TrainConfig = field(default_factory=chirodiff_train)
     sample: SampleConfig = field(default_factory=chirodiff_sample)
     dist: DistConfig = field(default_factory=DistConfig)
+    # S: Small-Dense, model.hidden_size narrowed to the non-zero count of S (tasks/width.py); with sparse.method=dense
+    small_dense: Optional[float] = None
+    # the study's one primary comparison, which `report` prints first, e.g. "rigl-S0.5-p0.1 vs small-dense"
+    primary_comparison: Optional[str] = None
 
     def __post_init__(self):
+        check_small_dense(self)
+        check_primary_comparison(self)
         model_t, diffusion_t = self.model.num_train_timesteps, self.diffusion.num_train_timesteps
         if model_t != diffusion_t:
             raise UserError(
@@ -93,6 +125,14 @@ class LDMExperiment(TaskExperiment):
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     dist: DistConfig = field(default_factory=DistConfig)
+    # S: Small-Dense, model.base_channels narrowed to the non-zero count of S (tasks/width.py); with sparse.method=dense
+    small_dense: Optional[float] = None
+    # the study's one primary comparison, which `report` prints first, e.g. "rigl-S0.5-p0.1 vs small-dense"
+    primary_comparison: Optional[str] = None
+
+    def __post_init__(self):
+        check_small_dense(self)
+        check_primary_comparison(self)
 
 
 @dataclass

@@ -26,6 +26,12 @@ from sparsedm.tasks.chirodiff import ChiroDiffTask
 
 EVAL_KEYS = {
     "fid",
+    "kid",
+    "kid_std",
+    "kid_subset_size",
+    "sampling_seeds",
+    "fid_by_sampling_seed",
+    "small_dense",
     "n_samples",
     "sampler",
     "steps",
@@ -126,11 +132,14 @@ def test_evaluate_writes_eval_json_and_reuses_the_reference_statistics(trained, 
     assert {k: result[k] for k in COPIED_FROM_SUMMARY} == {k: summary[k] for k in COPIED_FROM_SUMMARY}
     assert result["train_steps"] == 12 and result["flops_train_total"] == summary["flops_train_step"] * 16 * 12
     assert result["flops_sample"] == summary["flops_forward_sparse"] * 3
-    assert f"FID {result['fid']:.2f} (6 samples" in out.out
+    assert f"FID {result['fid']:.2f}, KID {result['kid']:.4f} (6 samples, 1 sampling seed(s)" in out.out
     with np.load(run / "samples" / "eval_samples.npz") as samples:
         assert samples["features"].shape[0] == 6
     assert (run / "samples" / "eval_samples.png").is_file()
-    assert len(list((trained.parent / "cache" / "fid").glob("*.npz"))) == 1
+    # the held-out split's statistics, and the features KID needs (their statistics are those) and its pictures
+    cached = [path.name for path in (trained.parent / "cache" / "fid").glob("*.npz")]
+    assert len(cached) == 3 and sum(n.endswith("-features.npz") for n in cached) == 1
+    assert sum(n.endswith("-images.npz") for n in cached) == 1
 
     # a finished evaluation is kept unless asked
     code, out = evaluate(run, capsys, "--num", "6", "--steps", "3")
@@ -194,6 +203,7 @@ def test_the_training_items_groups_reach_every_near_copy_test(run, capsys, monke
     monkeypatch.setattr(ChiroDiffTask, "reference_groups", lambda self, split="val": groups if split == "train" else [])
     monkeypatch.setattr(evaluate_module, "_HELDOUT_SHARES", {})  # the per-process caches
     monkeypatch.setattr(evaluate_module, "_TRAIN_GROUPS", {})
+    monkeypatch.setattr(evaluate_module, "_CONTROL_SHARES", {})
     seen, real = [], evaluate_module.near_copy_share
 
     def spy(query, reference, groups=None):
@@ -203,7 +213,8 @@ def test_the_training_items_groups_reach_every_near_copy_test(run, capsys, monke
     monkeypatch.setattr(evaluate_module, "near_copy_share", spy)
     code, out = evaluate(run, capsys, "--num", "6", "--steps", "3")
     assert code == 0, out.err
-    assert seen == [(len(train), groups)] * 4
+    # the samples, the held-out baseline and the positive control, each in Inception features and pixels
+    assert seen == [(len(train), groups)] * 6
     assert json.loads((run / "eval.json").read_text())["near_copy_rule"].endswith("of another variant group")
 
 
@@ -230,11 +241,11 @@ def test_with_memorisation_the_held_out_split_goes_through_inception_once(run, t
     np.testing.assert_allclose(statistics.mu, by_images.mu, atol=1e-6)
     np.testing.assert_allclose(statistics.sigma, by_images.sigma, atol=1e-6)
 
-    # without memorisation nothing keeps the features: the statistics come from the images, as before
+    # without memorisation KID still needs the features: kept, and the statistics are theirs (one pass)
     seen.clear()
     cfg.data.cache_dir = str(tmp_path / "other")
     evaluate_module.reference_statistics(build_task(cfg), EvalSettings(memorisation=False), torch.device("cpu"), False)
-    assert sum(seen) == len(val) and not list((tmp_path / "other" / "fid").glob("*-features.npz"))
+    assert sum(seen) == len(val) and len(list((tmp_path / "other" / "fid").glob("*-features.npz"))) == 1
 
 
 def sparsify_linear_layers(run) -> set:
@@ -294,3 +305,29 @@ def test_evaluate_needs_a_finished_training(run, capsys):
     (run / "summary.json").unlink()
     code, out = evaluate(run, capsys)
     assert code == 2 and "its training did not finish" in out.err
+
+
+def test_the_final_step_is_scored_with_k_sampling_seeds_and_their_mean(run, capsys):
+    code, out = evaluate(run, capsys, "--num", "6", "--steps", "3", "--no-memorisation", "--sampling-seeds", "3")
+    assert code == 0, out.err
+    result = json.loads((run / "eval.json").read_text())
+    assert result["sampling_seeds"] == [0, 1, 2] and len(set(result["fid_by_sampling_seed"])) == 3
+    assert result["fid"] == pytest.approx(np.mean(result["fid_by_sampling_seed"]))
+    assert result["kid"] == pytest.approx(np.mean(result["kid_by_sampling_seed"]))
+    assert {p.name for p in (run / "samples").glob("eval_samples*.npz")} >= {
+        "eval_samples.npz",
+        "eval_samples_seed1.npz",
+        "eval_samples_seed2.npz",
+    }
+    # each is the score that seed alone gives
+    code, out = evaluate(run, capsys, "--num", "6", "--steps", "3", "--no-memorisation", "--seed", "1", "--overwrite")
+    alone = json.loads((run / "eval.json").read_text())
+    assert code == 0 and alone["sampling_seeds"] == [1]
+    assert alone["fid"] == pytest.approx(result["fid_by_sampling_seed"][1], rel=1e-9)
+    # a kept step before the final one is scored with the first seed only
+    code, out = evaluate(
+        run, capsys, "--num", "6", "--steps", "3", "--no-memorisation", "--sampling-seeds", "2", "--at-step", "4"
+    )
+    assert code == 0 and json.loads((run / "eval" / "step_00000004.json").read_text())["sampling_seeds"] == [0]
+    code, out = evaluate(run, capsys, "--sampling-seeds", "0", "--overwrite")
+    assert code == 2 and "--sampling-seeds 0 must be >= 1" in out.err

@@ -104,3 +104,47 @@ def test_a_cached_array_is_computed_once_and_a_damaged_cache_is_recomputed(tmp_p
     with pytest.warns(UserWarning, match="recomputing"):
         cached_array("kanji/train", "features", compute, tmp_path)
     assert len(calls) == 3
+
+
+def test_the_positive_control_jitters_training_sketches_that_the_pixel_test_then_catches():
+    from tiny_models import tiny_chirodiff
+
+    from sparsedm.config import load_config
+    from sparsedm.tasks import build_task
+
+    task = build_task(load_config("configs/chirodiff_kanjivg_cpu.yaml", tiny_chirodiff()))
+    train = task.reference_images("train")
+    copies = task.near_copies(40)
+    assert copies.shape == (40, *train.shape[1:]) and copies.dtype == np.uint8
+    assert not np.array_equal(copies, train[:40])  # moved, not the items themselves
+    assert np.array_equal(copies, task.near_copies(40))  # the same jitter every time
+    # the pixel test sees every copy moved by a fraction of a pixel, fewer as the jitter grows: the control
+    # measures what the test can see
+    shares = []
+    for jitter in (0.0, 0.002, 0.005, 0.01):
+        task.JITTER = jitter
+        shares.append(near_copy_share(pixels(task.near_copies(40)), pixels(train)))
+    assert shares[0] == shares[1] == 1.0 and shares[1] > shares[2] > shares[3]
+
+
+def test_the_memorisation_table_states_the_positive_control_beside_the_baseline(tmp_path):
+    import json
+
+    from test_sweep_curves import curve_run
+
+    from sparsedm.experiments.curves import memorisation_table, read_curve_records
+
+    curve_run(tmp_path, "dense-seed0", "dense", [60.0, 50.0, 40.0], 0, near_copy=0.1)
+    for path in (tmp_path / "runs" / "dense-seed0").rglob("*.json"):
+        record = json.loads(path.read_text())
+        if "near_copy" in record:
+            record.update(near_copy_control=0.9, near_copy_control_pixels=0.3, near_copy_control_size=200)
+            record.update(kid=record["fid"] / 1000, kid_train=record["fid_train"] / 1000)
+            path.write_text(json.dumps({**record, "near_copy_control_kind": "the reconstructions"}))
+    table = memorisation_table(read_curve_records(tmp_path))
+    assert "| 4000 | Dense | – | – | 40.00 | 39.00 | 0.0400 | 0.0390 | 40.0% | 5.0% |" in table
+    assert "Baseline: 1.0% (Inception) and 2.0% (pixels)" in table
+    assert (
+        "Positive control: of 200 near copies by construction (the reconstructions), the test detects 90.0% in "
+        "Inception features and 30.0% in pixels" in table
+    )

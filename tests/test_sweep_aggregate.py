@@ -105,10 +105,10 @@ def test_report_writes_the_table_the_csv_and_the_plots(sweep, capsys):
     table = (sweep / "results.md").read_text()
     assert table in out + "\n"
     lines = table.splitlines()
-    assert lines[0] == "| Method | S | p | FID ↓ | Seeds | Non-zero params | Forward FLOPs | Training FLOPs |"
-    assert lines[2] == "| Dense | – | – | 12.00 ± 2.00 | 3 | 10k (100.0%) | 1M (100.0%) | 115G (100.0%) |"
-    assert lines[3] == "| Static-DM | 0.9 | – | 31.50 ± 2.12 | 2 | 1.9k (19.0%) | 100k (10.0%) | 11.5G (10.0%) |"
-    assert lines[5] == "| RigL-DM | 0.5 | 0.5 | 20.00 | 1 | 5.5k (55.0%) | 500k (50.0%) | 58G (50.3%) |"
+    assert lines[0] == "| Method | S | p | FID ↓ | KID ↓ | Seeds | Non-zero params | Forward FLOPs | Training FLOPs |"
+    assert lines[2] == "| Dense | – | – | 12.00 ± 2.00 | – | 3 | 10k (100.0%) | 1M (100.0%) | 115G (100.0%) |"
+    assert lines[3] == "| Static-DM | 0.9 | – | 31.50 ± 2.12 | – | 2 | 1.9k (19.0%) | 100k (10.0%) | 11.5G (10.0%) |"
+    assert lines[5] == "| RigL-DM | 0.5 | 0.5 | 20.00 | – | 1 | 5.5k (55.0%) | 500k (50.0%) | 58G (50.3%) |"
     assert "200 samples (DDIM, 50 steps) against the 170 images of the val split" in table
     with open(sweep / "results.csv") as file:
         rows = list(csv.DictReader(file))

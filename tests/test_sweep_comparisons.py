@@ -79,9 +79,10 @@ def test_report_writes_the_against_table(grid, capsys):
     table = (grid / "results.md").read_text()
     mean, low, high = interval([-2.0, -3.0, -1.5])
     assert (
-        f"| RigL-DM | 0.5 | 0.1 | Static-DM, S = 0.5 | 3 | {mean:+.2f} | [{low:+.2f}, {high:+.2f}] | better |" in table
+        f"| RigL-DM | 0.5 | 0.1 | Static-DM, S = 0.5 | FID | 3 | {mean:+.2f} | [{low:+.2f}, {high:+.2f}] | better |"
+        in table
     )
-    assert "| MagRan-DM | 0.9 | 0.05 | p = 0.2 | 3 | +0.67 |" in table
+    assert "| MagRan-DM | 0.9 | 0.05 | p = 0.2 | FID | 3 | +0.67 |" in table
     assert "Against: each dynamic configuration" in table
 
 

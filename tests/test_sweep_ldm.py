@@ -63,7 +63,9 @@ def test_an_ldm_sweep_encodes_once_decodes_for_fid_and_reports(tmp_path, autoenc
     assert code == 0, captured.err
     assert "4 runs: 4 trained, 0 evaluated, 0 finished before" in captured.out
     assert encoded == []  # no run encoded the images again
-    assert sum(decoded) == 4 * 6  # FID saw each run's samples decoded to images
+    # FID saw each run's samples decoded to images; the positive control decoded the training images, once
+    control = json.loads((out / "runs" / RUNS[0] / "eval.json").read_text())["near_copy_control_size"]
+    assert sum(decoded) == 4 * 6 + control and decoded.count(control) == 1
     cached = list((cache / "latents").glob("*.npz"))
     assert len(cached) == 1
 

@@ -1,4 +1,5 @@
-"""Evaluate a trained run: sample its sparse EMA weights, FID against a real split, memorisation, RUN/eval.json.
+"""Evaluate a trained run: sample its sparse EMA weights, FID and KID against a real split, memorisation,
+RUN/eval.json.
 
     result = evaluate_run("runs/kanji", EvalSettings(num=200, split="val"))
     results = evaluate_steps("runs/kanji", "all")   # every kept step (train.keep_steps) not scored yet
@@ -33,6 +34,7 @@ from sparsedm.eval.fid import (
     fid_from_statistics,
     statistics_of,
 )
+from sparsedm.eval.kid import kid
 from sparsedm.eval.memorisation import near_copy_share, pixels
 from sparsedm.eval.memorisation import rule as near_copy_rule
 from sparsedm.inference.sampling import attach_sparse_kernels, draw_samples, load_run_ema
@@ -68,6 +70,7 @@ class EvalSettings:
     eta: Optional[float] = None  # DDIM's η; None = the run's sample.eta
     split: Split = Split.val  # the real split FID compares with: val | train
     seed: int = 0  # seed of the sampling noise (and, for strokes, of the drawn lengths)
+    sampling_seeds: int = 1  # K: the final step is scored with seeds seed .. seed + K - 1, FID and KID their means
     batch_size: int = 50  # images per Inception forward pass
     sparse_kernels: Optional[str] = None  # None | measure | all: sample with sparse kernels (same FID within noise)
     memorisation: bool = True  # also FID against the training split and near-copy shares (memorisation.py)
@@ -81,6 +84,8 @@ class EvalSettings:
         self.split = choice(Split, self.split, "split")
         if self.batch_size < 1:
             raise UserError(f"batch size {self.batch_size} must be >= 1")
+        if self.sampling_seeds < 1:
+            raise UserError(f"--sampling-seeds {self.sampling_seeds} must be >= 1")
         return self
 
 
@@ -113,10 +118,9 @@ def check_ema_sparsity(model: nn.Module, cfg, summary: dict, run: RunDir, masks:
 
 
 def reference_statistics(task: Task, settings: EvalSettings, device: torch.device, progress: bool) -> Statistics:
-    """FID statistics of the real split, computed once per data set, split and rendering, then cached. With
-    memorisation, whose baseline keeps the held-out split's features, they are those features' statistics: the
-    split goes through Inception once."""
-    keeps_features = settings.memorisation and settings.split == Split.val
+    """FID statistics of the real split, computed once per data set, split and rendering, then cached. KID (and
+    memorisation) keep the split's features, so they are those features' statistics: the split goes through
+    Inception once."""
     return cached_reference_statistics(
         task.reference_key(settings.split),
         lambda: array_batches(task.reference_images(settings.split), batch_size=settings.batch_size),
@@ -124,7 +128,7 @@ def reference_statistics(task: Task, settings: EvalSettings, device: torch.devic
         batch_size=settings.batch_size,
         device=device,
         progress=progress,
-        features_fn=(lambda: reference_features(task, "val", settings, device, progress)) if keeps_features else None,
+        features_fn=lambda: reference_features(task, settings.split, settings, device, progress),
     )
 
 
@@ -147,12 +151,20 @@ def reference_features(task: Task, split: str, settings: EvalSettings, device, p
 
 
 _HELDOUT_SHARES = {}  # (train key, val key) -> the held-out split's near-copy shares
+_CONTROL_SHARES = {}  # train key -> the positive control's detection rates
+CONTROL_ITEMS = 200  # near copies by construction in the positive control (or the training split, if fewer)
 _TRAIN_GROUPS = {}  # train key -> the training items' variant groups (or None)
 
 
+def kid_record(features: np.ndarray, reference: np.ndarray, suffix: str = "") -> dict:
+    """kid, kid_std (over its subsets) and kid_subset_size, or with `suffix` (kid_train, ...)."""
+    result = kid(features, reference)
+    return {f"kid{suffix}": result.mean, f"kid{suffix}_std": result.std, f"kid{suffix}_subset_size": result.subset_size}
+
+
 def memorisation(task: Task, settings: EvalSettings, features: np.ndarray, images: np.ndarray, device, progress):
-    """FID against the training split and the near-copy shares of the samples (memorisation.py), with the
-    same shares for the held-out split as the baseline."""
+    """FID and KID against the training split and the near-copy shares of the samples (memorisation.py), with
+    the same shares for the held-out split as the baseline."""
     train_features = reference_features(task, "train", settings, device, progress)
     train_pixels = pixels(reference_images(task, "train"))
     if task.reference_key("train") not in _TRAIN_GROUPS:
@@ -166,13 +178,48 @@ def memorisation(task: Task, settings: EvalSettings, features: np.ndarray, image
             "near_copy_heldout": near_copy_share(val_features, train_features, groups),
             "near_copy_heldout_pixels": near_copy_share(val_pixels, train_pixels, groups),
         }
+    if task.reference_key("train") not in _CONTROL_SHARES:  # nor does the positive control
+        _CONTROL_SHARES[task.reference_key("train")] = positive_control(
+            task, train_features, train_pixels, groups, settings, device, progress
+        )
     return {
+        **_CONTROL_SHARES[task.reference_key("train")],
         "fid_train": fid_from_statistics(statistics_of(features), statistics_of(train_features)),
+        **kid_record(features, train_features, "_train"),
         "train_size": len(train_features),
         "near_copy": near_copy_share(features, train_features, groups),
         "near_copy_pixels": near_copy_share(pixels(images), train_pixels, groups),
         **_HELDOUT_SHARES[key],
         "near_copy_rule": near_copy_rule(groups),
+    }
+
+
+def positive_control(task: Task, train_features, train_pixels, groups, settings: EvalSettings, device, progress):
+    """The near-copy test on items that are near copies of training items by construction (`Task.near_copies`):
+    the share it detects in Inception features and in pixels. A space whose rate is low cannot show a copy; {} for
+    a task that makes none."""
+    if not task.near_copy_kind:
+        return {}
+    # cached beside the splits' features, under a key that names how the copies are made: an image study's
+    # 200 reconstructions cost about 4 minutes of Inception on one thread, once per machine rather than per process
+    key, cache = (
+        f"{task.reference_key('train')}/near-copies-{task.near_copy_kind}",
+        Path(task.cfg.data.cache_dir) / "fid",
+    )
+    images = cached_array(key, "images", lambda: task.near_copies(CONTROL_ITEMS), cache)
+    features = cached_reference_features(
+        key,
+        lambda: array_batches(images, batch_size=settings.batch_size),
+        cache,
+        batch_size=settings.batch_size,
+        device=device,
+        progress=progress,
+    )
+    return {
+        "near_copy_control": near_copy_share(features, train_features, groups),
+        "near_copy_control_pixels": near_copy_share(pixels(images), train_pixels, groups),
+        "near_copy_control_size": len(images),
+        "near_copy_control_kind": task.near_copy_kind,
     }
 
 
@@ -242,18 +289,35 @@ def evaluate_run(
     num = settings.num or reference.n
     sampling = cfg.sample.with_options(sampler=settings.sampler, steps=settings.steps, eta=settings.eta)
     name = EVAL_SAMPLES if step == final else f"{EVAL_SAMPLES}_step_{step:08d}"
-    samples = draw_samples(run, task, model, device, sampling, num, settings.seed, name, progress, preview=PREVIEW)
-    images = task.to_images(samples)
-    features = extract_features(
-        array_batches(images, batch_size=settings.batch_size),
-        batch_size=settings.batch_size,
-        device=device,
-        progress=progress,
-    )
+    seeds = [settings.seed + k for k in range(settings.sampling_seeds if step == final else 1)]
+    real = reference_features(task, settings.split, settings, device, progress)
+    scores = []  # per sampling seed: FID and KID; memorisation is tested on the first seed's samples
+    for seed in seeds:
+        suffix = "" if seed == seeds[0] else f"_seed{seed}"
+        samples = draw_samples(run, task, model, device, sampling, num, seed, name + suffix, progress, PREVIEW)
+        seed_images = task.to_images(samples)
+        seed_features = extract_features(
+            array_batches(seed_images, batch_size=settings.batch_size),
+            batch_size=settings.batch_size,
+            device=device,
+            progress=progress,
+        )
+        scores.append(
+            {"fid": fid_from_statistics(statistics_of(seed_features), reference), **kid_record(seed_features, real)}
+        )
+        if seed == seeds[0]:
+            images, features = seed_images, seed_features
 
     f_sparse, f_dense = summary["flops_forward_sparse"], summary["flops_forward_dense"]
+    matched = task.matched_width()
     result = {
-        "fid": fid_from_statistics(statistics_of(features), reference),
+        "fid": float(np.mean([score["fid"] for score in scores])),  # the mean over the sampling seeds
+        "kid": float(np.mean([score["kid"] for score in scores])),
+        "kid_std": float(np.mean([score["kid_std"] for score in scores])),  # over its subsets, mean over seeds
+        "kid_subset_size": scores[0]["kid_subset_size"],
+        "sampling_seeds": seeds,
+        "fid_by_sampling_seed": [score["fid"] for score in scores],
+        "kid_by_sampling_seed": [score["kid"] for score in scores],
         "step": step,  # the checkpoint scored; train_steps is the run's length
         "n_samples": num,
         "sampler": sampling.sampler,
@@ -265,9 +329,10 @@ def evaluate_run(
         "reference_key": task.reference_key(settings.split),
         "data": summary.get("data", task.data_name()),
         "autoencoder_sha256": task.frozen_identity(),  # Latent Diffusion: the one it was trained and decoded with
-        "fid_features": "Inception-v3 pool3, TF 2015 weights (torch-fidelity's)",
+        "fid_features": "Inception-v3 pool3, TF 2015 weights (torch-fidelity's)",  # FID's and KID's
         "ema_sparsity": measured,
         "method": summary["method"],
+        "small_dense": None if matched is None else matched.record(),  # Small-Dense: the width matched to an S
         "sparsity": summary["sparsity"],
         "sparsity_actual": summary["sparsity_actual"],
         "exploration_rate": exploration_rate(state["engine"], summary),  # at the step scored
@@ -316,4 +381,6 @@ def settings_record(settings: EvalSettings) -> dict:
     record.pop("batch_size")
     record.pop("sparse_kernels")
     record.pop("memorisation")  # adds figures, changes none
+    if record["sampling_seeds"] == 1:  # as every sweep pinned before the option existed
+        record.pop("sampling_seeds")
     return record

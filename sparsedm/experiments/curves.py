@@ -1,12 +1,14 @@
 """Learning curves of a sweep whose runs were scored at several steps (`train.keep_steps`, RUN/eval/):
 
-- per step, FID mean ± std, the exploration rate (share of the sparse weights ever active by then) and each
-  configuration paired by seed with Dense at the same step;
-- equal training FLOPs: each sparse point paired, seed by seed, with the Dense points of the same seed on either
-  side of its cumulative training FLOPs: the last at or below its own (within FLOPS_TOLERANCE) and the first
-  above. No interpolation between Dense's scored steps; the table states what each Dense point spent. Ahead of
-  a Dense point that spent more is ahead per FLOP; behind one that spent less is behind per FLOP; anything else
-  is between Dense's scored points, and says nothing per FLOP;
+- per step, FID and KID mean ± std, the exploration rate (share of the sparse weights ever active by then),
+  then each configuration paired by seed with Dense, and each sparse one with Small-Dense of its S, at the same
+  step (comparisons.versus_baselines; Holm over the whole table, one family per score);
+- equal training FLOPs: each sparse point paired, seed by seed, with the points of the same seed of a dense
+  baseline (Dense; Small-Dense of the same S) on either side of its cumulative training FLOPs: the last at or
+  below its own (within FLOPS_TOLERANCE) and the first above. No interpolation between the baseline's scored
+  steps; the table states what each baseline point spent. Ahead of a baseline point that spent more is ahead
+  per FLOP; behind one that spent less is behind per FLOP; anything else is between the baseline's scored
+  points, and says nothing per FLOP;
 - memorisation: FID against the training split and the near-copy shares (eval/memorisation.py), with the
   held-out split's share as the baseline.
 
@@ -14,16 +16,28 @@ Records are the step files' dicts with the run's folder name as `run`; aggregate
 """
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from sparsedm.experiments.aggregate import RUNS, Row, aggregate, group_key, human
-from sparsedm.experiments.comparisons import config_cells, paired_cells, table_lines
-from sparsedm.experiments.paired import BETTER, CONFIDENCE, WORSE, PairedDifference, paired_difference
+from sparsedm.experiments.aggregate import RUNS, Row, aggregate, fid_cell, group_key, human, mean_std
+from sparsedm.experiments.baselines import SMALL_DENSE, get_method, is_dense, method_order
+from sparsedm.experiments.comparisons import (
+    FID,
+    KID,
+    PAIRED_HEADER,
+    comparison_table,
+    config_cells,
+    family_note,
+    paired_cells,
+    table_lines,
+    versus_baselines,
+    with_holm,
+)
+from sparsedm.experiments.paired import BETTER, WORSE, PairedDifference, paired_difference
 from sparsedm.runs.files import read_json
 from sparsedm.runs.run_dir import EVAL_FIELDS, EVAL_FIX, EVAL_STEPS
-from sparsedm.sparse.methods import get_method, method_order
+from sparsedm.sparse.methods import dense_method
 
 # relative: a Dense point that spent at most 0.1% more counts as equal. A sparse model's count is not exactly a
 # fraction of Dense's (ERK rounds each tensor's density; biases and norms stay dense): MagRan-DM at S = 0.5 spent
@@ -53,24 +67,27 @@ def rows_by_step(records: List[dict]) -> Dict[int, List[Row]]:
 
 
 def per_step_table(by_step: Dict[int, List[Row]]) -> str:
-    header = ["Step", "Method", "S", "p", "FID ↓", "Seeds", "Explored", "Paired seeds", "ΔFID vs Dense"]
-    header.append(f"{CONFIDENCE:.0%} CI")
+    """FID and KID mean ± std per configuration and step, then the paired comparisons with the baselines."""
     lines = []
     for step, rows in by_step.items():
         for row in rows:
-            fid = f"{row.fid_mean:.2f}" + (f" ± {row.fid_std:.2f}" if row.fid_std is not None else "")
-            paired = "– | – | – | –"
-            if get_method(row.method).sparse and row.delta_n is not None:
-                result = PairedDifference(row.delta_n, row.delta_mean, row.delta_ci_low, row.delta_ci_high, row.verdict)
-                paired = paired_cells(result)
-            config = config_cells(row.method, row.sparsity, row.prune_rate)
             explored = (
                 "–"
                 if row.exploration_rate is None or not get_method(row.method).sparse
                 else f"{row.exploration_rate:.1%}"
             )
-            lines.append(f"| {step} | {config} | {fid} | {row.seeds} | {explored} | {paired} |")
-    return "\n".join(table_lines([*header, "Verdict"], lines)) + "\n"
+            lines.append(
+                f"| {step} | {config_cells(row.method, row.sparsity, row.prune_rate)} "
+                f"| {fid_cell(row)} | {mean_std(row.kid_mean, row.kid_std, 4)} | {row.seeds} "
+                f"| {explored} |"
+            )
+    header = ["Step", "Method", "S", "p", "FID ↓", "KID ↓", "Seeds", "Explored"]
+    comparisons = [c for step, rows in by_step.items() for c in versus_baselines(rows, step)]
+    return (
+        "\n".join(table_lines(header, lines))
+        + "\n\nEach configuration paired by seed with Dense, and each sparse one with Small-Dense of its S, at the "
+        "same step:\n\n" + (comparison_table(comparisons, "per-step comparisons (every step)") or "No pair.\n")
+    )
 
 
 @dataclass
@@ -78,28 +95,40 @@ class EqualFlopsPair:
     key: tuple  # (method, S, p) of the sparse configuration
     step: int  # its scored step
     flops: float  # its cumulative training FLOPs at that step (mean over seeds)
-    dense_step: int  # the Dense step paired with it
+    against: str  # the baseline's display name: Dense, Small-Dense
+    dense_step: int  # the baseline's step paired with it
     dense_flops: float
-    result: PairedDifference  # FID(sparse, step) - FID(Dense, dense_step), by seed
+    result: PairedDifference  # score(sparse, step) - score(baseline, dense_step), by seed
+    score: str = FID
 
     @property
     def per_flop(self) -> str:
-        """What the pair says per training FLOP: sparse ahead of a Dense point that spent as much or more, Dense
-        ahead of the sparse point while spending as much or less; else nothing ("–")."""
-        if self.result.verdict == BETTER and self.dense_flops >= self.flops * (1 - FLOPS_TOLERANCE):
+        """What the pair says per training FLOP: sparse ahead of a baseline point that spent as much or more, the
+        baseline ahead of the sparse point while spending as much or less; else nothing ("–"). From the Holm
+        verdict once the table has adjusted it."""
+        verdict = self.result.holm_verdict or self.result.verdict
+        if verdict == BETTER and self.dense_flops >= self.flops * (1 - FLOPS_TOLERANCE):
             return "sparse ahead"
-        if self.result.verdict == WORSE and self.dense_flops <= self.flops * (1 + FLOPS_TOLERANCE):
-            return "Dense ahead"
+        if verdict == WORSE and self.dense_flops <= self.flops * (1 + FLOPS_TOLERANCE):
+            return f"{self.against} ahead"
         return "–"
 
+    @property
+    def per_flop_unadjusted(self) -> str:
+        return replace(self, result=replace(self.result, holm_verdict=None)).per_flop
 
-def _dense_points(records: List[dict]) -> Dict[int, List[Tuple[float, int, float]]]:
-    """Dense's scored points by seed: (cumulative training FLOPs, step, FID), by FLOPs."""
+
+def _baseline_points(records: List[dict], score: str) -> Dict[tuple, List[Tuple[float, int, float]]]:
+    """The baselines' scored points by (configuration, S, seed): (cumulative training FLOPs, step, score), by
+    FLOPs. Dense's S is None; Small-Dense's the S it matches."""
     points = defaultdict(list)
     for record in records:
-        if not get_method(record["method"]).sparse:
-            points[record["seed"]].append((record["flops_train_total"], record["step"], record["fid"]))
-    return {seed: sorted(found) for seed, found in points.items()}
+        method, sparsity, _ = group_key(record)
+        if (is_dense(method) or method == SMALL_DENSE.name) and record.get(score.lower()) is not None:
+            points[method, sparsity, record["seed"]].append(
+                (record["flops_train_total"], record["step"], record[score.lower()])
+            )
+    return {key: sorted(found) for key, found in points.items()}
 
 
 def _partners(points: List[Tuple[float, int, float]], flops: float) -> Tuple[Optional[tuple], Optional[tuple]]:
@@ -111,49 +140,68 @@ def _partners(points: List[Tuple[float, int, float]], flops: float) -> Tuple[Opt
 
 
 def equal_flops_pairs(records: List[dict]) -> List[EqualFlopsPair]:
-    """Each sparse (configuration, step) against Dense at the nearest cumulative training FLOPs at or below its
-    own and at the nearest above, paired by seed; a side without a Dense point is left out."""
-    dense = _dense_points(records)
+    """Each sparse (configuration, step) against Dense, and against Small-Dense of its S, at the nearest
+    cumulative training FLOPs at or below its own and at the nearest above, paired by seed, by FID and by KID; a
+    side without a baseline point is left out."""
     groups = defaultdict(list)
     for record in records:
         if get_method(record["method"]).sparse:
             groups[group_key(record), record["step"]].append(record)
     pairs = []
-    for (key, step), runs in groups.items():
-        flops = sum(run["flops_train_total"] for run in runs) / len(runs)
-        for side in (0, 1):  # 0: Dense spent as much or less; 1: Dense spent more
-            fids, dense_fids, partners = {}, {}, set()
-            for run in runs:
-                partner = _partners(dense.get(run["seed"], []), run["flops_train_total"])[side]
-                if partner is not None:
-                    fids[run["seed"]], dense_fids[run["seed"]] = run["fid"], partner[2]
-                    partners.add(partner[:2])
-            if not partners:
+    for score in (FID, KID):
+        baselines = _baseline_points(records, score)
+        for (key, step), runs in groups.items():
+            runs = [run for run in runs if run.get(score.lower()) is not None]
+            if not runs:
                 continue
-            # Dense's FLOPs per step are the same for every seed, so the seeds share one partner step
-            dense_flops, dense_step = max(partners) if side == 0 else min(partners)
-            result = paired_difference(fids, dense_fids)
-            pairs.append(EqualFlopsPair(key, step, flops, dense_step, dense_flops, result))
+            flops = sum(run["flops_train_total"] for run in runs) / len(runs)
+            for base in ((dense_method().name, None), (SMALL_DENSE.name, key[1])):
+                for side in (0, 1):  # 0: the baseline spent as much or less; 1: it spent more
+                    fids, base_fids, partners = {}, {}, set()
+                    for run in runs:
+                        points = baselines.get((*base, run["seed"]), [])
+                        partner = _partners(points, run["flops_train_total"])[side]
+                        if partner is not None:
+                            fids[run["seed"]], base_fids[run["seed"]] = run[score.lower()], partner[2]
+                            partners.add(partner[:2])
+                    if not partners:
+                        continue
+                    # a baseline's FLOPs per step are the same for every seed, so the seeds share one partner step
+                    dense_flops, dense_step = max(partners) if side == 0 else min(partners)
+                    result = paired_difference(fids, base_fids)
+                    name = get_method(base[0]).display_name
+                    pairs.append(EqualFlopsPair(key, step, flops, name, dense_step, dense_flops, result, score))
     return sorted(pairs, key=_pair_order)
 
 
 def _pair_order(pair: EqualFlopsPair) -> tuple:
-    return method_order(pair.key[0]), pair.key[1] or 0.0, pair.key[2] or 0.0, pair.step, pair.dense_flops
+    return (
+        pair.score,
+        method_order(pair.key[0]),
+        pair.key[1] or 0.0,
+        pair.key[2] or 0.0,
+        pair.step,
+        pair.against,
+        pair.dense_flops,
+    )
 
 
 def equal_flops_table(pairs: List[EqualFlopsPair]) -> str:
+    """Markdown, Holm-adjusted over the table (one family per score), with the per-FLOP reading of both the
+    unadjusted and the adjusted verdict."""
     if not pairs:
         return ""
-    header = ["Method", "S", "p", "Step", "Training FLOPs", "Dense step", "Dense FLOPs (share)", "Paired seeds"]
-    header += ["ΔFID vs Dense", f"{CONFIDENCE:.0%} CI", "Verdict", "Per FLOP"]
+    pairs = with_holm(pairs)
+    header = ["Method", "S", "p", "Step", "Training FLOPs", "Against", "Its step", "Its FLOPs (share)", "Score"]
+    header += [*PAIRED_HEADER, "Per FLOP", "Per FLOP (Holm)"]
     lines = []
     for pair in pairs:
         lines.append(
-            f"| {config_cells(*pair.key)} | {pair.step} | {human(pair.flops)} | {pair.dense_step} "
-            f"| {human(pair.dense_flops)} ({pair.dense_flops / pair.flops:.0%}) | {paired_cells(pair.result)} "
-            f"| {pair.per_flop} |"
+            f"| {config_cells(*pair.key)} | {pair.step} | {human(pair.flops)} | {pair.against} | {pair.dense_step} "
+            f"| {human(pair.dense_flops)} ({pair.dense_flops / pair.flops:.0%}) | {pair.score} "
+            f"| {paired_cells(pair.result, pair.score)} | {pair.per_flop_unadjusted} | {pair.per_flop} |"
         )
-    return "\n".join(table_lines(header, lines)) + "\n"
+    return "\n".join(table_lines(header, lines)) + "\n\n" + family_note(pairs, "equal-FLOPs pairs")
 
 
 def _mean(values: List[float]) -> Optional[float]:
@@ -176,6 +224,8 @@ def memorisation_table(records: List[dict]) -> str:
         "p",
         "FID held-out",
         "FID train",
+        "KID held-out",
+        "KID train",
         "Near copies (Inception)",
         "Near copies (pixels)",
     ]
@@ -183,8 +233,14 @@ def memorisation_table(records: List[dict]) -> str:
     order = sorted(groups, key=lambda k: (k[0], method_order(k[1][0]), k[1][1] or 0.0, k[1][2] or 0.0))
     for step, (method, sparsity, prune_rate) in order:
         runs = groups[step, (method, sparsity, prune_rate)]
+        # KID where every run has it (the same train and held-out references, without FID's size-dependent bias)
+        kids = [
+            "–" if any(r.get(key) is None for r in runs) else f"{_mean([r[key] for r in runs]):.4f}"
+            for key in ("kid", "kid_train")
+        ]
         lines.append(
-            f"| {step} | {config_cells(method, sparsity, prune_rate)} | {_mean([r['fid'] for r in runs]):.2f} | {_mean([r['fid_train'] for r in runs]):.2f} "
+            f"| {step} | {config_cells(method, sparsity, prune_rate)} | {_mean([r['fid'] for r in runs]):.2f} "
+            f"| {_mean([r['fid_train'] for r in runs]):.2f} | {kids[0]} | {kids[1]} "
             f"| {_mean([r['near_copy'] for r in runs]):.1%} | {_mean([r['near_copy_pixels'] for r in runs]):.1%} |"
         )
     baseline = scored[0]
@@ -193,4 +249,11 @@ def memorisation_table(records: List[dict]) -> str:
         f"(pixels) of the held-out items are near copies of a training item by the same rule: "
         f"{baseline['near_copy_rule']}. Training split: {baseline['train_size']} items.\n"
     )
+    if baseline.get("near_copy_control") is not None:
+        note += (
+            f"\nPositive control: of {baseline['near_copy_control_size']} near copies by construction "
+            f"({baseline['near_copy_control_kind']}), the test detects {baseline['near_copy_control']:.1%} in "
+            f"Inception features and {baseline['near_copy_control_pixels']:.1%} in pixels; a space that misses them "
+            "cannot show a model's copies either.\n"
+        )
     return "\n".join(table_lines(header, lines)) + "\n" + note

@@ -1,18 +1,20 @@
 """The paper's experiment grid: methods x sparsity S x prune rate p x seeds, one run per point.
 
 A method without masks (Dense) has neither S nor p, so it runs once per seed; a sparse method whose masks never
-change (Static-DM) has no p and runs once per S and seed. Only the dynamic methods span the whole S x p grid
-(sparse/methods.py says which is which).
+change (Static-DM) has no p and runs once per S and seed, and so does Small-Dense (baselines.py: a Dense run
+narrowed to the non-zero count of S). Only the dynamic methods span the whole S x p grid (sparse/methods.py says
+which is which).
 """
 
 from dataclasses import dataclass, field
 from typing import List, Optional
 
 from sparsedm.errors import UserError
-from sparsedm.sparse.methods import METHODS, find_method, get_method, method_order, paper_methods
+from sparsedm.experiments.baselines import SMALL_DENSE, find_method, get_method, has_sparsity, method_order
+from sparsedm.sparse.methods import METHODS, dense_method, paper_methods
 
 # Keys each run's overrides set; the sweep refuses them as user overrides.
-GRID_KEYS = ("sparse.method", "sparse.sparsity", "sparse.prune_rate", "seed", "sparse.seed")
+GRID_KEYS = ("sparse.method", "sparse.sparsity", "sparse.prune_rate", "seed", "sparse.seed", "small_dense")
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,14 @@ class RunSpec:
         return "-".join(parts + [f"seed{self.seed}"])
 
     def overrides(self) -> List[str]:
+        if self.method == SMALL_DENSE.name:
+            dense = dense_method().name
+            return [
+                f"sparse.method={dense}",
+                f"small_dense={self.sparsity}",
+                f"seed={self.seed}",
+                f"sparse.seed={self.seed}",
+            ]
         out = [f"sparse.method={self.method}", f"seed={self.seed}", f"sparse.seed={self.seed}"]
         if self.sparsity is not None:
             out.append(f"sparse.sparsity={self.sparsity}")
@@ -42,7 +52,7 @@ class RunSpec:
 
 @dataclass
 class SweepGrid:
-    methods: List[str] = field(default_factory=paper_methods)  # names or aliases of METHODS; default the paper's
+    methods: List[str] = field(default_factory=paper_methods)  # of METHODS or small-dense; default the paper's
     sparsities: List[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 0.75, 0.9])  # S values
     prune_rates: List[float] = field(default_factory=lambda: [0.05, 0.1, 0.5])  # p values of the dynamic methods
     seeds: int = 3  # seeds 0 .. seeds-1 for every grid point
@@ -50,7 +60,7 @@ class SweepGrid:
     def validate(self) -> "SweepGrid":
         unknown = [m for m in self.methods if find_method(m) is None]
         if unknown or not self.methods:
-            raise UserError(f"--methods {' '.join(unknown)}: use some of {', '.join(METHODS)}")
+            raise UserError(f"--methods {' '.join(unknown)}: use some of {', '.join(METHODS)}, {SMALL_DENSE.name}")
         self.methods = list(dict.fromkeys(find_method(m).name for m in self.methods))
         if self.seeds < 1:
             raise UserError(f"--seeds {self.seeds} must be >= 1")
@@ -68,7 +78,7 @@ class SweepGrid:
         for seed in range(self.seeds):
             for method in sorted(self.methods, key=method_order):
                 record = get_method(method)
-                if not record.sparse:
+                if not has_sparsity(method):
                     out.append(RunSpec(method, None, None, seed))
                 elif not record.dynamic:
                     out += [RunSpec(method, s, None, seed) for s in sparsities]

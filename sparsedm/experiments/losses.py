@@ -16,10 +16,10 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from sparsedm.experiments.aggregate import RUNS, group_key
+from sparsedm.experiments.baselines import method_order
 from sparsedm.experiments.comparisons import config_cells, table_lines
 from sparsedm.runs.plots import read_metrics
 from sparsedm.runs.run_dir import METRICS
-from sparsedm.sparse.methods import method_order
 
 
 @dataclass

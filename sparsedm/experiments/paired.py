@@ -6,11 +6,18 @@ mean ± std would carry. Over the n seeds both have, the mean difference gets a 
 interval from Student's t with n - 1 degrees of freedom: mean ± t(0.975, n - 1) x sd / sqrt(n). Lower FID is
 better, so an interval wholly below 0 reads "better than Dense", wholly above 0 "worse", else
 "indistinguishable"; with fewer than two paired seeds there is no interval.
+
+A table of many such comparisons finds some "better" or "worse" by chance alone. `holm` adjusts the two-sided
+p-values of the paired t tests (the interval excludes 0 exactly when p < 0.05) over the family of a table's
+comparisons (Holm 1979): sorted p_(1) <= ... <= p_(m), the adjusted p_(i) = max over j <= i of min(1, (m - j + 1)
+p_(j)); a comparison keeps its verdict when its adjusted p is below 1 - CONFIDENCE, else it reads
+"indistinguishable". Holm controls the chance of any false verdict in the family at 5%, whatever the
+dependence between the comparisons.
 """
 
 import math
-from dataclasses import dataclass
-from typing import Dict, Optional
+from dataclasses import dataclass, replace
+from typing import Dict, List, Optional
 
 from scipy.stats import t as student_t
 
@@ -25,6 +32,9 @@ class PairedDifference:
     ci_low: Optional[float]  # 95% t interval of that mean; None with n < 2
     ci_high: Optional[float]
     verdict: str  # better | indistinguishable | worse | n/a
+    p_value: Optional[float] = None  # two-sided p of the paired t test of mean 0; None with n < 2
+    holm_p: Optional[float] = None  # Holm-adjusted over its table's family (`holm`); None until adjusted
+    holm_verdict: Optional[str] = None
 
 
 def paired_difference(fids: Dict[int, float], dense_fids: Dict[int, float]) -> PairedDifference:
@@ -40,4 +50,26 @@ def paired_difference(fids: Dict[int, float], dense_fids: Dict[int, float]) -> P
     half_width = float(student_t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * sd / math.sqrt(n)
     low, high = mean - half_width, mean + half_width
     verdict = BETTER if high < 0 else WORSE if low > 0 else SAME
-    return PairedDifference(n, mean, low, high, verdict)
+    if sd == 0:  # every seed gave the same difference: certain, unless it is none
+        p_value = 1.0 if mean == 0 else 0.0
+    else:
+        p_value = float(2 * student_t.sf(abs(mean) / (sd / math.sqrt(n)), n - 1))
+    return PairedDifference(n, mean, low, high, verdict, p_value)
+
+
+def holm(results: List[PairedDifference]) -> List[PairedDifference]:
+    """The results with holm_p and holm_verdict set over the family of those that have a p-value (the others,
+    with fewer than two paired seeds, are left as they are and are not counted in the family)."""
+    tested = sorted((r.p_value, i) for i, r in enumerate(results) if r.p_value is not None)
+    adjusted, running = {}, 0.0
+    for rank, (p_value, i) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * p_value))
+        adjusted[i] = running
+    out = []
+    for i, result in enumerate(results):
+        if i not in adjusted:
+            out.append(result)
+            continue
+        keeps = adjusted[i] < 1 - CONFIDENCE
+        out.append(replace(result, holm_p=adjusted[i], holm_verdict=result.verdict if keeps else SAME))
+    return out

@@ -12,9 +12,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
 from sparsedm.experiments.aggregate import Row, group_key
+from sparsedm.experiments.baselines import get_method, has_sparsity, is_dense, method_order
 from sparsedm.experiments.losses import LossCurve, by_config
 from sparsedm.runs.plots import save_figure
-from sparsedm.sparse.methods import get_method, method_order
 
 # loss_vs_step leaves out validations before this share of training: the first ones (a loss near 1 at step 0)
 # would flatten everything after them
@@ -23,10 +23,10 @@ LINESTYLES = ("-", "--", ":", "-.")  # one per prune rate of a method
 
 
 def _series(rows: List[Row]) -> Dict[tuple, List[Row]]:
-    """Sparse rows by (method, p), each sorted by S."""
+    """Rows with an S (sparse, and Small-Dense) by (method, p), each sorted by S."""
     series: Dict[tuple, List[Row]] = {}
     for row in rows:
-        if get_method(row.method).sparse:
+        if has_sparsity(row.method):
             series.setdefault((row.method, row.prune_rate), []).append(row)
     return {key: sorted(points, key=lambda r: r.sparsity) for key, points in series.items()}
 
@@ -49,7 +49,7 @@ def _style(rows: List[Row], method: str, prune_rate) -> str:
 def _dense_level(axes, rows: List[Row]) -> None:
     """Dense FID as a horizontal line, with a ± std band when there are several seeds."""
     for row in rows:
-        if not get_method(row.method).sparse:
+        if is_dense(row.method):
             axes.axhline(row.fid_mean, color="black", linewidth=1, label=get_method(row.method).display_name)
             if row.fid_std is not None:
                 axes.axhspan(row.fid_mean - row.fid_std, row.fid_mean + row.fid_std, color="black", alpha=0.1)
@@ -58,14 +58,14 @@ def _dense_level(axes, rows: List[Row]) -> None:
 def _config_line(method: str, sparsity) -> dict:
     """A configuration's line: the method's colour (Dense black), dashed above S = 0.75."""
     return {
-        "color": get_method(method).colour if get_method(method).sparse else "black",
+        "color": "black" if is_dense(method) else get_method(method).colour,
         "linestyle": "--" if sparsity is not None and sparsity > 0.75 else "-",
     }
 
 
-def _finish_axes(figure, axes, xlabel: str, path: Path) -> Path:
+def _finish_axes(figure, axes, xlabel: str, path: Path, score: str = "FID") -> Path:
     axes.set_xlabel(xlabel)
-    axes.set_ylabel("FID (lower is better)")
+    axes.set_ylabel(f"{score} (lower is better)")
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")
     figure.tight_layout()
@@ -102,7 +102,7 @@ def fid_vs_train_flops(rows: List[Row], path: Path) -> Path:
 
 def fid_vs_exploration(rows: List[Row], path: Path) -> Path:
     """FID against the exploration rate (Static-DM's is its density); rows of runs that did not record it are left out."""
-    known = [r for r in rows if not get_method(r.method).sparse or r.exploration_rate is not None]
+    known = [r for r in rows if is_dense(r.method) or (get_method(r.method).sparse and r.exploration_rate is not None)]
     return _fid_against(
         known, lambda r: r.exploration_rate, "exploration rate (share of sparse weights ever active)", path
     )
@@ -119,7 +119,7 @@ def fid_vs_step(by_step: Dict[int, List[Row]], path: Path) -> Path:
     for (method, sparsity, prune_rate), points in lines.items():
         steps = [step for step, _ in points]
         means = [row.fid_mean for _, row in points]
-        if not get_method(method).sparse:
+        if is_dense(method):
             stds = [row.fid_std or 0.0 for _, row in points]
             axes.plot(steps, means, color="black", linewidth=1, label=get_method(method).display_name)
             axes.fill_between(
@@ -146,8 +146,10 @@ def fid_vs_step(by_step: Dict[int, List[Row]], path: Path) -> Path:
     return _finish_axes(figure, axes, "training step", path)
 
 
-def fid_vs_cumulative_flops(records: List[dict], path: Path) -> Path:
-    """Every scored point (run and step) at its cumulative training FLOPs, a line per run."""
+def fid_vs_cumulative_flops(records: List[dict], path: Path, score: str = "fid") -> Path:
+    """Every scored point (run and step) at its cumulative training FLOPs, a line per run: Dense black,
+    Small-Dense grey, each sparse method its colour; `score` "kid" for KID (runs scored before it are left out)."""
+    records = [record for record in records if record.get(score) is not None]
     figure = Figure(figsize=(6, 4))
     axes = figure.add_subplot()
     runs: Dict[str, List[dict]] = {}
@@ -160,7 +162,7 @@ def fid_vs_cumulative_flops(records: List[dict], path: Path) -> Path:
         label = _config_label(method, sparsity, prune_rate)
         axes.plot(
             [r["flops_train_total"] for r in points],
-            [r["fid"] for r in points],
+            [r[score] for r in points],
             **_config_line(method, sparsity),
             marker="o",
             markersize=3,
@@ -170,7 +172,7 @@ def fid_vs_cumulative_flops(records: List[dict], path: Path) -> Path:
         labelled.add(label)
     axes.set_xscale("log")
     axes.xaxis.set_minor_formatter(NullFormatter())
-    return _finish_axes(figure, axes, "cumulative training FLOPs", path)
+    return _finish_axes(figure, axes, "cumulative training FLOPs", path, score.upper())
 
 
 def memorisation_vs_step(records: List[dict], path: Path) -> Path:

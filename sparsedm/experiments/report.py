@@ -1,8 +1,10 @@
 """`sparsedm report SWEEP`: the table and plots of a sweep, rebuilt from its finished runs.
 
-SWEEP/results.csv             one row per (method, S, p): FID mean and std, the per-seed FIDs, the paired
-                              difference to Dense with its 95% interval and verdict, costs and their ratios
-SWEEP/results.md              the paper's table, the paired comparison with Dense, then dynamic methods paired
+SWEEP/results.csv             one row per (method, S, p): FID and KID mean and std, the per-seed scores, the
+                              paired FID difference to Dense and to Small-Dense with its 95% interval and verdict,
+                              costs and their ratios
+SWEEP/results.md              the paper's table, the paired comparisons with Dense and Small-Dense by FID and KID
+                              (each verdict beside its Holm-adjusted one), then dynamic methods paired
                               with Static-DM and with their largest p (comparisons.py), a note on what they are;
                               learning curves, equal-FLOPs pairs and memorisation (curves.py) when runs were
                               scored at several steps; the validation losses (losses.py); the commits the runs
@@ -10,6 +12,7 @@ SWEEP/results.md              the paper's table, the paired comparison with Dens
 SWEEP/fid_vs_sparsity.png     FID against S, a line per method (and p); Dense as a level with its ± std band
 SWEEP/fid_vs_train_flops.png  FID against training FLOPs as a fraction of dense; for runs scored at several
                               steps, every scored point at its cumulative training FLOPs
+SWEEP/kid_vs_train_flops.png  the same by KID, for runs scored at several steps with KID
 SWEEP/fid_vs_step.png         FID against the scored step (runs scored at several steps, curves.py)
 SWEEP/memorisation_vs_step.png FID held-out minus FID train, and the near-copy shares (Inception,
                               pixels), against the step
@@ -24,20 +27,29 @@ Every file is replaced atomically: the jobs of a sharded sweep may rebuild the r
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 from sparsedm.experiments.aggregate import (
+    SWEEP_FILE,
+    SWEEP_FIX,
     Row,
     aggregate,
     common_protocol,
     markdown_table,
-    paired_table,
     protocol_note,
     provenance_note,
     read_evaluated_runs,
     write_csv,
 )
-from sparsedm.experiments.comparisons import OTHERS_NOTE, comparison_table, versus_largest_prune_rate, versus_static
+from sparsedm.experiments.baselines import get_method
+from sparsedm.experiments.comparisons import (
+    OTHERS_NOTE,
+    comparison_table,
+    primary_table,
+    versus_baselines,
+    versus_largest_prune_rate,
+    versus_static,
+)
 from sparsedm.experiments.curves import (
     FLOPS_TOLERANCE,
     equal_flops_pairs,
@@ -59,9 +71,8 @@ from sparsedm.experiments.plots import (
     memorisation_vs_step,
 )
 from sparsedm.experiments.sample_pictures import sparsity_pictures
-from sparsedm.runs.files import writing
+from sparsedm.runs.files import read_json, writing
 from sparsedm.runs.run_dir import write_text_atomically
-from sparsedm.sparse.methods import get_method
 
 LOSSES_HEADING = (
     "\n## Validation loss\n\nThe EMA model's diffusion loss on held-out and on training items at each validation "
@@ -93,13 +104,28 @@ def curves_section(records: List[dict]) -> str:
     )
 
 
+def primary_comparison(sweep_dir: Path) -> Optional[str]:
+    """The `primary_comparison` of the config the sweep was started with (SWEEP/sweep.json), if it names one."""
+    path = sweep_dir / SWEEP_FILE
+    if not path.exists():
+        return None
+    return read_json(path, SWEEP_FIX, {"config": dict})["config"].get("primary_comparison")
+
+
 def build_report(sweep_dir) -> Report:
     sweep_dir = Path(sweep_dir)
     records = read_evaluated_runs(sweep_dir)
     protocol = common_protocol(records)
     rows = aggregate(records)
-    others = comparison_table(versus_static(rows) + versus_largest_prune_rate(rows))
-    tables = "\n".join(table for table in (markdown_table(rows), paired_table(rows), others) if table)
+    baseline_comparisons = versus_baselines(rows)
+    baselines = comparison_table(baseline_comparisons, "comparisons with Dense and Small-Dense")
+    others = comparison_table(
+        versus_static(rows) + versus_largest_prune_rate(rows), "comparisons against Static-DM and p"
+    )
+    tables = "\n".join(table for table in (markdown_table(rows), baselines, others) if table)
+    primary = primary_comparison(sweep_dir)
+    if primary is not None:
+        tables = primary_table(baseline_comparisons, primary) + "## All configurations\n\n" + tables
     markdown = tables + "\n" + protocol_note(protocol) + (OTHERS_NOTE if others else "")
     curve_records = read_curve_records(sweep_dir)
     curves = has_curves(curve_records)
@@ -120,6 +146,8 @@ def build_report(sweep_dir) -> Report:
         if curves:
             files.append(fid_vs_step(rows_by_step(curve_records), sweep_dir / "fid_vs_step.png"))
             files.append(fid_vs_cumulative_flops(curve_records, sweep_dir / "fid_vs_train_flops.png"))
+            if any(record.get("kid") is not None for record in curve_records):
+                files.append(fid_vs_cumulative_flops(curve_records, sweep_dir / "kid_vs_train_flops.png", "kid"))
             scored = [record for record in curve_records if "near_copy" in record]
             if scored:
                 files.append(memorisation_vs_step(scored, sweep_dir / "memorisation_vs_step.png"))

@@ -17,10 +17,10 @@ from sparsedm.config import read_run_config
 from sparsedm.errors import UserError
 from sparsedm.eval.evaluate import EVAL_SAMPLES
 from sparsedm.experiments.aggregate import RUNS, group_key
+from sparsedm.experiments.baselines import get_method, has_sparsity, is_dense, method_order
 from sparsedm.experiments.plots import sample_rows
 from sparsedm.runs.files import read_npz
 from sparsedm.runs.run_dir import RunDir
-from sparsedm.sparse.methods import get_method, method_order
 from sparsedm.tasks import build_task
 
 log = logging.getLogger(__name__)
@@ -29,13 +29,13 @@ ROW_SAMPLES = 8  # samples per row
 
 
 def run_label(record: dict) -> str:
-    """e.g. "Dense (seed 0)", "RigL-DM S=0.9 p=0.05 (seed 0)"."""
-    method = get_method(record["method"])
-    label = method.display_name
-    if method.sparse:
-        label += f" S={record['sparsity']:g}"
-    if method.dynamic:
-        label += f" p={record['prune_rate']:g}"
+    """e.g. "Dense (seed 0)", "RigL-DM S=0.9 p=0.05 (seed 0)", "Small-Dense S=0.5 (seed 0)"."""
+    name, sparsity, prune_rate = group_key(record)
+    label = get_method(name).display_name
+    if sparsity is not None:
+        label += f" S={sparsity:g}"
+    if prune_rate is not None:
+        label += f" p={prune_rate:g}"
     return label + (f" (seed {record['seed']})" if record.get("seed") is not None else "")
 
 
@@ -58,15 +58,16 @@ def _lowest_seed(records: List[dict]) -> Dict[tuple, dict]:
 
 
 def rows_at_sparsity(records: List[dict], sparsity: float) -> List[dict]:
-    """Dense and each sparse (method, p) at S = `sparsity`, at its lowest seed: the rows of samples_S<S>.png."""
+    """Dense, Small-Dense and each sparse (method, p) at S = `sparsity`, at its lowest seed: the rows of
+    samples_S<S>.png."""
     picked = _lowest_seed(records)
-    return [record for (method, s, _), record in picked.items() if not get_method(method).sparse or s == sparsity]
+    return [record for (method, s, _), record in picked.items() if is_dense(method) or s == sparsity]
 
 
 def sparsity_pictures(sweep_dir, records: List[dict]) -> List[Path]:
     """samples_S<S>.png for each S among the sparse runs; a run whose samples cannot be read is left out, logged."""
     sweep_dir = Path(sweep_dir)
-    levels = sorted({r["sparsity"] for r in records if get_method(r["method"]).sparse})
+    levels = sorted({group_key(r)[1] for r in records if has_sparsity(group_key(r)[0])})
     files, drawn = [], {}  # drawn: each run's pictures, read once (Dense is in every picture)
     for sparsity in levels:
         strips: Dict[str, np.ndarray] = {}

@@ -33,7 +33,7 @@ from sparsedm.eval.evaluate import (
     unscored_steps,
     write_json_atomically,
 )
-from sparsedm.experiments.aggregate import RUNS, read_runs
+from sparsedm.experiments.aggregate import RUNS, SWEEP_FILE, SWEEP_FIX, read_runs
 from sparsedm.experiments.grid import GRID_KEYS, RunSpec, SweepGrid
 from sparsedm.experiments.parallel import run_in_workers
 from sparsedm.experiments.report import Report, build_report
@@ -47,9 +47,6 @@ from sparsedm.tasks import build_task
 from sparsedm.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
-
-SWEEP_FILE = "sweep.json"
-SWEEP_FIX = "it pins the setup of the sweep's runs; restore it, or start the sweep in another --out"
 
 
 def _flatten(tree, prefix: str = "") -> dict:

@@ -38,6 +38,17 @@ def block_out_channels(cfg: UNetConfig) -> List[int]:
     return [cfg.base_channels * m for m in cfg.channel_mult]
 
 
+def allowed_base_channels(cfg: UNetConfig) -> List[int]:
+    """The base channel counts up to cfg's whose levels the group norms and attention heads all divide (the widths
+    a narrower UNet of the same architecture can take, ascending)."""
+    divisors = (cfg.norm_num_groups, cfg.attention_head_dim)
+    return [
+        width
+        for width in range(1, cfg.base_channels + 1)
+        if all(width * m % d == 0 for m in cfg.channel_mult for d in divisors)
+    ]
+
+
 def check_unet_config(cfg: UNetConfig, sample_size: int) -> None:
     """One-line errors for architectures UNet2DModel cannot build on a sample_size x sample_size latent."""
     if cfg.base_channels < 1 or not cfg.channel_mult or min(cfg.channel_mult) < 1 or cfg.layers_per_block < 1:

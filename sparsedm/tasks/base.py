@@ -10,11 +10,14 @@ import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
+
+from sparsedm.errors import UserError
+from sparsedm.tasks.width import MatchedWidth, match_width
 
 
 class Task:
@@ -24,8 +27,27 @@ class Task:
         self.cfg = cfg
 
     def build_model(self) -> nn.Module:
-        """The trained model: the denoiser (the only part that is sparse-trained), or the autoencoder."""
+        """The trained model: the denoiser (the only part that is sparse-trained), or the autoencoder. With
+        `small_dense` = S, the denoiser narrowed to the non-zero count of S (tasks/width.py)."""
+        matched = self.matched_width()
+        return self.build_denoiser(None if matched is None else matched.width)
+
+    def build_denoiser(self, width: Optional[int] = None) -> nn.Module:
+        """The denoiser of the config, or of the same architecture at `width` (one of `widths`)."""
         raise NotImplementedError
+
+    def widths(self) -> List[int]:
+        """The widths the denoiser can take up to the config's, ascending (the hook Small-Dense narrows through)."""
+        raise UserError(f"task={self.name} has no width to narrow; small_dense needs a denoiser task")
+
+    def matched_width(self) -> Optional[MatchedWidth]:
+        """Small-Dense's width for `small_dense` = S (computed once), or None for a model of the config's width."""
+        sparsity = getattr(self.cfg, "small_dense", None)
+        if sparsity is None:
+            return None
+        if getattr(self, "_matched_width", None) is None:
+            self._matched_width = match_width(self.build_denoiser, self.widths(), self.cfg.sparse, sparsity)
+        return self._matched_width
 
     def load_data(
         self, progress: bool | None = None, device: torch.device | None = None
@@ -89,6 +111,14 @@ class Task:
         """Per item of `reference_images(split)`, its group of variants (colourings of one drawing), or None when
         items come in no groups; the memorisation test looks past an item's own group for its second nearest."""
         return None
+
+    # the memorisation test's positive control (eval/memorisation.py): how the task makes near copies; "" for none
+    near_copy_kind: str = ""
+
+    def near_copies(self, count: int) -> np.ndarray:
+        """uint8 pictures, as `reference_images` makes them, of near copies of the first `count` training items by
+        construction (near_copy_kind says how, and names them in the cache: change it when they change)."""
+        raise NotImplementedError
 
     def reference_key(self, split: str = "val") -> str:
         """Names the FID statistics of `reference_images(split)` in a cache: it must change whenever they would.

@@ -8,20 +8,21 @@ Only the UNet is handed to the training loop, so only it is sparse, optimised an
 """
 
 import logging
-from typing import Dict
+from dataclasses import replace
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
-from sparsedm.autoencoder import FirstStage, cached_latents, decode, latent_std
+from sparsedm.autoencoder import FirstStage, cached_latents, decode, encode, latent_std
 from sparsedm.data.images import display_name, load_image_splits, to_uint8_images
 from sparsedm.data.images.dataset import SPLIT_RULE
 from sparsedm.data.images.flips import mirror_choices
 from sparsedm.data.images.grid import save_image_grid
 from sparsedm.diffusion import GaussianDiffusion
 from sparsedm.errors import UserError
-from sparsedm.models.unet import build_unet, check_unet_config
+from sparsedm.models.unet import allowed_base_channels, build_unet, check_unet_config
 from sparsedm.runs.distributed import DistInfo, resolve_device
 from sparsedm.tasks.base import Task
 
@@ -54,8 +55,12 @@ class LatentDiffusionTask(Task):
     def latent_shape(self) -> tuple:
         return (self.first_stage.latent_channels, self.latent_size, self.latent_size)
 
-    def build_model(self) -> nn.Module:
-        return build_unet(self.cfg.model, self.latent_size, self.first_stage.latent_channels)
+    def widths(self) -> List[int]:
+        return allowed_base_channels(self.cfg.model)
+
+    def build_denoiser(self, width: Optional[int] = None) -> nn.Module:
+        model = self.cfg.model if width is None else replace(self.cfg.model, base_channels=width)
+        return build_unet(model, self.latent_size, self.first_stage.latent_channels)
 
     def load_data(self, progress=None, device=None):
         device = device or resolve_device(self.cfg.train.device, DistInfo())
@@ -149,6 +154,17 @@ class LatentDiffusionTask(Task):
     def reference_images(self, split: str = "val") -> np.ndarray:
         train, val = load_image_splits(self.cfg.data)
         return {"train": train, "val": val}[split].images
+
+    near_copy_kind = "the autoencoder's reconstructions of training images"
+
+    @torch.no_grad()
+    def near_copies(self, count: int) -> np.ndarray:
+        """decode(encode(x)) of the first `count` training images: what a model that had learnt them by heart
+        would draw, through the same first stage its samples pass."""
+        images = load_image_splits(self.cfg.data)[0].images[:count]
+        autoencoder = self.first_stage.load("cpu")
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        return to_uint8_images(decode(autoencoder, encode(autoencoder, x)[0]))
 
     def reference_groups(self, split: str = "val") -> list[str] | None:
         train, val = load_image_splits(self.cfg.data)
