@@ -28,7 +28,7 @@ def logged(tmp_path_factory, tiny_cache):
     return out
 
 
-@pytest.mark.slow  # wandb-core's start and a 12-step run: 13 s
+@pytest.mark.slow  # wandb-core's start and a 12-step run: 5 to 13 s
 def test_the_wandb_run_holds_the_logged_scalars(logged):
     steps = history(logged)
     records = RunDir(logged).read_metrics()
@@ -48,7 +48,7 @@ def test_the_wandb_run_holds_the_logged_scalars(logged):
         assert steps[r["step"]]["val/train_split_loss"] == r["train_split_loss"]
 
 
-@pytest.mark.slow  # wandb-core's start and a 12-step run: 13 s
+@pytest.mark.slow  # wandb-core's start and a 12-step run: 5 to 13 s
 def test_the_wandb_run_holds_the_sample_grids(logged):
     steps = history(logged)
     grids = {step: items for step, items in steps.items() if "samples/path" in items}
@@ -59,7 +59,7 @@ def test_the_wandb_run_holds_the_sample_grids(logged):
         assert picture.shape[:2] == (items["samples/height"], items["samples/width"]) and picture.std() > 0
 
 
-@pytest.mark.slow  # wandb-core's start and a 12-step run: 13 s
+@pytest.mark.slow  # wandb-core's start and a 12-step run: 5 to 13 s
 def test_the_run_id_is_kept_for_a_resume(logged):
     (run_dir,) = (logged / "wandb").glob("offline-run-*")
     assert run_dir.name.endswith("-" + (logged / "wandb" / "run_id").read_text())
@@ -78,3 +78,16 @@ def test_log_to_accepts_wandb_and_a_missing_package_is_one_line(monkeypatch, tmp
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
     with pytest.raises(UserError, match=r"^train.log_to includes wandb, which is not installed; pip install wandb"):
         start_wandb(RunDir(tmp_path))
+
+
+@pytest.mark.slow  # three starts of wandb-core
+def test_a_resume_continues_the_wandb_run_and_a_new_run_starts_another(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    (tmp_path / "config.yaml").write_text("seed: 0\n")
+    ids = []
+    for resume in (False, True, False):  # the first run, its resume, then --overwrite's new run
+        wandb_run = start_wandb(RunDir(tmp_path), resume=resume)
+        ids.append(wandb_run.id)
+        wandb_run.finish()
+    assert ids[1] == ids[0] != ids[2] and (tmp_path / "wandb" / "run_id").read_text() == ids[2]

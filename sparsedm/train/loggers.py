@@ -90,9 +90,10 @@ def wandb_mode() -> str:
     return "online"
 
 
-def start_wandb(run: RunDir):
+def start_wandb(run: RunDir, resume: bool = False):
     """The wandb run of RUN, named after the folder; its id is kept in RUN/wandb/run_id, so a resumed run
-    continues the same wandb run (WANDB_RUN_ID, where set, names a new run's id)."""
+    continues the same wandb run and a new one (--overwrite included) starts another (WANDB_RUN_ID, where set,
+    names a new run's id)."""
     try:
         import wandb
     except ImportError:
@@ -103,7 +104,7 @@ def start_wandb(run: RunDir):
     mode = wandb_mode()
     (run.path / WANDB).mkdir(exist_ok=True)
     id_file = run.path / WANDB / "run_id"
-    known_id = id_file.read_text().strip() if id_file.is_file() else None
+    known_id = id_file.read_text().strip() if resume and id_file.is_file() else None
     wandb_run = wandb.init(
         project=os.environ.get("WANDB_PROJECT", "sparsedm"),
         name=run.path.name,
@@ -135,7 +136,7 @@ class RunLogger:
             # purge_step: a resumed run hides what the interrupted one logged after its checkpoint
             self.writer = SummaryWriter(str(run.path / TENSORBOARD), purge_step=purge_step, flush_secs=FLUSH_S)
         if "wandb" in log_to:
-            self.wandb = start_wandb(run)
+            self.wandb = start_wandb(run, resume=purge_step is not None)
 
     def wants_pictures(self, step: int) -> bool:
         trackers = self.writer is not None or self.wandb is not None
