@@ -29,6 +29,7 @@ from diffusers.training_utils import EMAModel
 
 import sparsedm.integrations.accelerate as sparse  # sparse
 from sparsedm.sparse import SparseConfig, format_report
+from sparsedm.train.loggers import wandb_mode
 
 
 def parse_args(argv=None):
@@ -51,6 +52,9 @@ def parse_args(argv=None):
     parser.add_argument("--checkpointing-steps", type=int, default=0, help="save_state every N steps (0: never)")
     parser.add_argument("--resume-from-checkpoint", default=None, help="a folder that save_state wrote")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--report-to", choices=["tensorboard", "wandb"], help="tracker of loss, lr and mask updates, in --out"
+    )
     parser.add_argument("--sparsity", type=float, default=0.5)  # sparse
     parser.add_argument("--prune-rate", type=float, default=0.3)  # sparse
     parser.add_argument("--update-interval", type=int, default=50)  # sparse
@@ -119,6 +123,8 @@ def main(argv=None):
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        log_with=args.report_to,
+        project_dir=str(out),
     )
     set_seed(args.seed)
     images = (
@@ -155,6 +161,11 @@ def main(argv=None):
         accelerator, model, optimizer, sparse_config, args.max_train_steps, ema_model
     )
 
+    out.mkdir(parents=True, exist_ok=True)
+    config = {key: value for key, value in vars(args).items() if value is not None}  # TensorBoard takes no None
+    # wandb offline where its server does not answer (sparsedm's rule for train.log_to=[..., wandb])
+    wandb_settings = {"wandb": {"dir": str(out), "mode": wandb_mode()}} if args.report_to == "wandb" else {}
+    accelerator.init_trackers("train_unconditional_sparse", config, init_kwargs=wandb_settings)
     steps_per_epoch = len(loader) // args.gradient_accumulation_steps
     step = 0
     if args.resume_from_checkpoint:
@@ -181,6 +192,10 @@ def main(argv=None):
             update = engine.after_optimizer_step()  # sparse: drop and grow every ΔT
             ema_model.step(model.parameters())
             step += 1
+            logs = {"train/loss": loss.item(), "train/lr": lr_scheduler.get_last_lr()[0]}
+            if update:
+                logs |= {"mask_update/replaced": update["replaced"], "train/sparsity": engine.sparsity()}  # sparse
+            accelerator.log(logs, step=step)
             if update:
                 updates.append(update)
                 accelerator.print(f"step {step}: loss {loss.item():.4f}, replaced {update['replaced']} weights")
@@ -189,7 +204,6 @@ def main(argv=None):
             if step >= args.max_train_steps:
                 break
 
-    out.mkdir(parents=True, exist_ok=True)
     rank = accelerator.process_index
     torch.save({"masks": engine.masks, "step": engine.step}, out / f"masks_rank{rank}.pt")  # sparse
     if accelerator.is_main_process:

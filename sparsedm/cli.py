@@ -168,10 +168,13 @@ def _print_sweep(outcomes, report) -> None:
         )
 
 
+LAUNCHER_OPTIONS = ("tasks", "partition", "time", "cpus_per_task", "gpus_per_task", "parallelism")  # of --launcher
+
+
 def _sweep(args) -> None:
     from sparsedm.experiments.grid import SweepGrid
     from sparsedm.experiments.shards import parse_shard
-    from sparsedm.experiments.sweep import list_sweep, run_sweep
+    from sparsedm.experiments.sweep import run_sweep
 
     defaults = SweepGrid()
     grid = SweepGrid(
@@ -182,11 +185,14 @@ def _sweep(args) -> None:
     )
     shard = parse_shard(args.shard) if args.shard else None
     if args.list:
-        shards = shard[1] if shard else 1
-        rows = list_sweep(args.out, grid, shards)
-        width = max(len(name) for _, name, _ in rows)
-        print("\n".join(f"{index}/{shards}  {name:<{width}}  {state}" for index, name, state in rows))
+        _list_sweep(args.out, grid, shard)
         return
+    if args.launcher:
+        _launch_sweep(args, grid, shard)
+        return
+    given = [f"--{name.replace('_', '-')}" for name in LAUNCHER_OPTIONS if getattr(args, name) is not None]
+    if given:
+        raise UserError(f"{' '.join(given)}: options of --launcher; add --launcher slurm or local, or leave them out")
     outcomes, report = run_sweep(
         args.config,
         args.out,
@@ -199,6 +205,58 @@ def _sweep(args) -> None:
         train_only=args.train_only,
     )
     _print_sweep(outcomes, report)
+
+
+def _list_sweep(out, grid, shard) -> None:
+    """Every run with its slice and state; for a launched sweep (launcher.py) also its task's job id and state."""
+    from sparsedm.experiments.launcher import job_states, read_jobs
+    from sparsedm.experiments.sweep import list_sweep
+
+    jobs = read_jobs(out)
+    shards = shard[1] if shard else jobs["tasks"] if jobs else 1
+    tasks = job_states(out, jobs) if jobs and jobs["tasks"] == shards else {}
+    rows = list_sweep(out, grid, shards)
+    width = max(len(name) for _, name, _ in rows)
+    for index, name, state in rows:
+        task = tasks.get(index)
+        if task is not None:
+            if task.get("outcomes", {}).get(name) == "failed":
+                state = "failed"
+            elif task["state"] == "failed" and state != "done":
+                state = f"failed: {task['error']}"
+            elif state == "to do" and task["state"] == "submitted":
+                state = "submitted"
+            state += f"  job {task['job_id']} ({task['state']})"
+        print(f"{index}/{shards}  {name:<{width}}  {state}")
+
+
+def _launch_sweep(args, grid, shard) -> None:
+    from sparsedm.experiments.aggregate import read_runs
+    from sparsedm.experiments.launcher import FOLDER, Resources, job_states, launch, read_jobs
+    from sparsedm.experiments.report import build_report
+
+    if shard is not None or args.workers != 1:
+        raise UserError("--launcher makes its own slices (--tasks N); leave out --shard and --workers")
+    given = {
+        name: getattr(args, name) for name in LAUNCHER_OPTIONS if name != "tasks" and getattr(args, name) is not None
+    }
+    resources = Resources(**{("time_min" if name == "time" else name): value for name, value in given.items()})
+    settings = _eval_settings(args)
+    job_ids = launch(
+        args.config, args.out, grid, args.overrides, settings, args.launcher, args.tasks, resources, args.train_only
+    )
+    if args.launcher == "slurm":
+        print(f"submitted {len(job_ids)} tasks: {' '.join(job_ids)}; follow them with `sparsedm sweep ... --list`")
+        return
+    outcomes = {}
+    for k, task in job_states(args.out, read_jobs(args.out)).items():
+        if task["state"] != "finished":
+            raise UserError(
+                f"task {k} (job {task['job_id']}) {task['state']}: {task.get('error', 'no result')}; its log is in "
+                f"{args.out}/{FOLDER}/submitit/{task['job_id']}_0_log.err; the same command continues the sweep"
+            )
+        outcomes.update(task["outcomes"])
+    _print_sweep(outcomes, build_report(args.out) if read_runs(args.out) else None)
 
 
 def _report(args) -> None:
@@ -368,11 +426,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="only slice K of N (K = 0..N-1) of the grid, e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT",
     )
     sweep.add_argument(
-        "--list", action="store_true", help="print every run with its slice of N (from --shard) and its state"
+        "--list",
+        action="store_true",
+        help="print every run with its slice of N (from --shard or the launched array), its state and job id",
     )
     sweep.add_argument(
         "--train-only", action="store_true", help="train the runs, score none (the same command without it scores them)"
     )
+    launcher = sweep.add_argument_group("submitit launcher (docs/scaling.md)")
+    launcher.add_argument(
+        "--launcher",
+        choices=["slurm", "local"],
+        help="submit the grid as one submitit job array (slurm), or run the same tasks on this machine (local)",
+    )
+    launcher.add_argument("--tasks", type=int, help="array tasks, each a slice K/N of the grid (default: one per run)")
+    launcher.add_argument("--partition", help="SLURM partition (default: the cluster's)")
+    launcher.add_argument("--time", type=int, help="minutes per task; one stopped by it is requeued (default 240)")
+    launcher.add_argument("--cpus-per-task", type=int, help="CPU cores per task (default 1)")
+    launcher.add_argument("--gpus-per-task", type=int, help="GPUs per task (default 0)")
+    launcher.add_argument("--parallelism", type=int, help="tasks running at once (SLURM's --array=...%%P; default all)")
     _add_eval_options(sweep, "--sample-")
     sweep.set_defaults(func=_sweep)
 

@@ -47,6 +47,7 @@ def exported(tmp_path_factory):
 def test_the_folder_is_an_ldm_pipeline(exported):
     pipeline = exported / "pipeline"
     assert sorted(p.name for p in pipeline.iterdir()) == [
+        "README.md",
         "masks.safetensors",
         "model_index.json",
         "scheduler",

@@ -18,11 +18,11 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from sparsedm.autoencoder.model import FirstStage, encode
 from sparsedm.data.images import ImageDataset, load_image_splits
 from sparsedm.data.images.dataset import SPLIT_RULE
+from sparsedm.progress import progress_bar
 from sparsedm.runs.files import check_fields, read_npz
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def encode_images(model, images: ImageDataset, device, batch_size: int, progress
     """(mean, std or None) of `model`'s latents as float32 CPU tensors for every image of the split; progress
     None: on a terminal."""
     means, stds = [], []
-    for start in tqdm(
+    for start in progress_bar(
         range(0, len(images), batch_size),
         desc=f"encode {images.name}",
         disable=None if progress is None else not progress,

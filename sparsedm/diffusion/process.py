@@ -12,10 +12,10 @@ from collections.abc import Callable
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
-from tqdm import tqdm
 
 from sparsedm.diffusion.config import DiffusionConfig, Sampler
 from sparsedm.errors import UserError, choice
+from sparsedm.progress import progress_bar
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -165,7 +165,7 @@ class GaussianDiffusion:
         step_kwargs = {"eta": eta} if sampler == "ddim" else {}
 
         x = randn_tensor(tuple(shape), generator=generator, device=device) * scheduler.init_noise_sigma  # x_T
-        for t in tqdm(scheduler.timesteps, desc=f"{sampler} sampling", disable=not progress):
+        for t in progress_bar(scheduler.timesteps, desc=f"{sampler} sampling", disable=not progress):
             if keep is not None:
                 x = torch.where(keep, x, torch.zeros_like(x))
             model_output = model_fn(x, t.expand(x.shape[0]))

@@ -29,10 +29,10 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from sparsedm.errors import UserError
 from sparsedm.eval.inception import load_inception
+from sparsedm.progress import progress_bar
 from sparsedm.runs.files import writing
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -87,7 +87,9 @@ def _feature_chunks(
     device = torch.device(device)
     if extractor is None:
         extractor = load_inception(device)
-    bar = tqdm(total=getattr(images_iter, "num_images", None), unit="img", desc="FID features", disable=not progress)
+    bar = progress_bar(
+        total=getattr(images_iter, "num_images", None), unit="img", desc="FID features", disable=not progress
+    )
     with torch.inference_mode(), bar:
         for batch in images_iter:
             for chunk in torch.as_tensor(batch).split(batch_size):

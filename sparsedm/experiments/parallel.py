@@ -10,7 +10,8 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Callable, Dict, Optional
 
 import torch
-from tqdm.auto import tqdm
+
+from sparsedm.progress import progress_bar
 
 POLL_S = 2.0  # seconds between progress updates
 
@@ -34,7 +35,7 @@ def run_in_workers(
     context = multiprocessing.get_context("spawn")
     with (
         ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool,
-        tqdm(total=total, desc=desc, disable=not progress, dynamic_ncols=True) as bar,
+        progress_bar(total=total, desc=desc, disable=not progress, dynamic_ncols=True) as bar,
     ):
         futures = {pool.submit(fn, *args): name for name, args in jobs.items()}
         pending = set(futures)

@@ -58,7 +58,7 @@ def _flatten(tree, prefix: str = "") -> dict:
     return flat if flat else {prefix: tree}
 
 
-def _setup(config: str, overrides: List[str], settings: EvalSettings) -> dict:
+def sweep_setup(config: str, overrides: List[str], settings: EvalSettings) -> dict:
     """What every run of the sweep shares: the resolved config less the grid's keys, and the evaluation."""
     cfg = to_dict(load_config(config, overrides))
     for key in GRID_KEYS:
@@ -189,7 +189,7 @@ def run_sweep(
             f"{' '.join(clashes)}: the grid sets these; use --methods, --sparsities, --prune-rates and --seeds"
         )
     overrides, specs = list(overrides), in_slice(grid.runs(), shard)
-    pin_setup(out, _setup(config, overrides, settings))
+    pin_setup(out, sweep_setup(config, overrides, settings))
     outcomes = {spec.name: "done" for spec in specs if _finished(out / RUNS / spec.name, train_only)}
     todo = [spec for spec in specs if spec.name not in outcomes]
     part = f" slice {shard[0]}/{shard[1]}" if shard else ""

@@ -5,6 +5,7 @@
     DIR/vqvae/                  the run's autoencoder, its config's scaling_factor set to the run's s
     DIR/scheduler/              DDIMScheduler with the run's noise schedule
     DIR/masks.safetensors       {UNet parameter name: bool mask}; metadata: the sparse config, step, sparsity
+    DIR/README.md               the model card: Hub metadata, the run's sparsity, costs and scores (model_card.py)
     DIR/unet_sparse.safetensors with --compress: the UNet's weights, each sparse tensor as its non-zeros and a
                                 bit-packed mask (sparsedm/sparse/compress.py); 0.16x of unet/ at S = 0.9
 
@@ -12,6 +13,7 @@ It loads with diffusers alone: `LDMPipeline.from_pretrained(DIR)(batch_size=4).i
 training from it, load `unet/` with `UNet2DModel.from_pretrained`, build a `SparseEngine` with the run's sparse
 config, and give it the masks: `engine.load_masks(load_masks(DIR))`. The compressed file alone, with unet/'s
 config, gives the same UNet bit for bit: `unet.load_state_dict(load_compressed(DIR / "unet_sparse.safetensors")[0])`.
+docs/format.md specifies both safetensors files for readers without sparsedm.
 """
 
 import json
@@ -26,10 +28,17 @@ from safetensors.torch import save_file
 
 from sparsedm.config_loader import to_dict
 from sparsedm.errors import UserError
+from sparsedm.inference.model_card import write_model_card
 from sparsedm.inference.sampling import load_run_ema
 from sparsedm.runs.files import writing
 from sparsedm.runs.run_dir import RunDir
-from sparsedm.sparse.compress import dense_bytes, save_compressed
+from sparsedm.sparse.compress import (
+    FORMAT_VERSION,
+    FORMAT_VERSION_KEY,
+    check_format_version,
+    dense_bytes,
+    save_compressed,
+)
 from sparsedm.sparse.masks import apply_masks_
 from sparsedm.sparse.sparsity_check import check_sparse
 
@@ -66,6 +75,7 @@ def export_run(
     nonzero = sum(int(m.sum()) for m in masks.values())
     total = sum(m.numel() for m in masks.values())
     metadata = {
+        FORMAT_VERSION_KEY: FORMAT_VERSION,
         "sparse": json.dumps(to_dict(cfg.sparse)),
         "step": str(state["step"]),
         "sparsity": str(1 - nonzero / total if total else 0.0),
@@ -78,6 +88,7 @@ def export_run(
             weights = unet.state_dict()
             size = save_compressed(out / COMPRESSED_UNET, weights, masks, metadata=metadata)
             compressed = {"compressed": str(out / COMPRESSED_UNET), "compressed_ratio": size / dense_bytes(weights)}
+        write_model_card(out, run, cfg, task, unet, masks, state["step"], compress)
     return {
         **compressed,
         "out": str(out),
@@ -96,6 +107,7 @@ def load_masks(folder) -> Dict[str, torch.Tensor]:
         raise UserError(f"{path} does not exist; export the run with `sparsedm export RUN --out {folder}`")
     try:
         with safe_open(path, framework="pt") as f:
+            check_format_version(path, f.metadata() or {})
             return {name: f.get_tensor(name) for name in f.keys()}
     except (SafetensorError, OSError) as exc:
         raise UserError(

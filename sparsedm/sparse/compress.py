@@ -8,6 +8,7 @@ and NAME::mask (uint8, 8 positions per byte, numpy's `packbits` order); its shap
 metadata. At S = 0.9 that is 0.1 x 4 + 1/8 bytes per fp32 entry, 0.13x of dense. A stored mask is the given
 training mask, widened by any entry that is not bit-for-bit +0.0 outside it, so loading restores every bit.
 Without `masks`, every floating-point tensor is stored this way where that is smaller than dense.
+docs/format.md specifies the file for readers without sparsedm; FORMAT_VERSION changes with any change to it.
 """
 
 import json
@@ -23,6 +24,8 @@ from sparsedm.errors import UserError
 
 FORMAT_KEY = "sparsedm.compressed"  # metadata: {name: {"shape": [...], "dtype": "float32"}} of the sparse tensors
 VALUES, MASK = "::values", "::mask"
+FORMAT_VERSION_KEY = "sparsedm.format_version"  # metadata of the compressed file and of export's masks file
+FORMAT_VERSION = "1"  # files written before the key existed lack it and have this layout
 _BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # same-size integers to read raw bits
 
 
@@ -38,6 +41,16 @@ def pack_mask(mask: torch.Tensor) -> torch.Tensor:
 def unpack_mask(packed: torch.Tensor, shape) -> torch.Tensor:
     numel = int(np.prod(shape))
     return torch.from_numpy(np.unpackbits(packed.numpy(), count=numel).astype(bool)).reshape(shape)
+
+
+def check_format_version(path, metadata: Dict[str, str]) -> None:
+    """A one-line UserError for a file of a format version this sparsedm does not read."""
+    version = metadata.get(FORMAT_VERSION_KEY, FORMAT_VERSION)
+    if version != FORMAT_VERSION:
+        raise UserError(
+            f"{path} has {FORMAT_VERSION_KEY}={version!r}, and this sparsedm reads version {FORMAT_VERSION}: "
+            "upgrade sparsedm, or export the run again with this one"
+        )
 
 
 def _worth_compressing(tensor: torch.Tensor, mask: torch.Tensor) -> bool:
@@ -74,7 +87,11 @@ def save_compressed(
 ) -> int:
     """Write the compressed state dict (tensors in `masks` sparse, or every one where smaller); returns bytes."""
     tensors, layout = compress_state_dict(state, masks)
-    save_file(tensors, str(path), metadata={**(metadata or {}), FORMAT_KEY: json.dumps(layout)})
+    save_file(
+        tensors,
+        str(path),
+        metadata={**(metadata or {}), FORMAT_VERSION_KEY: FORMAT_VERSION, FORMAT_KEY: json.dumps(layout)},
+    )
     return Path(path).stat().st_size
 
 
@@ -87,6 +104,7 @@ def load_compressed(path) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tens
         metadata = f.metadata() or {}
         if FORMAT_KEY not in metadata:
             raise UserError(f"{path} is not a compressed sparsedm file (no {FORMAT_KEY!r} metadata)")
+        check_format_version(path, metadata)
         layout = json.loads(metadata[FORMAT_KEY])
         raw = {name: f.get_tensor(name) for name in f.keys()}
     state, masks = {}, {}

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 import torch
-from tqdm.auto import tqdm
 
 from sparsedm.config_loader import to_dict
 from sparsedm.errors import UserError
+from sparsedm.progress import progress_bar
 from sparsedm.runs.batches import BatchSchedule
 from sparsedm.runs.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from sparsedm.runs.distributed import (
@@ -291,10 +291,11 @@ class Trainer:
 
         start = time.time()
         elapsed = lambda: self.wall_before + time.time() - start  # noqa: E731
-        bar = tqdm(
+        bar = progress_bar(
             total=self.total_steps,
             initial=self.step,
             desc=f"train {self.engine.method}",
+            every=self.tc.log_every,  # in a log file: a line per metrics.jsonl record
             disable=not self.progress,
             dynamic_ncols=True,
         )

@@ -16,7 +16,6 @@ from typing import Optional, Protocol, Sequence
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from sparsedm.data.images import celebahq, lsun
 from sparsedm.data.images.config import CONFIG_KEY, check_config, display_name
@@ -25,6 +24,7 @@ from sparsedm.data.images.imagenette import imagenette_splits
 from sparsedm.data.images.openmoji import openmoji_images
 from sparsedm.data.images.transforms import UnreadableImage, to_model_tensor
 from sparsedm.errors import UserError
+from sparsedm.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ def _decode(
         disable = None if progress is None else not progress
         for index, image in zip(
             indices,
-            tqdm(
+            progress_bar(
                 pool.map(load, indices),
                 total=len(indices),
                 desc=f"decode {name}",

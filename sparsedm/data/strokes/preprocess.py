@@ -29,9 +29,9 @@ import logging
 from collections import Counter
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from sparsedm.data.strokes.sketch import Sketch
+from sparsedm.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def preprocess_sketches(
     progress: a bar; None shows one on a terminal only."""
     counts: Counter = Counter()
     out = []
-    bar = tqdm(
+    bar = progress_bar(
         sketches,
         desc="preprocess strokes",
         unit="sketch",
