@@ -9,11 +9,12 @@ from typing import Callable
 
 import torch
 
-from sparsedm.sparse.tensor_state import TensorState
+from sparsedm.sparse.tensor_state import Read, TensorState, reads
 
 DropScore = Callable[[TensorState], torch.Tensor]
 
 
+@reads(Read.WEIGHT)
 def magnitude(state: TensorState) -> torch.Tensor:
     return state.weight.detach().abs()
 
