@@ -99,7 +99,7 @@ def train(method, plan=None, **sparse):
 
 
 def test_the_records_give_the_equivalence_tests_their_methods():
-    assert {"static", "rigl", "magran", "granet"} <= set(COMPACT_METHODS) and "snfs" not in COMPACT_METHODS
+    assert {"static", "rigl", "magran", "granet", "mest"} <= set(COMPACT_METHODS) and "snfs" not in COMPACT_METHODS
 
 
 @pytest.mark.parametrize("method", COMPACT_METHODS)
@@ -327,7 +327,7 @@ def test_sparsedm_train_with_kernels_equals_masked_training(tmp_path, tiny_cache
 
 @pytest.mark.parametrize("method", [m for m in COMPACT_METHODS if METHODS[m].dynamic])
 def test_sparsedm_train_of_every_dynamic_method_gives_the_same_masks_in_both_storages(tmp_path, tiny_cache, method):
-    """The method list comes from the records: a new one trains compact through `sparsedm train` untold."""
+    """The method list comes from the records: a new one (MEST) trains compact through `sparsedm train`."""
     assert run_cli(tmp_path / "masked", tiny_cache, f"sparse.method={method}") == 0
     assert run_cli(tmp_path / "compact", tiny_cache, f"sparse.method={method}", "sparse.kernels=compact") == 0
     summaries = [json.loads((tmp_path / mode / "summary.json").read_text()) for mode in ("masked", "compact")]

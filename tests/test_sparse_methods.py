@@ -97,6 +97,7 @@ def test_the_papers_methods_as_recorded():
     assert get_method("set") is METHODS["magran"]
     assert METHODS["rigl"].needs_dense_gradient and not METHODS["magran"].needs_dense_gradient
     assert METHODS["snfs"].dense_moments and not METHODS["rigl"].dense_moments
+    assert METHODS["mest"].reads == {Read.WEIGHT, Read.GRAD}
 
 
 def test_no_method_name_is_spelled_outside_the_records():

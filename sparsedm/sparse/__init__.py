@@ -1,5 +1,5 @@
 """The sparse engine: model-agnostic sparse-to-sparse training for PyTorch, by any method of methods.py
-(the paper's Static, RigL, MagRan/SET; SNFS, GraNet).
+(the paper's Static, RigL, MagRan/SET; SNFS, GraNet, MEST).
 
 Layout: the methods as records of parts (methods), which tensors (selection), how dense each is (density), the
 masks (masks), when and how much to change (schedule), the parts: initial mask (initial_mask), drop score

@@ -3,7 +3,7 @@
 A method is composed of parts, each a small function of one signature, in one file per kind:
 
     initial_mask.py      which weights are active at step 0                     (random)
-    drop.py              the drop score: the active weights of lowest score go  (magnitude)
+    drop.py              the drop score: the active weights of lowest score go  (magnitude, magnitude and gradient)
     grow.py              which inactive weights are grown                       (gradient, random, momentum)
     density_schedule.py  the sparsity S_t over steps                            (constant, cubic)
     density.py           how S_t is spread over tensors (sparse.distribution)   (ERK, uniform, custom)
@@ -23,7 +23,7 @@ from typing import Callable, Dict, FrozenSet, List, Optional, Tuple
 from sparsedm.errors import UserError
 from sparsedm.sparse import density_schedule, redistribution
 from sparsedm.sparse.density_schedule import SparsitySchedule
-from sparsedm.sparse.drop import DropScore, magnitude
+from sparsedm.sparse.drop import DropScore, magnitude, magnitude_and_gradient
 from sparsedm.sparse.grow import GrowRule, at_random, by_gradient, by_momentum
 from sparsedm.sparse.initial_mask import InitialMask, random
 from sparsedm.sparse.redistribution import Redistribution
@@ -145,6 +145,17 @@ METHODS: Dict[str, Method] = {
             grow=by_gradient,
             sparsity_schedule=density_schedule.cubic,
             colour="tab:orange",
+        ),
+        # MEST (Yuan et al. 2021): drop by |W| + λ|dL/dW| at the active weights, grow at random (its MEST-EM)
+        Method(
+            "mest",
+            "MEST-DM",
+            sparse=True,
+            dynamic=True,
+            train_flops=_sparse_flops,
+            drop=magnitude_and_gradient,
+            grow=at_random,
+            colour="tab:brown",
         ),
     )
 }
