@@ -233,6 +233,9 @@ def test_refusals_are_one_line():
         engine.load_state_dict(engine.state_dict())
     with pytest.raises(UserError, match="SparseEngine.compact on a compact model"):
         compact(model, engine, "compact", batches()[0][0])
+    for kernels, run_example in (("masked", lambda: None), ("measure", None)):
+        with pytest.raises(UserError, match=f"SparseEngine.compact got sparse.kernels={kernels}; give a compact plan"):
+            engine.compact(SparseConfig(kernels=kernels).kernel_plan, run_example)
 
 
 def test_measured_plans_are_cached_per_layer(tmp_path):

@@ -195,6 +195,11 @@ class SparseEngine:
         """Make the masked Linear/Conv layers keep only their active weights, each on `plan`'s forced layer
         plan or on one measured with `run_example` (one forward of the model on a training batch; decisions
         cached in `cache_dir`). After the masks are made or restored; returns {weight name: plan}."""
+        if not plan.compact or (plan.forced is None and run_example is None):
+            raise UserError(
+                f"SparseEngine.compact got sparse.kernels={plan.spelling}; give a compact plan (measure, compact or "
+                "FWD/DX/DW), and with measure a run_example to measure on"
+            )
         self.storage.refuse_new_masks("compact")
         CompactStorage.check_method(self.method_record, plan.spelling)
         plans = choose_compact_plans(self.model, run_example, self.masks, cache_dir=cache_dir, forced=plan.forced)
