@@ -13,8 +13,8 @@ layer sees in a training forward is timed, interleaved, best of `--repeats`, for
     dense     the module with the masked weight, then its weight gradient masked (what training does today)
     torch     sparse_training layer, plan torch/torch/sampled: CSR products (MKL) and sampled_addmm for dW
     scipy     plan scipy/scipy/sampled: scipy's CSR (forward) and CSC (input gradient) products
-    measured  the plan `measure_plan` picks (the fastest way of each product, or a sparseprop variant, or
-              dense where dense wins), as `sparse.kernels=measure` would
+    measured  the plan `measure_plan` picks (the fastest way of each product, or a sparseprop variant,
+              or `module`, the masked module kept, where it wins), the benchmark's own choice
     sparseprop  IST-DASLab's kernels through benchmarks/sparseprop_kernels.py (pattern from the mask,
               contiguous inputs), both loop orders, the faster shown, if installed; '-' where it does not
               apply (Conv1d, non-square kernels, dilation), 'wrong' where no variant agrees with dense
@@ -37,7 +37,7 @@ a cycle of `--long-interval` steps (default 100, the paper's ΔT) computed from 
 update step and ΔT - 1 other steps at their measured mean), and the bytes held by parameters, gradients and
 Adam's moments (the goal's quantity; compact layers' index tensors counted with the parameters), by the EMA,
 and by the engine's masks and exploration record (the same in both modes), compact / masked. The last
-column counts the layers measure mode made compact with a sparse plan, compact on their dense operation, and
+column counts the layers measure mode made compact with a sparse plan, compact on their module's own operation, and
 left masked (where the masked layer was faster).
 
 Models as in benchmarks/sparse_inference.py: cpu-ldm (configs/ldm_openmoji_cpu.yaml's UNet, 3 x 8 x 8,
