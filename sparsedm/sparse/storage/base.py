@@ -28,7 +28,6 @@ class DenseViews:
 
 class Storage:
     SUPPLIES: FrozenSet[Read] = frozenset()  # what this storage can give a method's parts
-    description = ""  # in messages: "compact storage (sparse.kernels=measure)"
 
     @classmethod
     def check_method(cls, method, spelling: str) -> None:
@@ -46,7 +45,8 @@ class Storage:
         raise NotImplementedError
 
     def request_dense_gradients(self, on: bool) -> None:
-        """From the next backward on, make dL/dW at every entry available (RigL's window), or stop."""
+        """From the next backward on, make dL/dW at every entry available (RigL's window), or stop; a storage
+        whose gradients are dense anyway (masked) has nothing to do."""
 
     def dense_gradients(self) -> Dict[str, Optional[torch.Tensor]]:
         """Fresh tensors of dL/dW at every entry, from the last backward; None where there was none."""
@@ -54,22 +54,22 @@ class Storage:
 
     def mask_gradients(self, masks: Mapping[str, torch.Tensor]) -> None:
         """After the backward: the gradients of inactive weights are zero (NaN-safe)."""
+        raise NotImplementedError
 
     def zero_masked_weights(self, masks: Mapping[str, torch.Tensor]) -> None:
         """Inactive weights are zero (a guard, and after an optimiser that saw dense gradients)."""
+        raise NotImplementedError
 
     def apply_masks(self, masks: Mapping[str, torch.Tensor], moments: bool) -> None:
         """Inactive weights, their EMA entries and (with `moments`) optimiser moments are zero (init, a load)."""
+        raise NotImplementedError
 
     def dense_views(self, masks: Mapping[str, torch.Tensor], reads: FrozenSet[Read]) -> AbstractContextManager:
         """A context giving DenseViews for an update; on exit the weights are stored at `masks` (read then)."""
         raise NotImplementedError
 
     def refuse_new_masks(self, what: str) -> None:
-        """Raise when this storage cannot take masks from elsewhere (a checkpoint, a file)."""
-
-    def compact(self, model, plans) -> "Storage":
-        raise UserError("the engine's model is compact already")
+        """Raise when this storage cannot take masks from elsewhere (a checkpoint, a file) or be compacted."""
 
     def densify(self) -> "Storage":
         """The masked storage of the same weights, the model's own layers back in place."""
