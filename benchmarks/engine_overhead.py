@@ -106,14 +106,17 @@ def main():
     print()
 
     update_only = {}
-    for method, run in runs.items():  # one mask update on its own, after an ordinary step, at t = ΔT (p_t ≈ p)
-        if run.engine.schedule is None:
+    for method, run in runs.items():  # one mask update on its own, at t = ΔT (p_t ≈ p): the update step's
+        if run.engine.schedule is None:  # after_optimizer_step, its backward and optimiser step untimed
             continue
-        run.step()
-        run.engine._dense_grads = {n: p.grad.clone() for n, p in run.engine.params.items()}
+        run.engine.step = args.interval - 1
+        run.optimizer.zero_grad(set_to_none=True)
+        run.model(run.x, run.t).sample.pow(2).mean().backward()
+        run.engine.after_backward()  # RigL: the dense gradient of the update step
+        run.optimizer.step()
         sync()
         t0 = time.perf_counter()
-        stats = run.engine._update_masks(args.interval)
+        stats = run.engine.after_optimizer_step()
         sync()
         update_only[method] = time.perf_counter() - t0
         assert stats["replaced"] > 0, "the timed update must replace weights"

@@ -36,7 +36,8 @@ from sparsedm.models.chirodiff import ChiroDiffConfig, ChiroDiffDenoiser  # noqa
 from sparsedm.models.unet import UNetConfig, build_unet  # noqa: E402
 from sparsedm.sparse import SparseConfig, SparseEngine  # noqa: E402
 from sparsedm.sparse.compress import dense_bytes, save_compressed  # noqa: E402
-from sparsedm.sparse.kernels import clock, use_sparse_kernels  # noqa: E402
+from sparsedm.sparse.kernels.measure import clock  # noqa: E402
+from sparsedm.sparse.kernels.sampling import use_sparse_kernels  # noqa: E402
 from sparsedm.sparse.masks import random_mask  # noqa: E402
 
 MODELS = ("cpu-ldm", "ldm4-small", "chirodiff")
@@ -100,7 +101,7 @@ def kernel_counts(choices) -> str:
     for c in choices:
         kind = c.kind + (f" {c.weight_shape[2]}x{c.weight_shape[3]}" if c.kind == "Conv2d" else "")
         total[kind] += 1
-        swapped[kind] += c.kernel != "dense"
+        swapped[kind] += c.kernel is not None
     return ", ".join(f"{k} {swapped[k]}/{total[k]}" for k in sorted(total)) or "no sparse layer"
 
 

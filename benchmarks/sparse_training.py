@@ -13,9 +13,9 @@ layer sees in a training forward is timed, interleaved, best of `--repeats`, for
     dense     the module with the masked weight, then its weight gradient masked (what training does today)
     torch     sparse_training layer, plan torch/torch/sampled: CSR products (MKL) and sampled_addmm for dW
     scipy     plan scipy/scipy/sampled: scipy's CSR (forward) and CSC (input gradient) products
-    measured  the plan `measure_plan` picks (the fastest way of each product, or a sparseprop variant, or
-              dense where dense wins), as `sparse.kernels=measure` would
-    sparseprop  IST-DASLab's kernels through sparsedm/sparse/sparseprop_kernels.py (pattern from the mask,
+    measured  the plan `measure_plan` picks (the fastest way of each product, or a sparseprop variant,
+              or `module`, the masked module kept, where it wins), the benchmark's own choice
+    sparseprop  IST-DASLab's kernels through benchmarks/sparseprop_kernels.py (pattern from the mask,
               contiguous inputs), both loop orders, the faster shown, if installed; '-' where it does not
               apply (Conv1d, non-square kernels, dilation), 'wrong' where no variant agrees with dense
               (checked on the layer's input before timing)
@@ -27,7 +27,7 @@ the measured plans over dense (n-weighted), and, unless --no-model, the whole mo
 (loss = mean square of the output) with `use_sparse_training_kernels` over the masked model, median of
 `--rounds` interleaved rounds, with the largest gradient difference relative to the largest gradient.
 
-`--cycle`: whole training steps instead, the engine's two modes side by side (sparse/compact.py): for each S
+`--cycle`: whole training steps instead, the engine's two storages side by side (sparsedm/sparse/storage/): for each S
 and distribution (ERK, uniform), two copies of the model, each with fused Adam, an EMA and RigL-DM's engine
 (ΔT = `--interval`, so one step in ΔT is an update step with the dense gradient), one masked
 (`sparse.kernels=masked`), one compact with measured plans (`sparse.kernels=measure`); `--cycles` ΔT cycles,
@@ -37,7 +37,7 @@ a cycle of `--long-interval` steps (default 100, the paper's ΔT) computed from 
 update step and ΔT - 1 other steps at their measured mean), and the bytes held by parameters, gradients and
 Adam's moments (the goal's quantity; compact layers' index tensors counted with the parameters), by the EMA,
 and by the engine's masks and exploration record (the same in both modes), compact / masked. The last
-column counts the layers measure mode made compact with a sparse plan, compact on their dense operation, and
+column counts the layers measure mode made compact with a sparse plan, compact on their module's own operation, and
 left masked (where the masked layer was faster).
 
 Models as in benchmarks/sparse_inference.py: cpu-ldm (configs/ldm_openmoji_cpu.yaml's UNet, 3 x 8 x 8,
@@ -55,22 +55,26 @@ from collections import Counter
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import sparseprop_kernels  # noqa: E402
 import torch  # noqa: E402
 from sparse_inference import MODELS, Workload  # noqa: E402  (benchmarks/ is the script's folder)
 from torch import nn  # noqa: E402
-
-from sparsedm.sparse import EMA, SparseConfig, SparseEngine, sparseprop_kernels  # noqa: E402
-from sparsedm.sparse.compact import DENSE, choose_compact_plans, compactable, held_bytes, make_compact  # noqa: E402
-from sparsedm.sparse.kernels import best_of, capture_inputs, clock  # noqa: E402
-from sparsedm.sparse.masks import random_mask  # noqa: E402
-from sparsedm.sparse.train_kernel_choice import (  # noqa: E402
+from training_kernels import (  # noqa: E402
+    MODULE,
     candidate_training_layers,
-    fwd_bwd_call,
+    held_bytes,
     make_layer,
     measure_plan,
+    sparse_train_module,
     use_sparse_training_kernels,
 )
-from sparsedm.sparse.train_kernels import PARTS, sparse_train_module  # noqa: E402
+
+from sparsedm.sparse import EMA, SparseConfig, SparseEngine  # noqa: E402
+from sparsedm.sparse.kernel_plan import WAYS  # noqa: E402
+from sparsedm.sparse.kernels.compact_choice import compactable, fwd_bwd_call  # noqa: E402
+from sparsedm.sparse.kernels.compact_layers import CompactConv, CompactLinear  # noqa: E402
+from sparsedm.sparse.kernels.measure import best_of, capture_inputs, clock  # noqa: E402
+from sparsedm.sparse.masks import random_mask  # noqa: E402
 
 SIDE_BY_SIDE = {"torch": ("torch", "torch", "sampled"), "scipy": ("scipy", "scipy", "sampled")}
 NO_SYNC = lambda: None  # noqa: E731
@@ -120,7 +124,7 @@ def layer_row(module, mask, x, repeats):
     calls = {"dense": fwd_bwd_call(module, x, dy, mask)}
     for label, side_plan in SIDE_BY_SIDE.items():
         calls[label] = fwd_bwd_call(sparse_train_module(module, mask, side_plan), x, dy, None)
-    if plan != "dense":
+    if plan != MODULE:
         calls["measured"] = fwd_bwd_call(make_layer(module, mask, plan), x, dy, None)
     wrong = []
     for variant in sparseprop_kernels.variants(module, x.shape[0]):
@@ -138,7 +142,7 @@ def layer_row(module, mask, x, repeats):
     row["sparseprop"] = f"{min(sp):.2f}" if sp else ("wrong" if wrong else "-")
     row["plan"] = plan
     row["parts"] = " ".join(
-        f"{part} {min(t[1:]) / t[0]:.2f}({PARTS[part][1 + t[1:].index(min(t[1:]))]})" for part, t in parts.items()
+        f"{part} {min(t[1:]) / t[0]:.2f}({WAYS[part][1 + t[1:].index(min(t[1:]))]})" for part, t in parts.items()
     )
     row["dense_s"] = dense
     return row
@@ -153,7 +157,7 @@ def model_ratio(work, masks, rounds, cache_dir):
                 p.mul_(masks[name])
     sparse = copy.deepcopy(masked)
     choices = use_sparse_training_kernels(sparse, lambda: work.call(sparse, 500), masks, cache_dir=cache_dir, repeats=3)
-    swapped = {f"{c.name}.weight" for c in choices if c.plan != "dense"}
+    swapped = {f"{c.name}.weight" for c in choices if c.plan != MODULE}
 
     def step(model, mask_these):
         def run():
@@ -188,7 +192,7 @@ def model_ratio(work, masks, rounds, cache_dir):
 
 
 def training_setup(work: Workload, sparsity: float, distribution: str, interval: int, kernels: str, cache_dir):
-    """(model, optimizer, ema, engine, storage or None) of one mode, the same weights and masks for both."""
+    """(model, optimizer, ema, engine) of one mode, the same weights and masks for both."""
     model = copy.deepcopy(work.model).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
     ema = EMA(model, decay=0.999)
@@ -196,23 +200,14 @@ def training_setup(work: Workload, sparsity: float, distribution: str, interval:
         method="rigl", sparsity=sparsity, distribution=distribution, update_interval=interval, t_end=10**9
     )
     engine = SparseEngine(model, optimizer, config, total_steps=10**9, ema=ema)
-    storage = None
-    if kernels != "masked":
-        force = SparseConfig(kernels=kernels).kernel_plan()
-        plans = choose_compact_plans(
-            model,
-            lambda: work.call(model, 500),
-            engine.masks,
-            cache_dir=cache_dir,
-            force=None if force == "measure" else force,
-            repeats=3,
-        )
-        storage = make_compact(engine, plans)
-    return model, optimizer, ema, engine, storage
+    plan = SparseConfig(kernels=kernels).kernel_plan
+    if plan.compact:
+        engine.compact(plan, lambda: work.call(model, 500), cache_dir=cache_dir)
+    return model, optimizer, ema, engine
 
 
 def training_step(work: Workload, setup) -> None:
-    model, optimizer, ema, engine, _ = setup
+    model, optimizer, ema, engine = setup
     optimizer.zero_grad(set_to_none=True)
     work.call(model, 500).square().mean().backward()
     engine.after_backward()
@@ -223,8 +218,9 @@ def training_step(work: Workload, setup) -> None:
 
 def held(setup) -> dict:
     """Bytes held, by part: parameters (with compact layers' patterns), gradients, optimiser state, EMA, engine."""
-    model, optimizer, ema, engine, storage = setup
-    patterns = [t for layer in (storage.layers.values() if storage else ()) for t in layer.pattern.tensors()]
+    model, optimizer, ema, engine = setup
+    compact = [m for m in model.modules() if isinstance(m, (CompactLinear, CompactConv))]
+    patterns = [t for layer in compact for t in layer.pattern.tensors()]
     return {
         "params": held_bytes(list(model.parameters()) + patterns),
         "grads": held_bytes(p.grad for p in model.parameters()),
@@ -239,8 +235,8 @@ def cycle_row(work: Workload, sparsity: float, distribution: str, interval: int,
     setups = {
         mode: training_setup(work, sparsity, distribution, interval, mode, cache_dir) for mode in ("masked", "measure")
     }
-    layers = setups["measure"][4].layers
-    sparse_plans = sum(layer.plan != DENSE for layer in layers.values())
+    layers = [m for m in setups["measure"][0].modules() if isinstance(m, (CompactLinear, CompactConv))]
+    sparse_plans = sum(not layer.plan.module_op for layer in layers)
     candidates = len(compactable(setups["masked"][0], setups["masked"][3].masks))
     now = clock()
     sync = torch.cuda.synchronize if work.x.device.type == "cuda" else NO_SYNC

@@ -94,13 +94,13 @@ def test_sparse_training_benchmark_prints_every_layer_and_the_models_gradients_a
     result = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = re.findall(
-        r"^(Linear|Conv2d \S+) .+\]\s+(\d+)\s+([\d.]+)\s+([\d.]+)%\s+([\d.]+)\s+([\d.]+)\s+(\S+)\s+([\d.]+)\s+(dense|\w+:\S+)"
+        r"^(Linear|Conv2d \S+) .+\]\s+(\d+)\s+([\d.]+)\s+([\d.]+)%\s+([\d.]+)\s+([\d.]+)\s+(\S+)\s+([\d.]+)\s+(module|\w+:\S+)"
         r"\s+fwd [\d.]+\(\w+\) dx [\d.]+\(\w+\) dw [\d.]+\(\w+\)$",
         result.stdout,
         re.M,
     )
     assert {r[2] for r in rows} == {"0.50", "0.95"} and any(r[0] == "Linear" for r in rows)
-    assert all(float(r[7]) == 1.0 for r in rows if r[8] == "dense")  # a layer left dense costs what dense does
+    assert all(float(r[7]) == 1.0 for r in rows if r[8] == "module")  # a layer kept costs what the masked one does
     summaries = re.findall(
         r"^(cpu-ldm|ldm4-small|chirodiff) S = ([\d.]+): masked layers, measured plans / dense ([\d.]+); whole model "
         r"fwd\+bwd, measured / masked ([\d.]+) \((\d+)/(\d+) layers sparse, gradient difference (\S+) of the largest\)$",

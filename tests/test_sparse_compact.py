@@ -1,8 +1,11 @@
-"""Compact storage (sparse/compact.py): layers that keep only their active weights train as masked layers do,
-to fp32 rounding, with every plan forced; parameters, gradients, Adam moments and EMA hold only the non-zeros
+"""Compact storage (sparse/storage/compact.py): layers that keep only their active weights train as masked layers
+do, to fp32 rounding, with every plan forced; parameters, gradients, Adam moments and EMA hold only the non-zeros
 (bytes counted); files keep the masked format, so runs resume across modes."""
 
 import json
+import re
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,12 +16,20 @@ from sparsedm.cli import main
 from sparsedm.errors import UserError
 from sparsedm.runs.checkpoint import list_checkpoints, load_checkpoint
 from sparsedm.sparse import EMA, SparseConfig, SparseEngine
-from sparsedm.sparse.compact import CompactConv, CompactLinear, choose_compact_plans, held_bytes, make_compact
+from sparsedm.sparse.kernel_plan import MODULE_OP, WAYS
+from sparsedm.sparse.kernels import compact_choice
+from sparsedm.sparse.kernels.compact_choice import choose_compact_plans
+from sparsedm.sparse.kernels.compact_layers import CompactConv, CompactLinear
+from sparsedm.sparse.methods import METHODS
+from sparsedm.sparse.storage.compact import CompactStorage
 
-PLANS = ["compact", "torch/torch/sampled", "scipy/scipy/dense", "dense/torch/sampled", "torch/dense/sampled"]
-PLAN_TUPLES = [
-    (f, x, w) for f in ("dense", "torch", "scipy") for x in ("dense", "torch", "scipy") for w in ("dense", "sampled")
-]
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+from training_kernels import held_bytes  # noqa: E402
+
+PLANS = ["compact", "torch/torch/sampled", "scipy/scipy/matmul", "matmul/torch/sampled", "torch/matmul/sampled"]
+PLAN_NAMES = {"/".join((f, x, w)) for f in WAYS["fwd"] for x in WAYS["dx"] for w in WAYS["dw"]}
+# every sparse record whose parts compact storage can supply: a new record is covered without editing the tests
+COMPACT_METHODS = [m.name for m in METHODS.values() if m.sparse and not m.reads - CompactStorage.SUPPLIES]
 
 
 class Net(nn.Module):
@@ -68,8 +79,8 @@ def step(model, optimizer, ema, engine, x, y):
 
 
 def compact(model, engine, plan, x):
-    force = SparseConfig(kernels=plan).kernel_plan()
-    return make_compact(engine, choose_compact_plans(model, lambda: model(x), engine.masks, force=force))
+    engine.compact(SparseConfig(kernels=plan).kernel_plan, lambda: model(x))
+    return engine.storage
 
 
 def train(method, plan=None, **sparse):
@@ -82,12 +93,16 @@ def train(method, plan=None, **sparse):
         losses.append(loss)
         updates += update is not None and update.get("replaced", 0) > 0
     files = (model.state_dict(), optimizer.state_dict(), ema.state_dict())
-    if storage is not None:
-        storage.to_dense()
+    assert storage is None or len(storage.layers) == 5  # every Linear/Conv compact, the GRU masked
+    engine.densify()
     return losses, files, engine, updates
 
 
-@pytest.mark.parametrize("method", ["static", "rigl", "magran", "granet"])
+def test_the_records_give_the_equivalence_tests_their_methods():
+    assert {"static", "rigl", "magran", "granet", "mest"} <= set(COMPACT_METHODS) and "snfs" not in COMPACT_METHODS
+
+
+@pytest.mark.parametrize("method", COMPACT_METHODS)
 @pytest.mark.parametrize("plan", PLANS)
 def test_compact_training_equals_masked_training(method, plan):
     ref_losses, (ref_model, ref_opt, ref_ema), ref_engine, updates = train(method)
@@ -167,7 +182,8 @@ def test_a_run_resumes_across_modes_from_the_same_file(tmp_path):
     def run(first_plan, second_plan, split):
         model, optimizer, ema, engine = build("rigl")
         data = batches()
-        storage = compact(model, engine, first_plan, data[0][0]) if first_plan else None
+        if first_plan:
+            compact(model, engine, first_plan, data[0][0])
         for x, y in data[:split]:
             step(model, optimizer, ema, engine, x, y)
         files = {
@@ -177,15 +193,15 @@ def test_a_run_resumes_across_modes_from_the_same_file(tmp_path):
             "engine": engine.state_dict(),
         }
         torch.save(files, tmp_path / "state.pt")
-        if storage is not None:
-            storage.to_dense()
+        engine.densify()
         model, optimizer, ema, engine = build("rigl")
         state = torch.load(tmp_path / "state.pt", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         ema.load_state_dict(state["ema"])
         engine.load_state_dict(state["engine"])
-        storage = compact(model, engine, second_plan, data[0][0]) if second_plan else None
+        if second_plan:
+            compact(model, engine, second_plan, data[0][0])
         for x, y in data[split:]:
             step(model, optimizer, ema, engine, x, y)
         return {k: v.clone() for k, v in model.state_dict().items()}, engine.masks_fingerprint()
@@ -203,27 +219,36 @@ def test_refusals_are_one_line():
         SparseConfig(kernels="fast")
     with pytest.raises(UserError, match="sparse.kernels='torch/torch/torch' is unknown"):
         SparseConfig(kernels="torch/torch/torch")
+    snfs = "sparse.method=snfs reads moments of inactive weights, which sparse.kernels=compact does not hold"
+    with pytest.raises(UserError, match=snfs):  # at start-up, before any layer is touched
+        build("snfs", kernels="compact")
     model, optimizer, ema, engine = build("snfs")
-    with pytest.raises(UserError, match="keeps the moments of inactive weights"):
-        make_compact(engine, {})
+    with pytest.raises(UserError, match=snfs):
+        compact(model, engine, "compact", batches()[0][0])
     model, optimizer, ema, engine = build("rigl")
     with pytest.raises(UserError, match="no compact layer computes gru.weight_hh_l0"):
-        make_compact(engine, {"gru.weight_hh_l0": "dense"})
+        CompactStorage(engine.storage, model, {"gru.weight_hh_l0": MODULE_OP}, engine.masks)
     compact(model, engine, "compact", batches()[0][0])
-    with pytest.raises(UserError, match="load the state first"):
+    with pytest.raises(UserError, match="call it before SparseEngine.compact"):
         engine.load_state_dict(engine.state_dict())
+    with pytest.raises(UserError, match="SparseEngine.compact on a compact model"):
+        compact(model, engine, "compact", batches()[0][0])
+    for kernels, run_example in (("masked", lambda: None), ("measure", None)):
+        with pytest.raises(UserError, match=f"SparseEngine.compact got sparse.kernels={kernels}; give a compact plan"):
+            engine.compact(SparseConfig(kernels=kernels).kernel_plan, run_example)
 
 
 def test_measured_plans_are_cached_per_layer(tmp_path):
+    """Measured with a margin no masked layer can beat, so every layer is compact: the cache holds five plans
+    and a second choice reads them back."""
     model, optimizer, ema, engine = build("rigl")
     x = batches()[0][0]
-    plans = choose_compact_plans(model, lambda: model(x), engine.masks, cache_dir=tmp_path, repeats=1)
-    compactable = {"conv.weight", "down.weight", "seq.weight", "lin.weight", "out.weight"}
-    assert set(plans) <= compactable  # a layer where the masked module is faster stays masked
-    cached = json.loads((tmp_path / "sparse_training_kernels.json").read_text())
+    plans = choose_compact_plans(model, lambda: model(x), engine.masks, cache_dir=tmp_path, repeats=1, margin=1e9)
+    assert set(plans) == {"conv.weight", "down.weight", "seq.weight", "lin.weight", "out.weight"}
+    cached = json.loads((tmp_path / compact_choice.CACHE_FILE).read_text())
     (entries,) = cached.values()
-    assert len(entries) == 5 and all(key.startswith("compact train ") for key in entries)
-    assert {plan for plan, _ in entries.values()} <= {"masked", "dense", *(p for p in map("/".join, PLAN_TUPLES))}
+    assert len(entries) == 5 and {plan for plan, _ in entries.values()} <= {"module-op", *PLAN_NAMES}
+    assert sorted(plan for plan, _ in entries.values()) == sorted(p.name for p in plans.values())
     assert choose_compact_plans(model, lambda: model(x), engine.masks, cache_dir=tmp_path) == plans  # from the file
 
 
@@ -237,7 +262,7 @@ def test_the_masked_layer_is_kept_only_where_it_beats_compact_by_the_margin(marg
 
 
 @pytest.mark.parametrize("method", ["static", "rigl", "magran"])
-@pytest.mark.parametrize("plan", ["compact", "torch/torch/sampled", "scipy/scipy/dense"])
+@pytest.mark.parametrize("plan", ["compact", "torch/torch/sampled", "scipy/scipy/matmul"])
 def test_a_tiny_unet_trains_compact_with_attention_and_resampling(method, plan):
     results = []
     for plan in (None, plan):
@@ -248,14 +273,9 @@ def test_a_tiny_unet_trains_compact_with_attention_and_resampling(method, plan):
         engine = SparseEngine(model, optimizer, SparseConfig(method=method, sparsity=0.8, update_interval=2), 6, ema)
         g = torch.Generator().manual_seed(0)
         x, t = torch.randn(2, 3, 8, 8, generator=g), torch.tensor([3, 700])
-        storage = None
         if plan:
-            storage = make_compact(
-                engine,
-                choose_compact_plans(
-                    model, lambda: model(x, t), engine.masks, force=SparseConfig(kernels=plan).kernel_plan()
-                ),
-            )
+            engine.compact(SparseConfig(kernels=plan).kernel_plan, lambda: model(x, t))
+        storage = engine.storage
         for _ in range(6):
             optimizer.zero_grad(set_to_none=True)
             model(x, t).sample.square().mean().backward()
@@ -270,6 +290,7 @@ def test_a_tiny_unet_trains_compact_with_attention_and_resampling(method, plan):
         torch.testing.assert_close(results[1][0][name], tensor, rtol=1e-4, atol=1e-5, msg=name)
 
 
+real_cache = compact_choice.DecisionCache
 TINY = [*tiny_chirodiff(), "model.num_layers=1", "train.log_every=4", "train.val_batches=1", "train.steps=12"]
 TINY += ["sparse.update_interval=4", "sparse.prune_rate=0.3", "sparse.t_end=1.0", "train.checkpoint_every=100"]
 
@@ -280,12 +301,21 @@ def run_cli(out, cache, *overrides, flags=()):
 
 
 @pytest.mark.parametrize(
-    "kernels", ["measure", "compact", "torch/torch/sampled", "scipy/scipy/dense", "dense/torch/sampled"]
+    "kernels", ["measure", "compact", "torch/torch/sampled", "scipy/scipy/matmul", "matmul/torch/sampled"]
 )
-def test_sparsedm_train_with_kernels_equals_masked_training(tmp_path, tiny_cache, kernels):
-    """The ChiroDiff denoiser (its Linear layers compact, its GRU masked) through `sparsedm train`."""
+def test_sparsedm_train_with_kernels_equals_masked_training(tmp_path, tiny_cache, kernels, monkeypatch, caplog):
+    """The ChiroDiff denoiser (its Linear layers compact, its GRU masked) through `sparsedm train`. `measure`
+    measures afresh (no cache) with a margin no masked layer can beat, so that its layers do become compact."""
+    real = compact_choice.measure_compact_plan
+    monkeypatch.setattr(compact_choice, "DecisionCache", lambda cache_dir, file: real_cache(None, file))
+    monkeypatch.setattr(
+        compact_choice, "measure_compact_plan", lambda m, mask, x, repeats, sync, margin: real(m, mask, x, 1, sync, 1e9)
+    )
     assert run_cli(tmp_path / "masked", tiny_cache, "sparse.method=rigl") == 0
+    caplog.set_level("INFO", logger="sparsedm")
     assert run_cli(tmp_path / "compact", tiny_cache, "sparse.method=rigl", f"sparse.kernels={kernels}") == 0
+    compacted = re.findall(rf"sparse.kernels={re.escape(kernels)}: (\d+) compact layers", caplog.text)
+    assert compacted and int(compacted[0]) >= 2, caplog.text[-500:]  # proj_in and proj_out at least
     a = load_checkpoint(list_checkpoints(tmp_path / "masked" / "checkpoints")[-1])
     b = load_checkpoint(list_checkpoints(tmp_path / "compact" / "checkpoints")[-1])
     for name, mask in a["engine"]["masks"].items():
@@ -296,6 +326,24 @@ def test_sparsedm_train_with_kernels_equals_masked_training(tmp_path, tiny_cache
     masked = json.loads((tmp_path / "masked" / "summary.json").read_text())
     for key in ("params_nonzero", "params_total", "flops_forward_sparse", "flops_train_step", "masks_sha256"):
         assert summary[key] == masked[key], key
+
+
+@pytest.mark.parametrize("method", [m for m in COMPACT_METHODS if METHODS[m].dynamic])
+def test_sparsedm_train_of_every_dynamic_method_gives_the_same_masks_in_both_storages(tmp_path, tiny_cache, method):
+    """The method list comes from the records: a new one (MEST) trains compact through `sparsedm train`."""
+    assert run_cli(tmp_path / "masked", tiny_cache, f"sparse.method={method}") == 0
+    assert run_cli(tmp_path / "compact", tiny_cache, f"sparse.method={method}", "sparse.kernels=compact") == 0
+    summaries = [json.loads((tmp_path / mode / "summary.json").read_text()) for mode in ("masked", "compact")]
+    assert summaries[0]["masks_sha256"] == summaries[1]["masks_sha256"]
+    losses = [
+        [
+            r["loss"]
+            for r in map(json.loads, (tmp_path / mode / "metrics.jsonl").read_text().splitlines())
+            if "loss" in r
+        ]
+        for mode in ("masked", "compact")
+    ]
+    assert losses[0] and torch.allclose(torch.tensor(losses[1]), torch.tensor(losses[0]), rtol=1e-5, atol=1e-6)
 
 
 def test_sparsedm_train_resumes_a_masked_run_with_compact_kernels(tmp_path, tiny_cache):

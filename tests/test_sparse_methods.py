@@ -10,6 +10,7 @@ from sparsedm.experiments.aggregate import aggregate, markdown_table
 from sparsedm.experiments.grid import SweepGrid
 from sparsedm.sparse import SparseConfig, SparseEngine, train_flops_per_step
 from sparsedm.sparse.methods import METHODS, Method, get_method
+from sparsedm.sparse.tensor_state import Read, reads
 
 
 @pytest.fixture
@@ -17,8 +18,9 @@ def toy(monkeypatch):
     """A made-up dynamic method with its own alias, grow rule and FLOPs formula; records its grow calls."""
     calls = []
 
+    @reads(Read.DENSE_GRAD)
     def grow(candidates, k, state):
-        calls.append(state.dense_grad is not None)
+        calls.append(state.dense_grad is not None and state.grad is None)  # what its method reads, only that
         return (~candidates.flatten()).nonzero().squeeze(1)[:k]
 
     method = Method(
@@ -28,7 +30,6 @@ def toy(monkeypatch):
         dynamic=True,
         train_flops=lambda f_sparse, f_dense, interval: 7.0 * f_sparse + interval,
         grow=grow,
-        needs_dense_gradient=True,
         aliases=("toy-alias",),
     )
     monkeypatch.setitem(METHODS, "toy", method)
@@ -95,6 +96,8 @@ def test_the_papers_methods_as_recorded():
     ]
     assert get_method("set") is METHODS["magran"]
     assert METHODS["rigl"].needs_dense_gradient and not METHODS["magran"].needs_dense_gradient
+    assert METHODS["snfs"].dense_moments and not METHODS["rigl"].dense_moments
+    assert METHODS["mest"].reads == {Read.WEIGHT, Read.GRAD}
 
 
 def test_no_method_name_is_spelled_outside_the_records():
@@ -105,17 +108,13 @@ def test_no_method_name_is_spelled_outside_the_records():
 
     package = Path(__file__).parents[1] / "sparsedm"
     spellings = {s for m in METHODS.values() for s in (m.name, m.display_name, *m.aliases)}
-    # the dense kernel of a layer, not the Dense method
-    allowed = {
-        (f"sparse/{kernels}.py", "dense") for kernels in ("kernels", "train_kernels", "train_kernel_choice", "compact")
-    }
     found = []
     for path in sorted(package.rglob("*.py")):
         where = path.relative_to(package).as_posix()
         if where == "sparse/methods.py":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Constant) and node.value in spellings and (where, node.value) not in allowed:
+            if isinstance(node, ast.Constant) and node.value in spellings:
                 found.append(f"{where}:{node.lineno} {node.value!r}")
     assert not found
 

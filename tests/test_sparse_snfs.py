@@ -66,13 +66,13 @@ def test_snfs_drops_by_magnitude_grows_by_momentum_and_moves_density_by_hand():
 def test_momentum_redistribution_fills_a_full_tensor_and_gives_the_rest_to_the_others():
     def state(momentum, mask):
         m = torch.tensor(momentum)
-        return TensorState("x", torch.zeros_like(m), torch.tensor(mask, dtype=torch.bool), None, m, None)
+        return TensorState("x", torch.tensor(mask, dtype=torch.bool), torch.Generator(), momentum=m)
 
     states = {"a": state([3.0, 3.0, 0.0], [1, 1, 0]), "b": state([1.0, 1.0, 0.0], [1, 1, 0])}
     # 4 to regrow, 3 : 1 by momentum, but a has room for 1 only: b takes the other 3
     assert by_momentum({"a": 2, "b": 2}, states, {"a": 1, "b": 5}) == {"a": 1, "b": 3}
     assert by_momentum({"a": 2, "b": 2}, states, {"a": 5, "b": 5}) == {"a": 3, "b": 1}
-    no_momentum = {n: TensorState("x", s.weight, s.mask, None, None, None) for n, s in states.items()}
+    no_momentum = {n: TensorState("x", s.mask, s.generator) for n, s in states.items()}
     assert by_momentum({"a": 2, "b": 1}, no_momentum, {"a": 5, "b": 5}) == {"a": 2, "b": 1}
     assert apportion(5, {"a": 1.0, "b": 1.0, "c": 1.0}) == {"a": 2, "b": 2, "c": 1}  # largest remainder, in order
 

@@ -1,24 +1,30 @@
-"""Sparse training kernels give the dense masked path's outputs and gradients, and are chosen by measurement."""
+"""The ways of computing a sparse layer's products (sparse/kernels/products.py) give the dense masked path's
+outputs and gradients, here through benchmarks/training_kernels.py's masked layers, which are also chosen by
+measurement (through sparsedm's measure-choose-cache mechanism)."""
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from sparsedm.errors import UserError
-from sparsedm.sparse.train_kernel_choice import (
+from sparsedm.sparse.kernel_plan import WAYS
+from sparsedm.sparse.kernels.products import MaskPattern
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+import sparseprop_kernels  # noqa: E402
+from training_kernels import (  # noqa: E402
     CACHE_FILE,
+    MODULE,
+    MaskedSparseConv,
+    MaskedSparseLinear,
     parse_plan,
     refresh_patterns,
-    use_sparse_training_kernels,
-)
-from sparsedm.sparse.train_kernels import (
-    PARTS,
-    MaskPattern,
-    SparseTrainConv,
-    SparseTrainLinear,
     sparse_train_module,
+    use_sparse_training_kernels,
 )
 
 # fp32 sums in another order: relative error ~1e-6 on these sizes; atol for entries that cancel to ~0
@@ -26,8 +32,8 @@ TOL = dict(rtol=1e-5, atol=1e-5)
 PLANS = [
     ("torch", "torch", "sampled"),
     ("scipy", "scipy", "sampled"),
-    ("dense", "torch", "dense"),
-    ("torch", "scipy", "dense"),
+    ("matmul", "torch", "matmul"),
+    ("torch", "scipy", "matmul"),
 ]
 
 
@@ -118,7 +124,7 @@ def test_float64_and_active_weights_that_are_zero():
     x = torch.randn(3, 12, generator=g, dtype=torch.float64)
     for plan in PLANS:
         check_equal(linear, mask, x, plan)
-    layer = SparseTrainLinear(linear, mask, PLANS[0])
+    layer = MaskedSparseLinear(linear, mask, PLANS[0])
     layer(x).sum().backward()
     assert (linear.weight.grad[mask] != 0).sum() > (linear.weight[mask] != 0).sum()  # zero weights get gradients
 
@@ -143,7 +149,7 @@ def test_refresh_follows_a_new_mask():
     g = torch.Generator().manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Conv1d(8, 4, 3))
     lin_mask = masked_(model[0], 0.5, g)
-    model[0] = SparseTrainLinear(model[0], lin_mask, PLANS[0])
+    model[0] = MaskedSparseLinear(model[0], lin_mask, PLANS[0])
     new_mask = torch.rand(8, 8, generator=g) >= 0.5
     with torch.no_grad():
         model[0].weight.mul_(new_mask)
@@ -153,10 +159,10 @@ def test_refresh_follows_a_new_mask():
 
 
 def test_unknown_plan_says_what_to_write():
-    with pytest.raises(UserError, match="KIND:FWD/DX/DW"):
-        parse_plan("linear:dense/mkl/sampled")
+    with pytest.raises(UserError, match="FWD/DX/DW"):
+        parse_plan("linear:matmul/mkl/sampled")
     assert parse_plan("unfold:scipy/torch/sampled") == ("scipy", "torch", "sampled")
-    assert set(PARTS) == {"fwd", "dx", "dw"}
+    assert set(WAYS) == {"fwd", "dx", "dw"}
 
 
 def tiny_net():
@@ -174,8 +180,8 @@ def test_choice_by_measurement_swaps_exactly_the_faster_layers_and_caches_them(t
     assert [c.name for c in choices] == ["0", "3"]
     for c in choices:
         swapped = type(model.get_submodule(c.name)) not in (nn.Conv2d, nn.Linear)  # ours or sparseprop's
-        assert swapped == (c.plan != "dense") and c.speedup is not None and c.speedup > 0
-        assert c.plan == "dense" or c.speedup >= 1.05
+        assert swapped == (c.plan != MODULE) and c.speedup is not None and c.speedup > 0
+        assert c.plan == MODULE or c.speedup >= 1.05
         assert c.density == pytest.approx(float(masks[f"{c.name}.weight"].float().mean()))
     cached = json.loads((tmp_path / CACHE_FILE).read_text())
     (entries,) = cached.values()
@@ -205,11 +211,10 @@ def test_forced_plan_swaps_every_masked_layer():
     x = torch.randn(1, 4, 6, 6, generator=g)
     choices = use_sparse_training_kernels(model, lambda: model(x), masks, force="scipy/torch/sampled")
     assert [c.plan for c in choices] == ["unfold:scipy/torch/sampled", "linear:scipy/torch/sampled"]
-    assert isinstance(model[0], SparseTrainConv) and isinstance(model[3], SparseTrainLinear)
+    assert isinstance(model[0], MaskedSparseConv) and isinstance(model[3], MaskedSparseLinear)
     assert all(c.speedup is None for c in choices)
 
 
-sparseprop_kernels = pytest.importorskip("sparsedm.sparse.sparseprop_kernels")
 needs_sparseprop = pytest.mark.skipif(not sparseprop_kernels.AVAILABLE, reason="sparseprop is not installed")
 
 

@@ -13,7 +13,7 @@ from sparsedm.runs.checkpoint import latest_checkpoint, load_checkpoint
 from sparsedm.runs.distributed import DistInfo, resolve_device
 from sparsedm.runs.files import writing
 from sparsedm.runs.run_dir import RunDir
-from sparsedm.sparse.kernels import SparseKernelsOnFirstCall
+from sparsedm.sparse.kernels.sampling import SparseKernelsOnFirstCall
 from sparsedm.tasks import build_task
 from sparsedm.train.config import SampleConfig
 

@@ -10,7 +10,7 @@ from sparsedm.sparse.sparsity_check import check_when_saved
 
 def refuse_compact_kernels(config: SparseConfig, where: str) -> None:
     """Compact layers need sparsedm's trainer (it swaps the layers and the optimiser's tensors before its loop)."""
-    if config.kernel_plan() is not None:
+    if config.kernel_plan.compact:
         raise UserError(
             f"sparse.kernels={config.kernels!r}: compact kernels are supported by `sparsedm train` only; {where} "
             "trains masked layers, so leave sparse.kernels at its default, masked"

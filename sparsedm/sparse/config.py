@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import Dict, List, Optional
 
 from sparsedm.errors import UserError, choice
+from sparsedm.sparse.kernel_plan import KernelPlan
 from sparsedm.sparse.methods import DEFAULT_METHOD, Method, get_method
 
 
@@ -41,9 +42,9 @@ class SparseConfig:
     exclude: List[str] = field(default_factory=list)  # regexes on parameter names to keep dense
     exclude_time_embedding: bool = True  # keep timestep-embedding layers dense (the paper's rule)
     seed: int = 0  # seeds the initial masks and random growth; identical on every rank
-    # how sparse layers train (compact.py): masked (dense tensors with masks) | measure (only active weights
-    # kept; each Linear/Conv on the faster of sparse products and its dense op, measured) | compact (only active
-    # weights kept, dense ops) | FWD/DX/DW (compact, one plan forced on every layer, e.g. torch/torch/sampled)
+    # how sparse layers train (kernel_plan.py): masked (dense tensors with masks) | measure (only active weights
+    # kept; each Linear/Conv on the faster of sparse products and its module's op, measured) | compact (only
+    # active weights kept, module ops) | FWD/DX/DW (compact, one plan forced on every layer, e.g. torch/torch/sampled)
     kernels: str = "masked"
 
     def __post_init__(self):
@@ -83,31 +84,16 @@ class SparseConfig:
                 f"sparse.grad_accumulation={self.grad_accumulation} exceeds sparse.update_interval={self.update_interval}; "
                 "accumulate over at most ΔT batches"
             )
-        self.kernel_plan()
+        self._kernel_plan = KernelPlan.parse(self.kernels)
         for pattern, density in self.custom_densities.items():
             if not 0.0 < density <= 1.0:
                 raise UserError(f"sparse.custom_densities[{pattern!r}]={density} must be in (0, 1]")
         return self
 
-    def kernel_plan(self) -> Optional[str]:
-        """None for masked training, "measure", or the plan forced on every compact layer ("dense" or
-        FWD/DX/DW)."""
-        from sparsedm.sparse.compact import DENSE
-        from sparsedm.sparse.train_kernels import PARTS
-
-        if self.kernels == "masked":
-            return None
-        if self.kernels in ("measure",):
-            return self.kernels
-        if self.kernels == "compact":
-            return DENSE  # every layer on its own dense operation
-        parts = self.kernels.split("/")
-        if len(parts) != 3 or any(p not in PARTS[k] for p, k in zip(parts, PARTS)):
-            raise UserError(
-                f"sparse.kernels={self.kernels!r} is unknown; use masked, measure, compact or a plan FWD/DX/DW "
-                f"with FWD, DX in {PARTS['fwd']} and DW in {PARTS['dw']}"
-            )
-        return self.kernels
+    @property
+    def kernel_plan(self) -> KernelPlan:
+        """`kernels` as parsed by validate() (kernel_plan.py)."""
+        return self._kernel_plan
 
     def end_step(self, total_steps: Optional[int]) -> int:
         """t_end as a step: a fraction of `total_steps`, or the absolute step it names."""

@@ -14,16 +14,16 @@ schedule, redistribution) and applies every change in one place, `_apply_change`
 The engine knows nothing about diffusion. With mixed precision call `after_backward` after
 `scaler.unscale_(optimizer)`; an update whose gradients are not finite is skipped.
 
-Storage: by default every sparse tensor stays dense with a mask. compact.py's `make_compact` makes masked
-Linear/Conv layers keep only their active weights (`self.storage`); the engine then lends their dense copies
-to the same surgery at each update (`_dense_views`) and collects RigL's dense gradient from the layers.
+Storage: the engine holds a storage strategy (storage/) and delegates to it everything about how weights are
+held: masked (the default: dense tensors with masks) or, after `engine.compact(...)`, compact (Linear/Conv
+layers keep only their active weights). The engine keeps the topology; at an update it asks the storage for
+dense views of what the method's parts read (tensor_state.py) and runs the same surgery on them in either.
 """
 
 import logging
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -34,20 +34,17 @@ from sparsedm.sparse.density import allocate_densities, nonzero_counts
 from sparsedm.sparse.drop import drop_lowest
 from sparsedm.sparse.ema import EMA
 from sparsedm.sparse.exploration import ExploredPositions
-from sparsedm.sparse.grow import by_momentum
-from sparsedm.sparse.masks import all_finite, apply_masks_, mask_gradients_, masks_fingerprint
-from sparsedm.sparse.optim_state import (
-    check_holds,
-    check_supported,
-    mask_moments_,
-    momentum,
-    warn_if_slow_on_zeros,
-    zero_moments_,
-)
+from sparsedm.sparse.kernel_plan import KernelPlan, LayerPlan
+from sparsedm.sparse.kernels.compact_choice import choose_compact_plans
+from sparsedm.sparse.masks import all_finite, apply_masks_, masks_fingerprint
+from sparsedm.sparse.optim_state import check_holds, check_supported, momentum, warn_if_slow_on_zeros, zero_moments_
 from sparsedm.sparse.resume_rules import check_resume, saved_config
 from sparsedm.sparse.schedule import UpdateSchedule
 from sparsedm.sparse.selection import select_sparse_parameters
-from sparsedm.sparse.tensor_state import TensorState
+from sparsedm.sparse.storage.base import DenseViews, Storage
+from sparsedm.sparse.storage.compact import CompactStorage
+from sparsedm.sparse.storage.masked import MaskedStorage
+from sparsedm.sparse.tensor_state import Read, TensorState
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +75,6 @@ class SparseEngine:
         self.model, self.optimizer, self.ema = model, optimizer, ema
         self.step = 0  # optimiser steps taken; update steps are counted from 1
         self.generator = torch.Generator().manual_seed(config.seed)
-        self.params: Dict[str, nn.Parameter] = {}
         self.masks: Dict[str, torch.Tensor] = {}
         self.densities: Dict[str, float] = {}
         self.nonzeros: Dict[str, int] = {}
@@ -93,15 +89,18 @@ class SparseEngine:
         self._targets: Dict[str, int] = {}  # active weights per tensor at S_t
         self.target_sparsity = 0.0  # S_t, the sparsity the counts follow (density_schedule.py)
         self.counts_history: List[Tuple[int, Dict[str, int]]] = []  # (from step, active weights per tensor)
-        self.storage = None  # compact.py's CompactStorage when layers keep only their active weights
+        self.storage: Storage = MaskedStorage({}, optimizer, ema)  # how the sparse weights are held (storage/)
         if not self.method_record.sparse:
             return
 
+        if config.kernel_plan.compact:
+            CompactStorage.check_method(self.method_record, config.kernels)
         check_supported(optimizer)
         warn_if_slow_on_zeros(optimizer)
-        self.params = select_sparse_parameters(model, config.include, config.exclude, config.exclude_time_embedding)
-        check_holds(optimizer, self.params)
-        self.shapes = {n: tuple(p.shape) for n, p in self.params.items()}
+        params = select_sparse_parameters(model, config.include, config.exclude, config.exclude_time_embedding)
+        check_holds(optimizer, params)
+        self.storage = MaskedStorage(params, optimizer, ema)
+        self.shapes = {n: tuple(p.shape) for n, p in params.items()}
         if config.is_dynamic:
             self.schedule = UpdateSchedule(
                 config.update_interval, config.end_step(total_steps), config.prune_rate, config.prune_rate_decay
@@ -110,7 +109,7 @@ class SparseEngine:
         self.nonzeros = dict(self._targets)
         self.masks = {
             n: self.method_record.initial_mask(p.shape, self.nonzeros[n], self.generator, p.device)
-            for n, p in self.params.items()
+            for n, p in params.items()
         }
         self.explored = ExploredPositions(self.masks)
         self.counts_history = [(0, dict(self.nonzeros))]
@@ -134,23 +133,18 @@ class SparseEngine:
             return
         t = self.step + 1
         if self._wants_dense_gradient(t):
-            collected = self.storage.take_dense_grads() if self.storage is not None else {}  # fresh tensors
-            masked = self._masked_params()
-            for name, param in self.params.items():
-                if name in masked:
-                    grad = param.grad.clone() if param.grad is not None else None
-                else:
-                    grad = collected.get(name)
+            grads, tensors = self.storage.dense_gradients(), self.storage.tensors()  # fresh tensors
+            for name, shape in self.shapes.items():
+                grad = grads.get(name)
                 if grad is None:
-                    grad = param.new_zeros(self.shapes[name])
+                    grad = tensors[name].new_zeros(shape)
                 acc = self._dense_grads.get(name)
                 self._dense_grads[name] = grad if acc is None else acc.add_(grad)
         if self.schedule is not None and self.schedule.is_update_step(t):
             grads = [p.grad for p in self.model.parameters() if p.grad is not None] + list(self._dense_grads.values())
             self._grads_finite = all_finite(grads)
         if not self.method_record.dense_moments:
-            masked = self._masked_params()
-            mask_gradients_(masked, {n: self.masks[n] for n in masked})
+            self.storage.mask_gradients(self.masks)
 
     @torch.no_grad()
     def after_optimizer_step(self) -> Optional[dict]:
@@ -171,64 +165,60 @@ class SparseEngine:
         self._backward_seen = False
         self.step += 1
         self._prepare_backward()
-        masked = self._masked_params()
-        masks = {n: self.masks[n] for n in masked}
         if self.method_record.dense_moments:  # the optimiser moved masked weights by their dense gradient
-            apply_masks_(masked, masks)
+            self.storage.zero_masked_weights(self.masks)
         if self.schedule is None or not self.schedule.is_update_step(self.step):
             return None
-        apply_masks_(masked, masks)
+        self.storage.zero_masked_weights(self.masks)
         if not self._grads_finite:
             log.warning("step %d: non-finite gradients, mask update skipped", self.step)
             self._dense_grads = {}
             self._grads_finite = True
             return {"step": self.step, "skipped": True}
-        with self._dense_views() as ema_params:
-            stats = self._update_masks(self.step, ema_params)
+        with self.storage.dense_views(self.masks, self.method_record.reads) as views:
+            stats = self._update_masks(self.step, views)
         stats["exploration_rate"] = self.explored.rate()
         self._dense_grads = {}
         return stats
 
-    # -- the topology update ------------------------------------------------------------------------
+    # -- storage (storage/): masked, or compact layers -------------------------------------------------
 
-    # -- storage: masked dense tensors, or compact layers (compact.py) ---------------------------------
+    @property
+    def params(self) -> Dict[str, torch.Tensor]:
+        """{name: the tensor the optimiser and the EMA see for each sparse weight}: the model's Parameter in
+        masked storage, a compact layer's `values` in compact storage."""
+        tensors = self.storage.tensors()
+        return {name: tensors[name] for name in self.shapes}
 
-    def set_storage(self, storage) -> None:
-        """Called by compact.py's make_compact / to_dense."""
-        self.storage = storage
+    def compact(
+        self, plan: KernelPlan, run_example: Optional[Callable[[], object]] = None, cache_dir=None
+    ) -> Dict[str, LayerPlan]:
+        """Make the masked Linear/Conv layers keep only their active weights, each on `plan`'s forced layer
+        plan or on one measured with `run_example` (one forward of the model on a training batch; decisions
+        cached in `cache_dir`). After the masks are made or restored; returns {weight name: plan}."""
+        if not plan.compact or (plan.forced is None and run_example is None):
+            raise UserError(
+                f"SparseEngine.compact got sparse.kernels={plan.spelling}; give a compact plan (measure, compact or "
+                "FWD/DX/DW), and with measure a run_example to measure on"
+            )
+        self.storage.refuse_new_masks("compact")
+        CompactStorage.check_method(self.method_record, plan.spelling)
+        plans = choose_compact_plans(self.model, run_example, self.masks, cache_dir=cache_dir, forced=plan.forced)
+        self.storage = CompactStorage(self.storage, self.model, plans, self.masks)
         self._prepare_backward()
+        return plans
 
-    def _masked_params(self) -> Dict[str, nn.Parameter]:
-        """The sparse tensors kept dense with a mask: all of them, unless compact layers hold some."""
-        if self.storage is None:
-            return self.params
-        return {n: p for n, p in self.params.items() if n not in self.storage.layers}
+    def densify(self) -> None:
+        """The model's own layers again, with dense weights, moments and EMA (for export, FLOPs, sampling)."""
+        self.storage = self.storage.densify()
 
     def _wants_dense_gradient(self, t: int) -> bool:
         return self.method_record.needs_dense_gradient and self._in_accumulation_window(t)
 
     def _prepare_backward(self) -> None:
-        """Tell compact layers whether the next backward must also give the dense gradient (RigL's window)."""
-        if self.storage is not None:
-            self.storage.collect_dense_grads(self._wants_dense_gradient(self.step + 1))
-
-    @contextmanager
-    def _dense_views(self):
-        """For a mask update: self.params hold dense weights (compact layers lend dense copies, compacted
-        again at the new masks on exit); yields the EMA's dense weights by name."""
-        ema_params = dict(self.ema.named_parameters()) if self.ema is not None else {}
-        if self.storage is None:
-            yield ema_params
-            return
-        params = self.params
-        reads_moments = self.method_record.grow is by_momentum or self.method_record.redistribute is not None
-        with self.storage.expanded(self.masks, reads_moments) as (weights, ema_weights):
-            self.params = {**params, **weights}
-            try:
-                yield {**ema_params, **ema_weights}
-            finally:
-                self.params = params
-        self.params.update({n: layer.values for n, layer in self.storage.layers.items()})  # new counts: new ones
+        """Tell the storage whether the next backward must also give the dense gradient (RigL's window)."""
+        if self.masks:
+            self.storage.request_dense_gradients(self._wants_dense_gradient(self.step + 1))
 
     def _in_accumulation_window(self, t: int) -> bool:
         upcoming = self.schedule.next_update_step(t)
@@ -246,13 +236,20 @@ class SparseEngine:
         )
         self._targets = nonzero_counts(self.densities, self.shapes)
 
-    def _tensor_state(self, name: str) -> TensorState:
-        param = self.params[name]
+    def _tensor_state(self, name: str, views: DenseViews) -> TensorState:
+        """What the method's parts read about one tensor, and nothing else."""
+        reads, weight = self.method_record.reads, views.weights[name]
         return TensorState(
-            name, param, self.masks[name], self._dense_grads.get(name), momentum(self.optimizer, param), self.generator
+            name,
+            self.masks[name],
+            self.generator,
+            weight=weight if Read.WEIGHT in reads else None,
+            grad=views.grads.get(name) if Read.GRAD in reads else None,
+            dense_grad=self._dense_grads.get(name) if Read.DENSE_GRAD in reads else None,
+            momentum=momentum(self.optimizer, weight) if reads & {Read.MOMENTUM, Read.DENSE_MOMENTUM} else None,
         )
 
-    def _update_masks(self, t: int, ema_params: Optional[Dict[str, torch.Tensor]] = None) -> dict:
+    def _update_masks(self, t: int, views: DenseViews) -> dict:
         """Ask the method's parts what changes (drop score, grow rule, S_t, redistribution), then apply it.
 
         Per tensor, k = round(p_t · n) weights are replaced (n: its active count after any pruning to S_t),
@@ -263,8 +260,6 @@ class SparseEngine:
         its value and optimiser moments (its reinit_when_same=False), so fewer than k connections may change.
         The statistics give both counts and the capped tensors.
         """
-        if ema_params is None:  # called outside _dense_views (benchmarks): a masked engine's EMA by name
-            ema_params = dict(self.ema.named_parameters()) if self.ema is not None else {}
         method, regrow = self.method_record, self.config.regrow_dropped
         fraction = self.schedule.prune_fraction(t)
         sparsity = self._sparsity_at(t)
@@ -273,7 +268,7 @@ class SparseEngine:
             self._set_targets(sparsity)
         requested = pruned = 0
         capped, states, dropped, grow_counts, capacity = {}, {}, {}, {}, {}
-        for name in self.params:
+        for name in self.shapes:
             mask, n_active = self.masks[name], self.nonzeros[name]
             n_target = min(self._targets[name], n_active) if prune_to_target else n_active
             if n_active == mask.numel() == n_target:  # made dense by the distribution: no topology to change
@@ -287,7 +282,7 @@ class SparseEngine:
             if k == 0 and surplus == 0:
                 continue
             pruned += surplus
-            states[name] = self._tensor_state(name)
+            states[name] = self._tensor_state(name, views)
             dropped[name] = drop_lowest(method.drop(states[name]), mask, k + surplus)
             grow_counts[name] = k
             capacity[name] = mask.numel() - n_active + (len(dropped[name]) if regrow else 0)
@@ -307,7 +302,7 @@ class SparseEngine:
                 back = torch.isin(gone, grown)
                 regrown += int(back.sum())
                 gone, grown = gone[~back], grown[~mask.view(-1)[grown]]
-            self._apply_change(name, gone, grown, ema_params)
+            self._apply_change(name, gone, grown, views)
             replaced += len(grown)
         if method.counts_vary:
             if method.redistribute is not None:
@@ -334,14 +329,14 @@ class SparseEngine:
             stats.update(target_sparsity=sparsity, pruned=pruned)
         return stats
 
-    def _apply_change(self, name: str, dropped: torch.Tensor, grown: torch.Tensor, ema_params: dict) -> None:
+    def _apply_change(self, name: str, dropped: torch.Tensor, grown: torch.Tensor, views: DenseViews) -> None:
         """The one place a topology changes: mask, weights, optimiser moments, EMA, exploration record, counts.
 
         Dropped and grown weights are set to zero (a grown connection starts at zero) with zero moments; the
         EMA follows (zero where dropped, the new weight where grown). Every rank computes the same change from
         the same generator and gradients (dist.check_masks compares them).
         """
-        param, mask = self.params[name], self.masks[name]
+        param, mask = views.weights[name], self.masks[name]
         new_mask = mask.clone().view(-1)
         new_mask[dropped] = False
         new_mask[grown] = True
@@ -350,8 +345,8 @@ class SparseEngine:
         flat[dropped] = 0
         flat[grown] = 0
         zero_moments_(self.optimizer, param, (dropped, grown))
-        if name in ema_params:
-            ema_flat = ema_params[name].data.view(-1)
+        if name in views.ema:
+            ema_flat = views.ema[name].data.view(-1)
             ema_flat[dropped] = 0
             ema_flat[grown] = flat[grown]
         self.last_update[name] = (dropped, grown)
@@ -364,14 +359,7 @@ class SparseEngine:
     def apply_masks(self) -> None:
         """Zero masked weights, their optimiser moments (unless the method keeps them dense) and the EMA's
         entries (after init or a load)."""
-        masked = self._masked_params()
-        masks = {n: self.masks[n] for n in masked}
-        apply_masks_(masked, masks)
-        for name, param in masked.items():
-            if not self.method_record.dense_moments:
-                mask_moments_(self.optimizer, param, self.masks[name])
-        if self.ema is not None:
-            apply_masks_(dict(self.ema.named_parameters()), masks)
+        self.storage.apply_masks(self.masks, moments=not self.method_record.dense_moments)
 
     def apply_masks_to(self, module: nn.Module) -> None:
         """Zero the masked entries of another module with the same parameter names (an export, a copy)."""
@@ -393,7 +381,7 @@ class SparseEngine:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self._refuse_when_compact("load_state_dict")
+        self.storage.refuse_new_masks("load_state_dict")
         check_resume(state, self.config)
         if self.masks and "counts_history" in state:  # older checkpoints: counts never changed, as built
             self._set_targets(state["target_sparsity"])
@@ -418,19 +406,13 @@ class SparseEngine:
         the step, schedule and RNG are left as they are. The exploration record starts again from these masks
         (they carry no history).
         """
-        self._refuse_when_compact("load_masks")
+        self.storage.refuse_new_masks("load_masks")
         if self.method_record.counts_vary:  # the counts of a finished run are not those of its step 0
             self.nonzeros = {n: int(masks[n].sum()) if n in masks else c for n, c in self.nonzeros.items()}
         self._check_masks(masks, "the masks", "build the engine with the config they were trained with")
         self.masks = {n: masks[n].to(device=p.device, dtype=torch.bool) for n, p in self.params.items()}
         self.explored = ExploredPositions(self.masks)
         self.apply_masks()
-
-    def _refuse_when_compact(self, what: str) -> None:
-        if self.storage is not None:
-            raise UserError(
-                f"SparseEngine.{what} on a compact model: load the state first, then make the model compact"
-            )
 
     def _check_masks(self, masks: Dict[str, torch.Tensor], what: str, fix: str) -> None:
         if set(masks) != set(self.masks):

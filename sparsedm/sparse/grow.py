@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from sparsedm.sparse.tensor_state import TensorState
+from sparsedm.sparse.tensor_state import Read, TensorState, reads
 
 GrowRule = Callable[[torch.Tensor, int, TensorState], torch.Tensor]
 
@@ -40,14 +40,17 @@ def grow_random(mask: torch.Tensor, k: int, generator: torch.Generator) -> torch
     return inactive[pick.to(inactive.device)]
 
 
+@reads(Read.DENSE_GRAD)
 def by_gradient(candidates: torch.Tensor, k: int, state: TensorState) -> torch.Tensor:
     return grow_by_gradient(state.dense_grad, candidates, k)
 
 
+@reads()
 def at_random(candidates: torch.Tensor, k: int, state: TensorState) -> torch.Tensor:
     return grow_random(candidates, k, state.generator)
 
 
+@reads(Read.DENSE_MOMENTUM)
 def by_momentum(candidates: torch.Tensor, k: int, state: TensorState) -> torch.Tensor:
-    momentum = state.momentum if state.momentum is not None else torch.zeros_like(state.weight)
+    momentum = state.momentum if state.momentum is not None else torch.zeros(state.mask.shape, device=state.mask.device)
     return grow_highest(momentum.abs(), candidates, k)

@@ -3,28 +3,31 @@
 A method is composed of parts, each a small function of one signature, in one file per kind:
 
     initial_mask.py      which weights are active at step 0                     (random)
-    drop.py              the drop score: the active weights of lowest score go  (magnitude)
+    drop.py              the drop score: the active weights of lowest score go  (magnitude, magnitude and gradient)
     grow.py              which inactive weights are grown                       (gradient, random, momentum)
     density_schedule.py  the sparsity S_t over steps                            (constant, cubic)
     density.py           how S_t is spread over tensors (sparse.distribution)   (ERK, uniform, custom)
     redistribution.py    how many weights each tensor grows back                (its own, by momentum)
 
-The engine asks the record's parts what changes and applies the change in one place (engine.py). The config
+Each part declares what it reads (tensor_state.py: weights, masked or dense gradient, optimiser moments); the
+engine supplies exactly that, in either storage (storage/), and a storage that cannot supply it refuses the
+method at start-up. The engine asks the record's parts what changes and applies the change in one place (engine.py). The config
 accepts a method by its name or an alias, the sweep grid spans S and p by `sparse` and `dynamic`, the cost
 accounting calls `train_flops`, and the report and plots show `display_name` and `colour`. A new method is a
 record here plus, at most, one file of its parts.
 """
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, FrozenSet, List, Optional, Tuple
 
 from sparsedm.errors import UserError
 from sparsedm.sparse import density_schedule, redistribution
 from sparsedm.sparse.density_schedule import SparsitySchedule
-from sparsedm.sparse.drop import DropScore, magnitude
+from sparsedm.sparse.drop import DropScore, magnitude, magnitude_and_gradient
 from sparsedm.sparse.grow import GrowRule, at_random, by_gradient, by_momentum
 from sparsedm.sparse.initial_mask import InitialMask, random
 from sparsedm.sparse.redistribution import Redistribution
+from sparsedm.sparse.tensor_state import Read, reads_of
 
 # train_flops(f_S, f_D, ΔT) -> training FLOPs per sample and step, backward ≈ 2 × forward (Evci et al. 2020,
 # app. H); f_S is the sparse forward FLOPs averaged over the run's steps (it varies when the counts do)
@@ -43,11 +46,26 @@ class Method:
     grow: Optional[GrowRule] = None  # dynamic methods: which inactive weights to activate
     sparsity_schedule: SparsitySchedule = density_schedule.constant  # S_t over steps
     redistribute: Optional[Redistribution] = None  # None: a tensor grows back what it dropped
-    needs_dense_gradient: bool = False  # the grow rule reads the dense gradient of the update step
-    dense_moments: bool = False  # the optimiser sees dense gradients (its moments of inactive weights are kept)
     colour: Optional[str] = None  # in plots; None: the next of matplotlib's cycle
     paper: bool = False  # one of the paper's four (Oliveira et al. 2025): the demo's and the sweep's default
     aliases: Tuple[str, ...] = ()  # other accepted spellings
+
+    @property
+    def reads(self) -> FrozenSet[Read]:
+        """What the parts read at an update (each part declares it: tensor_state.py)."""
+        if not self.dynamic:
+            return frozenset()
+        return reads_of(self.drop) | reads_of(self.grow) | reads_of(self.redistribute)
+
+    @property
+    def needs_dense_gradient(self) -> bool:
+        """A part reads dL/dW at every entry: the engine collects it on the steps before an update."""
+        return Read.DENSE_GRAD in self.reads
+
+    @property
+    def dense_moments(self) -> bool:
+        """A part reads the moments of inactive weights: the optimiser sees dense gradients, which keep them."""
+        return Read.DENSE_MOMENTUM in self.reads
 
     @property
     def counts_vary(self) -> bool:
@@ -90,7 +108,6 @@ METHODS: Dict[str, Method] = {
             dynamic=True,
             train_flops=_rigl_flops,
             grow=by_gradient,
-            needs_dense_gradient=True,
             colour="tab:red",
             paper=True,
         ),
@@ -115,7 +132,6 @@ METHODS: Dict[str, Method] = {
             train_flops=_snfs_flops,
             grow=by_momentum,
             redistribute=redistribution.by_momentum,
-            dense_moments=True,
             colour="tab:purple",
             aliases=("sparse-momentum",),
         ),
@@ -128,8 +144,18 @@ METHODS: Dict[str, Method] = {
             train_flops=_rigl_flops,
             grow=by_gradient,
             sparsity_schedule=density_schedule.cubic,
-            needs_dense_gradient=True,
             colour="tab:orange",
+        ),
+        # MEST (Yuan et al. 2021): drop by |W| + λ|dL/dW| at the active weights, grow at random (its MEST-EM)
+        Method(
+            "mest",
+            "MEST-DM",
+            sparse=True,
+            dynamic=True,
+            train_flops=_sparse_flops,
+            drop=magnitude_and_gradient,
+            grow=at_random,
+            colour="tab:brown",
         ),
     )
 }

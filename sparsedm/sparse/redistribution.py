@@ -16,7 +16,7 @@ Without one (the paper's methods, GraNet) a tensor grows back what it dropped, s
 import math
 from typing import Callable, Dict
 
-from sparsedm.sparse.tensor_state import TensorState
+from sparsedm.sparse.tensor_state import Read, TensorState, reads
 
 Redistribution = Callable[[Dict[str, int], Dict[str, TensorState], Dict[str, int]], Dict[str, int]]
 
@@ -40,6 +40,7 @@ def mean_momentum(state: TensorState) -> float:
     return float(state.momentum.detach().abs()[state.mask].float().mean())
 
 
+@reads(Read.MOMENTUM)
 def by_momentum(counts: Dict[str, int], states: Dict[str, TensorState], capacity: Dict[str, int]) -> Dict[str, int]:
     scores = {n: mean_momentum(states[n]) for n in counts}
     if not any(s > 0 for s in scores.values()):

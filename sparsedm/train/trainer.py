@@ -38,7 +38,6 @@ from sparsedm.runs.prepare import prepare_run_dir
 from sparsedm.runs.provenance import provenance
 from sparsedm.runs.run_dir import RunDir
 from sparsedm.sparse import EMA, SparseConfig, SparseEngine
-from sparsedm.sparse.compact import choose_compact_plans, make_compact
 from sparsedm.sparse.methods import dense_method
 from sparsedm.tasks import build_task
 from sparsedm.train.loggers import RunLogger, sample_pictures
@@ -104,29 +103,26 @@ class Trainer:
         self.step, self.wall_before = 0, 0.0
 
     def _use_kernels(self) -> None:
-        """sparse.kernels other than masked: sparse layers keep only their active weights (compact.py), each on
-        the plan forced or measured on a training batch (rank 0 measures, every rank takes its plans). After a
-        restore, whose checkpoint is in the masked format; before DDP wraps the model."""
-        plan = self.engine.config.kernel_plan()
-        if plan is None or not self.engine.masks:
+        """sparse.kernels other than masked: the engine makes sparse layers keep only their active weights, each
+        on the plan forced or measured on a training batch (rank 0 measures, every rank takes its plans).
+        After a restore, whose checkpoint is in the masked format; before DDP wraps the model."""
+        plan = self.engine.config.kernel_plan
+        if not plan.compact or not self.engine.masks:
             return
         if self.tc.precision != "fp32":
             raise UserError(
-                f"sparse.kernels={self.engine.config.kernels} trains in fp32 only (its sparse products take no "
-                f"autocast); use train.precision=fp32 or sparse.kernels=masked"
+                f"sparse.kernels={plan.spelling} trains in fp32 only (its sparse products take no autocast); use "
+                "train.precision=fp32 or sparse.kernels=masked"
             )
         batch = self._batch(self.train_set, self.batches.indices(self.step, self.dist.rank, self.dist.world_size))
-        plans = choose_compact_plans(
-            self.model,
+        plans = self.engine.compact(
+            plan,
             lambda: self.task.loss(self.model, batch, self._seeds(self.step)),
-            self.engine.masks,
             cache_dir=Path(self.cfg.data.cache_dir) / "kernels",
-            force=None if plan == "measure" else plan,
         )
-        make_compact(self.engine, plans)
         if self.dist.is_main:
-            chosen = Counter("/".join(p) if isinstance(p, tuple) else p for p in plans.values())
-            log.info("sparse.kernels=%s: %d compact layers (%s)", self.engine.config.kernels, len(plans), dict(chosen))
+            chosen = Counter(p.name for p in plans.values())
+            log.info("sparse.kernels=%s: %d compact layers (%s)", plan.spelling, len(plans), dict(chosen))
 
     def _wrap(self) -> None:
         if self.dist.enabled:
@@ -321,8 +317,7 @@ class Trainer:
             )
             self._close_logs(finished=False)
             return None
-        if self.engine.storage is not None:
-            self.engine.storage.to_dense()  # the model's own layers for the summary, sampling and export
+        self.engine.densify()  # the model's own layers for the summary, sampling and export
         summary = self._summary(elapsed()) if self.dist.is_main else {}
         self._close_logs(finished=True)
         return summary

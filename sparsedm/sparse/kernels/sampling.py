@@ -15,19 +15,15 @@ A kernel is named KIND:BACKEND, e.g. `taps:scipy`:
              a kh x kw convolution as kh·kw 1 x 1 ones whose outputs are added shifted (stride 1)
     unfold   y = W cols                           W: (out, in·kh·kw) CSR, cols = im2col(x) (any stride)
 
-Decisions are cached in `cache_dir`/sparse_kernels.json, keyed by machine (CPU model, threads, torch) and by
+Decisions go through measure.py's mechanism, cached in `cache_dir`/sampling_kernels.json by machine and by
 layer (kind, weight shape, non-zeros, input shape), so a second conversion of the same model times nothing.
+A layer where no kernel wins keeps its module (its choice is None).
 Outputs equal the dense masked module's to fp32 rounding (sums in another order). Inference only: the sparse
 modules hold detached copies of the weights.
 """
 
-import json
-import os
-import platform
-import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import scipy.sparse
@@ -35,9 +31,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparsedm.errors import UserError
+from sparsedm.sparse.kernels.layers import conv_geometry, fits
+from sparsedm.sparse.kernels.measure import (
+    DecisionCache,
+    best_of,
+    capture_inputs,
+    choose_per_layer,
+    device_sync,
+    inputs_of,
+    replace_module,
+)
 
-CACHE_FILE = "sparse_kernels.json"
+CACHE_FILE = "sampling_kernels.json"
 KINDS = ("linear", "taps", "unfold")
 BACKENDS = ("torch", "scipy")
 KERNELS = tuple(f"{kind}:{backend}" for kind in KINDS for backend in BACKENDS)  # `kernels=` restricts them
@@ -50,7 +55,7 @@ class LayerChoice:
     weight_shape: List[int]
     input_shape: List[int]
     sparsity: float  # fraction of exact zeros in the weight
-    kernel: str  # "dense" or the sparse kernel that replaced it
+    kernel: Optional[str]  # the sparse kernel that replaced the module, None where the module was kept
     speedup: Optional[float]  # dense time / best sparse time; None when forced (not timed)
 
 
@@ -102,7 +107,7 @@ class SparseConv2d(nn.Module):
         if self.one_d:
             weight = weight[:, :, None, :]
         self.out_channels, self.in_channels, self.kh, self.kw = weight.shape
-        self.stride, self.padding, self.dilation = _conv_geometry(conv)
+        self.stride, self.padding, self.dilation = conv_geometry(conv)
         self.kernel, self.backend = kernel, backend
         if kernel == "taps":  # rows (dy, dx, out): one 1 x 1 convolution per tap
             self.product = CsrProduct(weight.permute(2, 3, 0, 1).reshape(-1, self.in_channels), backend)
@@ -148,31 +153,15 @@ class SparseConv2d(nn.Module):
         return y.transpose(0, 1).contiguous()
 
 
-def _conv_geometry(conv: nn.Module):
-    """(stride, padding, dilation) as 2-tuples, string padding resolved; a Conv1d is a 1 x k Conv2d."""
-    padding = conv.padding
-    if padding == "valid":
-        padding = (0,) * len(conv.kernel_size)
-    elif padding == "same":
-        padding = tuple(d * (k - 1) // 2 for k, d in zip(conv.kernel_size, conv.dilation))
-    if isinstance(conv, nn.Conv1d):
-        return (1,) + tuple(conv.stride), (0,) + tuple(padding), (1,) + tuple(conv.dilation)
-    return tuple(conv.stride), tuple(padding), tuple(conv.dilation)
-
-
 def applicable_kernels(module: nn.Module) -> List[str]:
     """The sparse kernels (KIND:BACKEND) that compute this module exactly (none for other layers or set-ups)."""
-    if module.weight.dtype not in (torch.float32, torch.float64) or module.weight.is_sparse:
+    if not fits(module):
         return []
     backends = BACKENDS if module.weight.device.type == "cpu" else ("torch",)
     if isinstance(module, nn.Linear):
         kinds = ["linear"]
-    elif not isinstance(module, (nn.Conv1d, nn.Conv2d)) or module.groups != 1 or module.padding_mode != "zeros":
-        return []
-    elif module.padding == "same" and any(k % 2 == 0 for k in module.kernel_size):
-        return []  # torch pads such a kernel asymmetrically
     else:
-        stride, _, dilation = _conv_geometry(module)
+        stride, _, dilation = conv_geometry(module)
         kinds = (["taps"] if set(stride) | set(dilation) == {1} else []) + ["unfold"]
     return [f"{kind}:{backend}" for kind in kinds for backend in backends]
 
@@ -182,75 +171,13 @@ def sparse_module(module: nn.Module, kernel: str) -> nn.Module:
     return SparseLinear(module, backend) if kind == "linear" else SparseConv2d(module, kind, backend)
 
 
-def machine_key() -> str:
-    """What a timing depends on besides the layer: CPU model, threads, torch build, device."""
-    cpu = platform.processor() or platform.machine()
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no cuda"
-    return f"{cpu} | {torch.get_num_threads()} threads | torch {torch.__version__} | {gpu}"
-
-
 def layer_key(module: nn.Module, x: torch.Tensor) -> str:
     w = module.weight
-    geometry = "" if isinstance(module, nn.Linear) else f" {_conv_geometry(module)}"
+    geometry = "" if isinstance(module, nn.Linear) else f" {conv_geometry(module)}"
     return (
         f"{type(module).__name__}{geometry} {list(w.shape)} nnz {int((w != 0).sum())} {w.dtype} {w.device.type}"
         f" x {list(x.shape)}"
     )
-
-
-class DecisionCache:
-    """{machine: {layer: [kernel, speedup]}} in one JSON file; `None` for no cache."""
-
-    def __init__(self, cache_dir, file: str = CACHE_FILE):
-        self.path = None if cache_dir is None else Path(cache_dir) / file
-        self.machine = machine_key()
-        self.entries = {}
-        if self.path is not None and self.path.is_file():
-            try:
-                self.entries = json.loads(self.path.read_text()).get(self.machine, {})
-            except (json.JSONDecodeError, AttributeError):
-                raise UserError(f"{self.path} is not a sparse-kernel cache; delete it and it is measured again")
-
-    def get(self, key: str):
-        return self.entries.get(key)
-
-    def put(self, key: str, kernel: str, speedup: float) -> None:
-        self.entries[key] = [kernel, speedup]
-
-    def save(self) -> None:
-        if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        everything = json.loads(self.path.read_text()) if self.path.is_file() else {}
-        everything[self.machine] = self.entries
-        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(everything, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
-
-
-def clock() -> Callable[[], float]:
-    """The clock to compare kernels by: with one CPU thread the process's CPU time, which other jobs on a
-    shared machine hardly disturb; with several threads (CPU time would count each) or a GPU the wall clock."""
-    single_cpu_thread = torch.get_num_threads() == 1 and not torch.cuda.is_available()
-    return time.process_time if single_cpu_thread else time.perf_counter
-
-
-def best_of(fns: Sequence[Callable[[], object]], repeats: int, sync: Callable[[], None]) -> List[float]:
-    """Seconds of each function, the best of `repeats` interleaved calls after one warm-up each."""
-    for fn in fns:
-        fn()
-    now, best = clock(), [float("inf")] * len(fns)
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            sync()
-            start = now()
-            fn()
-            sync()
-            best[i] = min(best[i], now() - start)
-    return best
 
 
 def candidate_layers(model: nn.Module, names: Optional[Iterable[str]] = None) -> Dict[str, nn.Module]:
@@ -267,11 +194,6 @@ def candidate_layers(model: nn.Module, names: Optional[Iterable[str]] = None) ->
     return layers
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
-
-
 @torch.no_grad()
 def choose_and_swap(
     model: nn.Module,
@@ -286,69 +208,33 @@ def choose_and_swap(
     by `margin` (with `force`: for the first applicable one of `kernels`, untimed). A kernel KIND in `kernels`
     stands for KIND on every backend."""
     kernels = [k if ":" in k else f"{k}:{backend}" for k in kernels for backend in (BACKENDS if ":" not in k else "-")]
-    cache = DecisionCache(cache_dir)
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    options = {name: [k for k in kernels if k in applicable_kernels(model.get_submodule(name))] for name in inputs}
+    layers = {name: model.get_submodule(name) for name in inputs if options[name]}
+    sync = device_sync()
+
+    def measure(module, x):
+        candidates = [k for k in kernels if k in applicable_kernels(module)]
+        sparse = [sparse_module(module, k) for k in candidates]
+        times = best_of([lambda: module(x)] + [lambda m=m: m(x) for m in sparse], repeats, sync)
+        fastest = min(range(len(candidates)), key=lambda i: times[i + 1])
+        speedup = times[0] / times[fastest + 1]
+        return (candidates[fastest] if speedup >= margin else None), speedup
+
+    if force:
+        decisions = {name: (options[name][0], None) for name in layers}
+    else:
+        decisions = choose_per_layer(layers, inputs, layer_key, measure, DecisionCache(cache_dir, CACHE_FILE))
     choices = []
-    for name, x in inputs.items():
-        module = model.get_submodule(name)
-        options = [k for k in kernels if k in applicable_kernels(module)]
-        if not options:
-            continue
-        key = layer_key(module, x)
-        if force:
-            kernel, speedup = options[0], None
-        elif cache.get(key) is not None:
-            kernel, speedup = cache.get(key)
-        else:
-            sparse = {k: sparse_module(module, k) for k in options}
-            times = best_of([lambda: module(x)] + [lambda m=m: m(x) for m in sparse.values()], repeats, sync)
-            fastest = min(range(len(options)), key=lambda i: times[i + 1])
-            speedup = times[0] / times[fastest + 1]
-            kernel = options[fastest] if speedup >= margin else "dense"
-            cache.put(key, kernel, speedup)
+    for name, (kernel, speedup) in decisions.items():
+        module, x = layers[name], inputs[name]
         w = module.weight
+        sparsity = float((w == 0).float().mean())
         choices.append(
-            LayerChoice(
-                name,
-                type(module).__name__,
-                list(w.shape),
-                list(x.shape),
-                float((w == 0).float().mean()),
-                kernel,
-                speedup,
-            )
+            LayerChoice(name, type(module).__name__, list(w.shape), list(x.shape), sparsity, kernel, speedup)
         )
-        if kernel != "dense":
-            _replace(model, name, sparse_module(module, kernel))
-    cache.save()
+        if kernel is not None:
+            replace_module(model, name, sparse_module(module, kernel))
     return choices
-
-
-def capture_inputs(model: nn.Module, layers: Dict[str, nn.Module]):
-    """Forward pre-hooks recording each layer's first input of the next forward; returns (inputs, handles)."""
-    inputs: Dict[str, torch.Tensor] = {}
-
-    def hook(name):
-        def record(module, args):
-            inputs.setdefault(name, args[0].detach())
-
-        return record
-
-    return inputs, [module.register_forward_pre_hook(hook(name)) for name, module in layers.items()]
-
-
-def inputs_of(
-    model: nn.Module, layers: Dict[str, nn.Module], run_example: Callable[[], object]
-) -> Dict[str, torch.Tensor]:
-    """{name: first input} of each of `layers` in one run of `run_example` (a forward of `model`, no gradients)."""
-    inputs, handles = capture_inputs(model, layers)
-    try:
-        with torch.no_grad():
-            run_example()
-    finally:
-        for handle in handles:
-            handle.remove()
-    return inputs
 
 
 @torch.no_grad()
@@ -379,7 +265,7 @@ class SparseKernelsOnFirstCall:
 
     def swapped(self) -> List[str]:
         """Names of the layers that took a sparse kernel (empty before the first call)."""
-        return [c.name for c in self.choices or [] if c.kernel != "dense"]
+        return [c.name for c in self.choices or [] if c.kernel is not None]
 
     def describe(self) -> str:
         return f"{len(self.swapped())} of {len(self.choices or [])} sparse layers took a sparse kernel"

@@ -1,4 +1,5 @@
-"""IST-DASLab's sparseprop kernels (optional: `pip install sparseprop==0.1.14`) as sparse training layers.
+"""IST-DASLab's sparseprop kernels (optional: `pip install sparseprop==0.1.14`) as sparse training layers, for
+benchmarks/sparse_training.py (no command trains with them: their layers read a dense weight).
 
 sparseprop computes a sparse Conv2d / Linear forward and backward directly (no im2col), in C++ with AVX2,
 vectorised over the batch (`batch`) or over output positions (`outputs`, Conv2d only). It is the only kernel
@@ -15,7 +16,7 @@ sparse_training.py, docs/performance.md), but as published it has limits this ad
   (`F.conv2d` with the masked weight, the same numbers);
 - other set-ups give wrong numbers (the `outputs` Conv2d backward with stride 2, measured on torch 2.13,
   AVX2): `agrees` checks a layer against the dense masked path on its real input, and the measurement
-  (train_kernels.measure_plan) only takes a variant where it agrees.
+  (training_kernels.measure_plan) only takes a variant where it agrees.
 
 Only square kernels with equal stride (1 or 2) and padding on both axes, dilation 1, groups 1, fp32.
 """
@@ -25,7 +26,7 @@ from typing import Dict
 import torch
 from torch import nn
 
-from sparsedm.sparse.kernels import _conv_geometry
+from sparsedm.sparse.kernels.layers import conv_geometry
 
 try:
     from sparseprop.modules.functions import SparseConvFunction, SparseLinearFunction
@@ -49,7 +50,7 @@ def variants(module: nn.Module, batch: int = BATCH_MULTIPLE):
         return ["batch"]
     if not isinstance(module, nn.Conv2d) or module.groups != 1 or module.padding_mode != "zeros":
         return []
-    stride, padding, dilation = _conv_geometry(module)
+    stride, padding, dilation = conv_geometry(module)
     square = module.kernel_size[0] == module.kernel_size[1] and padding[0] == padding[1] and stride[0] == stride[1]
     if not square or set(dilation) != {1} or stride[0] not in (1, 2):
         return []
@@ -79,7 +80,7 @@ class SparsepropLayer(nn.Module):
         self.linear, self.variant = isinstance(module, nn.Linear), variant
         self.dense_conv = None if self.linear else module._conv_forward  # F.conv2d with the module's geometry
         if not self.linear:
-            stride, padding, _ = _conv_geometry(module)
+            stride, padding, _ = conv_geometry(module)
             self.stride, self.padding = stride[0], padding[0]
         self.refresh(mask)
 
