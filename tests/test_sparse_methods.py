@@ -7,6 +7,7 @@ from tiny_models import TinyGRU
 
 from sparsedm.errors import UserError
 from sparsedm.experiments.aggregate import aggregate, markdown_table
+from sparsedm.experiments.baselines import SMALL_DENSE
 from sparsedm.experiments.grid import SweepGrid
 from sparsedm.sparse import SparseConfig, SparseEngine, train_flops_per_step
 from sparsedm.sparse.methods import METHODS, Method, get_method
@@ -81,7 +82,7 @@ def test_unknown_methods_are_refused_everywhere_with_the_registry_list():
     listed = ", ".join(METHODS)
     with pytest.raises(UserError, match=rf"sparse.method='toy' is unknown; use one of {listed} \("):
         SparseConfig(method="toy")
-    with pytest.raises(UserError, match=f"--methods toy: use some of {listed}$"):
+    with pytest.raises(UserError, match=f"--methods toy: use some of {listed}, {SMALL_DENSE.name}$"):
         SweepGrid(methods=["toy"]).validate()
     with pytest.raises(UserError, match="toy"):
         train_flops_per_step("toy", 1.0, 2.0, 10)

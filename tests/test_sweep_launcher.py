@@ -46,7 +46,9 @@ def final_state(run) -> dict:
 
 
 @pytest.mark.slow  # two trainings of 60 steps and submitit's processes: 30 s
-def test_a_preempted_task_is_requeued_and_ends_with_the_uninterrupted_run(tmp_path):
+def test_a_preempted_task_is_requeued_and_ends_with_the_uninterrupted_run(tmp_path, monkeypatch):
+    # submitit's task is a new process: on one thread, as this one (conftest), or its sums are ordered otherwise
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     cache = tmp_path / "cache"
     assert main(sweep_args(tmp_path / "plain", cache, "--train-only", "--no-progress")) == 0
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from sparsedm.errors import UserError
 from sparsedm.sparse import SparseConfig, SparseEngine, count_parameters
+from sparsedm.sparse.methods import static_method
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ def nonzero_at(model: nn.Module, sparse: SparseConfig, sparsity: float) -> int:
     """Non-zero parameters of `model` at S under `sparse`'s distribution and selection: the engine's own masks
     (a static method: its counts are those of every constant-S method at step 0). The model's weights are
     masked in place: pass a throwaway copy."""
-    config = replace(sparse, method="static", sparsity=sparsity)
+    config = replace(sparse, method=static_method().name, sparsity=sparsity)
     engine = SparseEngine(model, torch.optim.AdamW(model.parameters(), fused=True), config, total_steps=1)
     return count_parameters(model, engine.masks)["params_nonzero"]
 
