@@ -4,6 +4,8 @@ narrowed for Small-Dense, swept, evaluated and reported, and exported to a DiTPi
 diffusers what `sparsedm sample` samples."""
 
 import json
+import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from diffusers import DiTPipeline
 from fid_stub import use_pooled_pixels
 from ldm_helpers import dit_overrides, train_tiny_autoencoder, write_shapes
 from test_chirodiff_train import read_metrics
+from test_distributed import launcher
 from tiny_models import tiny_dit
 
 from sparsedm.cli import main
@@ -137,8 +140,8 @@ def test_training_lowers_the_loss_and_keeps_s(runs):
     assert summary["flops_forward_sparse"] < summary["flops_forward_dense"]
 
 
-def test_compact_training_gives_the_masks_and_weights_of_masked_training(runs):
-    a, b = (load_checkpoint(list_checkpoints(runs / n / "checkpoints")[-1]) for n in ("masked", "torch-torch-sampled"))
+def assert_same_training(a: dict, b: dict) -> None:
+    """Two checkpoints of the same run in two storages (or rank counts): the same masks, weights to fp32 rounding."""
     assert a["engine"]["masks"].keys() == b["engine"]["masks"].keys()
     for name, mask in a["engine"]["masks"].items():
         assert torch.equal(mask, b["engine"]["masks"][name]), name
@@ -147,6 +150,35 @@ def test_compact_training_gives_the_masks_and_weights_of_masked_training(runs):
     for name, tensor in a["model"].items():
         if not name.endswith("attn1.to_k.bias"):
             torch.testing.assert_close(b["model"][name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_compact_training_gives_the_masks_and_weights_of_masked_training(runs):
+    assert_same_training(
+        *(load_checkpoint(list_checkpoints(runs / n / "checkpoints")[-1]) for n in ("masked", "torch-torch-sampled"))
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kernels", ["torch/torch/sampled", "measure"])
+def test_two_ranks_with_compact_kernels_train_as_one_masked_process(setup, tmp_path, kernels):
+    """torchrun, 2 CPU ranks of 8 samples with compact kernels against one masked process of 16: RigL's dense
+    gradients are averaged over the ranks, so the masks are the single process's."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    common = ["train.steps=12", "sparse.method=rigl", "sparse.sparsity=0.8", "dist.check_masks=true"]
+    logs = {}
+    for nproc, kernel_mode in ((2, kernels), (1, "masked")):
+        args = ["train", CONFIG, "--out", str(tmp_path / str(nproc)), "--no-progress", *overrides(setup, *common)]
+        done = subprocess.run(
+            [*launcher(nproc), *args, f"sparse.kernels={kernel_mode}"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        logs[nproc] = done.stderr
+    assert "compact layers" in logs[2]
+    assert_same_training(*(load_checkpoint(list_checkpoints(tmp_path / n / "checkpoints")[-1]) for n in ("1", "2")))
 
 
 @pytest.mark.parametrize("kernels", ["masked", "measure"])
