@@ -232,6 +232,7 @@ def test_a_sweep_evaluates_and_reports_dit_runs(setup, tmp_path, capsys, monkeyp
     for name in ("dense-seed0", "rigl-S0.8-p0.1-seed0"):
         result = json.loads((out / "runs" / name / "eval.json").read_text())
         assert result["reference_key"].startswith("dit/") and np.isfinite(result["fid"])
+        assert result["train_cpu_s"] > 0 and result["train_wall_s"] > 0  # the training steps' seconds
     capsys.readouterr()
     assert main(["report", str(out)]) == 0
     table = capsys.readouterr().out
