@@ -290,7 +290,7 @@ def test_a_tiny_unet_trains_compact_with_attention_and_resampling(method, plan):
         torch.testing.assert_close(results[1][0][name], tensor, rtol=1e-4, atol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("method", ["static", "rigl", "magran"])
+@pytest.mark.parametrize("method", COMPACT_METHODS)
 @pytest.mark.parametrize("plan", ["compact", "torch/torch/sampled", "scipy/scipy/matmul"])
 def test_a_tiny_dit_trains_compact_as_masked(method, plan):
     """Every sparse tensor of the DiT is a Linear (attention, feed-forward, adaLN, final layer) or the patch
@@ -321,7 +321,10 @@ def test_a_tiny_dit_trains_compact_as_masked(method, plan):
     assert len(results[1][2].layers) == len(engine.masks) == 2 * 7 + 3  # per block 7 Linear; patch conv, final 2
     torch.testing.assert_close(torch.tensor(results[1][3]), torch.tensor(results[0][3]), rtol=1e-5, atol=1e-6)
     for name, tensor in results[0][0].items():
-        torch.testing.assert_close(results[1][0][name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+        # a key bias has an exact gradient of 0 (softmax ignores a shift shared by a query's keys); Adam turns the
+        # rounding noise there into lr-sized steps that differ between the storages
+        if not name.endswith("attn1.to_k.bias"):
+            torch.testing.assert_close(results[1][0][name], tensor, rtol=1e-4, atol=1e-5, msg=name)
 
 
 real_cache = compact_choice.DecisionCache

@@ -291,3 +291,18 @@ def test_the_training_steps_cpu_and_wall_seconds_are_recorded_and_carried_across
     lines = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
     cpu = [line["train_cpu_s"] for line in lines if "loss" in line]
     assert len(cpu) == 2 and cpu[0] == pytest.approx(stopped["train_cpu_s"]) and cpu[1] == summary["train_cpu_s"]
+
+
+def test_a_checkpoint_from_before_the_seconds_record_resumes_and_says_what_its_seconds_count(tmp_path, cache, caplog):
+    common = ["train.steps=10", "train.checkpoint_every=100", "sparse.method=rigl"]
+    assert train(tmp_path / "run", cache, *common, "train.stop_at=5") == 0
+    path = list_checkpoints(tmp_path / "run" / "checkpoints")[-1]
+    state = load_checkpoint(path)
+    del state["step_seconds"]
+    torch.save(state, path)
+    with caplog.at_level(logging.WARNING, logger="sparsedm"):
+        assert train(tmp_path / "run", cache, *common, flags=["--resume"]) == 0
+    warned = [r.getMessage() for r in caplog.records if "predates the training-seconds record" in r.getMessage()]
+    assert len(warned) == 1 and "count steps 6 on only" in warned[0]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert 0 < summary["train_cpu_s"]
