@@ -1,6 +1,6 @@
 """Does sparsity pay at sampling time? Dense, masked and sparse-kernel denoisers, timed in one interleaved run.
 
-    OMP_NUM_THREADS=1 python benchmarks/sparse_inference.py [--models cpu-ldm ldm4-small chirodiff]
+    OMP_NUM_THREADS=1 python benchmarks/sparse_inference.py [--models cpu-ldm ldm4-small chirodiff cpu-dit dit-s2]
         [--sparsities 0.5 0.75 0.9 0.95] [--distributions erk uniform] [--steps 4] [--rounds 5]
 
 For each model, distribution and S: the dense model, its masked copy (a static engine's masks, the weights
@@ -15,8 +15,10 @@ dense (torch's fused kernel) against a step loop with CSR weights, which is why 
 
 Models: cpu-ldm is configs/ldm_openmoji_cpu.yaml's UNet on its 3 x 8 x 8 latents; ldm4-small is LDM-4's
 UNet (224 channels, x1 2 3 4, 274M parameters) on 3 x 16 x 16 latents, attention at 8, 4, 2 (where LDM-4 has
-it at 32, 16, 8 of 64); chirodiff is configs/chirodiff_kanjivg_cpu.yaml's denoiser on 120-point sketches.
-`--tiny` shrinks all of them to seconds (the smoke test).
+it at 32, 16, 8 of 64); chirodiff is configs/chirodiff_kanjivg_cpu.yaml's denoiser on 120-point sketches;
+cpu-dit is configs/dit_openmoji_cpu.yaml's DiT (hidden 128, 6 blocks) on 3 x 8 x 8 latents (16 tokens); dit-s2
+is DiT-S/2 (hidden 384, 12 blocks, 6 heads, patch 2) on 4 x 16 x 16 latents (64 tokens), batch 16: 1,024 rows
+in each Linear layer. `--tiny` shrinks all of them to seconds (the smoke test).
 """
 
 import argparse
@@ -33,6 +35,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from torch import nn  # noqa: E402
 
 from sparsedm.models.chirodiff import ChiroDiffConfig, ChiroDiffDenoiser  # noqa: E402
+from sparsedm.models.dit import DiTConfig, build_dit, unconditional  # noqa: E402
 from sparsedm.models.unet import UNetConfig, build_unet  # noqa: E402
 from sparsedm.sparse import SparseConfig, SparseEngine  # noqa: E402
 from sparsedm.sparse.compress import dense_bytes, save_compressed  # noqa: E402
@@ -40,7 +43,9 @@ from sparsedm.sparse.kernels.measure import clock  # noqa: E402
 from sparsedm.sparse.kernels.sampling import use_sparse_kernels  # noqa: E402
 from sparsedm.sparse.masks import random_mask  # noqa: E402
 
-MODELS = ("cpu-ldm", "ldm4-small", "chirodiff")
+MODELS = ("cpu-ldm", "ldm4-small", "chirodiff", "cpu-dit", "dit-s2")
+BATCHES = [64, 4, 64, 64, 16]  # per model, in order
+DIT_SHAPES = {"cpu-dit": (3, 8), "dit-s2": (4, 16)}  # latent channels and side
 
 
 class Workload:
@@ -50,7 +55,19 @@ class Workload:
         g = torch.Generator().manual_seed(0)
         torch.manual_seed(0)
         self.name = name
-        if name == "chirodiff":
+        self.dit = name in DIT_SHAPES
+        if self.dit:
+            self.dit_config = (
+                DiTConfig(**OmegaConf.load("configs/dit_openmoji_cpu.yaml").model) if name == "cpu-dit" else DiTConfig()
+            )
+            if tiny:
+                self.dit_config.hidden_size, self.dit_config.num_layers, self.dit_config.num_heads = 16, 2, 2
+            # untrained stand-ins for trained weights, as the UNet's below: adaLN-Zero would make every output 0
+            self.dit_config.zero_init = False
+            channels, self.size = DIT_SHAPES[name]
+            self.model = build_dit(self.dit_config, self.size, channels)
+            self.x, self.mask = torch.randn(batch, channels, self.size, self.size, generator=g), None
+        elif name == "chirodiff":
             model = OmegaConf.load("configs/chirodiff_kanjivg_cpu.yaml").model
             cfg = ChiroDiffConfig(hidden_size=8 if tiny else model.hidden_size, num_layers=model.num_layers)
             self.model, length = ChiroDiffDenoiser(cfg), 12 if tiny else 120
@@ -74,6 +91,8 @@ class Workload:
 
     def call(self, model: nn.Module, t: int):
         ts = torch.full((self.x.shape[0],), t, device=self.x.device)
+        if self.dit:
+            return unconditional(model, self.x, ts)
         if self.mask is not None:
             return model(self.x, ts, self.mask)
         return model(self.x, ts, return_dict=False)[0]
@@ -143,7 +162,7 @@ def main():
     parser.add_argument("--distributions", nargs="+", choices=["erk", "uniform"], default=["erk", "uniform"])
     parser.add_argument("--steps", type=int, default=4, help="denoiser calls per sampling run")
     parser.add_argument("--rounds", type=int, default=5, help="turns each model takes; medians are compared")
-    parser.add_argument("--batch", type=int, nargs="+", default=[64, 4, 64], help="batch per model (in order)")
+    parser.add_argument("--batch", type=int, nargs="+", default=BATCHES, help="batch per model (in order)")
     parser.add_argument("--cache-dir", help="sparse-kernel decision cache (default: a fresh temporary folder)")
     parser.add_argument("--tiny", action="store_true", help="tiny models: a smoke test of the script")
     args = parser.parse_args()

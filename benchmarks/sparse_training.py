@@ -1,6 +1,6 @@
 """Does sparsity pay in training? Forward + backward of each masked layer, dense against sparse kernels, in one run.
 
-    OMP_NUM_THREADS=1 python benchmarks/sparse_training.py [--models cpu-ldm ldm4-small chirodiff]
+    OMP_NUM_THREADS=1 python benchmarks/sparse_training.py [--models cpu-ldm ldm4-small chirodiff cpu-dit dit-s2]
         [--sparsities 0.5 0.9 0.95] [--repeats 5] [--rounds 5] [--no-model]
     OMP_NUM_THREADS=1 python benchmarks/sparse_training.py --cycle [--interval 10] [--cycles 2]
         [--distributions erk uniform] [--device cuda]
@@ -42,12 +42,16 @@ left masked (where the masked layer was faster).
 
 Models as in benchmarks/sparse_inference.py: cpu-ldm (configs/ldm_openmoji_cpu.yaml's UNet, 3 x 8 x 8,
 batch 64), ldm4-small (LDM-4's UNet on 3 x 16 x 16 latents, batch 4), chirodiff (its denoiser, 120 points,
-batch 64; only its two Linear layers are masked Linear layers, the GRU is not timed here). `--tiny`: a smoke
-test in seconds.
+batch 64; only its two Linear layers are masked Linear layers, the GRU is not timed here), cpu-dit
+(configs/dit_openmoji_cpu.yaml's DiT, 3 x 8 x 8, batch 64) and dit-s2 (DiT-S/2 on 4 x 16 x 16 latents, batch 16).
+For the DiTs, --cycle also times Small-Dense: the dense DiT narrowed (tasks/width.py) to the non-zero count of
+each S and distribution, trained with the same fused Adam and EMA (its columns: time per cycle and
+parameters + gradients + optimiser state, both over masked). `--tiny`: a smoke test in seconds.
 """
 
 import argparse
 import copy
+import dataclasses
 import os
 import statistics
 import tempfile
@@ -57,7 +61,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import sparseprop_kernels  # noqa: E402
 import torch  # noqa: E402
-from sparse_inference import MODELS, Workload  # noqa: E402  (benchmarks/ is the script's folder)
+from sparse_inference import BATCHES, MODELS, Workload  # noqa: E402  (benchmarks/ is the script's folder)
 from torch import nn  # noqa: E402
 from training_kernels import (  # noqa: E402
     MODULE,
@@ -69,12 +73,14 @@ from training_kernels import (  # noqa: E402
     use_sparse_training_kernels,
 )
 
+from sparsedm.models.dit import allowed_hidden_sizes, build_dit  # noqa: E402
 from sparsedm.sparse import EMA, SparseConfig, SparseEngine  # noqa: E402
 from sparsedm.sparse.kernel_plan import WAYS  # noqa: E402
 from sparsedm.sparse.kernels.compact_choice import compactable, fwd_bwd_call  # noqa: E402
 from sparsedm.sparse.kernels.compact_layers import CompactConv, CompactLinear  # noqa: E402
 from sparsedm.sparse.kernels.measure import best_of, capture_inputs, clock  # noqa: E402
 from sparsedm.sparse.masks import random_mask  # noqa: E402
+from sparsedm.tasks.width import match_width  # noqa: E402
 
 SIDE_BY_SIDE = {"torch": ("torch", "torch", "sampled"), "scipy": ("scipy", "scipy", "sampled")}
 NO_SYNC = lambda: None  # noqa: E731
@@ -206,6 +212,32 @@ def training_setup(work: Workload, sparsity: float, distribution: str, interval:
     return model, optimizer, ema, engine
 
 
+def small_dense_setup(work: Workload, sparsity: float, distribution: str):
+    """(setup, width) of Small-Dense for a DiT workload: its DiT narrowed to the non-zero count of RigL-DM at S
+    (tasks/width.py), dense, with the same fused Adam and EMA as the other two."""
+    channels = work.x.shape[1]
+
+    def build(width: int) -> nn.Module:
+        return build_dit(dataclasses.replace(work.dit_config, hidden_size=width), work.size, channels)
+
+    sparse = SparseConfig(method="rigl", distribution=distribution)
+    matched = match_width(build, allowed_hidden_sizes(work.dit_config), sparse, sparsity)
+    torch.manual_seed(0)
+    model = build(matched.width).to(work.x.device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
+    ema = EMA(model, decay=0.999)
+    engine = SparseEngine(model, optimizer, SparseConfig(method="dense"), total_steps=10**9, ema=ema)
+    return (model, optimizer, ema, engine), matched.width
+
+
+def parameters_gradients_moments(setup) -> int:
+    model, optimizer, _, _ = setup
+    return held_bytes(
+        [*model.parameters(), *(p.grad for p in model.parameters())]
+        + [t for state in optimizer.state.values() for t in state.values()]
+    )
+
+
 def training_step(work: Workload, setup) -> None:
     model, optimizer, ema, engine = setup
     optimizer.zero_grad(set_to_none=True)
@@ -235,6 +267,9 @@ def cycle_row(work: Workload, sparsity: float, distribution: str, interval: int,
     setups = {
         mode: training_setup(work, sparsity, distribution, interval, mode, cache_dir) for mode in ("masked", "measure")
     }
+    width = None
+    if work.dit:  # Small-Dense takes its turns with the other two
+        setups["small"], width = small_dense_setup(work, sparsity, distribution)
     layers = [m for m in setups["measure"][0].modules() if isinstance(m, (CompactLinear, CompactConv))]
     sparse_plans = sum(not layer.plan.module_op for layer in layers)
     candidates = len(compactable(setups["masked"][0], setups["masked"][3].masks))
@@ -251,12 +286,21 @@ def cycle_row(work: Workload, sparsity: float, distribution: str, interval: int,
             training_step(work, setups[mode])
             sync()
             times[mode][kind] += now() - start
-    masks = {mode: setup[3].masks for mode, setup in setups.items()}
+    masks = {mode: setups[mode][3].masks for mode in ("masked", "measure")}
     moved = sum(int((masks["masked"][n] != masks["measure"][n]).sum()) for n in masks["masked"])
-    memory = {mode: held(setup) for mode, setup in setups.items()}
+    memory = {mode: held(setups[mode]) for mode in ("masked", "measure")}
+    small = None
+    if width is not None:
+        masked_time = sum(times["masked"].values())
+        small = {
+            "width": width,
+            "cycle": sum(times.pop("small").values()) / masked_time,
+            "pgo": parameters_gradients_moments(setups["small"]) / parameters_gradients_moments(setups["masked"]),
+        }
     return {
         "times": times,
         "memory": memory,
+        "small": small,
         "layers": f"{sparse_plans}/{len(layers) - sparse_plans}/{candidates - len(layers)}",
         "density": 1 - setups["masked"][3].sparsity(),
         "masks_differ": moved,  # positions where the two modes' masks differ at the end (rounding at ties)
@@ -299,7 +343,12 @@ def print_cycles(args, batches) -> None:
                     f"{mem['measure']['ema'] / mem['masked']['ema']:>6.3f} "
                     f"{mem['measure']['engine'] / mem['masked']['engine']:>7.3f} {pgo['masked'] / 2**20:>18.1f}  "
                     f"{row['layers']}"
-                    + (f" (masks differ at {row['masks_differ']} positions)" if row["masks_differ"] else ""),
+                    + (f" (masks differ at {row['masks_differ']} positions)" if row["masks_differ"] else "")
+                    + (
+                        f"  small-dense hidden {small['width']}: cycle {small['cycle']:.3f}, p+g+opt {small['pgo']:.3f}"
+                        if (small := row["small"])
+                        else ""
+                    ),
                     flush=True,
                 )
 
@@ -310,7 +359,7 @@ def main():
     parser.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.9, 0.95])
     parser.add_argument("--repeats", type=int, default=5, help="interleaved calls per layer; the best is kept")
     parser.add_argument("--rounds", type=int, default=5, help="whole-model turns; medians are compared")
-    parser.add_argument("--batch", type=int, nargs="+", default=[64, 4, 64], help="batch per model (in order)")
+    parser.add_argument("--batch", type=int, nargs="+", default=BATCHES, help="batch per model (in order)")
     parser.add_argument("--no-model", action="store_true", help="per-layer table only")
     parser.add_argument("--tiny", action="store_true", help="tiny models: a smoke test of the script")
     parser.add_argument("--cycle", action="store_true", help="whole training steps over ΔT cycles, and memory")

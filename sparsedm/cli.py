@@ -70,10 +70,10 @@ def _export(args) -> None:
 
     info = export_run(args.run, args.out, checkpoint=args.checkpoint, overwrite=args.overwrite, compress=args.compress)
     print(
-        f"LDMPipeline (step {info['step']}, non-zero {info['nonzero']:,}/{info['total']:,} in the sparse tensors) -> {info['out']}"
+        f"{info['pipeline']} (step {info['step']}, non-zero {info['nonzero']:,}/{info['total']:,} in the sparse tensors) -> {info['out']}"
     )
     if args.compress:
-        print(f"compressed UNet ({info['compressed_ratio']:.3f}x of dense fp32) -> {info['compressed']}")
+        print(f"compressed {info['denoiser']} ({info['compressed_ratio']:.3f}x of dense fp32) -> {info['compressed']}")
 
 
 def _fid(args) -> None:
@@ -494,8 +494,10 @@ def build_parser() -> argparse.ArgumentParser:
     autoencoder.add_argument("--no-progress", action="store_true", help="no progress bar")
     autoencoder.set_defaults(func=_train_autoencoder)
 
-    export = sub.add_parser("export", help="write a Latent Diffusion run as a diffusers LDMPipeline folder (+ masks)")
-    export.add_argument("run", help="run folder of a task=ldm run")
+    export = sub.add_parser(
+        "export", help="write an image run as a diffusers LDMPipeline or DiTPipeline folder (+ masks)"
+    )
+    export.add_argument("run", help="run folder of a task=ldm or task=dit run")
     export.add_argument("--out", required=True, help="pipeline folder to write")
     export.add_argument("--checkpoint", help="a checkpoint file instead of the newest")
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")

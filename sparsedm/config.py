@@ -23,6 +23,7 @@ from sparsedm.data.strokes.config import StrokeDataConfig
 from sparsedm.diffusion.config import BetaSchedule, DiffusionConfig
 from sparsedm.errors import UserError, choice
 from sparsedm.models.chirodiff import ChiroDiffConfig
+from sparsedm.models.dit import DiTConfig
 from sparsedm.models.unet import UNetConfig
 from sparsedm.runs.run_dir import RunDir
 from sparsedm.sparse.config import SparseConfig
@@ -136,6 +137,16 @@ class LDMExperiment(TaskExperiment):
 
 
 @dataclass
+class DiTExperiment(LDMExperiment):
+    """Latent Diffusion with a Diffusion Transformer denoiser: every key but `model` is the ldm task's."""
+
+    task: str = "dit"  # a DiT denoiser (diffusers' DiTTransformer2DModel, one class) over the same latents
+    model: DiTConfig = field(default_factory=DiTConfig)  # DiT-S/2
+    # S: Small-Dense, model.hidden_size narrowed to the non-zero count of S (tasks/width.py); with sparse.method=dense
+    small_dense: Optional[float] = None
+
+
+@dataclass
 class AutoencoderTrainConfig(TrainConfig):
     """The training loop's settings with the autoencoder's defaults, and its objective: reconstruction only
     (LDM adds LPIPS and a patch GAN, which are not implemented here)."""
@@ -195,6 +206,12 @@ def _ldm_task():
     return LatentDiffusionTask
 
 
+def _dit_task():
+    from sparsedm.tasks.dit import DiTTask
+
+    return DiTTask
+
+
 def _autoencoder_task():
     from sparsedm.tasks.autoencoder import AutoencoderTask
 
@@ -212,9 +229,10 @@ class TaskEntry:
 TASKS = {
     "chirodiff": TaskEntry(ChiroDiffExperiment, _chirodiff_task, "train"),
     "ldm": TaskEntry(LDMExperiment, _ldm_task, "train"),
+    "dit": TaskEntry(DiTExperiment, _dit_task, "train"),
     "autoencoder": TaskEntry(AutoencoderExperiment, _autoencoder_task, "train-autoencoder"),
 }
-Experiment = ChiroDiffExperiment | LDMExperiment
+Experiment = ChiroDiffExperiment | LDMExperiment | DiTExperiment
 SCHEMAS = {name: entry.schema for name, entry in TASKS.items() if entry.command == "train"}  # `sparsedm train`'s
 # what a run folder may hold: an autoencoder's too (its task then says what a command can do with it)
 RUN_SCHEMAS = {name: entry.schema for name, entry in TASKS.items()}

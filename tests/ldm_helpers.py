@@ -71,3 +71,23 @@ def ldm_overrides(images, cache, autoencoder) -> list:
         "sample.steps=5",
         "sparse.update_interval=10",
     ]
+
+
+def dit_overrides(images, cache, autoencoder) -> list:
+    """configs/dit_openmoji_cpu.yaml shrunk: a DiT of 2 blocks, hidden 32 in 2 heads, patch 2 on 3 x 4 x 4 latents."""
+    return [
+        *data_overrides(images, cache),
+        f"autoencoder.path={autoencoder}",
+        "model.hidden_size=32",
+        "model.num_layers=2",
+        "model.num_heads=2",
+        "model.patch_size=2",
+        "autoencoder.encode_batch_size=8",
+        "train.batch_size=16",
+        "train.log_every=10",
+        "train.checkpoint_every=1000",
+        "train.val_batches=1",
+        "sample.steps=5",
+        "sample.num=8",
+        "sparse.update_interval=5",
+    ]

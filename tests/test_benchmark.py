@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+MODELS = ("cpu-ldm", "ldm4-small", "chirodiff", "cpu-dit", "dit-s2")  # the benchmarks' workloads, in order
+
 
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.slow
@@ -53,16 +55,14 @@ def test_sparse_inference_benchmark_prints_every_model_and_sparsity():
     result = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = re.findall(
-        r"^(cpu-ldm|ldm4-small|chirodiff)\s+uniform\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x\s+(\S+)\s+([\d.]+)\s+(.+)$",
+        r"^(cpu-ldm|ldm4-small|chirodiff|cpu-dit|dit-s2)\s+uniform\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x\s+(\S+)\s+([\d.]+)\s+(.+)$",
         result.stdout,
         re.M,
     )
-    assert [(r[0], r[1]) for r in rows] == [
-        (model, s) for model in ("cpu-ldm", "ldm4-small", "chirodiff") for s in ("0.50", "0.90")
-    ]
+    assert [(r[0], r[1]) for r in rows] == [(model, s) for model in MODELS for s in ("0.50", "0.90")]
     assert all(float(r[5]) < 1e-4 for r in rows)  # the sparse model computes what the masked one does
     compressed = {(r[0], r[1]): float(r[6]) for r in rows}
-    assert all(compressed[(m, "0.90")] < compressed[(m, "0.50")] for m in ("cpu-ldm", "ldm4-small", "chirodiff"))
+    assert all(compressed[(m, "0.90")] < compressed[(m, "0.50")] for m in MODELS)
     assert all(re.search(r"(Conv2d 3x3|Linear) \d+/\d+", r[7]) for r in rows)  # the per-kind layer counts
     assert re.search(r"GRU layer 8 units, 12 steps, S = 0.9: CSR step loop / dense fused GRU [\d.]+", result.stdout)
 
@@ -102,14 +102,12 @@ def test_sparse_training_benchmark_prints_every_layer_and_the_models_gradients_a
     assert {r[2] for r in rows} == {"0.50", "0.95"} and any(r[0] == "Linear" for r in rows)
     assert all(float(r[7]) == 1.0 for r in rows if r[8] == "module")  # a layer kept costs what the masked one does
     summaries = re.findall(
-        r"^(cpu-ldm|ldm4-small|chirodiff) S = ([\d.]+): masked layers, measured plans / dense ([\d.]+); whole model "
+        r"^(cpu-ldm|ldm4-small|chirodiff|cpu-dit|dit-s2) S = ([\d.]+): masked layers, measured plans / dense ([\d.]+); whole model "
         r"fwd\+bwd, measured / masked ([\d.]+) \((\d+)/(\d+) layers sparse, gradient difference (\S+) of the largest\)$",
         result.stdout,
         re.M,
     )
-    assert [(s[0], s[1]) for s in summaries] == [
-        (model, s) for model in ("cpu-ldm", "ldm4-small", "chirodiff") for s in ("0.5", "0.95")
-    ]
+    assert [(s[0], s[1]) for s in summaries] == [(model, s) for model in MODELS for s in ("0.5", "0.95")]
     assert all(float(s[6]) < 1e-4 for s in summaries)  # sparse layers compute the masked model's gradients
 
 
@@ -121,12 +119,12 @@ def test_training_cycle_benchmark_prints_time_and_memory_ratios_per_model():
     result = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = re.findall(
-        r"^(cpu-ldm|ldm4-small|chirodiff)\s+0\.90 uniform\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)"
+        r"^(cpu-ldm|ldm4-small|chirodiff|cpu-dit|dit-s2)\s+0\.90 uniform\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)"
         r"\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\d+/\d+/\d+)",
         result.stdout,
         re.M,
     )
-    assert [r[0] for r in rows] == ["cpu-ldm", "ldm4-small", "chirodiff"]
+    assert [r[0] for r in rows] == list(MODELS)
     for model, *ratios, layers in rows:
         cycle, update, other, long, seconds, pgo, ema, engine, mib = map(float, ratios)
         assert cycle > 0 and update > 0 and other > 0 and seconds > 0
@@ -134,8 +132,30 @@ def test_training_cycle_benchmark_prints_time_and_memory_ratios_per_model():
         assert engine == 1.0  # the masks and exploration record are the same in both modes
         sparse, dense, masked = map(int, layers.split("/"))
         assert sparse + dense + masked == {"chirodiff": 2}.get(model, sparse + dense + masked) > 0
-        if model != "chirodiff" and masked == 0:  # every weight compact: ~0.1 of the values, plus their indices
+        if model in ("cpu-ldm", "ldm4-small") and masked == 0:  # every weight compact: ~0.1 of the values, plus indices
             assert pgo < 0.45 and ema < 0.2, (model, pgo, ema)
         assert pgo <= 1.0
         if model == "chirodiff":  # the GRU, most of the model, stays masked
             assert 0.5 < pgo <= 1.0
+    # the DiTs' Small-Dense: a narrower dense DiT holds less than the masked full-width one, and is timed too
+    small = re.findall(
+        r"^(cpu-dit|dit-s2) .+  small-dense hidden (\d+): cycle ([\d.]+), p\+g\+opt ([\d.]+)$", result.stdout, re.M
+    )
+    assert [s[0] for s in small] == ["cpu-dit", "dit-s2"]
+    assert all(int(width) < 16 and float(cycle) > 0 and 0 < float(pgo) < 1 for _, width, cycle, pgo in small)
+
+
+@pytest.mark.slow
+def test_gpu_check_times_the_dit_compact_against_masked_and_checks_it_on_the_cpu(tmp_path):
+    args = [sys.executable, "benchmarks/gpu_check.py", "--out", str(tmp_path), "--tasks", "dit"]
+    args += ["--steps", "2", "--block", "1", "--resume-steps", "4"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    ratio = re.search(
+        r"^dit: time per step RigL S = 0.9, sparse.kernels=measure / masked = ([\d.]+)$", result.stdout, re.M
+    )
+    assert ratio and float(ratio.group(1)) > 0
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    checks = [k for k in report if k.startswith("dit: ")]
+    assert len(checks) == 4 and all(report[k] is True for k in checks)

@@ -29,6 +29,8 @@ SUMMARY_KEYS = {
     "flops_train_step",
     "loss_final",
     "wall_time_s",
+    "train_cpu_s",
+    "train_wall_s",
     "weights_sha256",
     "masks_sha256",
 }

@@ -13,7 +13,7 @@ from tiny_models import tiny_chirodiff
 from sparsedm.config import load_config
 from sparsedm.errors import UserError
 from sparsedm.experiments.aggregate import aggregate, read_runs
-from sparsedm.experiments.curves import equal_flops_pairs, read_curve_records
+from sparsedm.experiments.curves import equal_cost_pairs, read_curve_records
 from sparsedm.experiments.grid import SweepGrid
 from sparsedm.experiments.report import build_report
 from sparsedm.models.unet import UNetConfig, allowed_base_channels
@@ -158,7 +158,7 @@ def test_the_report_pairs_with_dense_and_small_dense_by_fid_and_kid(sweep):
     assert "one family per score (3 by FID, 3 by KID;" in text
 
 
-def test_equal_flops_pairs_sparse_points_with_small_dense_of_their_s(tmp_path):
+def test_equal_cost_pairs_sparse_points_with_small_dense_of_their_s(tmp_path):
     # RigL-DM at S = 0.5 spends (75 + 2) / 51 / 3 = 50.3% of Dense per step; Small-Dense 48%, so at each
     # step RigL's partner below is Small-Dense at the same step, and above, Small-Dense at the next step
     for seed in range(3):
@@ -175,16 +175,16 @@ def test_equal_flops_pairs_sparse_points_with_small_dense_of_their_s(tmp_path):
                     flops_train_step=record["flops_train_step"] * share,
                 )
                 path.write_text(json.dumps(record))
-    pairs = equal_flops_pairs(read_curve_records(tmp_path))
-    small = {(p.step, p.dense_step): p for p in pairs if p.against == "Small-Dense" and p.score == "FID"}
+    pairs = equal_cost_pairs(read_curve_records(tmp_path))
+    small = {(p.step, p.base_step): p for p in pairs if p.against == "Small-Dense" and p.score == "FID"}
     assert sorted(small) == [(1000, 1000), (1000, 2000), (2000, 2000), (2000, 4000), (4000, 4000)]
     # (45 + s) - (58 + s / 2): better, but against a Small-Dense point that spent less: nothing per FLOP
     assert small[4000, 4000].result.mean == pytest.approx(-12.5) and small[4000, 4000].result.verdict == "better"
-    assert small[4000, 4000].per_flop == "–"
+    assert small[4000, 4000].per_cost == "–"
     # (56 + s) - (58 + s / 2) = -2, -1.5, -1: better than Small-Dense at twice the steps, which spent more
-    assert small[2000, 4000].result.mean == pytest.approx(-1.5) and small[2000, 4000].per_flop == "sparse ahead"
+    assert small[2000, 4000].result.mean == pytest.approx(-1.5) and small[2000, 4000].per_cost == "sparse ahead"
     # (56 + s) - 50: worse than Small-Dense at the same step, which spent less
-    assert small[2000, 2000].per_flop == "Small-Dense ahead"
+    assert small[2000, 2000].per_cost == "Small-Dense ahead"
     dense = [p for p in pairs if p.against == "Dense"]
     assert dense and all(p.key == ("rigl", 0.5, 0.1) for p in pairs)
 

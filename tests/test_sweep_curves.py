@@ -8,15 +8,16 @@ import math
 import pytest
 from test_sweep_aggregate import fake_run
 
-from sparsedm.experiments.curves import equal_flops_pairs, read_curve_records, rows_by_step
+from sparsedm.experiments.curves import SECONDS, equal_cost_pairs, read_curve_records, rows_by_step
 from sparsedm.experiments.report import build_report
 
 T_975_2 = 4.302652729911275  # Student's t, 97.5% quantile, 2 degrees of freedom (tables)
 STEPS = (1000, 2000, 4000)
 
 
-def curve_run(sweep, name, method, fids, seed, sparsity=0.0, near_copy=0.0, commit="a" * 40, explored=None):
-    """A run scored at STEPS (FIDs in that order): RUN/eval/step_*.json and eval.json, as the sweep leaves them."""
+def curve_run(sweep, name, method, fids, seed, sparsity=0.0, near_copy=0.0, commit="a" * 40, explored=None, cpu_s=None):
+    """A run scored at STEPS (FIDs in that order): RUN/eval/step_*.json and eval.json, as the sweep leaves them;
+    `cpu_s`: its training CPU seconds at each of STEPS (None: a run trained before they were recorded)."""
     fake_run(sweep, name, method, fids[-1], sparsity=sparsity, seed=seed)
     folder = sweep / "runs" / name
     final = json.loads((folder / "eval.json").read_text())
@@ -38,6 +39,7 @@ def curve_run(sweep, name, method, fids, seed, sparsity=0.0, near_copy=0.0, comm
             "exploration_rate": explored,
             "provenance": {"git_commit": commit, "git_dirty": False},
             "train_provenance": {"git_commit": commit, "git_dirty": False},
+            "train_cpu_s": None if cpu_s is None else cpu_s[STEPS.index(step)],
         }
         (folder / "eval" / f"step_{step:08d}.json").write_text(json.dumps(record))
         if step == STEPS[-1]:
@@ -73,23 +75,23 @@ def test_each_step_pairs_with_dense_at_the_same_step(sweep):
     assert static.verdict == "worse"
 
 
-def test_equal_flops_pairs_take_the_dense_points_on_either_side(sweep):
-    pairs = {(pair.step, pair.dense_step): pair for pair in equal_flops_pairs(read_curve_records(sweep))}
+def test_equal_cost_pairs_take_the_dense_points_on_either_side(sweep):
+    pairs = {(pair.step, pair.base_step): pair for pair in equal_cost_pairs(read_curve_records(sweep))}
     # Static-DM at S = 0.5 spends half of Dense's FLOPs per step: its step 1000 = Dense's 500, below Dense's first
     # point (so only the point above), 2000 = Dense's 1000, 4000 = Dense's 2000; Dense's last point (4000) spent
     # more than any sparse point, so nothing is paired above it
     assert sorted(pairs) == [(1000, 1000), (2000, 1000), (2000, 2000), (4000, 2000), (4000, 4000)]
-    assert pairs[4000, 2000].dense_flops == pytest.approx(pairs[4000, 2000].flops)
-    assert pairs[4000, 4000].dense_flops == pytest.approx(2 * pairs[4000, 4000].flops)
+    assert pairs[4000, 2000].base_cost == pytest.approx(pairs[4000, 2000].cost)
+    assert pairs[4000, 4000].base_cost == pytest.approx(2 * pairs[4000, 4000].cost)
     result = pairs[4000, 2000].result  # 48 - 50, 50 - 52, 51 - 54: sparse at 4000 against Dense at 2000
     assert (result.mean, result.ci_low, result.ci_high) == interval([-2.0, -2.0, -3.0])
-    assert result.verdict == "better" and pairs[4000, 2000].per_flop == "sparse ahead"
+    assert result.verdict == "better" and pairs[4000, 2000].per_cost == "sparse ahead"
     # 55 - 60, 56 - 62, 60 - 64: sparse at 2000 against Dense at 1000, which spent as much
-    assert pairs[2000, 1000].result.mean == pytest.approx(-5.0) and pairs[2000, 1000].per_flop == "sparse ahead"
+    assert pairs[2000, 1000].result.mean == pytest.approx(-5.0) and pairs[2000, 1000].per_cost == "sparse ahead"
     # 80 - 60, 82 - 62, 84 - 64: behind a Dense that spent twice as much says nothing per FLOP
-    assert pairs[1000, 1000].result.verdict == "worse" and pairs[1000, 1000].per_flop == "–"
+    assert pairs[1000, 1000].result.verdict == "worse" and pairs[1000, 1000].per_cost == "–"
     # 48 - 40, 50 - 41, 51 - 45: worse than Dense at twice the FLOPs, again nothing per FLOP
-    assert pairs[4000, 4000].result.verdict == "worse" and pairs[4000, 4000].per_flop == "–"
+    assert pairs[4000, 4000].result.verdict == "worse" and pairs[4000, 4000].per_cost == "–"
 
 
 def test_a_sparse_point_behind_a_dense_point_that_spent_less_is_behind_per_flop():
@@ -120,11 +122,11 @@ def test_a_sparse_point_behind_a_dense_point_that_spent_less_is_behind_per_flop(
         }
         for seed in range(3)
     ]
-    below, above = equal_flops_pairs(records)
+    below, above = equal_cost_pairs(records)
     # Dense at 1000 (1.0T, less than the sparse point's 1.5T) and at 2000 (2.0T, more)
-    assert (below.dense_step, above.dense_step) == (1000, 2000)
-    assert below.result.verdict == "worse" and below.per_flop == "Dense ahead"
-    assert above.result.verdict == "worse" and above.per_flop == "–"
+    assert (below.base_step, above.base_step) == (1000, 2000)
+    assert below.result.verdict == "worse" and below.per_cost == "Dense ahead"
+    assert above.result.verdict == "worse" and above.per_cost == "–"
 
 
 @pytest.mark.parametrize("share, partner", [(0.99998, 2000), (0.998, 1000)])
@@ -156,8 +158,8 @@ def test_a_dense_point_a_hair_above_counts_as_equal_flops(share, partner):
             "run": "static-S0.5-seed0",
         }
     )
-    pair = equal_flops_pairs(records)[0]  # the Dense point at or below; [1] would be the one above, if any
-    assert pair.dense_step == partner
+    pair = equal_cost_pairs(records)[0]  # the Dense point at or below; [1] would be the one above, if any
+    assert pair.base_step == partner
 
 
 def test_the_report_adds_curves_memorisation_and_provenance(sweep, caplog):
@@ -211,3 +213,51 @@ def test_a_sweep_scored_once_has_no_curve_section(tmp_path):
     report = build_report(tmp_path)
     assert "Learning curves" not in report.markdown and "fid_vs_step.png" not in {p.name for p in report.files}
     assert "Runs trained at: unrecorded (2 runs)." in report.markdown
+
+
+def test_equal_seconds_pairs_split_the_seeds_whose_dense_partners_are_at_different_steps(tmp_path):
+    # Dense seeds 0 and 1 spend 100 CPU s per 1,000 steps; seed 2 ran on a faster moment: 70 per 1,000. Static-DM
+    # spends 150 s to its step 2000 (seed 2 115 s): its partner below is Dense's 1000 for seeds 0 and 1 (100 s) but
+    # Dense's 1000 for seed 2 too (70 s; its 2000 is 140 s, above 115); above, Dense's 2000 for every seed
+    dense_cpu = {0: [100.0, 200.0, 400.0], 1: [100.0, 200.0, 400.0], 2: [70.0, 140.0, 280.0]}
+    static_cpu = {0: [75.0, 150.0, 300.0], 1: [75.0, 150.0, 300.0], 2: [60.0, 115.0, 230.0]}
+    for seed in range(3):
+        curve_run(tmp_path, f"dense-seed{seed}", "dense", DENSE[seed], seed, cpu_s=dense_cpu[seed])
+        curve_run(
+            tmp_path, f"static-S0.5-seed{seed}", "static", STATIC[seed], seed, sparsity=0.5, cpu_s=static_cpu[seed]
+        )
+    pairs = [p for p in equal_cost_pairs(read_curve_records(tmp_path), SECONDS) if p.score == "FID"]
+    at_2000 = {p.base_step: p for p in pairs if p.step == 2000}
+    assert sorted(at_2000) == [1000, 2000]
+    assert at_2000[1000].base_cost == pytest.approx(90.0) and at_2000[2000].base_cost == pytest.approx(180.0)
+    assert at_2000[1000].cost == pytest.approx((150 + 150 + 115) / 3) and at_2000[1000].result.n == 3
+    # step 4000: seeds 0 and 1 (300 s) pair below with Dense's 2000 (200 s), seed 2 (230 s) with its 2000 (140 s):
+    # the same step; above, seeds 0 and 1 with Dense's 4000 (400 s) and seed 2 with its 4000 (280 s)
+    at_4000 = sorted((p.base_step, p.result.n) for p in pairs if p.step == 4000)
+    assert at_4000 == [(2000, 3), (4000, 3)]
+    # step 1000: seed 2 (60 s) is below its Dense's first point (70 s), seeds 0 and 1 (75 s) below theirs (100 s):
+    # only the points above, Dense's 1000 for all
+    assert sorted((p.base_step, p.result.n) for p in pairs if p.step == 1000) == [(1000, 3)]
+    report = build_report(tmp_path)
+    assert "### Equal training CPU seconds" in report.markdown and "| Per CPU-second |" in report.markdown
+    assert "fid_vs_train_seconds.png" in {path.name for path in report.files}
+
+
+def test_seeds_whose_partners_are_at_different_steps_make_one_pair_per_step(tmp_path):
+    dense_cpu = {0: [100.0, 200.0, 400.0], 1: [100.0, 200.0, 400.0], 2: [50.0, 100.0, 200.0]}
+    for seed in range(3):
+        curve_run(tmp_path, f"dense-seed{seed}", "dense", DENSE[seed], seed, cpu_s=dense_cpu[seed])
+        curve_run(
+            tmp_path, f"static-S0.5-seed{seed}", "static", STATIC[seed], seed, sparsity=0.5, cpu_s=[75.0, 150.0, 300.0]
+        )
+    pairs = [p for p in equal_cost_pairs(read_curve_records(tmp_path), SECONDS) if p.score == "FID" and p.step == 2000]
+    # below 150 s: seeds 0 and 1 at Dense's 1000 (100 s), seed 2 at its 2000 (100 s); above: 2000 and 4000
+    below = sorted((p.base_step, p.result.n) for p in pairs if p.base_cost <= p.cost)
+    assert below == [(1000, 2), (2000, 1)]
+    assert sorted((p.base_step, p.result.n) for p in pairs if p.base_cost > p.cost) == [(2000, 2), (4000, 1)]
+
+
+def test_a_sweep_without_recorded_seconds_has_no_seconds_section(sweep):
+    report = build_report(sweep)
+    assert "Equal training CPU seconds" not in report.markdown
+    assert "fid_vs_train_seconds.png" not in {path.name for path in report.files}

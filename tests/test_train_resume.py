@@ -276,3 +276,33 @@ def test_milestones_past_the_end_are_refused(tmp_path, cache, capsys):
     assert "keep_steps=[2, 9] goes past the run's 4 steps" in err and not (tmp_path / "run" / "checkpoints").exists()
     assert train(tmp_path / "run2", cache, "train.steps=4", "train.keep_steps=[0]") == 2
     assert "must hold steps >= 1" in capsys.readouterr().err
+
+
+def test_the_training_steps_cpu_and_wall_seconds_are_recorded_and_carried_across_a_resume(tmp_path, cache):
+    common = ["train.steps=10", "train.checkpoint_every=100", "sparse.method=rigl"]
+    assert train(tmp_path / "split", cache, *common, "train.stop_at=5") == 0
+    stopped = load_checkpoint(list_checkpoints(tmp_path / "split" / "checkpoints")[-1])["step_seconds"]
+    assert stopped["train_cpu_s"] > 0 and stopped["train_wall_s"] > 0
+    assert train(tmp_path / "split", cache, *common, flags=["--resume"]) == 0
+    summary = json.loads((tmp_path / "split" / "summary.json").read_text())
+    # the second job's steps are added to the first's, and the steps are a part of the whole run's wall time
+    assert summary["train_cpu_s"] > stopped["train_cpu_s"] and summary["train_wall_s"] > stopped["train_wall_s"]
+    assert summary["train_wall_s"] < summary["wall_time_s"]
+    lines = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    cpu = [line["train_cpu_s"] for line in lines if "loss" in line]
+    assert len(cpu) == 2 and cpu[0] == pytest.approx(stopped["train_cpu_s"]) and cpu[1] == summary["train_cpu_s"]
+
+
+def test_a_checkpoint_from_before_the_seconds_record_resumes_and_says_what_its_seconds_count(tmp_path, cache, caplog):
+    common = ["train.steps=10", "train.checkpoint_every=100", "sparse.method=rigl"]
+    assert train(tmp_path / "run", cache, *common, "train.stop_at=5") == 0
+    path = list_checkpoints(tmp_path / "run" / "checkpoints")[-1]
+    state = load_checkpoint(path)
+    del state["step_seconds"]
+    torch.save(state, path)
+    with caplog.at_level(logging.WARNING, logger="sparsedm"):
+        assert train(tmp_path / "run", cache, *common, flags=["--resume"]) == 0
+    warned = [r.getMessage() for r in caplog.records if "predates the training-seconds record" in r.getMessage()]
+    assert len(warned) == 1 and "count steps 6 on only" in warned[0]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert 0 < summary["train_cpu_s"]

@@ -1,4 +1,4 @@
-"""Tiny models for tests: a few-channel diffusers UNet with attention, a small bidirectional GRU, and the
+"""Tiny models for tests: a few-channel diffusers UNet with attention, a two-block DiT, a small bidirectional GRU, and the
 overrides of the tiny ChiroDiff run that the end-to-end tests train on the built-in KanjiVG data in seconds."""
 
 import torch
@@ -19,6 +19,14 @@ def tiny_unet():
         norm_num_groups=4,
         attention_head_dim=8,
     )
+
+
+def tiny_dit():
+    """diffusers' DiTTransformer2DModel of one class, hidden 32 in 2 heads, 2 blocks, patch 2 on 4 x 8 x 8 latents
+    (16 tokens), torch's initialisation (nothing starts at zero, so every layer has a gradient at once)."""
+    from sparsedm.models.dit import DiTConfig, build_dit
+
+    return build_dit(DiTConfig(hidden_size=32, num_layers=2, num_heads=2, zero_init=False), 8, 4)
 
 
 class TinyGRU(nn.Module):

@@ -349,6 +349,8 @@ def evaluate_run(
         "flops_train_step": summary["flops_train_step"],  # per sample, like the forward FLOPs
         "flops_train_step_dense": dense_method().train_flops(f_sparse, f_dense, summary["update_interval"]),
         "flops_train_total": summary["flops_train_step"] * cfg.train.batch_size * step,  # up to the step scored
+        # the training steps' process CPU and wall seconds up to the step scored (None: trained before recorded)
+        **{key: state.get("step_seconds", {}).get(key) for key in ("train_cpu_s", "train_wall_s")},
         "flops_sample": sampling_flops(f_sparse, sampling.steps),
         **(memorisation(task, settings, features, images, device, progress) if settings.memorisation else {}),
         "sparse_kernels": kernels is not None,  # sampled with sparse kernels (--sparse-kernels)

@@ -3,12 +3,13 @@
 - per step, FID and KID mean ± std, the exploration rate (share of the sparse weights ever active by then),
   then each configuration paired by seed with Dense, and each sparse one with Small-Dense of its S, at the same
   step (comparisons.versus_baselines; Holm over the whole table, one family per score);
-- equal training FLOPs: each sparse point paired, seed by seed, with the points of the same seed of a dense
-  baseline (Dense; Small-Dense of the same S) on either side of its cumulative training FLOPs: the last at or
-  below its own (within FLOPS_TOLERANCE) and the first above. No interpolation between the baseline's scored
-  steps; the table states what each baseline point spent. Ahead of a baseline point that spent more is ahead
-  per FLOP; behind one that spent less is behind per FLOP; anything else is between the baseline's scored
-  points, and says nothing per FLOP;
+- equal training FLOPs, and equal training CPU seconds where the runs recorded them (train/step_clock.py): each
+  sparse point paired, seed by seed, with the points of the same seed of a dense baseline (Dense; Small-Dense
+  of the same S) on either side of its cumulative cost: the last at or below its own (within the axis's
+  tolerance) and the first above. No interpolation between the baseline's scored steps; the table states what
+  each baseline point spent. Ahead of a baseline point that spent more is ahead per FLOP (per CPU-second);
+  behind one that spent less is behind; anything else is between the baseline's scored points, and says
+  nothing per unit of cost;
 - memorisation: FID against the training split and the near-copy shares (eval/memorisation.py), with the
   held-out split's share as the baseline.
 
@@ -38,11 +39,6 @@ from sparsedm.experiments.paired import BETTER, WORSE, PairedDifference, paired_
 from sparsedm.runs.files import read_json
 from sparsedm.runs.run_dir import EVAL_FIELDS, EVAL_FIX, EVAL_STEPS
 from sparsedm.sparse.methods import dense_method
-
-# relative: a Dense point that spent at most 0.1% more counts as equal. A sparse model's count is not exactly a
-# fraction of Dense's (ERK rounds each tensor's density; biases and norms stay dense): MagRan-DM at S = 0.5 spent
-# 99.998% of Dense at half its steps in docs/curves.md, and a strict rule paired it with Dense at a quarter.
-FLOPS_TOLERANCE = 1e-3
 
 
 def read_curve_records(sweep_dir) -> List[dict]:
@@ -90,91 +86,126 @@ def per_step_table(by_step: Dict[int, List[Row]]) -> str:
     )
 
 
+@dataclass(frozen=True)
+class CostAxis:
+    """What a run spends, as the step files record it up to the step scored: the axis of the equal-cost pairs."""
+
+    key: str  # the step file's cumulative cost
+    name: str  # the table's column of the sparse point's cost
+    short: str  # its plural in "Its <short> (share)" and "equal-<short> pairs"
+    unit: str  # "per <unit>" in the verdict column
+    tolerance: float  # relative: a baseline point that spent at most this much more counts as equal
+
+
+# relative: a Dense point that spent at most 0.1% more counts as equal. A sparse model's count is not exactly a
+# fraction of Dense's (ERK rounds each tensor's density; biases and norms stay dense): MagRan-DM at S = 0.5 spent
+# 99.998% of Dense at half its steps in docs/curves.md, and a strict rule paired it with Dense at a quarter.
+FLOPS_TOLERANCE = 1e-3
+FLOPS = CostAxis("flops_train_total", "Training FLOPs", "FLOPs", "FLOP", FLOPS_TOLERANCE)
+# measured, not counted: no rounding to forgive, so a baseline point spent as much only if it spent at least as much
+SECONDS = CostAxis("train_cpu_s", "Training CPU s", "CPU-seconds", "CPU-second", 0.0)
+
+
 @dataclass
-class EqualFlopsPair:
+class EqualCostPair:
     key: tuple  # (method, S, p) of the sparse configuration
     step: int  # its scored step
-    flops: float  # its cumulative training FLOPs at that step (mean over seeds)
+    cost: float  # its cumulative training cost at that step (mean over the paired seeds)
     against: str  # the baseline's display name: Dense, Small-Dense
-    dense_step: int  # the baseline's step paired with it
-    dense_flops: float
-    result: PairedDifference  # score(sparse, step) - score(baseline, dense_step), by seed
+    base_step: int  # the baseline's step paired with it
+    base_cost: float  # the baseline's cost at that step (mean over the paired seeds)
+    result: PairedDifference  # score(sparse, step) - score(baseline, base_step), by seed
     score: str = FID
+    axis: CostAxis = FLOPS
 
     @property
-    def per_flop(self) -> str:
-        """What the pair says per training FLOP: sparse ahead of a baseline point that spent as much or more, the
+    def per_cost(self) -> str:
+        """What the pair says per unit of cost: sparse ahead of a baseline point that spent as much or more, the
         baseline ahead of the sparse point while spending as much or less; else nothing ("–"). From the Holm
         verdict once the table has adjusted it."""
         verdict = self.result.holm_verdict or self.result.verdict
-        if verdict == BETTER and self.dense_flops >= self.flops * (1 - FLOPS_TOLERANCE):
+        if verdict == BETTER and self.base_cost >= self.cost * (1 - self.axis.tolerance):
             return "sparse ahead"
-        if verdict == WORSE and self.dense_flops <= self.flops * (1 + FLOPS_TOLERANCE):
+        if verdict == WORSE and self.base_cost <= self.cost * (1 + self.axis.tolerance):
             return f"{self.against} ahead"
         return "–"
 
     @property
-    def per_flop_unadjusted(self) -> str:
-        return replace(self, result=replace(self.result, holm_verdict=None)).per_flop
+    def per_cost_unadjusted(self) -> str:
+        return replace(self, result=replace(self.result, holm_verdict=None)).per_cost
 
 
-def _baseline_points(records: List[dict], score: str) -> Dict[tuple, List[Tuple[float, int, float]]]:
-    """The baselines' scored points by (configuration, S, seed): (cumulative training FLOPs, step, score), by
-    FLOPs. Dense's S is None; Small-Dense's the S it matches."""
+def has_cost(records: List[dict], axis: CostAxis) -> bool:
+    """Every scored point records the axis's cost (runs trained before seconds were recorded have none)."""
+    return bool(records) and all(record.get(axis.key) is not None for record in records)
+
+
+def _baseline_points(records: List[dict], score: str, axis: CostAxis) -> Dict[tuple, List[Tuple[float, int, float]]]:
+    """The baselines' scored points by (configuration, S, seed): (cumulative cost, step, score), by cost. Dense's
+    S is None; Small-Dense's the S it matches."""
     points = defaultdict(list)
     for record in records:
         method, sparsity, _ = group_key(record)
         if (is_dense(method) or method == SMALL_DENSE.name) and record.get(score.lower()) is not None:
-            points[method, sparsity, record["seed"]].append(
-                (record["flops_train_total"], record["step"], record[score.lower()])
-            )
+            points[method, sparsity, record["seed"]].append((record[axis.key], record["step"], record[score.lower()]))
     return {key: sorted(found) for key, found in points.items()}
 
 
-def _partners(points: List[Tuple[float, int, float]], flops: float) -> Tuple[Optional[tuple], Optional[tuple]]:
-    """The points on either side of `flops`: the last at or below it (within FLOPS_TOLERANCE) and the first above;
+def _partners(
+    points: List[Tuple[float, int, float]], cost: float, tolerance: float
+) -> Tuple[Optional[tuple], Optional[tuple]]:
+    """The points on either side of `cost`: the last at or below it (within `tolerance`) and the first above;
     None where there is none."""
-    below = [point for point in points if point[0] <= flops * (1 + FLOPS_TOLERANCE)]
-    above = [point for point in points if point[0] > flops * (1 + FLOPS_TOLERANCE)]
+    below = [point for point in points if point[0] <= cost * (1 + tolerance)]
+    above = [point for point in points if point[0] > cost * (1 + tolerance)]
     return (below[-1] if below else None), (above[0] if above else None)
 
 
-def equal_flops_pairs(records: List[dict]) -> List[EqualFlopsPair]:
+def equal_cost_pairs(records: List[dict], axis: CostAxis = FLOPS) -> List[EqualCostPair]:
     """Each sparse (configuration, step) against Dense, and against Small-Dense of its S, at the nearest
-    cumulative training FLOPs at or below its own and at the nearest above, paired by seed, by FID and by KID; a
-    side without a baseline point is left out."""
+    cumulative cost at or below its own and at the nearest above, paired by seed, by FID and by KID; a side
+    without a baseline point is left out. FLOPs per step are the same for every seed, so the seeds share one
+    partner step; measured seconds are not, and seeds whose partners are at different steps make one pair per
+    step."""
     groups = defaultdict(list)
     for record in records:
         if get_method(record["method"]).sparse:
             groups[group_key(record), record["step"]].append(record)
     pairs = []
     for score in (FID, KID):
-        baselines = _baseline_points(records, score)
+        baselines = _baseline_points(records, score, axis)
         for (key, step), runs in groups.items():
             runs = [run for run in runs if run.get(score.lower()) is not None]
-            if not runs:
-                continue
-            flops = sum(run["flops_train_total"] for run in runs) / len(runs)
             for base in ((dense_method().name, None), (SMALL_DENSE.name, key[1])):
                 for side in (0, 1):  # 0: the baseline spent as much or less; 1: it spent more
-                    fids, base_fids, partners = {}, {}, set()
+                    by_partner_step = defaultdict(list)  # the baseline's step -> [(run, its partner point)]
                     for run in runs:
                         points = baselines.get((*base, run["seed"]), [])
-                        partner = _partners(points, run["flops_train_total"])[side]
+                        partner = _partners(points, run[axis.key], axis.tolerance)[side]
                         if partner is not None:
-                            fids[run["seed"]], base_fids[run["seed"]] = run[score.lower()], partner[2]
-                            partners.add(partner[:2])
-                    if not partners:
-                        continue
-                    # a baseline's FLOPs per step are the same for every seed, so the seeds share one partner step
-                    dense_flops, dense_step = max(partners) if side == 0 else min(partners)
-                    result = paired_difference(fids, base_fids)
-                    name = get_method(base[0]).display_name
-                    pairs.append(EqualFlopsPair(key, step, flops, name, dense_step, dense_flops, result, score))
+                            by_partner_step[partner[1]].append((run, partner))
+                    for base_step, found in sorted(by_partner_step.items()):
+                        result = paired_difference(
+                            {run["seed"]: run[score.lower()] for run, _ in found},
+                            {run["seed"]: partner[2] for run, partner in found},
+                        )
+                        pairs.append(
+                            EqualCostPair(
+                                key,
+                                step,
+                                _mean([run[axis.key] for run, _ in found]),
+                                get_method(base[0]).display_name,
+                                base_step,
+                                _mean([partner[0] for _, partner in found]),
+                                result,
+                                score,
+                                axis,
+                            )
+                        )
     return sorted(pairs, key=_pair_order)
 
 
-def _pair_order(pair: EqualFlopsPair) -> tuple:
+def _pair_order(pair: EqualCostPair) -> tuple:
     return (
         pair.score,
         method_order(pair.key[0]),
@@ -182,26 +213,30 @@ def _pair_order(pair: EqualFlopsPair) -> tuple:
         pair.key[2] or 0.0,
         pair.step,
         pair.against,
-        pair.dense_flops,
+        pair.base_cost,
     )
 
 
-def equal_flops_table(pairs: List[EqualFlopsPair]) -> str:
-    """Markdown, Holm-adjusted over the table (one family per score), with the per-FLOP reading of both the
+def _cost_cell(axis: CostAxis, cost: float) -> str:
+    return human(cost) if axis is FLOPS else f"{cost:,.1f}"
+
+
+def equal_cost_table(pairs: List[EqualCostPair], axis: CostAxis = FLOPS) -> str:
+    """Markdown, Holm-adjusted over the table (one family per score), with the per-cost reading of both the
     unadjusted and the adjusted verdict."""
     if not pairs:
         return ""
     pairs = with_holm(pairs)
-    header = ["Method", "S", "p", "Step", "Training FLOPs", "Against", "Its step", "Its FLOPs (share)", "Score"]
-    header += [*PAIRED_HEADER, "Per FLOP", "Per FLOP (Holm)"]
+    header = ["Method", "S", "p", "Step", axis.name, "Against", "Its step", f"Its {axis.short} (share)", "Score"]
+    header += [*PAIRED_HEADER, f"Per {axis.unit}", f"Per {axis.unit} (Holm)"]
     lines = []
     for pair in pairs:
         lines.append(
-            f"| {config_cells(*pair.key)} | {pair.step} | {human(pair.flops)} | {pair.against} | {pair.dense_step} "
-            f"| {human(pair.dense_flops)} ({pair.dense_flops / pair.flops:.0%}) | {pair.score} "
-            f"| {paired_cells(pair.result, pair.score)} | {pair.per_flop_unadjusted} | {pair.per_flop} |"
+            f"| {config_cells(*pair.key)} | {pair.step} | {_cost_cell(axis, pair.cost)} | {pair.against} "
+            f"| {pair.base_step} | {_cost_cell(axis, pair.base_cost)} ({pair.base_cost / pair.cost:.0%}) "
+            f"| {pair.score} | {paired_cells(pair.result, pair.score)} | {pair.per_cost_unadjusted} | {pair.per_cost} |"
         )
-    return "\n".join(table_lines(header, lines)) + "\n\n" + family_note(pairs, "equal-FLOPs pairs")
+    return "\n".join(table_lines(header, lines)) + "\n\n" + family_note(pairs, f"equal-{axis.short} pairs")
 
 
 def _mean(values: List[float]) -> Optional[float]:

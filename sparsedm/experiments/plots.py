@@ -149,6 +149,15 @@ def fid_vs_step(by_step: Dict[int, List[Row]], path: Path) -> Path:
 def fid_vs_cumulative_flops(records: List[dict], path: Path, score: str = "fid") -> Path:
     """Every scored point (run and step) at its cumulative training FLOPs, a line per run: Dense black,
     Small-Dense grey, each sparse method its colour; `score` "kid" for KID (runs scored before it are left out)."""
+    return _score_vs_cost(records, path, score, "flops_train_total", "cumulative training FLOPs")
+
+
+def fid_vs_cumulative_seconds(records: List[dict], path: Path) -> Path:
+    """The same at the process CPU seconds of the training steps up to each scored step (train/step_clock.py)."""
+    return _score_vs_cost(records, path, "fid", "train_cpu_s", "training CPU seconds")
+
+
+def _score_vs_cost(records: List[dict], path: Path, score: str, cost: str, label: str) -> Path:
     records = [record for record in records if record.get(score) is not None]
     figure = Figure(figsize=(6, 4))
     axes = figure.add_subplot()
@@ -161,7 +170,7 @@ def fid_vs_cumulative_flops(records: List[dict], path: Path, score: str = "fid")
         method, sparsity, prune_rate = group_key(points[0])
         label = _config_label(method, sparsity, prune_rate)
         axes.plot(
-            [r["flops_train_total"] for r in points],
+            [r[cost] for r in points],
             [r[score] for r in points],
             **_config_line(method, sparsity),
             marker="o",
@@ -172,7 +181,7 @@ def fid_vs_cumulative_flops(records: List[dict], path: Path, score: str = "fid")
         labelled.add(label)
     axes.set_xscale("log")
     axes.xaxis.set_minor_formatter(NullFormatter())
-    return _finish_axes(figure, axes, "cumulative training FLOPs", path, score.upper())
+    return _finish_axes(figure, axes, label, path, score.upper())
 
 
 def memorisation_vs_step(records: List[dict], path: Path) -> Path:

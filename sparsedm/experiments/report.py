@@ -6,13 +6,16 @@ SWEEP/results.csv             one row per (method, S, p): FID and KID mean and s
 SWEEP/results.md              the paper's table, the paired comparisons with Dense and Small-Dense by FID and KID
                               (each verdict beside its Holm-adjusted one), then dynamic methods paired
                               with Static-DM and with their largest p (comparisons.py), a note on what they are;
-                              learning curves, equal-FLOPs pairs and memorisation (curves.py) when runs were
+                              learning curves, equal-FLOPs and equal-CPU-seconds pairs and memorisation
+                              (curves.py) when runs were
                               scored at several steps; the validation losses (losses.py); the commits the runs
                               came from
 SWEEP/fid_vs_sparsity.png     FID against S, a line per method (and p); Dense as a level with its ± std band
 SWEEP/fid_vs_train_flops.png  FID against training FLOPs as a fraction of dense; for runs scored at several
                               steps, every scored point at its cumulative training FLOPs
 SWEEP/kid_vs_train_flops.png  the same by KID, for runs scored at several steps with KID
+SWEEP/fid_vs_train_seconds.png every scored point at the process CPU seconds of its training steps, for runs
+                              scored at several steps that recorded them (train/step_clock.py)
 SWEEP/fid_vs_step.png         FID against the scored step (runs scored at several steps, curves.py)
 SWEEP/memorisation_vs_step.png FID held-out minus FID train, and the near-copy shares (Inception,
                               pixels), against the step
@@ -52,8 +55,10 @@ from sparsedm.experiments.comparisons import (
 )
 from sparsedm.experiments.curves import (
     FLOPS_TOLERANCE,
-    equal_flops_pairs,
-    equal_flops_table,
+    SECONDS,
+    equal_cost_pairs,
+    equal_cost_table,
+    has_cost,
     has_curves,
     memorisation_table,
     per_step_table,
@@ -63,6 +68,7 @@ from sparsedm.experiments.curves import (
 from sparsedm.experiments.losses import loss_table, read_loss_curves
 from sparsedm.experiments.plots import (
     fid_vs_cumulative_flops,
+    fid_vs_cumulative_seconds,
     fid_vs_exploration,
     fid_vs_sparsity,
     fid_vs_step,
@@ -91,8 +97,8 @@ class Report:
 def curves_section(records: List[dict]) -> str:
     """The learning-curve tables of curves.py, as markdown."""
     by_step = rows_by_step(records)
-    pairs = equal_flops_table(equal_flops_pairs(records)) or "No sparse point has a Dense point to pair with.\n"
-    return (
+    pairs = equal_cost_table(equal_cost_pairs(records)) or "No sparse point has a Dense point to pair with.\n"
+    section = (
         "\n## Learning curves\n\nEach scored step; ΔFID pairs each configuration with Dense of the same seed at "
         "the same step.\n\n"
         + per_step_table(by_step)
@@ -101,6 +107,17 @@ def curves_section(records: List[dict]) -> str:
         "as equal) and the first above; no interpolation, the share says what Dense spent. Per FLOP: sparse ahead "
         "of a Dense point that spent as much or more, or Dense ahead of a sparse point while spending as much or "
         "less; a pair that shows neither says nothing per FLOP.\n\n" + pairs
+    )
+    if not has_cost(records, SECONDS):
+        return section
+    seconds = equal_cost_table(equal_cost_pairs(records, SECONDS), SECONDS) or "No sparse point has a pair.\n"
+    return (
+        section
+        + "\n### Equal training CPU seconds\n\nThe same pairing by the process CPU seconds of the training steps "
+        "up to each scored step (summary.json's `train_cpu_s`, docs/run_folder.md), seed by seed, a baseline point "
+        "counting as equal only if it spent at least as much. Seconds are measured, not counted: they move with "
+        "the machine and its load, so compare runs trained on one machine, and read a pair against the spread "
+        "of the same configuration run twice.\n\n" + seconds
     )
 
 
@@ -148,6 +165,8 @@ def build_report(sweep_dir) -> Report:
             files.append(fid_vs_cumulative_flops(curve_records, sweep_dir / "fid_vs_train_flops.png"))
             if any(record.get("kid") is not None for record in curve_records):
                 files.append(fid_vs_cumulative_flops(curve_records, sweep_dir / "kid_vs_train_flops.png", "kid"))
+            if has_cost(curve_records, SECONDS):
+                files.append(fid_vs_cumulative_seconds(curve_records, sweep_dir / "fid_vs_train_seconds.png"))
             scored = [record for record in curve_records if "near_copy" in record]
             if scored:
                 files.append(memorisation_vs_step(scored, sweep_dir / "memorisation_vs_step.png"))

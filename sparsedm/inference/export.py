@@ -1,4 +1,6 @@
-"""`sparsedm export RUN --out DIR`: a Latent Diffusion run as a diffusers `LDMPipeline` folder.
+"""`sparsedm export RUN --out DIR`: a Latent Diffusion run as a diffusers `LDMPipeline` folder, a DiT run as a
+`DiTPipeline` folder (inference/pipelines.py; a DiT's folders are transformer/ and vae/ where a UNet's are
+unet/ and vqvae/, and `DiTPipeline.from_pretrained(DIR)(class_labels=[0] * 4, guidance_scale=1.0)` samples it).
 
     DIR/model_index.json        LDMPipeline: vqvae + unet + scheduler
     DIR/unet/                   UNet2DModel: the run's EMA weights, masked entries exactly zero
@@ -22,13 +24,13 @@ from pathlib import Path
 from typing import Dict, Optional
 
 import torch
-from diffusers import LDMPipeline
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from sparsedm.config_loader import to_dict
 from sparsedm.errors import UserError
 from sparsedm.inference.model_card import write_model_card
+from sparsedm.inference.pipelines import LAYOUTS, layout_of
 from sparsedm.inference.sampling import load_run_ema
 from sparsedm.runs.files import writing
 from sparsedm.runs.run_dir import RunDir
@@ -43,7 +45,7 @@ from sparsedm.sparse.masks import apply_masks_
 from sparsedm.sparse.sparsity_check import check_sparse
 
 MASKS = "masks.safetensors"
-COMPRESSED_UNET = "unet_sparse.safetensors"
+COMPRESSED_UNET = LAYOUTS["ldm"].compressed
 
 
 def export_run(
@@ -53,10 +55,7 @@ def export_run(
     (non-zeros of the sparse tensors, scaling factor, compressed / dense bytes)."""
     run, out = RunDir(run_path), Path(out)
     cfg = run.read_config()
-    if cfg.task != "ldm":
-        raise UserError(
-            f"{run.path} is a task={cfg.task} run; export writes diffusers pipelines of Latent Diffusion (task=ldm) runs"
-        )
+    layout = layout_of(cfg.task, run.path)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; export writes a folder: choose another --out")
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -65,7 +64,9 @@ def export_run(
     task.check_autoencoder()
     masks = state["engine"]["masks"]
     # the engine keeps the EMA sparse; if it is not, the export says so before making the zeros exact
-    check_sparse(masks, unet, f"the EMA of {run.path}", "the exported UNet has them zeroed; the run's EMA does not")
+    check_sparse(
+        masks, unet, f"the EMA of {run.path}", f"the exported {layout.kind} has them zeroed; the run's EMA does not"
+    )
     apply_masks_(dict(unet.named_parameters()), masks)
     vqvae = task.first_stage.load("cpu")
     vqvae.register_to_config(scaling_factor=task.scaling_factor)
@@ -82,16 +83,18 @@ def export_run(
     }
     compressed = {}
     with writing():
-        LDMPipeline(vqvae=vqvae, unet=unet, scheduler=task.diffusion.scheduler("ddim")).save_pretrained(out)
+        layout.build(unet, vqvae, task.diffusion.scheduler("ddim")).save_pretrained(out)
         save_file({name: mask.contiguous() for name, mask in masks.items()}, out / MASKS, metadata=metadata)
         if compress:
             weights = unet.state_dict()
-            size = save_compressed(out / COMPRESSED_UNET, weights, masks, metadata=metadata)
-            compressed = {"compressed": str(out / COMPRESSED_UNET), "compressed_ratio": size / dense_bytes(weights)}
-        write_model_card(out, run, cfg, task, unet, masks, state["step"], compress)
+            size = save_compressed(out / layout.compressed, weights, masks, metadata=metadata)
+            compressed = {"compressed": str(out / layout.compressed), "compressed_ratio": size / dense_bytes(weights)}
+        write_model_card(out, run, cfg, task, unet, masks, state["step"], compress, layout)
     return {
         **compressed,
         "out": str(out),
+        "pipeline": layout.pipeline.__name__,
+        "denoiser": layout.kind,
         "step": state["step"],
         "scaling_factor": task.scaling_factor,
         "masked_tensors": len(masks),
@@ -101,7 +104,7 @@ def export_run(
 
 
 def load_masks(folder) -> Dict[str, torch.Tensor]:
-    """{parameter name: bool mask} of an exported UNet (empty for a dense run)."""
+    """{parameter name: bool mask} of an exported denoiser (empty for a dense run)."""
     path = Path(folder) / MASKS
     if not path.is_file():
         raise UserError(f"{path} does not exist; export the run with `sparsedm export RUN --out {folder}`")

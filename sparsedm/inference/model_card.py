@@ -2,7 +2,7 @@
 
 The metadata block is what the Hub and diffusers read (library_name, pipeline_tag, tags; the method's name is a
 tag, so sparse models are found by method). The body states what a reader of a sparse model asks first: the
-method and its knobs (S, p, ΔT, distribution), the non-zero parameters of the exported UNet, its forward and
+method and its knobs (S, p, ΔT, distribution), the non-zero parameters of the exported denoiser, its forward and
 training FLOPs and the run's scores at the exported step, the data set, and the code that trained it; then the
 three ways to load the folder. Numbers a run did not record (no summary.json yet, no `sparsedm evaluate`) are
 named as missing, with the command that records them.
@@ -15,6 +15,7 @@ from typing import Dict, Optional
 import torch
 
 import sparsedm
+from sparsedm.inference.pipelines import PipelineLayout
 from sparsedm.runs.provenance import git_state
 from sparsedm.runs.run_dir import EVAL_STEPS, SUMMARY, RunDir
 from sparsedm.sparse.cost import count_parameters
@@ -44,7 +45,16 @@ def _summary_at(run: RunDir, step: int) -> Optional[dict]:
     return summary if summary["steps"] == step else None
 
 
-def card_text(run: RunDir, cfg, task, unet: torch.nn.Module, masks: Dict[str, torch.Tensor], step: int, compressed):
+def card_text(
+    run: RunDir,
+    cfg,
+    task,
+    unet: torch.nn.Module,
+    masks: Dict[str, torch.Tensor],
+    step: int,
+    compressed,
+    layout: PipelineLayout,
+):
     sparse = cfg.sparse
     method = sparse.canonical_method
     counts = count_parameters(unet, masks)
@@ -62,7 +72,7 @@ def card_text(run: RunDir, cfg, task, unet: torch.nn.Module, masks: Dict[str, to
         ("ΔT (steps between mask updates)", str(sparse.update_interval)),
         ("distribution", str(sparse.distribution)),
         (
-            "non-zero parameters of the UNet",
+            f"non-zero parameters of the {layout.kind}",
             f"{counts['params_nonzero']:,} of {counts['params_total']:,} ({share:.1%} zero)",
         ),
     ]
@@ -84,11 +94,12 @@ def card_text(run: RunDir, cfg, task, unet: torch.nn.Module, masks: Dict[str, to
         ("trained with", _code(summary.get("provenance") if summary else None)),
         ("exported with", _code(exporter)),
     ]
-    tags = ["sparsedm", "sparse-training", method, "latent-diffusion", "diffusers:LDMPipeline"]
+    pipeline = layout.pipeline.__name__
+    tags = ["sparsedm", "sparse-training", method, "latent-diffusion", f"diffusers:{pipeline}"]
     compressed_line = (
-        'pipe.unet.load_state_dict(load_compressed(f"{folder}/unet_sparse.safetensors")[0])  # the compressed file'
+        f'pipe.{layout.denoiser}.load_state_dict(load_compressed(f"{{folder}}/{layout.compressed}")[0])  # the compressed file'
         if compressed
-        else "# unet_sparse.safetensors (the compressed UNet) is written by `sparsedm export RUN --out DIR --compress`"
+        else f"# {layout.compressed} (the compressed {layout.kind}) is written by `sparsedm export RUN --out DIR --compress`"
     )
     return "\n".join(
         [
@@ -102,8 +113,8 @@ def card_text(run: RunDir, cfg, task, unet: torch.nn.Module, masks: Dict[str, to
             f"# {run.path.name}: {method} at S = {sparse.sparsity}",
             "",
             f"A Latent Diffusion model of {task.data_name()}, trained sparse-to-sparse with "
-            f"sparsedm ({method}). The UNet's masked weights are exact "
-            "zeros in `unet/`; `masks.safetensors` holds the masks (docs/format.md of sparsedm specifies it).",
+            f"sparsedm ({method}). The {layout.kind}'s masked weights are exact "
+            f"zeros in `{layout.denoiser}/`; `masks.safetensors` holds the masks (docs/format.md of sparsedm specifies it).",
             "",
             "| | |",
             "|---|---|",
@@ -112,13 +123,13 @@ def card_text(run: RunDir, cfg, task, unet: torch.nn.Module, masks: Dict[str, to
             "## Load",
             "",
             "```python",
-            "from diffusers import LDMPipeline",
+            f"from diffusers import {pipeline}",
             "from sparsedm.inference.export import load_masks",
             "from sparsedm.sparse.compress import load_compressed",
             "",
             'folder = "."  # this folder',
-            "pipe = LDMPipeline.from_pretrained(folder)  # diffusers alone: pipe(batch_size=4).images",
-            "masks = load_masks(folder)  # {UNet parameter name: bool mask}, to continue sparse training",
+            f"pipe = {pipeline}.from_pretrained(folder)  # diffusers alone: pipe({layout.call}).images",
+            f"masks = load_masks(folder)  # {{{layout.kind} parameter name: bool mask}}, to continue sparse training",
             compressed_line,
             "```",
             "",
@@ -126,7 +137,9 @@ def card_text(run: RunDir, cfg, task, unet: torch.nn.Module, masks: Dict[str, to
     )
 
 
-def write_model_card(out: Path, run: RunDir, cfg, task, unet, masks, step: int, compressed: bool) -> Path:
+def write_model_card(
+    out: Path, run: RunDir, cfg, task, unet, masks, step: int, compressed: bool, layout: PipelineLayout
+) -> Path:
     path = Path(out) / CARD
-    path.write_text(card_text(run, cfg, task, unet, masks, step, compressed))
+    path.write_text(card_text(run, cfg, task, unet, masks, step, compressed, layout))
     return path

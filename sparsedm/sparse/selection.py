@@ -13,8 +13,9 @@ from torch import nn
 from sparsedm.errors import UserError
 
 # Names of timestep-embedding layers: diffusers' `time_embedding.linear_1`, LDM's `time_embed.0`,
-# ChiroDiff's `time_embedding.*`.
-TIME_EMBEDDING_PATTERN = r"(^|\.)time_embed(ding)?(\.|$)"
+# ChiroDiff's `time_embedding.*`, diffusers transformers' `timestep_embedder.linear_1` (DiT, PixArt, SD3) and the
+# class embedding added to it in DiT's conditioning (`class_embedder`: with one class, a learnt constant of it).
+TIME_EMBEDDING_PATTERN = r"(^|\.)(time_embed(ding)?|timestep_embedder|class_embedder)(\.|$)"
 
 
 def _unmatched(patterns: List[str], names: List[str]) -> List[str]:

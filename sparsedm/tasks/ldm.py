@@ -47,7 +47,7 @@ class LatentDiffusionTask(Task):
                 f"data.image_size={cfg.data.image_size}; train one at {cfg.data.image_size} px or set data.image_size={trained_at}"
             )
         self.latent_size = cfg.data.image_size // self.first_stage.factor
-        check_unet_config(cfg.model, self.latent_size)
+        self.check_model()
         self.scaling_factor: float | None = None  # s: the UNet sees s·z; set by load_data or a checkpoint
         self.autoencoder_sha256: str | None = None  # the autoencoder the run was trained in
 
@@ -55,12 +55,20 @@ class LatentDiffusionTask(Task):
     def latent_shape(self) -> tuple:
         return (self.first_stage.latent_channels, self.latent_size, self.latent_size)
 
+    def check_model(self) -> None:
+        """One-line errors for a `model:` block the denoiser cannot be built from on these latents."""
+        check_unet_config(self.cfg.model, self.latent_size)
+
     def widths(self) -> List[int]:
         return allowed_base_channels(self.cfg.model)
 
     def build_denoiser(self, width: Optional[int] = None) -> nn.Module:
         model = self.cfg.model if width is None else replace(self.cfg.model, base_channels=width)
         return build_unet(model, self.latent_size, self.first_stage.latent_channels)
+
+    def predict(self, model: nn.Module, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """ε̂(x_t, t): the denoiser's output, the one place the loss and the sampler call it."""
+        return model(x_t, t, return_dict=False)[0]
 
     def load_data(self, progress=None, device=None):
         device = device or resolve_device(self.cfg.train.device, DistInfo())
@@ -105,7 +113,7 @@ class LatentDiffusionTask(Task):
         if posterior:
             z = z + std * noise[:, 1]
         x0 = z * self.scaling_factor
-        return self.diffusion.loss(lambda x_t, t_: model(x_t, t_, return_dict=False)[0], x0, t=t, noise=noise[:, 0])
+        return self.diffusion.loss(lambda x_t, t_: self.predict(model, x_t, t_), x0, t=t, noise=noise[:, 0])
 
     def flops_inputs(self, batch):
         x = batch["mean"]
@@ -122,7 +130,7 @@ class LatentDiffusionTask(Task):
         for start in range(0, num, sc.batch_size):
             count = min(sc.batch_size, num - start)
             x0 = self.diffusion.sample(
-                lambda x_t, t: model(x_t, t, return_dict=False)[0],
+                lambda x_t, t: self.predict(model, x_t, t),
                 (count, *self.latent_shape),
                 sampler=sc.sampler,
                 steps=sc.steps,

@@ -38,8 +38,11 @@ def training_flops(model: torch.nn.Module, flops_inputs, engine: SparseEngine, s
     }
 
 
-def build_summary(cfg, task, model, engine: SparseEngine, flops_inputs, steps: int, losses: dict, wall: float) -> dict:
-    """The summary of a run trained to `steps`; `losses`: loss_final and val_loss_final."""
+def build_summary(
+    cfg, task, model, engine: SparseEngine, flops_inputs, steps: int, losses: dict, wall: float, seconds: dict
+) -> dict:
+    """The summary of a run trained to `steps`; `losses`: loss_final and val_loss_final; `seconds`: the training
+    steps' CPU and wall seconds (train/step_clock.py)."""
     sparse = engine.config
     flops = training_flops(model.eval(), flops_inputs, engine, steps)
     return {
@@ -59,7 +62,8 @@ def build_summary(cfg, task, model, engine: SparseEngine, flops_inputs, steps: i
         "flops_forward_sparse": flops["flops_forward_sparse"],
         "flops_train_step": flops["flops_train_step"],
         **losses,
-        "wall_time_s": wall,
+        "wall_time_s": wall,  # the whole run: steps, validation, checkpoints, logging
+        **seconds,
         "weights_sha256": weights_fingerprint(model),
         "masks_sha256": engine.masks_fingerprint(),
         "tensors": [asdict(row) for row in engine.report()],  # per sparse tensor, in model order

@@ -41,6 +41,7 @@ from sparsedm.sparse import EMA, SparseConfig, SparseEngine
 from sparsedm.sparse.methods import dense_method
 from sparsedm.tasks import build_task
 from sparsedm.train.loggers import RunLogger, sample_pictures
+from sparsedm.train.step_clock import StepClock
 from sparsedm.train.summary import build_summary
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if tc.precision == "fp16" else None
         self.forward_model = self.model
         self.step, self.wall_before = 0, 0.0
+        self.clock = StepClock()
 
     def _use_kernels(self) -> None:
         """sparse.kernels other than masked: the engine makes sparse layers keep only their active weights, each
@@ -144,6 +146,13 @@ class Trainer:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.wall_before = state["step"], state.get("wall_time_s", 0.0)
+        self.clock.load_state_dict(state.get("step_seconds", {}))
+        if "step_seconds" not in state and self.step:
+            log.warning(
+                "%s predates the training-seconds record: train_cpu_s and train_wall_s will count steps %d on only",
+                path,
+                self.step + 1,
+            )
         if self.dist.is_main:
             self.run.truncate_metrics(self.step)
         log.info("resumed from %s at step %d", path, self.step)
@@ -180,6 +189,7 @@ class Trainer:
             "task": self.task.state_dict(),
             "config": to_dict(self.cfg),
             "wall_time_s": elapsed,
+            "step_seconds": self.clock.state_dict(),
         }
         save_checkpoint(
             state,
@@ -299,7 +309,8 @@ class Trainer:
         self.model.train()
         with self._graceful_interrupt():
             while self.step < stop_at and not self.stop_requested:
-                loss, update, task_event = self.train_step()
+                with self.clock:
+                    loss, update, task_event = self.train_step()
                 window.append(loss)
                 self._after_step(update, task_event, window, bar, elapsed)
                 due = self.step % self.tc.checkpoint_every == 0 or self.step in self.tc.keep_steps
@@ -348,6 +359,7 @@ class Trainer:
                     "lr": self.tc.lr,
                     "sparsity": self.engine.sparsity(),
                     "elapsed_s": elapsed(),
+                    **self.clock.record(),
                 }
             )
             bar.set_postfix(loss=f"{self.last_loss:.4f}")
@@ -368,7 +380,15 @@ class Trainer:
         example = self._batch(self.train_set, self.batches.indices(0)[:1])
         losses = {"loss_final": self.last_loss, "val_loss_final": val_loss, "train_split_loss_final": train_split_loss}
         summary = build_summary(
-            self.cfg, self.task, self.model, self.engine, self.task.flops_inputs(example), self.step, losses, wall
+            self.cfg,
+            self.task,
+            self.model,
+            self.engine,
+            self.task.flops_inputs(example),
+            self.step,
+            losses,
+            wall,
+            self.clock.record(),
         )
         summary["provenance"] = provenance(self.device)
         self.task.finish(self.ema.module, self.run.path, summary)
