@@ -195,6 +195,7 @@ def test_kept_steps_are_scored_with_memorisation_each_in_its_file(run, capsys, m
     assert json.loads((run / "eval" / "step_00000004.json").read_text())["near_copy"] == early["near_copy"]
 
 
+@pytest.mark.slow  # real Inception features: 10-35 s
 def test_the_training_items_groups_reach_every_near_copy_test(run, capsys, monkeypatch):
     """A task whose items come in variant groups (OpenMoji) hands the training split's groups to the four tests
     (samples and the held-out baseline, Inception features and pixels), and the score names the rule."""
@@ -307,6 +308,7 @@ def test_evaluate_needs_a_finished_training(run, capsys):
     assert code == 2 and "its training did not finish" in out.err
 
 
+@pytest.mark.slow  # real Inception features: 10-35 s
 def test_the_final_step_is_scored_with_k_sampling_seeds_and_their_mean(run, capsys):
     code, out = evaluate(run, capsys, "--num", "6", "--steps", "3", "--no-memorisation", "--sampling-seeds", "3")
     assert code == 0, out.err

@@ -36,6 +36,7 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
 
 
+@pytest.mark.slow  # real Inception features: 10-35 s
 def test_kid_equals_torchmetrics_on_inception_features_of_real_photos():
     load_inception()
     real, fake = photo_crops(24, seed=0), photo_crops(20, seed=1)
