@@ -67,14 +67,20 @@ def test_sparse_inference_benchmark_prints_every_model_and_sparsity():
     assert re.search(r"GRU layer 8 units, 12 steps, S = 0.9: CSR step loop / dense fused GRU [\d.]+", result.stdout)
 
 
-@pytest.mark.slow
-def test_gpu_check_without_a_gpu_says_so_and_checks_the_rest(tmp_path):
-    """The CPU path of benchmarks/gpu_check.py, on ChiroDiff (the LDM half runs the same checks)."""
-    args = [sys.executable, "benchmarks/gpu_check.py", "--out", str(tmp_path), "--tasks", "chirodiff"]
+def gpu_check_on_the_cpu(tmp_path, task: str) -> subprocess.CompletedProcess:
+    """benchmarks/gpu_check.py on one task with the GPU hidden, two steps a check; it must succeed."""
+    args = [sys.executable, "benchmarks/gpu_check.py", "--out", str(tmp_path), "--tasks", task]
     args += ["--steps", "2", "--block", "1", "--resume-steps", "4"]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
     result = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return result
+
+
+@pytest.mark.slow
+def test_gpu_check_without_a_gpu_says_so_and_checks_the_rest(tmp_path):
+    """The CPU path of benchmarks/gpu_check.py, on ChiroDiff (the LDM half runs the same checks)."""
+    result = gpu_check_on_the_cpu(tmp_path, "chirodiff")
     assert result.stdout.startswith("no GPU: checking on the CPU")
     ratios = re.findall(r"^chirodiff (\w+): time per step RigL S = 0.5 / dense = ([\d.]+)$", result.stdout, re.M)
     assert [p for p, _ in ratios] == ["fp32", "bf16"] and all(float(r) > 0 for _, r in ratios)
@@ -147,11 +153,7 @@ def test_training_cycle_benchmark_prints_time_and_memory_ratios_per_model():
 
 @pytest.mark.slow
 def test_gpu_check_times_the_dit_compact_against_masked_and_checks_it_on_the_cpu(tmp_path):
-    args = [sys.executable, "benchmarks/gpu_check.py", "--out", str(tmp_path), "--tasks", "dit"]
-    args += ["--steps", "2", "--block", "1", "--resume-steps", "4"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    result = gpu_check_on_the_cpu(tmp_path, "dit")
     ratio = re.search(
         r"^dit: time per step RigL S = 0.9, sparse.kernels=measure / masked = ([\d.]+)$", result.stdout, re.M
     )

@@ -261,33 +261,53 @@ def test_the_masked_layer_is_kept_only_where_it_beats_compact_by_the_margin(marg
     assert len(plans) == compacted
 
 
-@pytest.mark.parametrize("method", ["static", "rigl", "magran"])
-@pytest.mark.parametrize("plan", ["compact", "torch/torch/sampled", "scipy/scipy/matmul"])
-def test_a_tiny_unet_trains_compact_with_attention_and_resampling(method, plan):
+def train_masked_then_compact(build, batch, loss_of, method, plan, steps=6):
+    """The same 6 steps masked and with `plan`, from the same seed: per run its state dict, masks
+    fingerprint, storage and losses."""
     results = []
-    for plan in (None, plan):
+    for kernels in (None, plan):
         torch.manual_seed(0)
-        model = tiny_unet()
+        model = build()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
         ema = EMA(model, decay=0.9)
-        engine = SparseEngine(model, optimizer, SparseConfig(method=method, sparsity=0.8, update_interval=2), 6, ema)
-        g = torch.Generator().manual_seed(0)
-        x, t = torch.randn(2, 3, 8, 8, generator=g), torch.tensor([3, 700])
-        if plan:
-            engine.compact(SparseConfig(kernels=plan).kernel_plan, lambda: model(x, t))
-        storage = engine.storage
-        for _ in range(6):
+        config = SparseConfig(method=method, sparsity=0.8, update_interval=2)
+        engine = SparseEngine(model, optimizer, config, steps, ema)
+        inputs = batch()
+        if kernels:
+            engine.compact(SparseConfig(kernels=kernels).kernel_plan, lambda: model(*inputs))
+        losses = []
+        for _ in range(steps):
             optimizer.zero_grad(set_to_none=True)
-            model(x, t).sample.square().mean().backward()
+            loss = loss_of(model(*inputs).sample, inputs[0])
+            loss.backward()
+            losses.append(float(loss.detach()))
             engine.after_backward()
             optimizer.step()
             engine.after_optimizer_step()
             ema.update(model)
-        results.append((model.state_dict(), engine.masks_fingerprint(), storage))
-    assert results[0][1] == results[1][1]
-    assert len(results[1][2].layers) > 10
-    for name, tensor in results[0][0].items():
-        torch.testing.assert_close(results[1][0][name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+        results.append((model.state_dict(), engine.masks_fingerprint(), engine.storage, losses, len(engine.masks)))
+    return results
+
+
+def assert_same_weights(masked: dict, compact: dict) -> None:
+    for name, tensor in masked.items():
+        # an attention key bias has an exact gradient of 0 (softmax ignores a shift shared by a query's keys);
+        # Adam turns the rounding noise there into lr-sized steps that differ between the storages
+        if not name.endswith("to_k.bias"):
+            torch.testing.assert_close(compact[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("method", COMPACT_METHODS)
+@pytest.mark.parametrize("plan", ["compact", "torch/torch/sampled", "scipy/scipy/matmul"])
+def test_a_tiny_unet_trains_compact_with_attention_and_resampling(method, plan):
+    def batch():
+        g = torch.Generator().manual_seed(0)
+        return torch.randn(2, 3, 8, 8, generator=g), torch.tensor([3, 700])
+
+    masked, compact = train_masked_then_compact(tiny_unet, batch, lambda y, x: y.square().mean(), method, plan)
+    assert masked[1] == compact[1]
+    assert len(compact[2].layers) > 10
+    assert_same_weights(masked[0], compact[0])
 
 
 @pytest.mark.parametrize("method", COMPACT_METHODS)
@@ -295,36 +315,16 @@ def test_a_tiny_unet_trains_compact_with_attention_and_resampling(method, plan):
 def test_a_tiny_dit_trains_compact_as_masked(method, plan):
     """Every sparse tensor of the DiT is a Linear (attention, feed-forward, adaLN, final layer) or the patch
     embedding's strided conv, so all of them go compact: masks, losses and weights as masked training's."""
-    results = []
-    for plan in (None, plan):
-        torch.manual_seed(0)
-        model = tiny_dit()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
-        ema = EMA(model, decay=0.9)
-        engine = SparseEngine(model, optimizer, SparseConfig(method=method, sparsity=0.8, update_interval=2), 6, ema)
+
+    def batch():
         g = torch.Generator().manual_seed(0)
-        x, t, labels = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([3, 700]), torch.zeros(2, dtype=torch.long)
-        if plan:
-            engine.compact(SparseConfig(kernels=plan).kernel_plan, lambda: model(x, t, labels))
-        storage, losses = engine.storage, []
-        for _ in range(6):
-            optimizer.zero_grad(set_to_none=True)
-            loss = (model(x, t, labels).sample - x).square().mean()
-            loss.backward()
-            losses.append(float(loss.detach()))
-            engine.after_backward()
-            optimizer.step()
-            engine.after_optimizer_step()
-            ema.update(model)
-        results.append((model.state_dict(), engine.masks_fingerprint(), storage, losses))
-    assert results[0][1] == results[1][1]
-    assert len(results[1][2].layers) == len(engine.masks) == 2 * 7 + 3  # per block 7 Linear; patch conv, final 2
-    torch.testing.assert_close(torch.tensor(results[1][3]), torch.tensor(results[0][3]), rtol=1e-5, atol=1e-6)
-    for name, tensor in results[0][0].items():
-        # a key bias has an exact gradient of 0 (softmax ignores a shift shared by a query's keys); Adam turns the
-        # rounding noise there into lr-sized steps that differ between the storages
-        if not name.endswith("attn1.to_k.bias"):
-            torch.testing.assert_close(results[1][0][name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+        return torch.randn(2, 4, 8, 8, generator=g), torch.tensor([3, 700]), torch.zeros(2, dtype=torch.long)
+
+    masked, compact = train_masked_then_compact(tiny_dit, batch, lambda y, x: (y - x).square().mean(), method, plan)
+    assert masked[1] == compact[1]
+    assert len(compact[2].layers) == compact[4] == 2 * 7 + 3  # per block 7 Linear; the patch conv, the final 2
+    torch.testing.assert_close(torch.tensor(compact[3]), torch.tensor(masked[3]), rtol=1e-5, atol=1e-6)
+    assert_same_weights(masked[0], compact[0])
 
 
 real_cache = compact_choice.DecisionCache
