@@ -52,6 +52,18 @@ def train_tiny_autoencoder(images, cache, out, kind: str = "vq", steps: int = 60
     return read_autoencoder_metrics(out)
 
 
+def short_run_overrides() -> list:
+    """What every tiny latent-diffusion run of the tests shares: small batches, few logs and sampling steps."""
+    return [
+        "autoencoder.encode_batch_size=8",
+        "train.batch_size=16",
+        "train.log_every=10",
+        "train.checkpoint_every=1000",
+        "train.val_batches=1",
+        "sample.steps=5",
+    ]
+
+
 def ldm_overrides(images, cache, autoencoder) -> list:
     """configs/ldm_openmoji_cpu.yaml shrunk: a 2-level UNet of 16/32 channels on 3 x 4 x 4 latents."""
     return [
@@ -63,12 +75,7 @@ def ldm_overrides(images, cache, autoencoder) -> list:
         "model.attention_resolutions=[2]",
         "model.attention_head_dim=8",
         "model.norm_num_groups=8",
-        "autoencoder.encode_batch_size=8",
-        "train.batch_size=16",
-        "train.log_every=10",
-        "train.checkpoint_every=1000",
-        "train.val_batches=1",
-        "sample.steps=5",
+        *short_run_overrides(),
         "sparse.update_interval=10",
     ]
 
@@ -82,12 +89,7 @@ def dit_overrides(images, cache, autoencoder) -> list:
         "model.num_layers=2",
         "model.num_heads=2",
         "model.patch_size=2",
-        "autoencoder.encode_batch_size=8",
-        "train.batch_size=16",
-        "train.log_every=10",
-        "train.checkpoint_every=1000",
-        "train.val_batches=1",
-        "sample.steps=5",
+        *short_run_overrides(),
         "sample.num=8",
         "sparse.update_interval=5",
     ]
