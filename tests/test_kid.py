@@ -46,9 +46,9 @@ def test_kid_equals_torchmetrics_on_inception_features_of_real_photos():
     ours = kid(fake_features, real_features, subsets=7, subset_size=12, seed=3)
     assert (ours.mean, ours.std) == pytest.approx(expected, rel=1e-9, abs=1e-12)
     assert ours.std > 0  # the subsets differ
-    # one subset of every item: no draw left, so no spread, and still torchmetrics' value
+    # one subset of every item: no draw left, so no spread to state (not 0), and still torchmetrics' value
     whole = kid(fake_features, real_features[:20], subsets=3, subset_size=20)
-    assert whole.std == pytest.approx(0.0, abs=1e-12)
+    assert whole.std is None and whole.subsets == 1
     assert whole.mean == pytest.approx(torchmetrics_kid(to_tensor(real[:20]), to_tensor(fake), 1, 20, 0)[0], rel=1e-9)
 
 
@@ -65,7 +65,7 @@ def test_kid_hand_computed_on_two_points_per_set():
     # d = 1: k(x, y) = (x y + 1)^3. real {0, 1}, fake {2, 3}: k_rr off-diagonal (0 + 1)^3 = 1, k_ff (6 + 1)^3 = 343,
     # cross k(0, 2) = k(0, 3) = 1, k(1, 2) = 27, k(1, 3) = 64; MMD² = (2 + 686) / 2 - 2 (1 + 1 + 27 + 64) / 4
     result = kid(np.array([[2.0], [3.0]]), np.array([[0.0], [1.0]]), subsets=2, subset_size=2)
-    assert result.mean == pytest.approx(344 - 46.5) and result.std == 0 and result.subset_size == 2
+    assert result.mean == pytest.approx(344 - 46.5) and result.std is None and result.subset_size == 2
 
 
 def test_kid_subsets_are_capped_at_the_smaller_set_and_need_two_items():
@@ -73,3 +73,13 @@ def test_kid_subsets_are_capped_at_the_smaller_set_and_need_two_items():
     assert kid(rng.standard_normal((30, 4)), rng.standard_normal((10, 4)), subsets=2).subset_size == 10
     with pytest.raises(UserError, match="at least 2"):
         kid(rng.standard_normal((1, 4)), rng.standard_normal((10, 4)))
+
+
+def test_kid_of_whole_sets_states_no_subset_std_and_smaller_subsets_do():
+    """1,000 samples against 1,000 references (the studies): every subset of 1,000 is the whole of both sets, so
+    the std over subsets is 0 by construction and would read as a precise score; it is left unstated."""
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((50, 8)), rng.standard_normal((50, 8)) + 0.3
+    assert kid(a, b, subsets=10, subset_size=1000).std is None
+    part = kid(a, b[:40], subsets=10, subset_size=1000)  # subsets of 40: the 50 samples are drawn from
+    assert part.subset_size == 40 and part.std > 0

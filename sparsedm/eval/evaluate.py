@@ -156,8 +156,13 @@ CONTROL_ITEMS = 200  # near copies by construction in the positive control (or t
 _TRAIN_GROUPS = {}  # train key -> the training items' variant groups (or None)
 
 
+def _mean_or_none(values: list):
+    return None if any(v is None for v in values) else float(np.mean(values))
+
+
 def kid_record(features: np.ndarray, reference: np.ndarray, suffix: str = "") -> dict:
-    """kid, kid_std (over its subsets) and kid_subset_size, or with `suffix` (kid_train, ...)."""
+    """kid, kid_std (over its subsets; null when one subset is both whole sets) and kid_subset_size, or with
+    `suffix` (kid_train, ...)."""
     result = kid(features, reference)
     return {f"kid{suffix}": result.mean, f"kid{suffix}_std": result.std, f"kid{suffix}_subset_size": result.subset_size}
 
@@ -313,7 +318,7 @@ def evaluate_run(
     result = {
         "fid": float(np.mean([score["fid"] for score in scores])),  # the mean over the sampling seeds
         "kid": float(np.mean([score["kid"] for score in scores])),
-        "kid_std": float(np.mean([score["kid_std"] for score in scores])),  # over its subsets, mean over seeds
+        "kid_std": _mean_or_none([score["kid_std"] for score in scores]),  # over its subsets, mean over seeds
         "kid_subset_size": scores[0]["kid_subset_size"],
         "sampling_seeds": seeds,
         "fid_by_sampling_seed": [score["fid"] for score in scores],

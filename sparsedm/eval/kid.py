@@ -10,6 +10,7 @@ each subset taking its block. tests/test_kid.py checks it equal to torchmetrics'
 """
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -23,7 +24,10 @@ SUBSET_SIZE = 1000  # at most; capped at the smaller set (500 training emoji)
 @dataclass(frozen=True)
 class KID:
     mean: float  # the mean of the unbiased MMD² estimates over the subsets
-    std: float  # their std over the subsets (how much the subset draw moves it, not a model's spread)
+    # their std over the subsets (how much the subset draw moves it, not a model's spread); None when a subset is
+    # the whole of both sets (1,000 samples against 1,000 references): every draw is then the same, and a std of 0
+    # would read as a precise score
+    std: Optional[float]
     subset_size: int
     subsets: int
 
@@ -54,6 +58,8 @@ def kid(
         polynomial_kernel(fake, fake),
         polynomial_kernel(real, fake),
     )
+    if size == len(fake) == len(real):
+        return KID(unbiased_mmd2(k_real, k_cross, k_fake), None, size, 1)
     generator = torch.Generator().manual_seed(seed)
     scores = []
     for _ in range(subsets):
