@@ -24,11 +24,15 @@ from torch import nn
 
 from sparsedm.errors import UserError
 from sparsedm.sparse.kernel_plan import MATMUL_ONLY, LayerPlan
-from sparsedm.sparse.kernels.compact_choice import fastest_ways, fwd_bwd_call, layer_key, part_times
+from sparsedm.sparse.kernels.compact_choice import (
+    fastest_ways,
+    layer_key,
+    part_times,
+    race_against_masked,
+)
 from sparsedm.sparse.kernels.layers import ConvProduct, LinearProduct, fits
 from sparsedm.sparse.kernels.measure import (
     DecisionCache,
-    best_of,
     choose_per_layer,
     device_sync,
     inputs_of,
@@ -162,13 +166,8 @@ def measure_plan(module, mask, x, repeats, sync, margin=1.05, sparseprop=True):
             candidates[f"sparseprop:{variant}"] = sparse
     if not candidates:
         return MODULE, 1.0, times
-    calls = [fwd_bwd_call(module, x, dy, mask)] + [fwd_bwd_call(c, x, dy, None) for c in candidates.values()]
-    masked, *sparse = best_of(calls, repeats, sync)
-    for p in module.parameters():
-        p.grad = None
-    fastest = min(range(len(sparse)), key=sparse.__getitem__)
-    speedup = masked / sparse[fastest]
-    return (list(candidates)[fastest] if speedup >= margin else MODULE), speedup, times
+    fastest, speedup = race_against_masked(module, mask, x, dy, candidates, repeats, sync)
+    return (fastest if speedup >= margin else MODULE), speedup, times
 
 
 def candidate_training_layers(model: nn.Module, names: Iterable[str]) -> Dict[str, nn.Module]:

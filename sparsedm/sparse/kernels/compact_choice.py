@@ -98,15 +98,21 @@ def measure_compact_plan(module: nn.Module, mask: torch.Tensor, x: torch.Tensor,
     candidates = {MODULE_OP: compact_layer(copy.deepcopy(module), mask, MODULE_OP)}
     if ways != MATMUL_ONLY or not isinstance(module, nn.Linear):
         candidates[LayerPlan(ways)] = compact_layer(copy.deepcopy(module), mask, LayerPlan(ways))
+    fastest, speedup = race_against_masked(module, mask, x, dy, candidates, repeats, sync)
+    if speedup * margin < 1:
+        return None, speedup
+    return fastest.name, speedup
+
+
+def race_against_masked(module: nn.Module, mask, x, dy, candidates: Dict, repeats: int, sync) -> tuple:
+    """(key of the fastest candidate, its speed-up over the masked module): forward + backward of each, interleaved
+    with the masked module's, best of `repeats`; the module's gradients left unset."""
     calls = [fwd_bwd_call(module, x, dy, mask)] + [fwd_bwd_call(c, x, dy, None) for c in candidates.values()]
-    masked, *compact = best_of(calls, repeats, sync)
+    masked, *times = best_of(calls, repeats, sync)
     for p in module.parameters():
         p.grad = None
-    fastest = min(range(len(compact)), key=compact.__getitem__)
-    speedup = masked / compact[fastest]
-    if masked * margin < compact[fastest]:
-        return None, speedup
-    return list(candidates)[fastest].name, speedup
+    fastest = min(range(len(times)), key=times.__getitem__)
+    return list(candidates)[fastest], masked / times[fastest]
 
 
 def choose_compact_plans(
