@@ -154,8 +154,8 @@ def test_the_report_pairs_with_dense_and_small_dense_by_fid_and_kid(sweep):
     ]:
         assert f"| RigL-DM | 0.5 | 0.1 | {against} | {score} | 3 | {delta} |" in text
     assert "| Small-Dense | 0.5 | – | Dense | FID | 3 | +3.67 |" in text
-    # three comparisons by FID and three by KID in the baselines' table
-    assert "one family per score (3 by FID, 3 by KID;" in text
+    # three comparisons by FID and three by KID in the baselines' table, a family named for both baselines
+    assert "family of comparisons with Dense and Small-Dense, one family per score (3 by FID, 3 by KID;" in text
 
 
 def test_equal_cost_pairs_sparse_points_with_small_dense_of_their_s(tmp_path):
@@ -223,6 +223,7 @@ def test_the_primary_comparison_of_the_config_is_printed_first(sweep):
     assert "| RigL-DM | 0.5 | 0.1 | Small-Dense | FID | 3 | -2.17 |" in first_table
     assert "| RigL-DM | 0.5 | 0.1 | Small-Dense | KID | 3 | -0.0217 |" in first_table
     assert "| Dense |" not in first_table.split("| Score |")[1]  # only the comparison it names
+    assert "Holm p and verdict: over the family of the comparisons with Dense and Small-Dense below." in first_table
 
 
 def test_a_malformed_primary_comparison_is_refused():
@@ -260,3 +261,8 @@ def test_a_sweep_scored_at_several_steps_with_kid_gets_its_kid_plot_and_tables(t
     assert "kid_vs_train_flops.png" in {path.name for path in report.files}
     assert "| 4000 | RigL-DM | 0.5 | 0.1 | 45.50 ± 0.71 | 0.0455 ± 0.0007 | 2 |" in report.markdown
     assert "| 4000 | RigL-DM | 0.5 | 0.1 | Dense | KID | 2 | +0.0055 |" in report.markdown
+    # the notes say what the tables hold: no ΔFID column per step, seconds only where compact kernels ran
+    assert "## Learning curves\n\nEach scored step.\n" in report.markdown and "ΔFID pairs" not in report.markdown
+    assert (
+        "seconds are saved only by compact kernels (sparse.kernels), and only the CPU-seconds table" in report.markdown
+    )

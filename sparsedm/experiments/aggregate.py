@@ -297,8 +297,8 @@ def protocol_note(protocol: dict) -> str:
         "features (unbiased MMD², polynomial kernel, subsets as torchmetrics'); mean ± sample std over seeds. "
         "Percentages are relative to the dense network. Δ: a score minus that of the configuration it is compared "
         f"with at the same seed, averaged over the paired seeds, with a {CONFIDENCE:.0%} Student-t interval (n - 1 "
-        "degrees of freedom); lower is better. Masks simulate sparsity: the savings are in FLOPs and "
-        "non-zero parameters, not in wall-clock time.\n"
+        "degrees of freedom); lower is better. FLOPs and non-zero parameters are counted from the masks; seconds "
+        "are saved only by compact kernels (sparse.kernels), and only the CPU-seconds table shows them.\n"
     )
 
 

@@ -219,6 +219,12 @@ def comparison_table(comparisons: List[Comparison], what: str = "comparisons") -
     return "\n".join(table_lines(header, lines)) + "\n\n" + family_note(comparisons, what)
 
 
+def baselines_family(comparisons: List[Comparison]) -> str:
+    """The name of versus_baselines' family: "comparisons with Dense", "... and Small-Dense" where it has those."""
+    against = list(dict.fromkeys(c.against for c in comparisons))
+    return "comparisons with " + " and ".join(against or [dense_method().display_name])
+
+
 def primary_table(comparisons: List[Comparison], spec: str) -> str:
     """The study's primary comparison (`primary_comparison` of its config, e.g. "rigl-S0.5-p0.1 vs small-dense")
     by FID and KID, with its unadjusted verdict and the Holm one of the table it also appears in."""
@@ -240,7 +246,7 @@ def primary_table(comparisons: List[Comparison], spec: str) -> str:
     return (
         heading
         + "\n".join(table_lines(header, lines))
-        + "\n\nHolm p and verdict: over the family of the comparisons with Dense and Small-Dense below.\n\n"
+        + f"\n\nHolm p and verdict: over the family of the {baselines_family(comparisons)} below.\n\n"
     )
 
 

@@ -47,6 +47,7 @@ from sparsedm.experiments.aggregate import (
 from sparsedm.experiments.baselines import get_method
 from sparsedm.experiments.comparisons import (
     OTHERS_NOTE,
+    baselines_family,
     comparison_table,
     primary_table,
     versus_baselines,
@@ -99,8 +100,7 @@ def curves_section(records: List[dict]) -> str:
     by_step = rows_by_step(records)
     pairs = equal_cost_table(equal_cost_pairs(records)) or "No sparse point has a Dense point to pair with.\n"
     section = (
-        "\n## Learning curves\n\nEach scored step; ΔFID pairs each configuration with Dense of the same seed at "
-        "the same step.\n\n"
+        "\n## Learning curves\n\nEach scored step.\n\n"
         + per_step_table(by_step)
         + "\n### Equal training FLOPs\n\nEach sparse point paired, seed by seed, with the Dense points on either "
         f"side of its cumulative training FLOPs: the last at or below its own ({FLOPS_TOLERANCE:.1%} more counting "
@@ -135,7 +135,7 @@ def build_report(sweep_dir) -> Report:
     protocol = common_protocol(records)
     rows = aggregate(records)
     baseline_comparisons = versus_baselines(rows)
-    baselines = comparison_table(baseline_comparisons, "comparisons with Dense and Small-Dense")
+    baselines = comparison_table(baseline_comparisons, baselines_family(baseline_comparisons))
     others = comparison_table(
         versus_static(rows) + versus_largest_prune_rate(rows), "comparisons against Static-DM and p"
     )
