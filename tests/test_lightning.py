@@ -115,7 +115,7 @@ def test_the_engine_state_round_trips_through_a_lightning_checkpoint(tmp_path):
     module, callback = fit(epochs=1, folder=tmp_path)
     state = torch.load(tmp_path / "epoch=0-step=8.ckpt", weights_only=True)["callbacks"]["SparseTraining"]
     fresh = TinyModule()
-    engine = SparseEngine(fresh.model, torch.optim.AdamW(fresh.model.parameters()), SparseConfig(**CONFIG), 24)
+    engine = SparseEngine(fresh.model, torch.optim.AdamW(fresh.model.parameters()), SparseConfig(**CONFIG), 8)
     engine.load_state_dict(state["engine"])
     assert engine.step == 8 and engine.masks_fingerprint() == callback.engine.masks_fingerprint()
 

@@ -122,3 +122,17 @@ def test_a_state_that_is_not_an_engine_s_is_refused_in_one_line():
     with pytest.raises(UserError, match=r"not an engine's .*'decay'") as caught:
         engine.load_state_dict({"decay": 0.999, "shadow_params": []})
     assert "\n" not in str(caught.value)
+
+
+def test_a_resume_with_another_total_steps_is_refused_where_it_moves_t_end():
+    saved = _engine(BASE).state_dict()  # t_end = 1.0 of total_steps = 8: updates end at step 8
+    torch.manual_seed(0)
+    model = TinyGRU()
+    longer = SparseEngine(model, torch.optim.AdamW(model.parameters(), lr=1e-2), BASE, total_steps=16)
+    with pytest.raises(UserError, match=r"^the checkpoint's mask updates end at step 8, this engine's at 16 "):
+        longer.load_state_dict(saved)
+    # t_end given as a step does not move with total_steps: the same checkpoint state resumes
+    as_step = replace(BASE, t_end=8)
+    saved = _engine(as_step).state_dict()
+    model = TinyGRU()
+    SparseEngine(model, torch.optim.AdamW(model.parameters(), lr=1e-2), as_step, total_steps=16).load_state_dict(saved)

@@ -38,7 +38,7 @@ from sparsedm.sparse.kernel_plan import KernelPlan, LayerPlan
 from sparsedm.sparse.kernels.compact_choice import choose_compact_plans
 from sparsedm.sparse.masks import all_finite, apply_masks_, masks_fingerprint
 from sparsedm.sparse.optim_state import check_holds, check_supported, momentum, warn_if_slow_on_zeros, zero_moments_
-from sparsedm.sparse.resume_rules import check_resume, saved_config
+from sparsedm.sparse.resume_rules import check_end_step, check_resume, saved_config
 from sparsedm.sparse.schedule import UpdateSchedule
 from sparsedm.sparse.selection import select_sparse_parameters
 from sparsedm.sparse.storage.base import DenseViews, Storage
@@ -371,6 +371,7 @@ class SparseEngine:
         return {
             "method": self.method,
             "config": saved_config(self.config),
+            "end_step": self.schedule.end_step if self.schedule is not None else None,
             "step": self.step,
             "masks": {n: m.cpu() for n, m in self.masks.items()},
             "generator": self.generator.get_state(),
@@ -380,9 +381,14 @@ class SparseEngine:
             "counts_history": [(step, dict(counts)) for step, counts in self.counts_history],
         }
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, new_end_step: bool = False) -> None:
+        """Restore a checkpoint's engine state. A state whose mask updates end at another step (t_end a fraction
+        of another total_steps) is refused unless `new_end_step`: a caller that lets a resume extend training
+        passes it and says so (the trainer logs `train.steps A -> B moves t_end ...`)."""
         self.storage.refuse_new_masks("load_state_dict")
         check_resume(state, self.config)
+        if not new_end_step:
+            check_end_step(state, self.schedule.end_step if self.schedule is not None else None)
         if self.masks and "counts_history" in state:  # older checkpoints: counts never changed, as built
             self._set_targets(state["target_sparsity"])
             self.counts_history = [(step, dict(counts)) for step, counts in state["counts_history"]]

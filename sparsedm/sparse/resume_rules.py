@@ -1,6 +1,7 @@
 """Which `sparse` settings a resumed engine may change: a checkpoint's masks, counts, schedule position and RNG
 were made by its own settings, so loading it under other ones would run two configs at once (the masks of
-one, the reports of the other). Every field of SparseConfig is refused when it differs, except APPLIED.
+one, the reports of the other). Every field of SparseConfig is refused when it differs, except APPLIED, and
+so is another end of the mask updates (t_end as a step: a fraction t_end of another total_steps moves it).
 """
 
 from dataclasses import fields
@@ -56,3 +57,14 @@ def check_resume(state: dict, config: SparseConfig) -> None:
                 f"the checkpoint was trained with sparse.{name}={old}, not {new}; resume with that value or "
                 "start a new run"
             )
+
+
+def check_end_step(state: dict, end_step) -> None:
+    """UserError in one line if the checkpoint's updates end at another step than this engine's (a fraction
+    t_end of another total_steps). Checkpoints written before the end step was saved are not checked."""
+    saved = state.get("end_step")
+    if saved is not None and end_step is not None and saved != end_step:
+        raise UserError(
+            f"the checkpoint's mask updates end at step {saved}, this engine's at {end_step} (sparse.t_end of "
+            "another total_steps); resume with the run's total_steps, or give sparse.t_end as a step > 1"
+        )

@@ -141,7 +141,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.ema.load_state_dict(state["ema"])
-        self.engine.load_state_dict(state["engine"])
+        self.engine.load_state_dict(state["engine"], new_end_step=True)  # said below, `_note_schedule_change`
         self.task.load_state_dict(state["task"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
