@@ -207,6 +207,24 @@ def test_the_memorisation_plot_shows_both_near_copy_shares_with_their_baselines(
     assert "pixels" in pixels.get_ylabel() and "Inception" in inception.get_ylabel()
 
 
+def test_the_cost_plots_name_their_axis_and_list_configurations_in_the_tables_order(sweep, tmp_path, monkeypatch):
+    from sparsedm.experiments import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda figure, path, dpi: figures.append(figure) or path)
+    curve_run(sweep, "magran-S0.5-p0.1-seed0", "magran", [70.0, 60.0, 50.0], 0, sparsity=0.5)
+    records = read_curve_records(sweep)
+    plots.fid_vs_cumulative_flops(records, tmp_path / "f.png")
+    plots.fid_vs_cumulative_seconds([{**r, "train_cpu_s": r["step"] * 0.1} for r in records], tmp_path / "s.png")
+    flops, seconds = (figure.axes[0] for figure in figures)
+    # the x axis names its cost, not the last configuration drawn
+    assert flops.get_xlabel() == "cumulative training FLOPs"
+    assert seconds.get_xlabel() == "training CPU seconds"
+    # as in the tables: Static-DM before MagRan-DM, though "magran-*" sorts first by run name
+    labels = [text.get_text() for text in flops.get_legend().get_texts()]
+    assert labels == ["Dense", "Static-DM, S = 0.5", "MagRan-DM, S = 0.5, p = 0.1"]
+
+
 def test_a_sweep_scored_once_has_no_curve_section(tmp_path):
     for seed, fid in enumerate([10.0, 12.0]):
         fake_run(tmp_path, f"dense-seed{seed}", "dense", fid, seed=seed)

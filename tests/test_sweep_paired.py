@@ -81,6 +81,7 @@ def test_report_writes_the_paired_table_and_per_seed_fids(sweep, capsys):
     # no Small-Dense runs here: the family is named for what it holds
     assert "Holm: verdicts adjusted over this table's family of comparisons with Dense, one family" in table
     assert "Small-Dense" not in table
+    assert "split; no KID (the runs were scored before it); mean ± sample std" in table  # none of them has one
     with open(sweep / "results.csv") as file:
         rows = {(r["method"], r["sparsity"], r["prune_rate"]): r for r in csv.DictReader(file)}
     rigl = rows["rigl", "0.5", "0.1"]

@@ -288,13 +288,19 @@ def small_dense_note(rows: List[Row]) -> str:
     )
 
 
-def protocol_note(protocol: dict) -> str:
-    """The lines under the table that say what its numbers are."""
+def protocol_note(protocol: dict, kid: bool = True) -> str:
+    """The lines under the table that say what its numbers are; `kid`: whether any run has a KID (runs scored
+    before KID have none, and the note then says so)."""
+    kid_note = (
+        "KID from the same Inception features (unbiased MMD², polynomial kernel, subsets as torchmetrics')"
+        if kid
+        else "no KID (the runs were scored before it)"
+    )
     return (
         f"{protocol['data']}; {protocol['train_steps']} training steps of batch {protocol['train_batch_size']}. "
         f"FID: {protocol['n_samples']} samples ({protocol['sampler'].upper()}, {protocol['steps']} steps) against the "
-        f"{protocol['reference_size']} images of the {protocol['reference_split']} split; KID from the same Inception "
-        "features (unbiased MMD², polynomial kernel, subsets as torchmetrics'); mean ± sample std over seeds. "
+        f"{protocol['reference_size']} images of the {protocol['reference_split']} split; {kid_note}; "
+        "mean ± sample std over seeds. "
         "Percentages are relative to the dense network. Δ: a score minus that of the configuration it is compared "
         f"with at the same seed, averaged over the paired seeds, with a {CONFIDENCE:.0%} Student-t interval (n - 1 "
         "degrees of freedom); lower is better. FLOPs and non-zero parameters are counted from the masks; seconds "

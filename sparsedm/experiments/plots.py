@@ -157,6 +157,12 @@ def fid_vs_cumulative_seconds(records: List[dict], path: Path) -> Path:
     return _score_vs_cost(records, path, "fid", "train_cpu_s", "training CPU seconds")
 
 
+def _order(key: tuple) -> tuple:
+    """Where a configuration (method, S, p) comes in a legend: the tables' order."""
+    method, sparsity, prune_rate = key
+    return method_order(method), sparsity or 0.0, prune_rate or 0.0
+
+
 def _score_vs_cost(records: List[dict], path: Path, score: str, cost: str, label: str) -> Path:
     records = [record for record in records if record.get(score) is not None]
     figure = Figure(figsize=(6, 4))
@@ -165,10 +171,11 @@ def _score_vs_cost(records: List[dict], path: Path, score: str, cost: str, label
     for record in records:
         runs.setdefault(record["run"], []).append(record)
     labelled = set()
-    for name, points in sorted(runs.items()):
+    # in the tables' order (Dense, Small-Dense, then the methods by S and p), so the legend reads as they do
+    for name, points in sorted(runs.items(), key=lambda item: (_order(group_key(item[1][0])), item[0])):
         points = sorted(points, key=lambda r: r["step"])
         method, sparsity, prune_rate = group_key(points[0])
-        label = _config_label(method, sparsity, prune_rate)
+        config = _config_label(method, sparsity, prune_rate)
         axes.plot(
             [r[cost] for r in points],
             [r[score] for r in points],
@@ -176,9 +183,9 @@ def _score_vs_cost(records: List[dict], path: Path, score: str, cost: str, label
             marker="o",
             markersize=3,
             alpha=0.8,
-            label=None if label in labelled else label,
+            label=None if config in labelled else config,
         )
-        labelled.add(label)
+        labelled.add(config)
     axes.set_xscale("log")
     axes.xaxis.set_minor_formatter(NullFormatter())
     return _finish_axes(figure, axes, label, path, score.upper())
@@ -198,7 +205,7 @@ def memorisation_vs_step(records: List[dict], path: Path) -> Path:
         ("near_copy", "near_copy_heldout", "Inception"),
         ("near_copy_pixels", "near_copy_heldout_pixels", "pixels"),
     )
-    order = sorted(points, key=lambda key: (method_order(key[0]), key[1] or 0.0, key[2] or 0.0))
+    order = sorted(points, key=_order)
     for method, sparsity, prune_rate in order:
         by_step = points[method, sparsity, prune_rate]
         steps = sorted(by_step)

@@ -143,7 +143,8 @@ def build_report(sweep_dir) -> Report:
     primary = primary_comparison(sweep_dir)
     if primary is not None:
         tables = primary_table(baseline_comparisons, primary) + "## All configurations\n\n" + tables
-    markdown = tables + "\n" + protocol_note(protocol) + (OTHERS_NOTE if others else "")
+    kid = any(record.get("kid") is not None for record in records)
+    markdown = tables + "\n" + protocol_note(protocol, kid) + (OTHERS_NOTE if others else "")
     curve_records = read_curve_records(sweep_dir)
     curves = has_curves(curve_records)
     if curves:
