@@ -13,7 +13,8 @@ A compact layer computes three products with its weight W (kernels/products.py):
 input gradient Wᵀ dY and the weight gradient dY Mᵀ at the active positions only. `WAYS` lists how each can
 be computed: `matmul` (the dense matrix product of the scattered weight), `torch` (torch's CSR product),
 `scipy` (scipy's CSR/CSC product, CPU only), `sampled` (torch's sampled_addmm: the product evaluated at the
-pattern's positions only).
+pattern's positions only), `block` (dense products of the b x b tiles of a tile-structured mask, one per block-row
+or block-column: only with sparse.block_size > 1).
 """
 
 from dataclasses import dataclass
@@ -22,9 +23,9 @@ from typing import Optional, Tuple
 from sparsedm.errors import UserError
 
 WAYS = {  # the ways each product can be computed; the dense matrix product first
-    "fwd": ("matmul", "torch", "scipy"),
-    "dx": ("matmul", "torch", "scipy"),
-    "dw": ("matmul", "sampled"),
+    "fwd": ("matmul", "torch", "scipy", "block"),
+    "dx": ("matmul", "torch", "scipy", "block"),
+    "dw": ("matmul", "sampled", "block"),
 }
 MATMUL_ONLY = ("matmul", "matmul", "matmul")
 
