@@ -90,12 +90,7 @@ class SparseConfig:
         if self.block_size < 1:
             raise UserError(f"sparse.block_size={self.block_size} is out of range; b must be >= 1 (1: unstructured)")
         self._kernel_plan = KernelPlan.parse(self.kernels)
-        forced = self._kernel_plan.forced
-        if self.block_size == 1 and forced is not None and not forced.module_op and "block" in forced.ways:
-            raise UserError(
-                f"sparse.kernels={self.kernels} uses the block way, which needs tile-structured masks; set "
-                "sparse.block_size > 1 or choose other ways"
-            )
+        self._kernel_plan.check_blocks(self.block_size)
         for pattern, density in self.custom_densities.items():
             if not 0.0 < density <= 1.0:
                 raise UserError(f"sparse.custom_densities[{pattern!r}]={density} must be in (0, 1]")

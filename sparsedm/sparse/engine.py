@@ -213,8 +213,12 @@ class SparseEngine:
             )
         self.storage.refuse_new_masks("compact")
         CompactStorage.check_method(self.method_record, plan.spelling)
-        plans = choose_compact_plans(self.model, run_example, self.masks, cache_dir=cache_dir, forced=plan.forced)
-        self.storage = CompactStorage(self.storage, self.model, plans, self.masks)
+        plan.check_blocks(self.config.block_size)
+        block = self.config.block_size
+        plans = choose_compact_plans(
+            self.model, run_example, self.masks, cache_dir=cache_dir, forced=plan.forced, block_size=block
+        )
+        self.storage = CompactStorage(self.storage, self.model, plans, self.masks, block)
         self._prepare_backward()
         return plans
 
@@ -442,7 +446,9 @@ class SparseEngine:
             if int(mask.sum()) != self.nonzeros[name]:
                 raise UserError(f"{what} for {name} have {int(mask.sum())} non-zeros, not {self.nonzeros[name]}; {fix}")
             if not self.grids[name].is_tiled(mask):
-                raise UserError(f"{what} for {name} are not whole sparse.block_size={self.config.block_size} tiles; {fix}")
+                raise UserError(
+                    f"{what} for {name} are not whole sparse.block_size={self.config.block_size} tiles; {fix}"
+                )
 
     def sparsity(self) -> float:
         """Actual fraction of zeros over the sparse tensors (masked, so it counts the topology)."""

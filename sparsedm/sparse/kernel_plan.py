@@ -67,6 +67,14 @@ class KernelPlan:
     compact: bool  # sparse layers keep only their active weights
     forced: Optional[LayerPlan] = None  # compact: the plan of every layer, or None to measure one per layer
 
+    def check_blocks(self, block_size: int) -> None:
+        """A forced plan with the block way needs masks of tiles: UserError in one line without them."""
+        if block_size == 1 and self.forced is not None and not self.forced.module_op and "block" in self.forced.ways:
+            raise UserError(
+                f"sparse.kernels={self.spelling} uses the block way, which needs tile-structured masks; set "
+                "sparse.block_size > 1 or choose other ways"
+            )
+
     @classmethod
     def parse(cls, value: str, key: str = "sparse.kernels") -> "KernelPlan":
         if value == "masked":
