@@ -93,9 +93,12 @@ class MaskPattern:
     def _block_product(self, values: torch.Tensor, dense: torch.Tensor, parts, rows: int) -> torch.Tensor:
         """(rows x N): per part, its (b, m·b) values times the rows of `dense` its tiles cover."""
         b, dense = self.block_size, dense.contiguous()
-        out = dense.new_zeros(rows, dense.shape[1])  # block-rows without tiles stay zero
+        out = dense.new_empty(rows, dense.shape[1])
+        written = torch.zeros(rows // b, dtype=torch.bool)
         for o, start, end, index in parts:
             torch.mm(values[start:end].view(b, -1), dense.index_select(0, index), out=out[o * b : (o + 1) * b])
+            written[o] = True
+        out.view(rows // b, b, -1)[~written] = 0  # block-rows without tiles (zeroing all of `out` costs a pass)
         return out
 
     @cached_property
