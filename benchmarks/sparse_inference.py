@@ -21,7 +21,7 @@ is DiT-S/2 (hidden 384, 12 blocks, 6 heads, patch 2) on 4 x 16 x 16 latents (64 
 in each Linear layer. `--tiny` shrinks all of them to seconds (the smoke test).
 
 `--block-sizes 1 32`: the DiTs get a row per block size b, masks of b x b tiles (sparse.block_size) for b > 1,
-named e.g. `dit-s2/b32`; the sparse tensors the tiles do not cover (`block_excludes`: DiT's patch embedding
+named e.g. `dit-s2/b32`, where the block kernel (`linear:block`) races too; the sparse tensors the tiles do not cover (`block_excludes`: DiT's patch embedding
 and last projection) stay dense there. The default, 1, gives the unstructured rows alone.
 """
 
@@ -213,7 +213,12 @@ def main():
                 masked, masks = masked_copy(work.model, sparsity, distribution, block)
                 sparse = copy.deepcopy(masked)
                 choices = use_sparse_kernels(
-                    sparse, lambda model=sparse: work.call(model, 500), names=masks, cache_dir=cache, repeats=3
+                    sparse,
+                    lambda model=sparse: work.call(model, 500),
+                    names=masks,
+                    cache_dir=cache,
+                    repeats=3,
+                    block_size=block,
                 )
                 with torch.no_grad():
                     reference = work.call(masked, 500)
