@@ -119,8 +119,10 @@ class SparseEngine:
         self.masks = {}
         for n, p in params.items():
             grid = self.grids[n]
-            tiles = self.method_record.initial_mask(grid.grid, self.nonzeros[n] // grid.tile_size, self.generator)
-            self.masks[n] = grid.expand_mask(tiles).to(p.device)
+            tiles = self.method_record.initial_mask(
+                grid.grid, self.nonzeros[n] // grid.tile_size, self.generator, p.device
+            )
+            self.masks[n] = grid.expand_mask(tiles)
         self.explored = ExploredPositions(self.masks)
         self.counts_history = [(0, dict(self.nonzeros))]
         self.apply_masks()
