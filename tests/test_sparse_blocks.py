@@ -73,6 +73,12 @@ def test_every_method_keeps_whole_tiles_with_the_exact_counts(method):
         assert any(not torch.equal(first[n], last[n]) for n in first)  # the tiles moved
 
 
+def test_regrowing_dropped_tiles_keeps_whole_tiles_and_counts_them_in_weights():
+    engine, updates = train("rigl", regrow_dropped=True)
+    assert all(u["regrown"] % (B * B) == 0 and u["replaced"] % (B * B) == 0 for u, _ in updates)
+    assert any(u["replaced"] > 0 for u, _ in updates)
+
+
 def test_snfs_moves_whole_tiles_between_tensors_and_keeps_the_total():
     start = train("snfs", steps=0)[0].nonzeros
     engine, _ = train("snfs")
