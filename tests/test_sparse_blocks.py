@@ -87,8 +87,8 @@ def test_snfs_moves_whole_tiles_between_tensors_and_keeps_the_total():
 
 
 def test_drop_and_grow_decide_on_scores_summed_per_tile():
-    """The tile of smallest summed |W| goes, not the one holding the single smallest weight, and the inactive tile
-    of largest summed |dense gradient| comes."""
+    """The active tile of smallest summed |W| goes though it holds the largest weight, and the inactive tile of
+    largest summed |dense gradient| comes though another holds the largest entry (a max would choose the other)."""
     torch.manual_seed(0)
     model = nn.Linear(8, 8, bias=False)  # 2 x 2 tiles of 4 x 4
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
@@ -96,27 +96,30 @@ def test_drop_and_grow_decide_on_scores_summed_per_tile():
         method="rigl", sparsity=0.5, distribution="uniform", update_interval=1, prune_rate=0.5, block_size=4
     )
     engine = SparseEngine(model, optimizer, config, total_steps=10)
-    tiles = engine.grids["weight"].pool_mask(engine.masks["weight"])
+    grid = engine.grids["weight"]
+    tiles = grid.pool_mask(engine.masks["weight"]).flatten()
     assert int(tiles.sum()) == 2
-    active, inactive = tiles.flatten().nonzero().squeeze(1), (~tiles.flatten()).nonzero().squeeze(1)
+    (kept, dropped), (left, grown) = tiles.nonzero().squeeze(1), (~tiles).nonzero().squeeze(1)
+
+    def tile(index):
+        r, c = divmod(int(index), 2)
+        return slice(r * 4, r * 4 + 4), slice(c * 4, c * 4 + 4)
+
+    weight, target = torch.full((8, 8), 0.5), torch.zeros(8, 8)
+    weight[tile(dropped)] = 0.01  # summed 15 x 0.01 + 1 = 1.15 < 16 x 0.5
+    weight[tile(dropped)][0, 0] = 1.0
+    target[tile(grown)] = 0.1  # summed 1.6 > 1
+    target[tile(left)][0, 0] = 1.0
     with torch.no_grad():
-        weight = torch.ones(8, 8)
-        small = active[0]
-        r, c = divmod(int(small), 2)
-        weight[r * 4 : r * 4 + 4, c * 4 : c * 4 + 4] = 0.5
-        weight[(active[1] // 2) * 4, (active[1] % 2) * 4] = 0.01  # the single smallest weight, in the other tile
         model.weight.copy_(weight * engine.masks["weight"])
-    target = torch.zeros(8, 8)
-    r, c = divmod(int(inactive[1]), 2)
-    target[r * 4 : r * 4 + 4, c * 4 : c * 4 + 4] = 1.0  # the gradient is largest on this inactive tile
     optimizer.zero_grad()
-    (model.weight * target).sum().backward()
+    (model.weight * target).sum().backward()  # dL/dW = target
     engine.after_backward()
     optimizer.step()
     engine.after_optimizer_step()
-    after = engine.grids["weight"].pool_mask(engine.masks["weight"]).flatten()
-    assert not after[small] and after[active[1]] and after[inactive[1]] and not after[inactive[0]]
-    assert engine.grids["weight"].is_tiled(engine.masks["weight"])
+    after = grid.pool_mask(engine.masks["weight"]).flatten()
+    assert after[kept] and not after[dropped] and after[grown] and not after[left]
+    assert grid.is_tiled(engine.masks["weight"])
 
 
 def test_a_tensor_the_tiles_do_not_cover_is_refused_in_one_line():
