@@ -17,8 +17,9 @@ dense (b, m·b) matrix of its m tiles side by side, and likewise for Wᵀ's CSR 
     dM[rows of i] = Wᵀ_i dY[rows of i's tiles]            Wᵀ_i: (b, m_i·b), a slice of the values in Wᵀ's order
     dW_o          = dY[rows of o] M[columns of o's tiles]ᵀ  the values' gradient in CSR order, slice by slice
 
-M and dY are made contiguous once per call, so each product gathers whole rows. None wins everywhere: compact_choice.py times them per layer. Outputs and gradients equal the dense
-masked path's to fp32 rounding (sums in another order).
+M and dY are made contiguous once per call, so each product gathers whole rows. None wins everywhere:
+compact_choice.py times them per layer. Outputs and gradients equal the dense masked path's to fp32 rounding
+(sums in another order).
 """
 
 import warnings
@@ -94,11 +95,10 @@ class MaskPattern:
         """(rows x N): per part, its (b, m·b) values times the rows of `dense` its tiles cover."""
         b, dense = self.block_size, dense.contiguous()
         out = dense.new_empty(rows, dense.shape[1])
-        written = torch.zeros(rows // b, dtype=torch.bool)
         for o, start, end, index in parts:
             torch.mm(values[start:end].view(b, -1), dense.index_select(0, index), out=out[o * b : (o + 1) * b])
-            written[o] = True
-        out.view(rows // b, b, -1)[~written] = 0  # block-rows without tiles (zeroing all of `out` costs a pass)
+        for o in sorted(set(range(rows // b)) - {o for o, *_ in parts}):  # zeroing all of `out` costs a pass
+            out[o * b : (o + 1) * b] = 0
         return out
 
     @cached_property
