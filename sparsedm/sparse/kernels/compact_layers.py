@@ -36,8 +36,6 @@ class _CompactProduct(torch.autograd.Function):
     def backward(ctx, dy):
         values, m = ctx.saved_tensors
         pattern, ways = ctx.pattern, ctx.ways
-        if "block" in ways[1:]:  # the block way reads whole rows of dY: one copy for both products
-            dy = dy.contiguous()
         dm = pattern.input_grad_values(values, dy, ways[1]) if ctx.needs_input_grad[1] else None
         dv = None
         if ctx.needs_input_grad[0]:

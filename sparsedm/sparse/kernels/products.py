@@ -92,12 +92,25 @@ class MaskPattern:
         return _blocks(crow_t, col_t, self.shape[1], self.block_size)
 
     def _block_product(self, values: torch.Tensor, dense: torch.Tensor, parts, rows: int) -> torch.Tensor:
-        """(rows x N): per part, its (b, m·b) values times the rows of `dense` its tiles cover."""
-        b, dense = self.block_size, dense.contiguous()
+        """(rows x N): per part, its (b, m·b) values times the rows of `dense` (K x N) its tiles cover. Where
+        `dense` is the transpose of a contiguous matrix (a Linear's M = xᵀ and its dY) this runs on that matrix,
+        token by token, and returns the transpose of a contiguous result, so that nothing is transposed in memory."""
+        b = self.block_size
+        empty = sorted(set(range(rows // b)) - {o for o, *_ in parts})
+        if dense.t().is_contiguous():
+            tokens = dense.t()
+            out = tokens.new_empty(tokens.shape[0], rows)
+            for o, start, end, index in parts:
+                w = values[start:end].view(b, -1)
+                torch.mm(tokens.index_select(1, index), w.t(), out=out[:, o * b : (o + 1) * b])
+            for o in empty:  # zeroing all of `out` first would cost a pass over it
+                out[:, o * b : (o + 1) * b] = 0
+            return out.t()
+        dense = dense.contiguous()
         out = dense.new_empty(rows, dense.shape[1])
         for o, start, end, index in parts:
             torch.mm(values[start:end].view(b, -1), dense.index_select(0, index), out=out[o * b : (o + 1) * b])
-        for o in sorted(set(range(rows // b)) - {o for o, *_ in parts}):  # zeroing all of `out` costs a pass
+        for o in empty:
             out[o * b : (o + 1) * b] = 0
         return out
 
@@ -171,8 +184,14 @@ class MaskPattern:
         if how == "matmul":
             return (dy @ m.t()).reshape(-1)[self.index]
         if how == "block":
-            b, dy, m = self.block_size, dy.contiguous(), m.contiguous()
-            grad = dy.new_empty(self.nnz)
+            b, grad = self.block_size, dy.new_empty(self.nnz)
+            if dy.t().is_contiguous() and m.t().is_contiguous():  # a Linear's: token by token, as _block_product
+                dy_tokens, m_tokens = dy.t(), m.t()
+                for o, start, end, cols in self._block_rows:
+                    out = grad[start:end].view(b, -1)
+                    torch.mm(dy_tokens[:, o * b : (o + 1) * b].t(), m_tokens.index_select(1, cols), out=out)
+                return grad
+            dy, m = dy.contiguous(), m.contiguous()
             for o, start, end, cols in self._block_rows:
                 torch.mm(dy[o * b : (o + 1) * b], m.index_select(0, cols).t(), out=grad[start:end].view(b, -1))
             return grad
