@@ -17,7 +17,9 @@ dense (b, m·b) matrix of its m tiles side by side, and likewise for Wᵀ's CSR 
     dM[rows of i] = Wᵀ_i dY[rows of i's tiles]            Wᵀ_i: (b, m_i·b), a slice of the values in Wᵀ's order
     dW_o          = dY[rows of o] M[columns of o's tiles]ᵀ  the values' gradient in CSR order, slice by slice
 
-M and dY are made contiguous once per call, so each product gathers whole rows. None wins everywhere:
+For a Linear, M = xᵀ and dY are transposes of contiguous (tokens x features) matrices: the block way then runs
+on those, gathering whole b-wide column runs per token, and gives its result in the same layout, so neither
+input nor output is transposed in memory; a conv's im2col M is made contiguous once. None wins everywhere:
 compact_choice.py times them per layer. Outputs and gradients equal the dense masked path's to fp32 rounding
 (sums in another order).
 """
