@@ -1,7 +1,7 @@
 """Does sparsity pay at sampling time? Dense, masked and sparse-kernel denoisers, timed in one interleaved run.
 
     OMP_NUM_THREADS=1 python benchmarks/sparse_inference.py [--models cpu-ldm ldm4-small chirodiff cpu-dit dit-s2]
-        [--sparsities 0.5 0.75 0.9 0.95] [--distributions erk uniform] [--steps 4] [--rounds 5]
+        [--sparsities 0.5 0.75 0.9 0.95] [--distributions erk uniform] [--steps 4] [--rounds 5] [--block-sizes 1 32]
 
 For each model, distribution and S: the dense model, its masked copy (a static engine's masks, the weights
 at masked positions exactly zero) and that copy converted by `use_sparse_kernels` (each sparse layer timed
@@ -19,11 +19,16 @@ it at 32, 16, 8 of 64); chirodiff is configs/chirodiff_kanjivg_cpu.yaml's denois
 cpu-dit is configs/dit_openmoji_cpu.yaml's DiT (hidden 128, 6 blocks) on 3 x 8 x 8 latents (16 tokens); dit-s2
 is DiT-S/2 (hidden 384, 12 blocks, 6 heads, patch 2) on 4 x 16 x 16 latents (64 tokens), batch 16: 1,024 rows
 in each Linear layer. `--tiny` shrinks all of them to seconds (the smoke test).
+
+`--block-sizes 1 32`: the DiTs get a row per block size b, masks of b x b tiles (sparse.block_size) for b > 1,
+named e.g. `dit-s2/b32`, where the block kernel (`linear:block`) races too; the sparse tensors the tiles do not cover (`block_excludes`: DiT's patch embedding
+and last projection) stay dense there. The default, 1, gives the unstructured rows alone.
 """
 
 import argparse
 import copy
 import os
+import re
 import statistics
 import tempfile
 from collections import Counter
@@ -38,10 +43,12 @@ from sparsedm.models.chirodiff import ChiroDiffConfig, ChiroDiffDenoiser  # noqa
 from sparsedm.models.dit import DiTConfig, build_dit, unconditional  # noqa: E402
 from sparsedm.models.unet import UNetConfig, build_unet  # noqa: E402
 from sparsedm.sparse import SparseConfig, SparseEngine  # noqa: E402
+from sparsedm.sparse.blocks import matrix_shape  # noqa: E402
 from sparsedm.sparse.compress import dense_bytes, save_compressed  # noqa: E402
 from sparsedm.sparse.kernels.measure import clock  # noqa: E402
 from sparsedm.sparse.kernels.sampling import use_sparse_kernels  # noqa: E402
 from sparsedm.sparse.masks import random_mask  # noqa: E402
+from sparsedm.sparse.selection import select_sparse_parameters  # noqa: E402
 
 MODELS = ("cpu-ldm", "ldm4-small", "chirodiff", "cpu-dit", "dit-s2")
 BATCHES = [64, 4, 64, 64, 16]  # per model, in order
@@ -98,9 +105,28 @@ class Workload:
         return model(self.x, ts, return_dict=False)[0]
 
 
-def masked_copy(model: nn.Module, sparsity: float, distribution: str):
+def block_excludes(model: nn.Module, block: int) -> list:
+    """sparse.exclude patterns (exact names) of the sparse tensors whose 2-D view b x b tiles do not cover."""
+    if block == 1:
+        return []
+    params = select_sparse_parameters(model)
+    return [f"^{re.escape(n)}$" for n, p in params.items() if any(d % block for d in matrix_shape(p.shape))]
+
+
+def block_sizes(work: Workload, sizes) -> list:
+    """(b, row label) per block size: the DiTs get every size, the other models b = 1."""
+    return [(b, work.name if b == 1 else f"{work.name}/b{b}") for b in (sizes if work.dit else [1])]
+
+
+def masked_copy(model: nn.Module, sparsity: float, distribution: str, block: int = 1):
     masked = copy.deepcopy(model)
-    config = SparseConfig(method="static", sparsity=sparsity, distribution=distribution)
+    config = SparseConfig(
+        method="static",
+        sparsity=sparsity,
+        distribution=distribution,
+        block_size=block,
+        exclude=block_excludes(model, block),
+    )
     engine = SparseEngine(masked, torch.optim.SGD(masked.parameters(), lr=0.1), config, total_steps=1)
     return masked, engine.masks
 
@@ -165,6 +191,7 @@ def main():
     parser.add_argument("--batch", type=int, nargs="+", default=BATCHES, help="batch per model (in order)")
     parser.add_argument("--cache-dir", help="sparse-kernel decision cache (default: a fresh temporary folder)")
     parser.add_argument("--tiny", action="store_true", help="tiny models: a smoke test of the script")
+    parser.add_argument("--block-sizes", nargs="+", type=int, default=[1], help="DiTs: a row per sparse.block_size")
     args = parser.parse_args()
     batches = dict(zip(MODELS, args.batch + args.batch[-1:] * len(MODELS)))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -177,33 +204,42 @@ def main():
         cache = args.cache_dir or tmp
         for name in args.models:
             work = Workload(name, batches[name], args.tiny)
-            for distribution in args.distributions:
-                for sparsity in args.sparsities:
-                    masked, masks = masked_copy(work.model, sparsity, distribution)
-                    sparse = copy.deepcopy(masked)
-                    choices = use_sparse_kernels(
-                        sparse, lambda model=sparse: work.call(model, 500), names=masks, cache_dir=cache, repeats=3
-                    )
-                    with torch.no_grad():
-                        reference = work.call(masked, 500)
-                        error = float((work.call(sparse, 500) - reference).abs().max() / reference.abs().max())
-                    state = masked.state_dict()
-                    compressed = save_compressed(f"{tmp}/weights.safetensors", state, masks) / dense_bytes(state)
-                    times = {"dense": [], "masked": [], "sparse": []}
-                    models = {"dense": work.model, "masked": masked, "sparse": sparse}
-                    for key, model in models.items():  # warm-up
-                        sampling_run(work, model, 1)
-                    for _ in range(args.rounds):
-                        for key, model in models.items():
-                            times[key].append(sampling_run(work, model, args.steps))
-                    dense, masked_t, sparse_t = (statistics.median(times[k]) for k in ("dense", "masked", "sparse"))
-                    print(
-                        f"{name:<11} {distribution:<8} {sparsity:>5.2f}  {masked_t / dense:>12.3f}  "
-                        f"{sparse_t / dense:>12.3f}  {dense / sparse_t:>7.2f}x  {error:>7.1e}  {compressed:>10.3f}  "
-                        f"{kernel_counts(choices)}",
-                        flush=True,
-                    )
-                    del masked, sparse, models, state
+            for (block, label), distribution, sparsity in (
+                (b, d, s)
+                for b in block_sizes(work, args.block_sizes)
+                for d in args.distributions
+                for s in args.sparsities
+            ):
+                masked, masks = masked_copy(work.model, sparsity, distribution, block)
+                sparse = copy.deepcopy(masked)
+                choices = use_sparse_kernels(
+                    sparse,
+                    lambda model=sparse: work.call(model, 500),
+                    names=masks,
+                    cache_dir=cache,
+                    repeats=3,
+                    block_size=block,
+                )
+                with torch.no_grad():
+                    reference = work.call(masked, 500)
+                    error = float((work.call(sparse, 500) - reference).abs().max() / reference.abs().max())
+                state = masked.state_dict()
+                compressed = save_compressed(f"{tmp}/weights.safetensors", state, masks) / dense_bytes(state)
+                times = {"dense": [], "masked": [], "sparse": []}
+                models = {"dense": work.model, "masked": masked, "sparse": sparse}
+                for key, model in models.items():  # warm-up
+                    sampling_run(work, model, 1)
+                for _ in range(args.rounds):
+                    for key, model in models.items():
+                        times[key].append(sampling_run(work, model, args.steps))
+                dense, masked_t, sparse_t = (statistics.median(times[k]) for k in ("dense", "masked", "sparse"))
+                print(
+                    f"{label:<11} {distribution:<8} {sparsity:>5.2f}  {masked_t / dense:>12.3f}  "
+                    f"{sparse_t / dense:>12.3f}  {dense / sparse_t:>7.2f}x  {error:>7.1e}  {compressed:>10.3f}  "
+                    f"{kernel_counts(choices)}",
+                    flush=True,
+                )
+                del masked, sparse, models, state
     probe = OmegaConf.load("configs/chirodiff_kanjivg_cpu.yaml").model.hidden_size if not args.tiny else 8
     length = 12 if args.tiny else 120
     for sparsity in (0.9,):

@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 python benchmarks/sparse_training.py [--models cpu-ldm ldm4-small chirodiff cpu-dit dit-s2]
         [--sparsities 0.5 0.9 0.95] [--repeats 5] [--rounds 5] [--no-model]
     OMP_NUM_THREADS=1 python benchmarks/sparse_training.py --cycle [--interval 10] [--cycles 2]
-        [--distributions erk uniform] [--device cuda]
+        [--distributions erk uniform] [--device cuda] [--block-sizes 1 32]
 
 For every distinct masked Linear / Conv1d / Conv2d of each model (same kind, geometry, weight shape and input
 shape counted once; `n` says how often it occurs) and each S (a uniform random mask with exactly (1 - S) of
@@ -47,6 +47,11 @@ batch 64; only its two Linear layers are masked Linear layers, the GRU is not ti
 For the DiTs, --cycle also times Small-Dense: the dense DiT narrowed (tasks/width.py) to the non-zero count of
 each S and distribution, trained with the same fused Adam and EMA (its columns: time per cycle and
 parameters + gradients + optimiser state, both over masked). `--tiny`: a smoke test in seconds.
+
+`--cycle --block-sizes 1 32`: the DiTs get rows per block size b, named e.g. `dit-s2/b32`: for b > 1 both modes
+train masks of b x b tiles (sparse.block_size; measure then races the `block` way too), the tensors the tiles do
+not cover kept dense (sparse_inference.block_excludes), and no Small-Dense column. The default, 1, gives
+the unstructured rows alone.
 """
 
 import argparse
@@ -61,7 +66,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import sparseprop_kernels  # noqa: E402
 import torch  # noqa: E402
-from sparse_inference import BATCHES, MODELS, Workload  # noqa: E402  (benchmarks/ is the script's folder)
+from sparse_inference import BATCHES, MODELS, Workload, block_excludes, block_sizes  # noqa: E402  (benchmarks/ is the script's folder)
 from torch import nn  # noqa: E402
 from training_kernels import (  # noqa: E402
     MODULE,
@@ -197,16 +202,24 @@ def model_ratio(work, masks, rounds, cache_dir):
     return ratio, error / largest, f"{len(swapped)}/{len(choices)}"
 
 
-def training_setup(work: Workload, sparsity: float, distribution: str, interval: int, kernels: str, cache_dir):
+def training_setup(
+    work: Workload, sparsity: float, distribution: str, interval: int, kernels: str, cache_dir, block: int = 1
+):
     """(model, optimizer, ema, engine) of one mode, the same weights and masks for both."""
     model = copy.deepcopy(work.model).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
     ema = EMA(model, decay=0.999)
     config = SparseConfig(
-        method="rigl", sparsity=sparsity, distribution=distribution, update_interval=interval, t_end=10**9
+        method="rigl",
+        sparsity=sparsity,
+        distribution=distribution,
+        update_interval=interval,
+        t_end=10**9,
+        block_size=block,
+        exclude=block_excludes(model, block),
     )
     engine = SparseEngine(model, optimizer, config, total_steps=10**9, ema=ema)
-    plan = SparseConfig(kernels=kernels).kernel_plan
+    plan = dataclasses.replace(config, kernels=kernels).kernel_plan
     if plan.compact:
         engine.compact(plan, lambda: work.call(model, 500), cache_dir=cache_dir)
     return model, optimizer, ema, engine
@@ -262,13 +275,16 @@ def held(setup) -> dict:
     }
 
 
-def cycle_row(work: Workload, sparsity: float, distribution: str, interval: int, cycles: int, cache_dir) -> dict:
+def cycle_row(
+    work: Workload, sparsity: float, distribution: str, interval: int, cycles: int, cache_dir, block: int = 1
+) -> dict:
     """Time of `cycles` ΔT cycles per mode (update steps apart), interleaved, and the bytes each mode holds."""
     setups = {
-        mode: training_setup(work, sparsity, distribution, interval, mode, cache_dir) for mode in ("masked", "measure")
+        mode: training_setup(work, sparsity, distribution, interval, mode, cache_dir, block)
+        for mode in ("masked", "measure")
     }
     width = None
-    if work.dit:  # Small-Dense takes its turns with the other two
+    if work.dit and block == 1:  # Small-Dense takes its turns with the other two
         setups["small"], width = small_dense_setup(work, sparsity, distribution)
     layers = [m for m in setups["measure"][0].modules() if isinstance(m, (CompactLinear, CompactConv))]
     sparse_plans = sum(not layer.plan.module_op for layer in layers)
@@ -322,35 +338,36 @@ def print_cycles(args, batches) -> None:
         work.model.to(args.device)
         work.x = work.x.to(args.device)
         work.mask = None if work.mask is None else work.mask.to(args.device)
-        for sparsity in args.sparsities:
-            for distribution in args.distributions:
-                with tempfile.TemporaryDirectory() as tmp:
-                    row = cycle_row(work, sparsity, distribution, args.interval, args.cycles, tmp)
-                t, mem = row["times"], row["memory"]
-                total = {mode: sum(parts.values()) for mode, parts in t.items()}
-                pgo = {mode: m["params"] + m["grads"] + m["optimizer"] for mode, m in mem.items()}
-                other = t["measure"]["other"] / t["masked"]["other"] if t["masked"]["other"] else float("nan")
-                per_other = args.cycles * (args.interval - 1)
-                long = {
-                    mode: t[mode]["update"] / args.cycles + (args.long_interval - 1) * t[mode]["other"] / per_other
-                    for mode in t
-                }
-                print(
-                    f"{name:<11} {sparsity:>5.2f} {distribution:<8} {total['measure'] / total['masked']:>6.3f} "
-                    f"{t['measure']['update'] / t['masked']['update']:>7.3f} {other:>6.3f} "
-                    f"{long['measure'] / long['masked']:>7.3f} "
-                    f"{total['masked'] / args.cycles:>14.2f} {pgo['measure'] / pgo['masked']:>8.3f} "
-                    f"{mem['measure']['ema'] / mem['masked']['ema']:>6.3f} "
-                    f"{mem['measure']['engine'] / mem['masked']['engine']:>7.3f} {pgo['masked'] / 2**20:>18.1f}  "
-                    f"{row['layers']}"
-                    + (f" (masks differ at {row['masks_differ']} positions)" if row["masks_differ"] else "")
-                    + (
-                        f"  small-dense hidden {small['width']}: cycle {small['cycle']:.3f}, p+g+opt {small['pgo']:.3f}"
-                        if (small := row["small"])
-                        else ""
-                    ),
-                    flush=True,
-                )
+        for (block, label), sparsity, distribution in (
+            (b, s, d) for b in block_sizes(work, args.block_sizes) for s in args.sparsities for d in args.distributions
+        ):
+            with tempfile.TemporaryDirectory() as tmp:
+                row = cycle_row(work, sparsity, distribution, args.interval, args.cycles, tmp, block)
+            t, mem = row["times"], row["memory"]
+            total = {mode: sum(parts.values()) for mode, parts in t.items()}
+            pgo = {mode: m["params"] + m["grads"] + m["optimizer"] for mode, m in mem.items()}
+            other = t["measure"]["other"] / t["masked"]["other"] if t["masked"]["other"] else float("nan")
+            per_other = args.cycles * (args.interval - 1)
+            long = {
+                mode: t[mode]["update"] / args.cycles + (args.long_interval - 1) * t[mode]["other"] / per_other
+                for mode in t
+            }
+            print(
+                f"{label:<11} {sparsity:>5.2f} {distribution:<8} {total['measure'] / total['masked']:>6.3f} "
+                f"{t['measure']['update'] / t['masked']['update']:>7.3f} {other:>6.3f} "
+                f"{long['measure'] / long['masked']:>7.3f} "
+                f"{total['masked'] / args.cycles:>14.2f} {pgo['measure'] / pgo['masked']:>8.3f} "
+                f"{mem['measure']['ema'] / mem['masked']['ema']:>6.3f} "
+                f"{mem['measure']['engine'] / mem['masked']['engine']:>7.3f} {pgo['masked'] / 2**20:>18.1f}  "
+                f"{row['layers']}"
+                + (f" (masks differ at {row['masks_differ']} positions)" if row["masks_differ"] else "")
+                + (
+                    f"  small-dense hidden {small['width']}: cycle {small['cycle']:.3f}, p+g+opt {small['pgo']:.3f}"
+                    if (small := row["small"])
+                    else ""
+                ),
+                flush=True,
+            )
 
 
 def main():
@@ -368,7 +385,10 @@ def main():
     parser.add_argument("--device", default="cpu", help="--cycle: cpu or cuda (cuSPARSE CSR and sampled_addmm)")
     parser.add_argument("--long-interval", type=int, default=100, help="--cycle: the ΔT of the computed column")
     parser.add_argument("--distributions", nargs="+", default=["erk", "uniform"], help="--cycle: distributions")
+    parser.add_argument("--block-sizes", nargs="+", type=int, default=[1], help="--cycle, DiTs: rows per block size")
     args = parser.parse_args()
+    if args.block_sizes != [1] and not args.cycle:
+        parser.error("--block-sizes needs --cycle: the per-layer table times unstructured masks")
     batches = dict(zip(MODELS, args.batch + args.batch[-1:] * len(MODELS)))
     torch.set_grad_enabled(True)
     print(

@@ -161,3 +161,18 @@ def test_gpu_check_times_the_dit_compact_against_masked_and_checks_it_on_the_cpu
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     checks = [k for k in report if k.startswith("dit: ")]
     assert len(checks) == 4 and all(report[k] is True for k in checks)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["sparse_training.py", "sparse_inference.py"])
+def test_block_sizes_give_the_dits_a_row_per_block_size(script):
+    """`--block-sizes 1 4`: each DiT's unstructured row as before, then its row with masks of 4 x 4 tiles."""
+    args = [sys.executable, f"benchmarks/{script}", "--tiny", "--models", "chirodiff", "cpu-dit", "dit-s2"]
+    args += ["--block-sizes", "1", "4", "--sparsities", "0.9", "--distributions", "uniform", "--batch", "2"]
+    args += ["--cycle", "--cycles", "1", "--interval", "3"] if script == "sparse_training.py" else ["--steps", "1"]
+    args += [] if script == "sparse_training.py" else ["--rounds", "1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    result = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    labels = re.findall(r"^(chirodiff|cpu-dit|dit-s2)(/b4)?\s+\S+\s+\S+\s+[\d.]+", result.stdout, re.M)
+    assert ["".join(label) for label in labels] == ["chirodiff", "cpu-dit", "cpu-dit/b4", "dit-s2", "dit-s2/b4"]

@@ -158,6 +158,25 @@ def test_compact_training_gives_the_masks_and_weights_of_masked_training(runs):
     )
 
 
+def test_block_masks_train_compact_as_masked_with_the_documented_excludes(setup, tmp_path):
+    """sparse.block_size=8 (docs/configs.md's override: the patch embedding, 32 x 12, and the last projection,
+    12 x 32, kept dense): the block way gives masked training's masks, all of whole 8 x 8 tiles, and weights."""
+    common = ["train.steps=12", "sparse.method=rigl", "sparse.sparsity=0.8", "sparse.block_size=8"]
+    common += ["sparse.exclude=[pos_embed.proj,proj_out_2]"]
+    for kernels in ("masked", "block/block/block"):
+        assert train(setup, tmp_path / kernels.replace("/", "-"), *common, f"sparse.kernels={kernels}") == 0
+    a, b = (
+        load_checkpoint(list_checkpoints(tmp_path / n / "checkpoints")[-1]) for n in ("masked", "block-block-block")
+    )
+    assert_same_training(a, b)
+    masks = a["engine"]["masks"]
+    assert "pos_embed.proj.weight" not in masks and "proj_out_2.weight" not in masks
+    for name, mask in masks.items():
+        tiles = mask.reshape(mask.shape[0] // 8, 8, -1, 8).any(3).any(1)
+        assert torch.equal(tiles[:, None, :, None].expand(-1, 8, -1, 8).reshape(mask.shape), mask), name
+    assert any(not torch.equal(a["engine"]["explored"][n], m) for n, m in masks.items())  # tiles moved
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kernels", ["torch/torch/sampled", "measure"])
 def test_two_ranks_with_compact_kernels_train_as_one_masked_process(setup, tmp_path, kernels):

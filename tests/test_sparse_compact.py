@@ -2,9 +2,11 @@
 do, to fp32 rounding, with every plan forced; parameters, gradients, Adam moments and EMA hold only the non-zeros
 (bytes counted); files keep the masked format, so runs resume across modes."""
 
+import copy
 import json
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,10 +18,10 @@ from sparsedm.cli import main
 from sparsedm.errors import UserError
 from sparsedm.runs.checkpoint import list_checkpoints, load_checkpoint
 from sparsedm.sparse import EMA, SparseConfig, SparseEngine
-from sparsedm.sparse.kernel_plan import MODULE_OP, WAYS
+from sparsedm.sparse.kernel_plan import MODULE_OP, WAYS, KernelPlan, LayerPlan
 from sparsedm.sparse.kernels import compact_choice
 from sparsedm.sparse.kernels.compact_choice import choose_compact_plans
-from sparsedm.sparse.kernels.compact_layers import CompactConv, CompactLinear
+from sparsedm.sparse.kernels.compact_layers import CompactConv, CompactLinear, compact_layer
 from sparsedm.sparse.methods import METHODS
 from sparsedm.sparse.storage.compact import CompactStorage
 
@@ -261,7 +263,7 @@ def test_the_masked_layer_is_kept_only_where_it_beats_compact_by_the_margin(marg
     assert len(plans) == compacted
 
 
-def train_masked_then_compact(build, batch, loss_of, method, plan, steps=6):
+def train_masked_then_compact(build, batch, loss_of, method, plan, steps=6, **sparse):
     """The same 6 steps masked and with `plan`, from the same seed: per run its state dict, masks
     fingerprint, storage and losses."""
     results = []
@@ -270,11 +272,11 @@ def train_masked_then_compact(build, batch, loss_of, method, plan, steps=6):
         model = build()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
         ema = EMA(model, decay=0.9)
-        config = SparseConfig(method=method, sparsity=0.8, update_interval=2)
+        config = SparseConfig(method=method, sparsity=0.8, update_interval=2, **sparse)
         engine = SparseEngine(model, optimizer, config, steps, ema)
         inputs = batch()
         if kernels:
-            engine.compact(SparseConfig(kernels=kernels).kernel_plan, lambda: model(*inputs))
+            engine.compact(replace(config, kernels=kernels).kernel_plan, lambda: model(*inputs))
         losses = []
         for _ in range(steps):
             optimizer.zero_grad(set_to_none=True)
@@ -346,7 +348,9 @@ def test_sparsedm_train_with_kernels_equals_masked_training(tmp_path, tiny_cache
     real = compact_choice.measure_compact_plan
     monkeypatch.setattr(compact_choice, "DecisionCache", lambda cache_dir, file: real_cache(None, file))
     monkeypatch.setattr(
-        compact_choice, "measure_compact_plan", lambda m, mask, x, repeats, sync, margin: real(m, mask, x, 1, sync, 1e9)
+        compact_choice,
+        "measure_compact_plan",
+        lambda m, mask, x, repeats, sync, margin, block: real(m, mask, x, 1, sync, 1e9, block),
     )
     assert run_cli(tmp_path / "masked", tiny_cache, "sparse.method=rigl") == 0
     caplog.set_level("INFO", logger="sparsedm")
@@ -410,3 +414,69 @@ def test_rigl_accumulating_dense_gradients_over_two_steps_matches_masked():
     assert updates >= 2 and engine.masks_fingerprint() == ref_engine.masks_fingerprint()
     for name, tensor in ref_model.items():
         torch.testing.assert_close(model[name], tensor, rtol=1e-4, atol=5e-5, msg=name)
+
+
+def block_masked(module: nn.Module, block: int, density: float, seed: int = 0) -> torch.Tensor:
+    """A mask of whole block x block tiles over the weight's 2-D view, the weight zeroed outside it."""
+    rows, cols = module.weight.shape[0], module.weight[0].numel()
+    g = torch.Generator().manual_seed(seed)
+    tiles = torch.rand(rows // block, cols // block, generator=g) < density
+    tiles[0, 0], tiles[-1, -1] = True, False  # a tile on, one off
+    mask = tiles[:, None, :, None].expand(-1, block, -1, block).reshape(module.weight.shape)
+    with torch.no_grad():
+        module.weight.mul_(mask)
+    return mask
+
+
+@pytest.mark.parametrize("plan", ["block/block/block", "block/torch/sampled", "matmul/block/block"])
+@pytest.mark.parametrize(
+    "make, block, x_shape",
+    [
+        (lambda: nn.Linear(32, 48), 8, (5, 32)),
+        (lambda: nn.Linear(64, 16, bias=False), 4, (2, 7, 64)),
+        (lambda: nn.Linear(16, 32), 16, (3, 16)),  # two tiles, one on: a block-row without tiles
+        (lambda: nn.Conv2d(4, 8, 2, stride=2), 4, (2, 4, 8, 8)),  # DiT's patch embedding: (8, 16) as 2-D
+    ],
+)
+def test_the_block_way_gives_the_masked_layers_outputs_and_gradients(plan, make, block, x_shape):
+    torch.manual_seed(0)
+    module = make()
+    mask = block_masked(module, block, 0.4)
+    x = torch.randn(x_shape)
+    layer = compact_layer(copy.deepcopy(module), mask, LayerPlan.from_name(plan), block)
+    results = []
+    for candidate in (module, layer):
+        xi = x.clone().requires_grad_(True)
+        y = candidate(xi)
+        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(1)))
+        weight_grad = module.weight.grad * mask if candidate is module else layer.pattern.scatter(layer.values.grad)
+        bias_grad = None if candidate.bias is None else candidate.bias.grad
+        results.append((y.detach(), xi.grad, weight_grad.reshape(mask.shape), bias_grad))
+    for got, want in zip(results[1], results[0]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert layer.pattern.block_size == block
+
+
+@pytest.mark.parametrize("method", COMPACT_METHODS)
+@pytest.mark.parametrize("plan", ["block/block/block", "measure"])
+def test_a_tiny_dit_with_block_masks_trains_compact_as_masked(method, plan):
+    """sparse.block_size=8 on the tiny DiT, whose 2-D weight shapes all divide by 8: the block way (forced, or
+    raced by measure) gives the masks, losses and weights of masked training."""
+
+    def batch():
+        g = torch.Generator().manual_seed(0)
+        return torch.randn(2, 4, 8, 8, generator=g), torch.tensor([3, 700]), torch.zeros(2, dtype=torch.long)
+
+    masked, compact = train_masked_then_compact(
+        tiny_dit, batch, lambda y, x: (y - x).square().mean(), method, plan, block_size=8
+    )
+    assert masked[1] == compact[1]
+    assert all(layer.pattern.block_size == 8 for layer in compact[2].layers.values())
+    torch.testing.assert_close(torch.tensor(compact[3]), torch.tensor(masked[3]), rtol=1e-5, atol=1e-6)
+    assert_same_weights(masked[0], compact[0])
+
+
+def test_a_forced_block_plan_is_refused_on_unstructured_masks():
+    model, optimizer, ema, engine = build("rigl")
+    with pytest.raises(UserError, match="sparse.kernels=block/block/block uses the block way"):
+        engine.compact(KernelPlan.parse("block/block/block"), None)

@@ -9,6 +9,7 @@ from torch import nn
 from sparsedm.models.chirodiff import ChiroDiffConfig, ChiroDiffDenoiser
 from sparsedm.sparse.kernels.sampling import (
     CACHE_FILE,
+    BlockLinear,
     SparseConv2d,
     SparseKernelsOnFirstCall,
     SparseLinear,
@@ -126,3 +127,30 @@ def test_dense_layers_are_no_candidates_and_first_call_converts():
         assert isinstance(model[1], SparseLinear) and isinstance(model[0], nn.Linear)
         torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-6)
     assert plan.swapped() == ["1"] and plan.describe() == "1 of 1 sparse layers took a sparse kernel"
+
+
+def test_the_block_kernel_computes_a_tiled_dit_and_races_only_with_block_sizes():
+    """A tiny DiT trained with sparse.block_size=8 (a static engine's tile masks): `linear:block` forced on every
+    Linear gives the masked model's output; without block_size it is no candidate (nor where 8 does not divide)."""
+    from sparsedm.models.dit import unconditional
+    from sparsedm.sparse import SparseConfig, SparseEngine
+    from tests.tiny_models import tiny_dit
+
+    torch.manual_seed(0)
+    model = tiny_dit().eval()
+    config = SparseConfig(method="static", sparsity=0.8, block_size=8)
+    engine = SparseEngine(model, torch.optim.SGD(model.parameters(), lr=0.1), config, total_steps=1)
+    with torch.no_grad():
+        model.transformer_blocks[0].attn1.to_q.weight[:8, :8] *= torch.eye(8) != 0  # zeros inside an active tile
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([3, 700])
+    with torch.no_grad():
+        expected = unconditional(model, x, t)
+    run = lambda: unconditional(model, x, t)  # noqa: E731
+    unstructured = use_sparse_kernels(model, run, names=engine.masks, force=True, kernels=["linear:block"])
+    assert unstructured == []  # no layer has an applicable kernel among those asked for
+    choices = use_sparse_kernels(model, run, names=engine.masks, force=True, kernels=["linear:block"], block_size=8)
+    swapped = [c for c in choices if c.kernel == "linear:block"]
+    assert len(swapped) == len(choices) == 2 * 7 + 2  # per block 7 Linear, the final 2; the patch conv is no Linear
+    assert isinstance(model.transformer_blocks[0].attn1.to_q, BlockLinear)
+    with torch.no_grad():
+        torch.testing.assert_close(unconditional(model, x, t), expected, rtol=1e-5, atol=1e-5)

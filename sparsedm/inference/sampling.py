@@ -71,7 +71,9 @@ def attach_sparse_kernels(model, cfg, mode: Optional[str]) -> Optional[SparseKer
         return None
     if mode not in SPARSE_KERNEL_MODES:
         raise UserError(f"--sparse-kernels {mode!r} is unknown; use one of {', '.join(SPARSE_KERNEL_MODES)}")
-    return SparseKernelsOnFirstCall(model, cache_dir=Path(cfg.data.cache_dir) / "kernels", force=mode == "all")
+    return SparseKernelsOnFirstCall(
+        model, cache_dir=Path(cfg.data.cache_dir) / "kernels", force=mode == "all", block_size=cfg.sparse.block_size
+    )
 
 
 def draw_samples(

@@ -42,6 +42,9 @@ class SparseConfig:
     exclude: List[str] = field(default_factory=list)  # regexes on parameter names to keep dense
     exclude_time_embedding: bool = True  # keep timestep-embedding layers dense (the paper's rule)
     seed: int = 0  # seeds the initial masks and random growth; identical on every rank
+    # b: masks are unions of b x b tiles of each tensor's 2-D view (blocks.py; not the paper's), so compact Linear
+    # layers compute on dense blocks (sparse.kernels' `block` way); 1 = unstructured, the paper's; e.g. 32
+    block_size: int = 1
     # how sparse layers train (kernel_plan.py): masked (dense tensors with masks) | measure (only active weights
     # kept; each Linear/Conv on the faster of sparse products and its module's op, measured) | compact (only
     # active weights kept, module ops) | FWD/DX/DW (compact, one plan forced on every layer, e.g. torch/torch/sampled)
@@ -84,7 +87,10 @@ class SparseConfig:
                 f"sparse.grad_accumulation={self.grad_accumulation} exceeds sparse.update_interval={self.update_interval}; "
                 "accumulate over at most ΔT batches"
             )
+        if self.block_size < 1:
+            raise UserError(f"sparse.block_size={self.block_size} is out of range; b must be >= 1 (1: unstructured)")
         self._kernel_plan = KernelPlan.parse(self.kernels)
+        self._kernel_plan.check_blocks(self.block_size)
         for pattern, density in self.custom_densities.items():
             if not 0.0 < density <= 1.0:
                 raise UserError(f"sparse.custom_densities[{pattern!r}]={density} must be in (0, 1]")

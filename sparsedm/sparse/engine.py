@@ -18,6 +18,10 @@ Storage: the engine holds a storage strategy (storage/) and delegates to it ever
 held: masked (the default: dense tensors with masks) or, after `engine.compact(...)`, compact (Linear/Conv
 layers keep only their active weights). The engine keeps the topology; at an update it asks the storage for
 dense views of what the method's parts read (tensor_state.py) and runs the same surgery on them in either.
+
+Blocks (`sparse.block_size` b > 1, blocks.py): masks stay element-level, but every topology decision is taken on
+each tensor's grid of b x b tiles: the initial mask is drawn there, counts are whole tiles, and at an update the
+parts read their inputs pooled per tile and pick tiles, which `_apply_change` receives as element indices.
 """
 
 import logging
@@ -29,6 +33,7 @@ import torch
 from torch import nn
 
 from sparsedm.errors import UserError
+from sparsedm.sparse.blocks import BlockGrid, check_divisible
 from sparsedm.sparse.config import SparseConfig
 from sparsedm.sparse.density import allocate_densities, nonzero_counts
 from sparsedm.sparse.drop import drop_lowest
@@ -86,6 +91,7 @@ class SparseEngine:
         self._warned_capped = False  # the capped-prune-rate hint is logged once
         self.explored = ExploredPositions({})
         self.shapes: Dict[str, Tuple[int, ...]] = {}
+        self.grids: Dict[str, BlockGrid] = {}  # each tensor's b x b tiles (blocks.py), where decisions are taken
         self._targets: Dict[str, int] = {}  # active weights per tensor at S_t
         self.target_sparsity = 0.0  # S_t, the sparsity the counts follow (density_schedule.py)
         self.counts_history: List[Tuple[int, Dict[str, int]]] = []  # (from step, active weights per tensor)
@@ -101,16 +107,22 @@ class SparseEngine:
         check_holds(optimizer, params)
         self.storage = MaskedStorage(params, optimizer, ema)
         self.shapes = {n: tuple(p.shape) for n, p in params.items()}
+        if config.block_size > 1:
+            check_divisible(self.shapes, config.block_size)
+        self.grids = {n: BlockGrid(shape, config.block_size) for n, shape in self.shapes.items()}
         if config.is_dynamic:
             self.schedule = UpdateSchedule(
                 config.update_interval, config.end_step(total_steps), config.prune_rate, config.prune_rate_decay
             )
         self._set_targets(self._sparsity_at(0))
         self.nonzeros = dict(self._targets)
-        self.masks = {
-            n: self.method_record.initial_mask(p.shape, self.nonzeros[n], self.generator, p.device)
-            for n, p in params.items()
-        }
+        self.masks = {}
+        for n, p in params.items():
+            grid = self.grids[n]
+            tiles = self.method_record.initial_mask(
+                grid.grid, self.nonzeros[n] // grid.tile_size, self.generator, p.device
+            )
+            self.masks[n] = grid.expand_mask(tiles)
         self.explored = ExploredPositions(self.masks)
         self.counts_history = [(0, dict(self.nonzeros))]
         self.apply_masks()
@@ -203,8 +215,12 @@ class SparseEngine:
             )
         self.storage.refuse_new_masks("compact")
         CompactStorage.check_method(self.method_record, plan.spelling)
-        plans = choose_compact_plans(self.model, run_example, self.masks, cache_dir=cache_dir, forced=plan.forced)
-        self.storage = CompactStorage(self.storage, self.model, plans, self.masks)
+        plan.check_blocks(self.config.block_size)
+        block = self.config.block_size
+        plans = choose_compact_plans(
+            self.model, run_example, self.masks, cache_dir=cache_dir, forced=plan.forced, block_size=block
+        )
+        self.storage = CompactStorage(self.storage, self.model, plans, self.masks, block)
         self._prepare_backward()
         return plans
 
@@ -234,7 +250,8 @@ class SparseEngine:
         self.densities = allocate_densities(
             self.shapes, sparsity, self.config.distribution, self.config.custom_densities
         )
-        self._targets = nonzero_counts(self.densities, self.shapes)
+        tiles = nonzero_counts(self.densities, {n: grid.grid for n, grid in self.grids.items()})
+        self._targets = {n: count * self.grids[n].tile_size for n, count in tiles.items()}
 
     def _tensor_state(self, name: str, views: DenseViews) -> TensorState:
         """What the method's parts read about one tensor, and nothing else."""
@@ -258,7 +275,8 @@ class SparseEngine:
         tensor replaces fewer than p_t · n (a dense one is skipped). With `regrow_dropped` growth is among the
         positions inactive after the drop (google-research/rigl), and a just-dropped weight grown again keeps
         its value and optimiser moments (its reinit_when_same=False), so fewer than k connections may change.
-        The statistics give both counts and the capped tensors.
+        The statistics give both counts and the capped tensors. With blocks every count here is in tiles
+        (blocks.py) and the statistics in weights.
         """
         method, regrow = self.method_record, self.config.regrow_dropped
         fraction = self.schedule.prune_fraction(t)
@@ -269,20 +287,22 @@ class SparseEngine:
         requested = pruned = 0
         capped, states, dropped, grow_counts, capacity = {}, {}, {}, {}, {}
         for name in self.shapes:
-            mask, n_active = self.masks[name], self.nonzeros[name]
-            n_target = min(self._targets[name], n_active) if prune_to_target else n_active
+            grid = self.grids[name]
+            unit, mask = grid.tile_size, grid.pool_mask(self.masks[name])  # the tensor's own mask when b = 1
+            n_active = self.nonzeros[name] // unit
+            n_target = min(self._targets[name] // unit, n_active) if prune_to_target else n_active
             if n_active == mask.numel() == n_target:  # made dense by the distribution: no topology to change
                 continue
             wanted = round(fraction * n_target)
             k = min(wanted, n_target) if regrow else min(wanted, n_target, mask.numel() - n_active)
-            requested += wanted
+            requested += wanted * unit
             if k < wanted:
-                capped[name] = [wanted, k]
+                capped[name] = [wanted * unit, k * unit]
             surplus = n_active - n_target
             if k == 0 and surplus == 0:
                 continue
-            pruned += surplus
-            states[name] = self._tensor_state(name, views)
+            pruned += surplus * unit
+            states[name] = grid.pool_state(self._tensor_state(name, views))
             dropped[name] = drop_lowest(method.drop(states[name]), mask, k + surplus)
             grow_counts[name] = k
             capacity[name] = mask.numel() - n_active + (len(dropped[name]) if regrow else 0)
@@ -291,7 +311,7 @@ class SparseEngine:
         replaced = regrown = 0
         self.last_update = {}
         for name, gone in dropped.items():
-            mask, k = self.masks[name], grow_counts[name]
+            grid, mask, k = self.grids[name], states[name].mask, grow_counts[name]
             candidates = mask
             if regrow:
                 candidates = mask.clone().view(-1)
@@ -300,10 +320,10 @@ class SparseEngine:
             grown = method.grow(candidates, k, states[name]) if k > 0 else gone[:0]
             if regrow:  # a weight dropped and grown again is no change: it keeps its value and moments
                 back = torch.isin(gone, grown)
-                regrown += int(back.sum())
+                regrown += int(back.sum()) * grid.tile_size
                 gone, grown = gone[~back], grown[~mask.view(-1)[grown]]
-            self._apply_change(name, gone, grown, views)
-            replaced += len(grown)
+            self._apply_change(name, grid.expand(gone), grid.expand(grown), views)
+            replaced += len(grown) * grid.tile_size
         if method.counts_vary:
             if method.redistribute is not None:
                 self.densities = {n: self.nonzeros[n] / self.masks[n].numel() for n in self.masks}
@@ -433,6 +453,10 @@ class SparseEngine:
                 )
             if int(mask.sum()) != self.nonzeros[name]:
                 raise UserError(f"{what} for {name} have {int(mask.sum())} non-zeros, not {self.nonzeros[name]}; {fix}")
+            if not self.grids[name].is_tiled(mask):
+                raise UserError(
+                    f"{what} for {name} are not whole sparse.block_size={self.config.block_size} tiles; {fix}"
+                )
 
     def sparsity(self) -> float:
         """Actual fraction of zeros over the sparse tensors (masked, so it counts the topology)."""

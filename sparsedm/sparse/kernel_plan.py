@@ -13,7 +13,8 @@ A compact layer computes three products with its weight W (kernels/products.py):
 input gradient Wᵀ dY and the weight gradient dY Mᵀ at the active positions only. `WAYS` lists how each can
 be computed: `matmul` (the dense matrix product of the scattered weight), `torch` (torch's CSR product),
 `scipy` (scipy's CSR/CSC product, CPU only), `sampled` (torch's sampled_addmm: the product evaluated at the
-pattern's positions only).
+pattern's positions only), `block` (dense products of the b x b tiles of a tile-structured mask, one per block-row
+or block-column: only with sparse.block_size > 1).
 """
 
 from dataclasses import dataclass
@@ -22,9 +23,9 @@ from typing import Optional, Tuple
 from sparsedm.errors import UserError
 
 WAYS = {  # the ways each product can be computed; the dense matrix product first
-    "fwd": ("matmul", "torch", "scipy"),
-    "dx": ("matmul", "torch", "scipy"),
-    "dw": ("matmul", "sampled"),
+    "fwd": ("matmul", "torch", "scipy", "block"),
+    "dx": ("matmul", "torch", "scipy", "block"),
+    "dw": ("matmul", "sampled", "block"),
 }
 MATMUL_ONLY = ("matmul", "matmul", "matmul")
 
@@ -65,6 +66,14 @@ class KernelPlan:
     spelling: str  # as the config gave it, for messages
     compact: bool  # sparse layers keep only their active weights
     forced: Optional[LayerPlan] = None  # compact: the plan of every layer, or None to measure one per layer
+
+    def check_blocks(self, block_size: int) -> None:
+        """A forced plan with the block way needs masks of tiles: UserError in one line without them."""
+        if block_size == 1 and self.forced is not None and not self.forced.module_op and "block" in self.forced.ways:
+            raise UserError(
+                f"sparse.kernels={self.spelling} uses the block way, which needs tile-structured masks; set "
+                "sparse.block_size > 1 or choose other ways"
+            )
 
     @classmethod
     def parse(cls, value: str, key: str = "sparse.kernels") -> "KernelPlan":

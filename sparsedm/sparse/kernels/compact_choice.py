@@ -5,7 +5,8 @@
 Measured (`sparse.kernels=measure`), through measure.py's mechanism: each way of each product is timed on the
 layer's real M and dY (`part_times`), the fastest way of each kept; then the compact layer on that plan, the
 compact layer on its module's own operation (its weight scattered for each call: with large weights that
-costs fresh pages) and the masked module, forward + backward, interleaved. The faster compact plan wins
+costs fresh pages) and the masked module, forward + backward, interleaved. The `block` way races only where the
+masks are made of tiles (sparse.block_size > 1). The faster compact plan wins
 unless the masked module beats it by `margin`: then the layer stays masked (no plan). Decisions are cached
 in `cache_dir`/compact_plans.json by machine and layer (kind, geometry, weight shape, the mask's non-zeros,
 input shape); RigL and MagRan keep each layer's count of non-zeros, so one measurement serves a whole run.
@@ -38,11 +39,12 @@ def compactable(model: nn.Module, names) -> Dict[str, nn.Module]:
     }
 
 
-def layer_key(module: nn.Module, mask: torch.Tensor, x: torch.Tensor) -> str:
+def layer_key(module: nn.Module, mask: torch.Tensor, x: torch.Tensor, block_size: int = 1) -> str:
     w = module.weight
     geometry = "" if isinstance(module, nn.Linear) else f" {conv_geometry(module)}"
+    blocks = f" blocks {block_size}" if block_size > 1 else ""  # tiles race the block way: another decision
     return (
-        f"{type(module).__name__}{geometry} {list(w.shape)} nnz {int(mask.sum())} {w.dtype} {w.device.type}"
+        f"{type(module).__name__}{geometry} {list(w.shape)} nnz {int(mask.sum())}{blocks} {w.dtype} {w.device.type}"
         f" x {list(x.shape)}"
     )
 
@@ -78,8 +80,10 @@ def part_times(layer: nn.Module, x: torch.Tensor, dy: torch.Tensor, repeats: int
             "dw": lambda h: p.weight_grad_values(dy2, m, h),
         }
         times = {}
-        for part, ways in WAYS.items():  # scipy computes on the CPU only: never chosen elsewhere
-            usable = [h for h in ways if h != "scipy" or x.device.type == "cpu"]
+        for part, ways in WAYS.items():  # scipy computes on the CPU only, block on tiles only: never chosen elsewhere
+            usable = [
+                h for h in ways if (h != "scipy" or x.device.type == "cpu") and (h != "block" or p.block_size > 1)
+            ]
             measured = dict(zip(usable, best_of([lambda h=h: product[part](h) for h in usable], repeats, sync)))
             times[part] = [measured.get(h, float("inf")) for h in ways]
         return times
@@ -89,15 +93,21 @@ def fastest_ways(times: Dict[str, List[float]]) -> tuple:
     return tuple(WAYS[part][min(range(len(t)), key=t.__getitem__)] for part, t in times.items())
 
 
-def measure_compact_plan(module: nn.Module, mask: torch.Tensor, x: torch.Tensor, repeats: int, sync, margin: float):
+def measure_compact_plan(
+    module: nn.Module, mask: torch.Tensor, x: torch.Tensor, repeats: int, sync, margin: float, block_size: int = 1
+):
     """(plan name or None to stay masked, speed-up of the faster compact plan over the masked module)."""
     with torch.no_grad():
         dy = torch.randn(module(x).shape, dtype=x.dtype, device=x.device)
     x = x.detach().requires_grad_(True)
-    ways = fastest_ways(part_times(compact_layer(copy.deepcopy(module), mask, MODULE_OP), x, dy, repeats, sync))
-    candidates = {MODULE_OP: compact_layer(copy.deepcopy(module), mask, MODULE_OP)}
+
+    def layer(plan):
+        return compact_layer(copy.deepcopy(module), mask, plan, block_size)
+
+    ways = fastest_ways(part_times(layer(MODULE_OP), x, dy, repeats, sync))
+    candidates = {MODULE_OP: layer(MODULE_OP)}
     if ways != MATMUL_ONLY or not isinstance(module, nn.Linear):
-        candidates[LayerPlan(ways)] = compact_layer(copy.deepcopy(module), mask, LayerPlan(ways))
+        candidates[LayerPlan(ways)] = layer(LayerPlan(ways))
     fastest, speedup = race_against_masked(module, mask, x, dy, candidates, repeats, sync)
     if speedup * margin < 1:
         return None, speedup
@@ -123,10 +133,11 @@ def choose_compact_plans(
     forced: Optional[LayerPlan] = None,
     margin: float = 1.05,
     repeats: int = 5,
+    block_size: int = 1,
 ) -> Dict[str, LayerPlan]:
     """{weight name: plan} of the masked layers to make compact: `forced` for every compactable layer, or by
     measurement on the input each layer sees in `run_example`; a layer where the masked module wins is left
-    out (it stays masked)."""
+    out (it stays masked). `block_size`: the tiles of the masks (sparse.block_size), for the block way."""
     layers = compactable(model, masks.keys())
     if forced is not None:
         return {name: forced for name in layers}
@@ -140,8 +151,8 @@ def choose_compact_plans(
         decisions = choose_per_layer(
             by_module,
             inputs,
-            lambda module, x: layer_key(module, mask_of[module], x),
-            lambda module, x: measure_compact_plan(module, mask_of[module], x, repeats, sync, margin),
+            lambda module, x: layer_key(module, mask_of[module], x, block_size),
+            lambda module, x: measure_compact_plan(module, mask_of[module], x, repeats, sync, margin, block_size),
             DecisionCache(cache_dir, CACHE_FILE),
         )
         plans = {f"{name}.weight": LayerPlan.from_name(plan) for name, (plan, _) in decisions.items() if plan}

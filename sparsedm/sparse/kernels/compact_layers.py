@@ -51,11 +51,11 @@ class _CompactProduct(torch.autograd.Function):
 class _Compact:
     """What CompactLinear and CompactConv share: the values, the pattern, the plan, state-dict hooks."""
 
-    def _store(self, module: nn.Module, mask: torch.Tensor, plan: LayerPlan) -> None:
+    def _store(self, module: nn.Module, mask: torch.Tensor, plan: LayerPlan, block_size: int) -> None:
         weight = module.weight
         self.plan = plan
         self.weight_shape = tuple(weight.shape)
-        self.pattern = MaskPattern(mask.reshape(weight.shape[0], -1))
+        self.pattern = MaskPattern(mask.reshape(weight.shape[0], -1), block_size)
         self.values = nn.Parameter(self.pattern.gather(weight.detach()).clone(), requires_grad=weight.requires_grad)
         self.bias = module.bias
         self.sink: Optional[Callable[[torch.Tensor], None]] = None
@@ -102,9 +102,9 @@ def _values_from_dense_weight(module, state_dict, prefix, *args):
 
 
 class CompactLinear(_Compact, LinearProduct):
-    def __init__(self, module: nn.Linear, mask: torch.Tensor, plan: LayerPlan):
+    def __init__(self, module: nn.Linear, mask: torch.Tensor, plan: LayerPlan, block_size: int = 1):
         nn.Module.__init__(self)
-        self._store(module, mask, plan)
+        self._store(module, mask, plan, block_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.plan.module_op:
@@ -113,9 +113,9 @@ class CompactLinear(_Compact, LinearProduct):
 
 
 class CompactConv(_Compact, ConvProduct):
-    def __init__(self, conv: nn.Module, mask: torch.Tensor, plan: LayerPlan):
+    def __init__(self, conv: nn.Module, mask: torch.Tensor, plan: LayerPlan, block_size: int = 1):
         nn.Module.__init__(self)
-        self._store(conv, mask, plan)
+        self._store(conv, mask, plan, block_size)
         self.set_geometry(conv)
         self._module_op = F.conv1d if isinstance(conv, nn.Conv1d) else F.conv2d
         self._module_args = (conv.stride, conv.padding, conv.dilation)
@@ -126,7 +126,8 @@ class CompactConv(_Compact, ConvProduct):
         return ConvProduct.forward(self, x)
 
 
-def compact_layer(module: nn.Module, mask: torch.Tensor, plan: LayerPlan) -> nn.Module:
+def compact_layer(module: nn.Module, mask: torch.Tensor, plan: LayerPlan, block_size: int = 1) -> nn.Module:
+    """The compact layer of `module` at `mask` (of b x b tiles when `block_size` b > 1: sparse.block_size)."""
     if isinstance(module, nn.Linear):
-        return CompactLinear(module, mask, plan)
-    return CompactConv(module, mask, plan)
+        return CompactLinear(module, mask, plan, block_size)
+    return CompactConv(module, mask, plan, block_size)

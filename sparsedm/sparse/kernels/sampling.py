@@ -10,7 +10,8 @@ or by scipy's (`scipy`, CPU only): neither wins everywhere (torch's is ~20x slow
 (432 x 48) @ (48 x 4096) product of a 48-channel 3 x 3 convolution at S = 0.9, measured on an AMD EPYC).
 A kernel is named KIND:BACKEND, e.g. `taps:scipy`:
 
-    linear   y = W x + b                          W: (out, in) CSR
+    linear   y = W x + b                          W: (out, in) CSR; or `linear:block`, for weights of b x b tiles
+                                                  (sparse.block_size b > 1): products.py's block way
     taps     Z = W_taps X, y = Σ_(dy,dx) shift(Z)  W_taps: (kh·kw·out, in) CSR, X the input as (in, B·H·W);
              a kh x kw convolution as kh·kw 1 x 1 ones whose outputs are added shifted (stride 1)
     unfold   y = W cols                           W: (out, in·kh·kw) CSR, cols = im2col(x) (any stride)
@@ -31,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparsedm.sparse.blocks import BlockGrid, matrix_shape
 from sparsedm.sparse.kernels.layers import conv_geometry, fits
 from sparsedm.sparse.kernels.measure import (
     DecisionCache,
@@ -41,11 +43,13 @@ from sparsedm.sparse.kernels.measure import (
     inputs_of,
     replace_module,
 )
+from sparsedm.sparse.kernels.products import MaskPattern
 
 CACHE_FILE = "sampling_kernels.json"
 KINDS = ("linear", "taps", "unfold")
 BACKENDS = ("torch", "scipy")
-KERNELS = tuple(f"{kind}:{backend}" for kind in KINDS for backend in BACKENDS)  # `kernels=` restricts them
+BLOCK = "linear:block"  # a Linear of b x b tiles: dense products per block-row
+KERNELS = (*(f"{kind}:{backend}" for kind in KINDS for backend in BACKENDS), BLOCK)  # `kernels=` restricts them
 
 
 @dataclass
@@ -95,6 +99,24 @@ class SparseLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).t()  # (in, N): the product reads X column-major, no copy
         return self.product(rows, self.bias).t().reshape(*x.shape[:-1], self.out_features)
+
+
+class BlockLinear(nn.Module):
+    """y = W x + b with W's b x b tiles that hold a non-zero multiplied as dense blocks; x of shape (..., in)."""
+
+    def __init__(self, linear: nn.Linear, block: int):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        weight = linear.weight.detach()
+        grid = BlockGrid(weight.shape, block)
+        self.pattern = MaskPattern(grid.expand_mask(grid.pool_mask(weight != 0)), block)
+        self.values = self.pattern.gather(weight)
+        self.bias = None if linear.bias is None else linear.bias.detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.pattern.forward_values(self.values, x.reshape(-1, self.in_features).t(), "block")
+        y = y if self.bias is None else y.add_(self.bias[:, None])
+        return y.t().reshape(*x.shape[:-1], self.out_features)
 
 
 class SparseConv2d(nn.Module):
@@ -153,30 +175,35 @@ class SparseConv2d(nn.Module):
         return y.transpose(0, 1).contiguous()
 
 
-def applicable_kernels(module: nn.Module) -> List[str]:
-    """The sparse kernels (KIND:BACKEND) that compute this module exactly (none for other layers or set-ups)."""
+def applicable_kernels(module: nn.Module, block_size: int = 1) -> List[str]:
+    """The sparse kernels (KIND:BACKEND) that compute this module exactly (none for other layers or set-ups);
+    `block_size` b > 1: the weights were trained in b x b tiles (sparse.block_size), so a Linear whose sides b
+    divides may also take the block kernel."""
     if not fits(module):
         return []
     backends = BACKENDS if module.weight.device.type == "cpu" else ("torch",)
     if isinstance(module, nn.Linear):
-        kinds = ["linear"]
-    else:
-        stride, _, dilation = conv_geometry(module)
-        kinds = (["taps"] if set(stride) | set(dilation) == {1} else []) + ["unfold"]
+        tiled = block_size > 1 and not any(d % block_size for d in matrix_shape(module.weight.shape))
+        return [f"linear:{backend}" for backend in backends] + ([BLOCK] if tiled else [])
+    stride, _, dilation = conv_geometry(module)
+    kinds = (["taps"] if set(stride) | set(dilation) == {1} else []) + ["unfold"]
     return [f"{kind}:{backend}" for kind in kinds for backend in backends]
 
 
-def sparse_module(module: nn.Module, kernel: str) -> nn.Module:
+def sparse_module(module: nn.Module, kernel: str, block_size: int = 1) -> nn.Module:
+    if kernel == BLOCK:
+        return BlockLinear(module, block_size)
     kind, backend = kernel.split(":")
     return SparseLinear(module, backend) if kind == "linear" else SparseConv2d(module, kind, backend)
 
 
-def layer_key(module: nn.Module, x: torch.Tensor) -> str:
+def layer_key(module: nn.Module, x: torch.Tensor, block_size: int = 1) -> str:
     w = module.weight
     geometry = "" if isinstance(module, nn.Linear) else f" {conv_geometry(module)}"
+    blocks = f" blocks {block_size}" if BLOCK in applicable_kernels(module, block_size) else ""  # one more candidate
     return (
-        f"{type(module).__name__}{geometry} {list(w.shape)} nnz {int((w != 0).sum())} {w.dtype} {w.device.type}"
-        f" x {list(x.shape)}"
+        f"{type(module).__name__}{geometry} {list(w.shape)} nnz {int((w != 0).sum())}{blocks} {w.dtype} "
+        f"{w.device.type} x {list(x.shape)}"
     )
 
 
@@ -203,18 +230,23 @@ def choose_and_swap(
     kernels: Sequence[str] = KERNELS,
     margin: float = 1.05,
     repeats: int = 5,
+    block_size: int = 1,
 ) -> List[LayerChoice]:
     """Swap each layer of `inputs` ({module name: its input}) for its fastest sparse kernel if that beats dense
     by `margin` (with `force`: for the first applicable one of `kernels`, untimed). A kernel KIND in `kernels`
-    stands for KIND on every backend."""
+    stands for KIND on every backend. `block_size`: the run's sparse.block_size (b > 1: the block kernel races)."""
     kernels = [k if ":" in k else f"{k}:{backend}" for k in kernels for backend in (BACKENDS if ":" not in k else "-")]
-    options = {name: [k for k in kernels if k in applicable_kernels(model.get_submodule(name))] for name in inputs}
+
+    def usable(module):
+        return [k for k in kernels if k in applicable_kernels(module, block_size)]
+
+    options = {name: usable(model.get_submodule(name)) for name in inputs}
     layers = {name: model.get_submodule(name) for name in inputs if options[name]}
     sync = device_sync()
 
     def measure(module, x):
-        candidates = [k for k in kernels if k in applicable_kernels(module)]
-        sparse = [sparse_module(module, k) for k in candidates]
+        candidates = usable(module)
+        sparse = [sparse_module(module, k, block_size) for k in candidates]
         times = best_of([lambda: module(x)] + [lambda m=m: m(x) for m in sparse], repeats, sync)
         fastest = min(range(len(candidates)), key=lambda i: times[i + 1])
         speedup = times[0] / times[fastest + 1]
@@ -223,7 +255,13 @@ def choose_and_swap(
     if force:
         decisions = {name: (options[name][0], None) for name in layers}
     else:
-        decisions = choose_per_layer(layers, inputs, layer_key, measure, DecisionCache(cache_dir, CACHE_FILE))
+        decisions = choose_per_layer(
+            layers,
+            inputs,
+            lambda module, x: layer_key(module, x, block_size),
+            measure,
+            DecisionCache(cache_dir, CACHE_FILE),
+        )
     choices = []
     for name, (kernel, speedup) in decisions.items():
         module, x = layers[name], inputs[name]
@@ -233,7 +271,7 @@ def choose_and_swap(
             LayerChoice(name, type(module).__name__, list(w.shape), list(x.shape), sparsity, kernel, speedup)
         )
         if kernel is not None:
-            replace_module(model, name, sparse_module(module, kernel))
+            replace_module(model, name, sparse_module(module, kernel, block_size))
     return choices
 
 
@@ -242,7 +280,8 @@ def use_sparse_kernels(
     model: nn.Module, run_example: Callable[[], object], names: Optional[Iterable[str]] = None, **options
 ) -> List[LayerChoice]:
     """Run `run_example` (one forward of `model` on the inputs it will see), then swap layers by measurement
-    (options: cache_dir, force, kernels, margin, repeats of `choose_and_swap`). Returns one choice per layer."""
+    (options: cache_dir, force, kernels, margin, repeats, block_size of `choose_and_swap`). Returns one choice per
+    layer."""
     return choose_and_swap(model, inputs_of(model, candidate_layers(model, names), run_example), **options)
 
 

@@ -87,13 +87,17 @@ class CompactStorage(Storage):
     SUPPLIES = frozenset({Read.WEIGHT, Read.GRAD, Read.DENSE_GRAD, Read.MOMENTUM})
 
     @torch.no_grad()
-    def __init__(self, masked: MaskedStorage, model: nn.Module, plans: Mapping[str, LayerPlan], masks):
+    def __init__(
+        self, masked: MaskedStorage, model: nn.Module, plans: Mapping[str, LayerPlan], masks, block_size: int = 1
+    ):
         """Swap each layer whose weight is in `plans` for its compact layer in `model` and the EMA, and the
-        optimiser's dense weight (and moments) for its values."""
+        optimiser's dense weight (and moments) for its values. `block_size`: the engine's sparse.block_size, which
+        its masks' tiles have (for the `block` way)."""
         unknown = sorted(set(plans) - set(compactable(model, masked.params)))
         if unknown:
             raise UserError(f"no compact layer computes {unknown[0]}: only masked Linear/Conv1d/Conv2d weights")
         self.model, self.optimizer, self.ema = model, masked.optimizer, masked.ema
+        self.block_size = block_size
         self.rest = MaskedStorage({n: p for n, p in masked.params.items() if n not in plans}, self.optimizer, self.ema)
         self.layers: Dict[str, nn.Module] = {}
         self.ema_layers: Dict[str, nn.Module] = {}
@@ -101,12 +105,12 @@ class CompactStorage(Storage):
             module_name = name.rpartition(".")[0]
             module = model.get_submodule(module_name)
             old = module.weight
-            layer = compact_layer(module, masks[name], plan)
+            layer = compact_layer(module, masks[name], plan, block_size)
             _swap_parameter(self.optimizer, old, layer.values, layer.pattern.gather)
             replace_module(model, module_name, layer)
             self.layers[name] = layer
             if self.ema is not None:
-                ema_layer = compact_layer(self.ema.module.get_submodule(module_name), masks[name], plan)
+                ema_layer = compact_layer(self.ema.module.get_submodule(module_name), masks[name], plan, block_size)
                 ema_layer.pattern = layer.pattern
                 replace_module(self.ema.module, module_name, ema_layer)
                 self.ema_layers[name] = ema_layer
@@ -188,7 +192,7 @@ class CompactStorage(Storage):
     @torch.no_grad()
     def _compact(self, name: str, mask: torch.Tensor, weight: torch.Tensor) -> None:
         layer, optimizer = self.layers[name], self.optimizer
-        pattern = MaskPattern(mask.reshape(layer.weight_shape[0], -1))
+        pattern = MaskPattern(mask.reshape(layer.weight_shape[0], -1), self.block_size)
         carry = _carry_over(layer.pattern.index, pattern.index)
         layer.pattern = pattern
         values = pattern.gather(weight)
