@@ -152,3 +152,17 @@ def test_masks_that_are_not_tiles_are_refused_on_load():
     flat[on], flat[off] = False, True  # same count, no longer whole tiles
     with pytest.raises(UserError, match="b.weight are not whole sparse.block_size=4 tiles"):
         engine.load_masks(masks)
+
+
+def test_a_tensor_left_without_a_tile_is_said_in_one_line(caplog):
+    # uniform S = 0.95: c.weight (8 x 32) has 2 x 8 = 16 tiles of 4 x 4, round(0.05 * 16) = 1; at S = 0.97, 0
+    for sparsity, empty in ((0.95, False), (0.97, True)):
+        caplog.clear()
+        model = Net()
+        config = SparseConfig(method="static", sparsity=sparsity, distribution="uniform", block_size=B)
+        with caplog.at_level("WARNING", logger="sparsedm"):
+            engine = SparseEngine(model, torch.optim.Adam(model.parameters()), config)
+        warned = [r.getMessage() for r in caplog.records if "no active weight" in r.getMessage()]
+        assert bool(warned) == empty and (engine.nonzeros["c.weight"] == 0) == empty
+        if empty:
+            assert len(warned) == 1 and "\n" not in warned[0] and "c.weight" in warned[0]

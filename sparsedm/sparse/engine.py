@@ -116,6 +116,16 @@ class SparseEngine:
             )
         self._set_targets(self._sparsity_at(0))
         self.nonzeros = dict(self._targets)
+        empty = [n for n, count in self.nonzeros.items() if count == 0]
+        if empty:  # round(density · tiles) can be 0 for a small tensor at a high S, or with large tiles
+            log.warning(
+                "%d sparse tensors get no active weight at S = %g (%s%s): their layers compute only their bias; "
+                "lower S, use the erk distribution, a smaller sparse.block_size, or keep them dense with sparse.exclude",
+                len(empty),
+                config.sparsity,
+                empty[0],
+                f" and {len(empty) - 1} others" if len(empty) > 1 else "",
+            )
         self.masks = {}
         for n, p in params.items():
             grid = self.grids[n]
