@@ -158,7 +158,12 @@ def test_gpu_check_times_the_dit_compact_against_masked_and_checks_it_on_the_cpu
         r"^dit: time per step RigL S = 0.9, sparse.kernels=measure / masked = ([\d.]+)$", result.stdout, re.M
     )
     assert ratio and float(ratio.group(1)) > 0
+    blocks = re.search(
+        r"^dit: time per step RigL S = 0.9, 8 x 8 blocks, measure / masked = ([\d.]+)$", result.stdout, re.M
+    )
+    assert blocks and float(blocks.group(1)) > 0
     report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert f"{report['dit compact blocks step ratio']:.3f}" == blocks.group(1)
     checks = [k for k in report if k.startswith("dit: ")]
     assert len(checks) == 4 and all(report[k] is True for k in checks)
 
