@@ -425,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--block-sizes",
         nargs="+",
         type=int,
+        metavar="B",
         help="b values of the sparse methods' b x b mask tiles, 1 unstructured (sparse.block_size; Dense and "
         "Small-Dense run once), e.g. 1 16 to pair blocks with unstructured by seed (default: the config's)",
     )

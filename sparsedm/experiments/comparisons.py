@@ -205,9 +205,7 @@ def family_note(items: list, what: str, score_of=lambda item: item.score) -> str
     )
 
 
-def config_cells(
-    method: str, sparsity: Optional[float], prune_rate: Optional[float], block_size: Optional[int] = None
-) -> str:
+def config_cells(method: str, sparsity: Optional[float], prune_rate: Optional[float], block_size: Optional[int]) -> str:
     """The method, S and p cells of a markdown row ("–" where a method has none); a block-structured
     configuration's method cell names its tiles ("RigL-DM, 16 x 16 blocks")."""
     sparsity_cell = "–" if sparsity is None else f"{sparsity:g}"
@@ -308,9 +306,7 @@ def compare_sweeps(sweep_a, sweep_b) -> str:
     rows_b, protocol_b, provenance_b = _sweep_rows(sweep_b)
     changes = across_sweeps(rows_a, rows_b)
     if not changes:
-        raise UserError(
-            f"{sweep_a} and {sweep_b} have no configuration (method, S, p) in common; nothing to compare"
-        )
+        raise UserError(f"{sweep_a} and {sweep_b} have no configuration (method, S, p) in common; nothing to compare")
     differences = [
         f"{key} {protocol_a[key]!r} -> {protocol_b[key]!r}" for key in PROTOCOL if protocol_a[key] != protocol_b[key]
     ]

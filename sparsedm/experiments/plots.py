@@ -31,7 +31,7 @@ def _series(rows: List[Row]) -> Dict[tuple, List[Row]]:
     return {key: sorted(points, key=lambda r: r.sparsity) for key, points in series.items()}
 
 
-def _label(method: str, prune_rate, block_size=None) -> str:
+def _label(method: str, prune_rate, block_size) -> str:
     return (
         get_method(method).display_name
         + (f", p = {prune_rate:g}" if prune_rate is not None else "")
@@ -39,7 +39,7 @@ def _label(method: str, prune_rate, block_size=None) -> str:
     )
 
 
-def _config_label(method: str, sparsity, prune_rate, block_size=None) -> str:
+def _config_label(method: str, sparsity, prune_rate, block_size) -> str:
     """Dense, or e.g. "RigL-DM, S = 0.5, p = 0.1", "RigL-DM, S = 0.9, p = 0.1, 16 x 16 blocks"."""
     label = get_method(method).display_name
     label += "".join(f", {name} = {value:g}" for name, value in (("S", sparsity), ("p", prune_rate)) if value)
@@ -60,7 +60,7 @@ def _dense_level(axes, rows: List[Row]) -> None:
                 axes.axhspan(row.fid_mean - row.fid_std, row.fid_mean + row.fid_std, color="black", alpha=0.1)
 
 
-def _config_line(method: str, sparsity, block_size=None) -> dict:
+def _config_line(method: str, sparsity, block_size) -> dict:
     """A configuration's line: the method's colour (Dense black), dashed above S = 0.75; with masks of tiles
     dash-dotted, dotted above S = 0.75."""
     high = sparsity is not None and sparsity > 0.75
