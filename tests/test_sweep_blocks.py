@@ -202,3 +202,24 @@ def test_the_kept_reports_without_blocks_read_as_before(tmp_path, kept):
     build_report(tmp_path / kept)
     for name in ("results.md", "results.csv"):
         assert (tmp_path / kept / name).read_bytes() == (source / name).read_bytes(), name
+
+
+@pytest.mark.slow  # two tiny trainings and their scores: about 15 s
+def test_a_sweep_trains_each_block_size_and_its_report_pairs_them(tmp_path, capsys, monkeypatch):
+    from fid_stub import use_pooled_pixels
+    from test_sweep import tiny
+
+    use_pooled_pixels(monkeypatch)
+    out = tmp_path / "sweep"
+    odd = "sparse.exclude=[gru.weight_ih_l0,gru.weight_ih_l0_reverse,final_proj.weight]"  # 13 and 3 wide: b = 2 refused
+    args = ["sweep", CONFIG, *tiny(tmp_path / "cache"), odd, "--out", str(out), "--methods", "rigl", "--sparsities"]
+    args += ["0.5", "--prune-rates", "0.1", "--block-sizes", "1", "2", "--seeds", "1", "--num", "4"]
+    assert main([*args, "--sample-steps", "2", "--no-progress"]) == 0, capsys.readouterr().err
+    for name, block in (("rigl-S0.5-p0.1-seed0", 1), ("rigl-S0.5-p0.1-b2-seed0", 2)):
+        assert json.loads((out / "runs" / name / "eval.json").read_text())["block_size"] == block
+    assert "block_size" not in json.loads((out / SWEEP_FILE).read_text())["config"]["sparse"]
+    text = (out / "results.md").read_text()
+    assert (
+        "| RigL-DM | 0.5 | 0.1 | 2 x 2 |" in text
+        and "| RigL-DM, 2 x 2 blocks | 0.5 | 0.1 | unstructured | FID | 1 |" in text
+    )
