@@ -174,7 +174,7 @@ LAUNCHER_OPTIONS = ("tasks", "partition", "time", "cpus_per_task", "gpus_per_tas
 def _sweep(args) -> None:
     from sparsedm.experiments.grid import SweepGrid
     from sparsedm.experiments.shards import parse_shard
-    from sparsedm.experiments.sweep import run_sweep
+    from sparsedm.experiments.sweep import resolve_grid, run_sweep
 
     defaults = SweepGrid()
     grid = SweepGrid(
@@ -182,10 +182,11 @@ def _sweep(args) -> None:
         args.sparsities or defaults.sparsities,
         args.prune_rates or defaults.prune_rates,
         args.seeds,
+        args.block_sizes,
     )
     shard = parse_shard(args.shard) if args.shard else None
     if args.list:
-        _list_sweep(args.out, grid, shard)
+        _list_sweep(args.out, resolve_grid(grid, args.config, args.overrides), shard)
         return
     if args.launcher:
         _launch_sweep(args, grid, shard)
@@ -404,7 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=_evaluate)
 
     sweep = sub.add_parser(
-        "sweep", help="train and evaluate methods x S x p x seeds; table and plots", formatter_class=MethodsHelp
+        "sweep",
+        help="train and evaluate methods x S x p (x block sizes) x seeds; table and plots",
+        formatter_class=MethodsHelp,
     )
     sweep.add_argument("config", help="YAML config, e.g. configs/chirodiff_kanjivg_cpu.yaml")
     sweep.add_argument("overrides", nargs="*", help="dotted overrides for every run, e.g. train.steps=2000")
@@ -417,6 +420,14 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--sparsities", nargs="+", type=float, help="S values (default: 0.1 0.25 0.5 0.75 0.9)")
     sweep.add_argument(
         "--prune-rates", nargs="+", type=float, help="p values of the dynamic methods (default: 0.05 0.1 0.5)"
+    )
+    sweep.add_argument(
+        "--block-sizes",
+        nargs="+",
+        type=int,
+        metavar="B",
+        help="b values of the sparse methods' b x b mask tiles, 1 unstructured (sparse.block_size; Dense and "
+        "Small-Dense run once), e.g. 1 16 to pair blocks with unstructured by seed (default: the config's)",
     )
     sweep.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 per grid point")
     sweep.add_argument("--workers", type=int, default=1, help="runs at a time, each in a single-threaded process (CPU)")

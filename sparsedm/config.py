@@ -38,7 +38,9 @@ class TaskExperiment:
 
 
 # "<configuration as the sweep names its runs, less the seed> vs <dense | small-dense>"
-PRIMARY_COMPARISON = re.compile(r"^(?P<config>[a-z-]+(-S[0-9.]+)?(-p[0-9.]+)?) vs (?P<against>dense|small-dense)$")
+PRIMARY_COMPARISON = re.compile(
+    r"^(?P<config>[a-z-]+(-S[0-9.]+)?(-p[0-9.]+)?(-b[0-9]+)?) vs (?P<against>dense|small-dense)$"
+)
 
 
 def check_primary_comparison(cfg) -> None:

@@ -47,6 +47,7 @@ EVAL_KEYS = {
     "sparsity_actual",
     "distribution",
     "prune_rate",
+    "block_size",
     "update_interval",
     "train_steps",
     "seed",
@@ -130,6 +131,7 @@ def test_evaluate_writes_eval_json_and_reuses_the_reference_statistics(trained, 
     assert np.isfinite(result["fid"]) and result["fid"] > 0
     assert result["ema_sparsity"] == pytest.approx(summary["sparsity_actual"], abs=1e-3)
     assert {k: result[k] for k in COPIED_FROM_SUMMARY} == {k: summary[k] for k in COPIED_FROM_SUMMARY}
+    assert result["block_size"] == 1  # the config's sparse.block_size: unstructured
     assert result["train_steps"] == 12 and result["flops_train_total"] == summary["flops_train_step"] * 16 * 12
     assert result["flops_sample"] == summary["flops_forward_sparse"] * 3
     assert f"FID {result['fid']:.2f}, KID {result['kid']:.4f} (6 samples, 1 sampling seed(s)" in out.out

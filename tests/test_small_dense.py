@@ -186,7 +186,7 @@ def test_equal_cost_pairs_sparse_points_with_small_dense_of_their_s(tmp_path):
     # (56 + s) - 50: worse than Small-Dense at the same step, which spent less
     assert small[2000, 2000].per_cost == "Small-Dense ahead"
     dense = [p for p in pairs if p.against == "Dense"]
-    assert dense and all(p.key == ("rigl", 0.5, 0.1) for p in pairs)
+    assert dense and all(p.key == ("rigl", 0.5, 0.1, 1) for p in pairs)
 
 
 def test_a_sweep_trains_and_scores_small_dense_at_its_width(tmp_path, capsys, monkeypatch):

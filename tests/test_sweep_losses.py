@@ -47,12 +47,16 @@ def sweep(tmp_path):
 
 def test_each_run_keeps_one_loss_per_validation_and_runs_without_a_log_are_left_out(sweep):
     curves = {(c.key, c.seed): c for c in read_loss_curves(sweep, read_runs(sweep))}
-    assert set(curves) == {(("dense", None, None), 0), (("dense", None, None), 1), (("static", 0.9, None), 0)}
-    static = curves[("static", 0.9, None), 0]
+    assert set(curves) == {
+        (("dense", None, None, None), 0),
+        (("dense", None, None, None), 1),
+        (("static", 0.9, None, 1), 0),
+    }
+    static = curves[("static", 0.9, None, 1), 0]
     assert static.steps == list(STEPS)
     assert static.held_out[2] == 0.65 and static.train_split[2] == 0.60  # the resumed run's later line
-    assert curves[("dense", None, None), 0].lowest == (1000, 0.50)
-    assert curves[("dense", None, None), 1].lowest == (1500, 0.52)
+    assert curves[("dense", None, None, None), 0].lowest == (1000, 0.50)
+    assert curves[("dense", None, None, None), 1].lowest == (1500, 0.52)
 
 
 def test_the_table_gives_the_lowest_held_out_loss_its_steps_and_the_rise(sweep):

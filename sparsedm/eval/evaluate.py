@@ -343,6 +343,7 @@ def evaluate_run(
         "exploration_rate": exploration_rate(state["engine"], summary),  # at the step scored
         "distribution": summary["distribution"],
         "prune_rate": summary["prune_rate"],
+        "block_size": cfg.sparse.block_size,  # b of the masks' b x b tiles (1: unstructured; files before it have none)
         "update_interval": summary["update_interval"],
         "train_steps": final,
         "seed": summary.get("seed"),

@@ -57,6 +57,7 @@ class Row:
     method: str
     sparsity: Optional[float]  # S; None for Dense
     prune_rate: Optional[float]  # p; None for Dense and Static-DM
+    block_size: Optional[int]  # b of the masks' b x b tiles, 1 unstructured; None for Dense and Small-Dense
     seeds: int  # runs averaged
     fid_mean: float
     fid_std: Optional[float]  # sample std over seeds; None with one seed
@@ -128,14 +129,22 @@ def common_protocol(records: List[dict]) -> dict:
 
 
 def group_key(record: dict) -> tuple:
-    """(method, S, p) of a run: S is None for Dense, p None for Dense, Static-DM and Small-Dense (a Dense run
-    whose record names the S it was narrowed to)."""
+    """(method, S, p, b) of a run: S is None for Dense, p None for Dense, Static-DM and Small-Dense (a Dense run
+    whose record names the S it was narrowed to), b (the masks' block size) None for both dense ones and 1 for
+    the sparse runs scored before it was recorded (all unstructured)."""
     if record.get("small_dense") is not None:
-        return SMALL_DENSE.name, record["small_dense"]["sparsity"], None
+        return SMALL_DENSE.name, record["small_dense"]["sparsity"], None, None
     method = get_method(record["method"])
     sparsity = record["sparsity"] if method.sparse else None
     prune_rate = record["prune_rate"] if method.dynamic else None
-    return method.name, sparsity, prune_rate
+    return method.name, sparsity, prune_rate, record.get("block_size", 1) if method.sparse else None
+
+
+def config_order(key: tuple) -> tuple:
+    """Where a configuration (method, S, p, b) comes in tables and legends: Dense, Small-Dense, then the methods
+    by S, p and b."""
+    method, sparsity, prune_rate, block_size = key
+    return method_order(method), sparsity or 0.0, prune_rate or 0.0, block_size or 0
 
 
 def _mean(values: List[float]) -> float:
@@ -150,7 +159,7 @@ def _std(values: List[float]) -> Optional[float]:
     return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
-def _row(method: str, sparsity, prune_rate, runs: List[dict]) -> Row:
+def _row(method: str, sparsity, prune_rate, block_size, runs: List[dict]) -> Row:
     fids = [r["fid"] for r in runs]
     kids = [r["kid"] for r in runs if r.get("kid") is not None]
     explored = [r["exploration_rate"] for r in runs if r.get("exploration_rate") is not None]
@@ -161,6 +170,7 @@ def _row(method: str, sparsity, prune_rate, runs: List[dict]) -> Row:
         method=method,
         sparsity=sparsity,
         prune_rate=prune_rate,
+        block_size=block_size,
         seeds=len(runs),
         fid_mean=_mean(fids),
         fid_std=_std(fids),
@@ -187,11 +197,11 @@ def _row(method: str, sparsity, prune_rate, runs: List[dict]) -> Row:
 
 
 def aggregate(records: List[dict]) -> List[Row]:
-    """One row per (method, S, p), Dense first (then Small-Dense), then by S and p."""
+    """One row per (method, S, p, b), Dense first (then Small-Dense), then by S, p and b."""
     groups = defaultdict(list)
     for record in records:
         groups[group_key(record)].append(record)
-    rows = [_row(method, sparsity, prune_rate, runs) for (method, sparsity, prune_rate), runs in groups.items()]
+    rows = [_row(*key, runs) for key, runs in groups.items()]
     dense = next((row for row in rows if is_dense(row.method)), None)
     small = {row.sparsity: row for row in rows if row.method == SMALL_DENSE.name}
     for row in small.values():  # its FLOPs as shares of the full-width model's
@@ -207,21 +217,36 @@ def aggregate(records: List[dict]) -> List[Row]:
             paired = paired_difference(row.fid_by_seed, small[row.sparsity].fid_by_seed)
             row.small_delta_n, row.small_delta_mean, row.small_verdict = paired.n, paired.mean, paired.verdict
             row.small_delta_ci_low, row.small_delta_ci_high = paired.ci_low, paired.ci_high
-    return sorted(rows, key=lambda r: (method_order(r.method), r.sparsity or 0.0, r.prune_rate or 0.0))
+    return sorted(rows, key=lambda r: config_order(row_key(r)))
+
+
+def row_key(row: Row) -> tuple:
+    """(method, S, p, b) of a row, as group_key gives them."""
+    return row.method, row.sparsity, row.prune_rate, row.block_size
+
+
+def has_blocks(rows: List[Row]) -> bool:
+    """Whether any row is block-structured: only then do the table and results.csv give b (so the files of a
+    sweep without blocks read as before blocks were a grid dimension)."""
+    return any((row.block_size or 1) > 1 for row in rows)
 
 
 def write_csv(rows: List[Row], path: Path) -> None:
     """One line per row; the per-seed FIDs and KIDs as columns fid_seed0, ..., kid_seed0, ... (empty where a seed
-    is missing). Written atomically: jobs of a sharded sweep may rebuild the report at the same time."""
+    is missing); block_size only where some row has b > 1. Written atomically: jobs of a sharded sweep may rebuild
+    the report at the same time."""
     seeds = sorted({seed for row in rows for seed in row.fid_by_seed})
-    per_seed = ("fid_by_seed", "kid_by_seed")
-    columns = [f.name for f in fields(Row) if f.name not in per_seed]
+    blocks = has_blocks(rows)
+    left_out = ("fid_by_seed", "kid_by_seed") + (() if blocks else ("block_size",))
+    columns = [f.name for f in fields(Row) if f.name not in left_out]
     columns += [f"{score}_seed{seed}" for score in ("fid", "kid") for seed in seeds]
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=columns)
     writer.writeheader()
     for row in rows:
         record = asdict(row)
+        if not blocks:
+            del record["block_size"]
         for score in ("fid", "kid"):
             by_seed = record.pop(f"{score}_by_seed")
             record.update({f"{score}_seed{seed}": by_seed.get(seed) for seed in seeds})
@@ -256,15 +281,31 @@ def fid_cell(row: Row) -> str:
     return cell
 
 
+def block_cell(block_size: Optional[int]) -> str:
+    """ "16 x 16" (tiles of the masks), "unstructured" (b = 1), "–" for the dense models."""
+    if block_size is None:
+        return "–"
+    return "unstructured" if block_size == 1 else f"{block_size} x {block_size}"
+
+
+def block_label(block_size: Optional[int]) -> str:
+    """ ", 16 x 16 blocks" after a configuration's name where its masks are tiles; empty otherwise."""
+    return f", {block_cell(block_size)} blocks" if (block_size or 1) > 1 else ""
+
+
 def markdown_table(rows: List[Row]) -> str:
+    """The paper's table; a Blocks column after p where some row is block-structured."""
+    blocks = has_blocks(rows)
     lines = [
-        "| Method | S | p | FID ↓ | KID ↓ | Seeds | Non-zero params | Forward FLOPs | Training FLOPs |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| Method | S | p |{' Blocks |' if blocks else ''} FID ↓ | KID ↓ | Seeds | Non-zero params | Forward FLOPs "
+        "| Training FLOPs |",
+        "|---|---|---|" + ("---|" if blocks else "") + "---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {get_method(r.method).display_name} | {'–' if r.sparsity is None else f'{r.sparsity:g}'} "
-            f"| {'–' if r.prune_rate is None else f'{r.prune_rate:g}'} | {fid_cell(r)} "
+            f"| {'–' if r.prune_rate is None else f'{r.prune_rate:g}'} "
+            f"|{f' {block_cell(r.block_size)} |' if blocks else ''} {fid_cell(r)} "
             f"| {mean_std(r.kid_mean, r.kid_std, 4)} | {r.seeds} "
             f"| {human(r.params_nonzero)} ({r.params_rel:.1%}) | {human(r.flops_forward)} ({_share(r.flops_forward_rel)}) "
             f"| {human(r.flops_train)} ({_share(r.flops_train_rel)}) |"

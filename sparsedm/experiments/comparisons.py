@@ -4,6 +4,8 @@
   (baselines.py) at the same S and seed: the dense model of its size (aggregate.py computes the FID pairs);
 - dynamic against static: each RigL-DM or MagRan-DM row against Static-DM at the same S;
 - prune rates: each dynamic row against the same method and S at the largest p the sweep has for them;
+- blocks: each block-structured row (`sparse.block_size` b > 1) against the same method, S and p unstructured
+  (b = 1): the score the tiles cost;
 - two sweeps (`sparsedm compare A B`): each configuration of B against the same configuration of A (for
   example the same grid trained 4x longer), and its gap to Dense in B against its gap in A, seed by seed:
   [FID_B(c, s) - FID_B(Dense, s)] - [FID_A(c, s) - FID_A(Dense, s)], a difference of differences.
@@ -24,9 +26,11 @@ from sparsedm.experiments.aggregate import (
     PROTOCOL,
     Row,
     aggregate,
+    block_label,
     common_protocol,
     provenance_note,
     read_evaluated_runs,
+    row_key,
 )
 from sparsedm.experiments.baselines import SMALL_DENSE, get_method, is_dense
 from sparsedm.experiments.grid import RunSpec
@@ -36,6 +40,10 @@ from sparsedm.sparse.methods import dense_method, static_method
 OTHERS_NOTE = (
     "Against: each dynamic configuration paired by seed with Static-DM at the same S, and with the same method and "
     "S at the largest p of the sweep; Δ is its score minus theirs, with the same interval and verdict words.\n"
+)
+BLOCKS_NOTE = (
+    "Against unstructured: each block-structured configuration (masks of b x b tiles, sparse.block_size) paired "
+    "by seed with the same method, S and p at b = 1; Δ is what the tiles cost (a positive Δ: a worse score).\n"
 )
 FID, KID = "FID", "KID"
 
@@ -69,49 +77,59 @@ def versus_baselines(rows: List[Row], step: Optional[int] = None) -> List[Compar
     return out
 
 
-DENSE_KEY = (dense_method().name, None, None)
-
-
-def _key(row: Row) -> Tuple:
-    return row.method, row.sparsity, row.prune_rate
+DENSE_KEY = (dense_method().name, None, None, None)
+UNSTRUCTURED = "unstructured"  # what a block-structured row is compared with in versus_unstructured
 
 
 def _label(row: Row) -> str:
-    return get_method(row.method).display_name + (f", S = {row.sparsity:g}" if row.sparsity is not None else "")
+    sparsity = f", S = {row.sparsity:g}" if row.sparsity is not None else ""
+    return get_method(row.method).display_name + sparsity + block_label(row.block_size)
 
 
 def versus_static(rows: List[Row]) -> List[Comparison]:
-    """Each dynamic configuration against Static-DM at the same S (none where the sweep has no such run)."""
-    static = {row.sparsity: row for row in rows if row.method == static_method().name}
+    """Each dynamic configuration against Static-DM at the same S and block size (none where the sweep has no
+    such run)."""
+    static = {(row.sparsity, row.block_size): row for row in rows if row.method == static_method().name}
     return [
-        Comparison(
-            row,
-            _label(static[row.sparsity]),
-            paired_difference(by_seed(row, score), by_seed(static[row.sparsity], score)),
-            score,
-        )
+        Comparison(row, _label(base), paired_difference(by_seed(row, score), by_seed(base, score)), score)
         for score in (FID, KID)
         for row in rows
-        if get_method(row.method).dynamic and row.sparsity in static
-        if by_seed(row, score) and by_seed(static[row.sparsity], score)
+        if get_method(row.method).dynamic and (row.sparsity, row.block_size) in static
+        for base in [static[row.sparsity, row.block_size]]
+        if by_seed(row, score) and by_seed(base, score)
     ]
 
 
 def versus_largest_prune_rate(rows: List[Row]) -> List[Comparison]:
-    """Each dynamic configuration against the same method and S at the largest p of the sweep for them."""
+    """Each dynamic configuration against the same method, S and block size at the largest p of the sweep for
+    them."""
     largest: Dict[Tuple, Row] = {}
     for row in rows:
         if get_method(row.method).dynamic:
-            best = largest.get((row.method, row.sparsity))
+            best = largest.get((row.method, row.sparsity, row.block_size))
             if best is None or row.prune_rate > best.prune_rate:
-                largest[row.method, row.sparsity] = row
+                largest[row.method, row.sparsity, row.block_size] = row
     return [
         Comparison(row, f"p = {base.prune_rate:g}", paired_difference(by_seed(row, score), by_seed(base, score)), score)
         for score in (FID, KID)
         for row in rows
         if get_method(row.method).dynamic
-        for base in [largest[row.method, row.sparsity]]
+        for base in [largest[row.method, row.sparsity, row.block_size]]
         if base is not row and by_seed(row, score) and by_seed(base, score)
+    ]
+
+
+def versus_unstructured(rows: List[Row], step: Optional[int] = None) -> List[Comparison]:
+    """Each block-structured configuration (b > 1) against the same method, S and p unstructured (b = 1), by
+    FID, then by KID where both sides have KIDs."""
+    unstructured = {(row.method, row.sparsity, row.prune_rate): row for row in rows if row.block_size == 1}
+    return [
+        Comparison(row, UNSTRUCTURED, paired_difference(by_seed(row, score), by_seed(base, score)), score, step)
+        for score in (FID, KID)
+        for row in rows
+        if (row.block_size or 1) > 1 and (row.method, row.sparsity, row.prune_rate) in unstructured
+        for base in [unstructured[row.method, row.sparsity, row.prune_rate]]
+        if by_seed(row, score) and by_seed(base, score)
     ]
 
 
@@ -130,12 +148,12 @@ def _gaps(row: Row, dense: Row) -> Dict[int, float]:
 
 def across_sweeps(rows_a: List[Row], rows_b: List[Row]) -> List[SweepChange]:
     """Each configuration present in both sweeps, in B's order."""
-    in_a = {_key(row): row for row in rows_a}
+    in_a = {row_key(row): row for row in rows_a}
     dense_a = in_a.get(DENSE_KEY)
-    dense_b = next((row for row in rows_b if _key(row) == DENSE_KEY), None)
+    dense_b = next((row for row in rows_b if row_key(row) == DENSE_KEY), None)
     changes = []
     for row in rows_b:
-        before = in_a.get(_key(row))
+        before = in_a.get(row_key(row))
         if before is None:
             continue
         gap_change = None
@@ -187,15 +205,16 @@ def family_note(items: list, what: str, score_of=lambda item: item.score) -> str
     )
 
 
-def config_cells(method: str, sparsity: Optional[float], prune_rate: Optional[float]) -> str:
-    """The method, S and p cells of a markdown row ("–" where a method has none)."""
+def config_cells(method: str, sparsity: Optional[float], prune_rate: Optional[float], block_size: Optional[int]) -> str:
+    """The method, S and p cells of a markdown row ("–" where a method has none); a block-structured
+    configuration's method cell names its tiles ("RigL-DM, 16 x 16 blocks")."""
     sparsity_cell = "–" if sparsity is None else f"{sparsity:g}"
     prune_rate_cell = "–" if prune_rate is None else f"{prune_rate:g}"
-    return f"{get_method(method).display_name} | {sparsity_cell} | {prune_rate_cell}"
+    return f"{get_method(method).display_name}{block_label(block_size)} | {sparsity_cell} | {prune_rate_cell}"
 
 
 def _config_cells(row: Row) -> str:
-    return config_cells(row.method, row.sparsity, row.prune_rate)
+    return config_cells(*row_key(row))
 
 
 def table_lines(header: List[str], lines: List[str]) -> List[str]:
@@ -233,7 +252,8 @@ def primary_table(comparisons: List[Comparison], spec: str) -> str:
     chosen = [
         c
         for c in with_holm(comparisons)
-        if RunSpec(c.row.method, c.row.sparsity, c.row.prune_rate, 0).name == f"{match['config']}-seed0"
+        if RunSpec(c.row.method, c.row.sparsity, c.row.prune_rate, 0, c.row.block_size).name
+        == f"{match['config']}-seed0"
         and c.against == against
     ]
     heading = f"## Primary comparison: {spec}\n\nNamed in the study's config before its runs.\n\n"

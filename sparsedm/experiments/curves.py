@@ -2,7 +2,8 @@
 
 - per step, FID and KID mean ± std, the exploration rate (share of the sparse weights ever active by then),
   then each configuration paired by seed with Dense, and each sparse one with Small-Dense of its S, at the same
-  step (comparisons.versus_baselines; Holm over the whole table, one family per score);
+  step (comparisons.versus_baselines; Holm over the whole table, one family per score), and each
+  block-structured one with the same configuration unstructured (comparisons.versus_unstructured; its own table);
 - equal training FLOPs, and equal training CPU seconds where the runs recorded them (train/step_clock.py): each
   sparse point paired, seed by seed, with the points of the same seed of a dense baseline (Dense; Small-Dense
   of the same S) on either side of its cumulative cost: the last at or below its own (within the axis's
@@ -21,8 +22,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from sparsedm.experiments.aggregate import RUNS, Row, aggregate, fid_cell, group_key, human, mean_std
-from sparsedm.experiments.baselines import SMALL_DENSE, get_method, is_dense, method_order
+from sparsedm.experiments.aggregate import (
+    RUNS,
+    Row,
+    aggregate,
+    config_order,
+    fid_cell,
+    group_key,
+    human,
+    mean_std,
+    row_key,
+)
+from sparsedm.experiments.baselines import SMALL_DENSE, get_method, is_dense
 from sparsedm.experiments.comparisons import (
     FID,
     KID,
@@ -33,6 +44,7 @@ from sparsedm.experiments.comparisons import (
     paired_cells,
     table_lines,
     versus_baselines,
+    versus_unstructured,
     with_holm,
 )
 from sparsedm.experiments.paired import BETTER, WORSE, PairedDifference, paired_difference
@@ -73,16 +85,24 @@ def per_step_table(by_step: Dict[int, List[Row]]) -> str:
                 else f"{row.exploration_rate:.1%}"
             )
             lines.append(
-                f"| {step} | {config_cells(row.method, row.sparsity, row.prune_rate)} "
+                f"| {step} | {config_cells(*row_key(row))} "
                 f"| {fid_cell(row)} | {mean_std(row.kid_mean, row.kid_std, 4)} | {row.seeds} "
                 f"| {explored} |"
             )
     header = ["Step", "Method", "S", "p", "FID ↓", "KID ↓", "Seeds", "Explored"]
     comparisons = [c for step, rows in by_step.items() for c in versus_baselines(rows, step)]
-    return (
+    blocks = [c for step, rows in by_step.items() for c in versus_unstructured(rows, step)]
+    table = (
         "\n".join(table_lines(header, lines))
         + "\n\nEach configuration paired by seed with Dense, and each sparse one with Small-Dense of its S, at the "
         "same step:\n\n" + (comparison_table(comparisons, "per-step comparisons (every step)") or "No pair.\n")
+    )
+    if not blocks:
+        return table
+    return (
+        table
+        + "\nEach block-structured configuration paired by seed with the same method, S and p unstructured, at the "
+        "same step:\n\n" + comparison_table(blocks, "per-step comparisons of blocks against unstructured")
     )
 
 
@@ -108,7 +128,7 @@ SECONDS = CostAxis("train_cpu_s", "Training CPU s", "CPU-seconds", "CPU-second",
 
 @dataclass
 class EqualCostPair:
-    key: tuple  # (method, S, p) of the sparse configuration
+    key: tuple  # (method, S, p, b) of the sparse configuration
     step: int  # its scored step
     cost: float  # its cumulative training cost at that step (mean over the paired seeds)
     against: str  # the baseline's display name: Dense, Small-Dense
@@ -145,7 +165,7 @@ def _baseline_points(records: List[dict], score: str, axis: CostAxis) -> Dict[tu
     S is None; Small-Dense's the S it matches."""
     points = defaultdict(list)
     for record in records:
-        method, sparsity, _ = group_key(record)
+        method, sparsity, *_ = group_key(record)
         if (is_dense(method) or method == SMALL_DENSE.name) and record.get(score.lower()) is not None:
             points[method, sparsity, record["seed"]].append((record[axis.key], record["step"], record[score.lower()]))
     return {key: sorted(found) for key, found in points.items()}
@@ -206,15 +226,7 @@ def equal_cost_pairs(records: List[dict], axis: CostAxis = FLOPS) -> List[EqualC
 
 
 def _pair_order(pair: EqualCostPair) -> tuple:
-    return (
-        pair.score,
-        method_order(pair.key[0]),
-        pair.key[1] or 0.0,
-        pair.key[2] or 0.0,
-        pair.step,
-        pair.against,
-        pair.base_cost,
-    )
+    return pair.score, *config_order(pair.key), pair.step, pair.against, pair.base_cost
 
 
 def _cost_cell(axis: CostAxis, cost: float) -> str:
@@ -265,16 +277,15 @@ def memorisation_table(records: List[dict]) -> str:
         "Near copies (pixels)",
     ]
     lines = []
-    order = sorted(groups, key=lambda k: (k[0], method_order(k[1][0]), k[1][1] or 0.0, k[1][2] or 0.0))
-    for step, (method, sparsity, prune_rate) in order:
-        runs = groups[step, (method, sparsity, prune_rate)]
+    for step, key in sorted(groups, key=lambda k: (k[0], *config_order(k[1]))):
+        runs = groups[step, key]
         # KID where every run has it (the same train and held-out references, without FID's size-dependent bias)
         kids = [
             "–" if any(r.get(key) is None for r in runs) else f"{_mean([r[key] for r in runs]):.4f}"
             for key in ("kid", "kid_train")
         ]
         lines.append(
-            f"| {step} | {config_cells(method, sparsity, prune_rate)} | {_mean([r['fid'] for r in runs]):.2f} "
+            f"| {step} | {config_cells(*key)} | {_mean([r['fid'] for r in runs]):.2f} "
             f"| {_mean([r['fid_train'] for r in runs]):.2f} | {kids[0]} | {kids[1]} "
             f"| {_mean([r['near_copy'] for r in runs]):.1%} | {_mean([r['near_copy_pixels'] for r in runs]):.1%} |"
         )

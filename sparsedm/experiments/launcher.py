@@ -29,7 +29,7 @@ from typing import Dict, List, Optional
 from sparsedm.errors import UserError
 from sparsedm.eval.evaluate import EvalSettings
 from sparsedm.experiments.grid import SweepGrid
-from sparsedm.experiments.sweep import pin_setup, run_sweep, sweep_setup
+from sparsedm.experiments.sweep import pin_setup, resolve_grid, run_sweep, sweep_setup
 from sparsedm.runs.files import writing
 from sparsedm.runs.run_dir import write_json_atomically
 
@@ -146,7 +146,7 @@ def launch(
     if launcher not in LAUNCHERS:
         raise UserError(f"--launcher {launcher}: use one of {', '.join(LAUNCHERS)}")
     resources.validate()
-    submitit, out = _submitit(), Path(out)
+    submitit, out, grid = _submitit(), Path(out), resolve_grid(grid, config, overrides)
     runs = len(grid.runs())
     n = runs if tasks is None else tasks
     if not 1 <= n <= runs:

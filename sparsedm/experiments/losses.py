@@ -15,8 +15,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from sparsedm.experiments.aggregate import RUNS, group_key
-from sparsedm.experiments.baselines import method_order
+from sparsedm.experiments.aggregate import RUNS, config_order, group_key
 from sparsedm.experiments.comparisons import config_cells, table_lines
 from sparsedm.runs.plots import read_metrics
 from sparsedm.runs.run_dir import METRICS
@@ -27,7 +26,7 @@ class LossCurve:
     """One run's validations: steps, held-out loss, training-split loss (each once per step, the last logged;
     None for runs trained before sparsedm logged the training split's)."""
 
-    key: tuple  # (method, S, p)
+    key: tuple  # (method, S, p, b): aggregate.group_key
     seed: int
     steps: List[int]
     held_out: List[float]
@@ -63,8 +62,7 @@ def by_config(curves: List[LossCurve]) -> Dict[tuple, List[LossCurve]]:
     groups = defaultdict(list)
     for curve in curves:
         groups[curve.key].append(curve)
-    order = sorted(groups, key=lambda k: (method_order(k[0]), k[1] or 0.0, k[2] or 0.0))
-    return {key: sorted(groups[key], key=lambda c: c.seed) for key in order}
+    return {key: sorted(groups[key], key=lambda c: c.seed) for key in sorted(groups, key=config_order)}
 
 
 def loss_table(curves: List[LossCurve]) -> str:

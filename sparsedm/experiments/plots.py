@@ -11,8 +11,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from sparsedm.experiments.aggregate import Row, group_key
-from sparsedm.experiments.baselines import get_method, has_sparsity, is_dense, method_order
+from sparsedm.experiments.aggregate import Row, block_label, config_order, group_key, row_key
+from sparsedm.experiments.baselines import get_method, has_sparsity, is_dense
 from sparsedm.experiments.losses import LossCurve, by_config
 from sparsedm.runs.plots import save_figure
 
@@ -23,22 +23,27 @@ LINESTYLES = ("-", "--", ":", "-.")  # one per prune rate of a method
 
 
 def _series(rows: List[Row]) -> Dict[tuple, List[Row]]:
-    """Rows with an S (sparse, and Small-Dense) by (method, p), each sorted by S."""
+    """Rows with an S (sparse, and Small-Dense) by (method, p, b), each sorted by S."""
     series: Dict[tuple, List[Row]] = {}
     for row in rows:
         if has_sparsity(row.method):
-            series.setdefault((row.method, row.prune_rate), []).append(row)
+            series.setdefault((row.method, row.prune_rate, row.block_size), []).append(row)
     return {key: sorted(points, key=lambda r: r.sparsity) for key, points in series.items()}
 
 
-def _label(method: str, prune_rate) -> str:
-    return get_method(method).display_name + (f", p = {prune_rate:g}" if prune_rate is not None else "")
+def _label(method: str, prune_rate, block_size) -> str:
+    return (
+        get_method(method).display_name
+        + (f", p = {prune_rate:g}" if prune_rate is not None else "")
+        + block_label(block_size)
+    )
 
 
-def _config_label(method: str, sparsity, prune_rate) -> str:
-    """Dense, or e.g. "RigL-DM, S = 0.5, p = 0.1"."""
+def _config_label(method: str, sparsity, prune_rate, block_size) -> str:
+    """Dense, or e.g. "RigL-DM, S = 0.5, p = 0.1", "RigL-DM, S = 0.9, p = 0.1, 16 x 16 blocks"."""
     label = get_method(method).display_name
-    return label + "".join(f", {name} = {value:g}" for name, value in (("S", sparsity), ("p", prune_rate)) if value)
+    label += "".join(f", {name} = {value:g}" for name, value in (("S", sparsity), ("p", prune_rate)) if value)
+    return label + block_label(block_size)
 
 
 def _style(rows: List[Row], method: str, prune_rate) -> str:
@@ -55,11 +60,13 @@ def _dense_level(axes, rows: List[Row]) -> None:
                 axes.axhspan(row.fid_mean - row.fid_std, row.fid_mean + row.fid_std, color="black", alpha=0.1)
 
 
-def _config_line(method: str, sparsity) -> dict:
-    """A configuration's line: the method's colour (Dense black), dashed above S = 0.75."""
+def _config_line(method: str, sparsity, block_size) -> dict:
+    """A configuration's line: the method's colour (Dense black), dashed above S = 0.75; with masks of tiles
+    dash-dotted, dotted above S = 0.75."""
+    high = sparsity is not None and sparsity > 0.75
     return {
         "color": "black" if is_dense(method) else get_method(method).colour,
-        "linestyle": "--" if sparsity is not None and sparsity > 0.75 else "-",
+        "linestyle": (":" if high else "-.") if (block_size or 1) > 1 else ("--" if high else "-"),
     }
 
 
@@ -77,16 +84,16 @@ def _fid_against(rows: List[Row], x_of: Callable[[Row], float], xlabel: str, pat
     figure = Figure(figsize=(6, 4))
     axes = figure.add_subplot()
     _dense_level(axes, rows)
-    for (method, prune_rate), points in _series(rows).items():
+    for (method, prune_rate, block_size), points in _series(rows).items():
         axes.errorbar(
             [x_of(r) for r in points],
             [r.fid_mean for r in points],
             yerr=[r.fid_std or 0.0 for r in points],
             color=get_method(method).colour,
             linestyle=_style(rows, method, prune_rate),
-            marker="o",
+            marker="s" if (block_size or 1) > 1 else "o",  # squares: masks of tiles
             capsize=3,
-            label=_label(method, prune_rate),
+            label=_label(method, prune_rate, block_size),
         )
     axes.set_xlim(0, 1.02)  # both axes are fractions: S, and FLOPs as a share of dense
     return _finish_axes(figure, axes, xlabel, path)
@@ -115,8 +122,8 @@ def fid_vs_step(by_step: Dict[int, List[Row]], path: Path) -> Path:
     lines: Dict[tuple, List[tuple]] = {}
     for step, rows in by_step.items():
         for row in rows:
-            lines.setdefault((row.method, row.sparsity, row.prune_rate), []).append((step, row))
-    for (method, sparsity, prune_rate), points in lines.items():
+            lines.setdefault(row_key(row), []).append((step, row))
+    for (method, sparsity, prune_rate, block_size), points in lines.items():
         steps = [step for step, _ in points]
         means = [row.fid_mean for _, row in points]
         if is_dense(method):
@@ -134,11 +141,10 @@ def fid_vs_step(by_step: Dict[int, List[Row]], path: Path) -> Path:
             steps,
             means,
             yerr=[row.fid_std or 0.0 for _, row in points],
-            color=get_method(method).colour,
-            linestyle="--" if sparsity is not None and sparsity > 0.75 else "-",
+            **_config_line(method, sparsity, block_size),
             marker="o",
             capsize=3,
-            label=_config_label(method, sparsity, prune_rate),
+            label=_config_label(method, sparsity, prune_rate, block_size),
         )
     axes.set_xscale("log")
     axes.set_xticks(sorted(by_step), [f"{step:,}" for step in sorted(by_step)])
@@ -157,12 +163,6 @@ def fid_vs_cumulative_seconds(records: List[dict], path: Path) -> Path:
     return _score_vs_cost(records, path, "fid", "train_cpu_s", "training CPU seconds")
 
 
-def _order(key: tuple) -> tuple:
-    """Where a configuration (method, S, p) comes in a legend: the tables' order."""
-    method, sparsity, prune_rate = key
-    return method_order(method), sparsity or 0.0, prune_rate or 0.0
-
-
 def _score_vs_cost(records: List[dict], path: Path, score: str, cost: str, label: str) -> Path:
     records = [record for record in records if record.get(score) is not None]
     figure = Figure(figsize=(6, 4))
@@ -172,14 +172,14 @@ def _score_vs_cost(records: List[dict], path: Path, score: str, cost: str, label
         runs.setdefault(record["run"], []).append(record)
     labelled = set()
     # in the tables' order (Dense, Small-Dense, then the methods by S and p), so the legend reads as they do
-    for name, points in sorted(runs.items(), key=lambda item: (_order(group_key(item[1][0])), item[0])):
+    for name, points in sorted(runs.items(), key=lambda item: (config_order(group_key(item[1][0])), item[0])):
         points = sorted(points, key=lambda r: r["step"])
-        method, sparsity, prune_rate = group_key(points[0])
-        config = _config_label(method, sparsity, prune_rate)
+        key = group_key(points[0])
+        config = _config_label(*key)
         axes.plot(
             [r[cost] for r in points],
             [r[score] for r in points],
-            **_config_line(method, sparsity),
+            **_config_line(key[0], key[1], key[3]),
             marker="o",
             markersize=3,
             alpha=0.8,
@@ -205,15 +205,14 @@ def memorisation_vs_step(records: List[dict], path: Path) -> Path:
         ("near_copy", "near_copy_heldout", "Inception"),
         ("near_copy_pixels", "near_copy_heldout_pixels", "pixels"),
     )
-    order = sorted(points, key=_order)
-    for method, sparsity, prune_rate in order:
-        by_step = points[method, sparsity, prune_rate]
+    for method, sparsity, prune_rate, block_size in sorted(points, key=config_order):
+        by_step = points[method, sparsity, prune_rate, block_size]
         steps = sorted(by_step)
         style = {
-            **_config_line(method, sparsity),
+            **_config_line(method, sparsity, block_size),
             "marker": "o",
             "markersize": 3,
-            "label": _config_label(method, sparsity, prune_rate),
+            "label": _config_label(method, sparsity, prune_rate, block_size),
         }
         gap_axes.plot(steps, [np.mean([r["fid"] - r["fid_train"] for r in by_step[step]]) for step in steps], **style)
         for axes, (key, _, _) in zip(copy_axes, shares):
@@ -242,7 +241,7 @@ def loss_vs_step(curves: List[LossCurve], path: Path) -> Path:
     figure = Figure(figsize=(10, 4) if gaps else (6, 4))
     panels = [figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)] if gaps else [figure.add_subplot()]
     last = max(curve.steps[-1] for curve in curves)
-    for (method, sparsity, prune_rate), runs in by_config(curves).items():
+    for (method, sparsity, prune_rate, block_size), runs in by_config(curves).items():
         points: Dict[int, List[tuple]] = {}
         for run in runs:
             for step, held, fit in zip(run.steps, run.held_out, run.train_split):
@@ -250,10 +249,10 @@ def loss_vs_step(curves: List[LossCurve], path: Path) -> Path:
                     points.setdefault(step, []).append((held, None if fit is None else held - fit))
         steps = sorted(points)
         style = {
-            **_config_line(method, sparsity),
+            **_config_line(method, sparsity, block_size),
             "marker": "o",
             "markersize": 3,
-            "label": _config_label(method, sparsity, prune_rate),
+            "label": _config_label(method, sparsity, prune_rate, block_size),
         }
         panels[0].plot(steps, [np.mean([p[0] for p in points[s]]) for s in steps], **style)
         if gaps:

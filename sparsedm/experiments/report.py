@@ -5,7 +5,8 @@ SWEEP/results.csv             one row per (method, S, p): FID and KID mean and s
                               costs and their ratios
 SWEEP/results.md              the paper's table, the paired comparisons with Dense and Small-Dense by FID and KID
                               (each verdict beside its Holm-adjusted one), then dynamic methods paired
-                              with Static-DM and with their largest p (comparisons.py), a note on what they are;
+                              with Static-DM and with their largest p, and block-structured configurations
+                              with unstructured (comparisons.py), a note on what they are;
                               learning curves, equal-FLOPs and equal-CPU-seconds pairs and memorisation
                               (curves.py) when runs were
                               scored at several steps; the validation losses (losses.py); the commits the runs
@@ -46,6 +47,7 @@ from sparsedm.experiments.aggregate import (
 )
 from sparsedm.experiments.baselines import get_method
 from sparsedm.experiments.comparisons import (
+    BLOCKS_NOTE,
     OTHERS_NOTE,
     baselines_family,
     comparison_table,
@@ -53,6 +55,7 @@ from sparsedm.experiments.comparisons import (
     versus_baselines,
     versus_largest_prune_rate,
     versus_static,
+    versus_unstructured,
 )
 from sparsedm.experiments.curves import (
     FLOPS_TOLERANCE,
@@ -139,12 +142,15 @@ def build_report(sweep_dir) -> Report:
     others = comparison_table(
         versus_static(rows) + versus_largest_prune_rate(rows), "comparisons against Static-DM and p"
     )
-    tables = "\n".join(table for table in (markdown_table(rows), baselines, others) if table)
+    blocks = comparison_table(versus_unstructured(rows), "comparisons of blocks against unstructured")
+    tables = "\n".join(table for table in (markdown_table(rows), baselines, others, blocks) if table)
     primary = primary_comparison(sweep_dir)
     if primary is not None:
         tables = primary_table(baseline_comparisons, primary) + "## All configurations\n\n" + tables
     kid = any(record.get("kid") is not None for record in records)
-    markdown = tables + "\n" + protocol_note(protocol, kid) + (OTHERS_NOTE if others else "")
+    markdown = (
+        tables + "\n" + protocol_note(protocol, kid) + (OTHERS_NOTE if others else "") + (BLOCKS_NOTE if blocks else "")
+    )
     curve_records = read_curve_records(sweep_dir)
     curves = has_curves(curve_records)
     if curves:

@@ -16,8 +16,8 @@ import numpy as np
 from sparsedm.config import read_run_config
 from sparsedm.errors import UserError
 from sparsedm.eval.evaluate import EVAL_SAMPLES
-from sparsedm.experiments.aggregate import RUNS, group_key
-from sparsedm.experiments.baselines import get_method, has_sparsity, is_dense, method_order
+from sparsedm.experiments.aggregate import RUNS, config_order, group_key
+from sparsedm.experiments.baselines import get_method, has_sparsity, is_dense
 from sparsedm.experiments.plots import sample_rows
 from sparsedm.runs.files import read_npz
 from sparsedm.runs.run_dir import RunDir
@@ -29,13 +29,16 @@ ROW_SAMPLES = 8  # samples per row
 
 
 def run_label(record: dict) -> str:
-    """e.g. "Dense (seed 0)", "RigL-DM S=0.9 p=0.05 (seed 0)", "Small-Dense S=0.5 (seed 0)"."""
-    name, sparsity, prune_rate = group_key(record)
+    """e.g. "Dense (seed 0)", "RigL-DM S=0.9 p=0.05 (seed 0)", "RigL-DM S=0.9 p=0.05 b=16 (seed 0)" (masks of
+    16 x 16 tiles), "Small-Dense S=0.5 (seed 0)"."""
+    name, sparsity, prune_rate, block_size = group_key(record)
     label = get_method(name).display_name
     if sparsity is not None:
         label += f" S={sparsity:g}"
     if prune_rate is not None:
         label += f" p={prune_rate:g}"
+    if block_size is not None and block_size > 1:
+        label += f" b={block_size}"
     return label + (f" (seed {record['seed']})" if record.get("seed") is not None else "")
 
 
@@ -50,18 +53,18 @@ def first_samples(sweep_dir: Path, record: dict, n: int = ROW_SAMPLES) -> np.nda
 
 
 def _lowest_seed(records: List[dict]) -> Dict[tuple, dict]:
-    """The record with the lowest seed of each (method, S, p), in the table's order."""
+    """The record with the lowest seed of each (method, S, p, b), in the table's order."""
     chosen = {}
     for record in sorted(records, key=lambda r: (r.get("seed") is None, r.get("seed") or 0, r["run"])):
         chosen.setdefault(group_key(record), record)
-    return dict(sorted(chosen.items(), key=lambda item: (method_order(item[0][0]), item[0][1] or 0, item[0][2] or 0)))
+    return dict(sorted(chosen.items(), key=lambda item: config_order(item[0])))
 
 
 def rows_at_sparsity(records: List[dict], sparsity: float) -> List[dict]:
-    """Dense, Small-Dense and each sparse (method, p) at S = `sparsity`, at its lowest seed: the rows of
+    """Dense, Small-Dense and each sparse (method, p, b) at S = `sparsity`, at its lowest seed: the rows of
     samples_S<S>.png."""
     picked = _lowest_seed(records)
-    return [record for (method, s, _), record in picked.items() if is_dense(method) or s == sparsity]
+    return [record for (method, s, *_), record in picked.items() if is_dense(method) or s == sparsity]
 
 
 def sparsity_pictures(sweep_dir, records: List[dict]) -> List[Path]:

@@ -2,7 +2,8 @@
 
     SWEEP/sweep.json   the setup it was started with: the resolved config (less the grid's keys) and the
                        evaluation settings
-    SWEEP/runs/NAME/   one run folder per grid point (NAME as rigl-S0.5-p0.1-seed0), ending with eval.json
+    SWEEP/runs/NAME/   one run folder per grid point (NAME as rigl-S0.5-p0.1-seed0, rigl-S0.5-p0.1-b16-seed0 with
+                       16 x 16 tiles: grid.py), ending with eval.json
     SWEEP/runs/NAME.lock   while a process trains or evaluates NAME (shards.py)
     SWEEP/results.csv, results.md, fid_vs_sparsity.png, fid_vs_train_flops.png   (report.py)
 
@@ -17,6 +18,7 @@ folder together, each run claimed by a lock file, and `sparsedm report SWEEP` co
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -34,7 +36,7 @@ from sparsedm.eval.evaluate import (
     write_json_atomically,
 )
 from sparsedm.experiments.aggregate import RUNS, SWEEP_FILE, SWEEP_FIX, read_runs
-from sparsedm.experiments.grid import GRID_KEYS, RunSpec, SweepGrid
+from sparsedm.experiments.grid import GRID_KEYS, GRID_OPTIONS, RunSpec, SweepGrid
 from sparsedm.experiments.parallel import run_in_workers
 from sparsedm.experiments.report import Report, build_report
 from sparsedm.experiments.shards import claim, holder, in_slice, is_stale, lock_path, slice_of
@@ -70,6 +72,13 @@ def sweep_setup(config: str, overrides: List[str], settings: EvalSettings) -> di
     return {"config": without_free_keys(cfg), "eval": settings_record(settings)}
 
 
+def resolve_grid(grid: SweepGrid, config: str, overrides: List[str]) -> SweepGrid:
+    """`grid`, its block sizes the config's sparse.block_size where it names none (--block-sizes left out)."""
+    if grid.block_sizes is not None:
+        return grid
+    return replace(grid, block_sizes=[load_config(config, overrides).sparse.block_size])
+
+
 def pin_setup(out: Path, setup: dict) -> None:
     """Write SWEEP/sweep.json, or check that the sweep in `out` was started with the same setup."""
     path = out / SWEEP_FILE
@@ -81,6 +90,11 @@ def pin_setup(out: Path, setup: dict) -> None:
     old = read_json(path, SWEEP_FIX, {"config": dict, "eval": dict})
     if isinstance(old["config"].get("train"), dict):  # a sweep started when fewer keys were free pinned more
         old["config"] = without_free_keys(old["config"])
+    sparse = old["config"].get("sparse")
+    # a sweep started before sparse.block_size joined the grid pinned it; at 1 its runs are the grid's unstructured
+    # ones by name too (a larger b is refused below: its runs' names lack the -b suffix)
+    if isinstance(sparse, dict) and sparse.get("block_size") == 1:
+        del sparse["block_size"]
     old, new = _flatten(old), _flatten(setup)
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
@@ -185,9 +199,8 @@ def run_sweep(
         raise UserError(f"--workers {workers} must be >= 1")
     clashes = [o for o in overrides if o.split("=", 1)[0] in GRID_KEYS]
     if clashes:
-        raise UserError(
-            f"{' '.join(clashes)}: the grid sets these; use --methods, --sparsities, --prune-rates and --seeds"
-        )
+        raise UserError(f"{' '.join(clashes)}: the grid sets these; use {GRID_OPTIONS}")
+    grid = resolve_grid(grid, config, overrides)
     overrides, specs = list(overrides), in_slice(grid.runs(), shard)
     pin_setup(out, sweep_setup(config, overrides, settings))
     outcomes = {spec.name: "done" for spec in specs if _finished(out / RUNS / spec.name, train_only)}
