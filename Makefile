@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 
 .PHONY: demo test test-fast study curves curves-lane images images-lane small-dense small-dense-lane small-dense-s09 \
+	dit-study dit-aa dit-lane dit-study-s075 \
 	small-dense-strokes setup clean
 
 $(STAMP): pyproject.toml Makefile
@@ -118,6 +119,31 @@ small-dense-strokes: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m sparsedm sweep configs/study_kanjivg_curves.yaml --out reports/curves_small_dense \
 	  --workers 2 --num 1000 --no-progress --methods small-dense --sparsities 0.5 --seeds 3
 	$(PY) -m sparsedm report reports/curves_small_dense
+
+# The DiT budget study (issue 35, configs/study_openmoji_dit.yaml, whose header has the cost): Dense, Small-Dense at
+# S = 0.9, RigL-DM at S = 0.9 on compact kernels, unstructured and with 16 x 16 blocks, 3 seeds, 10,000 steps, the
+# last step scored with 3 sampling seeds; the image study's autoencoder, two lanes. First lane: an A/A copy of
+# Dense seed 0 (trained only, in reports/study_dit_aa) while the second lane trains the sweep's Dense seed 0, so the
+# two measure the same configuration under the same load: the spread of training seconds. About 6.7 h on 2 cores;
+# resumable; `sparsedm archive reports/study_dit docs/data/dit` keeps finished runs. From a clean clone.
+DIT_OUT := reports/study_dit
+DIT := OMP_NUM_THREADS=1 $(PY) -m sparsedm sweep configs/study_openmoji_dit.yaml --out $(DIT_OUT) \
+	--workers 1 --num 1000 --sampling-seeds 3 --no-progress
+dit-study: $(STAMP)
+	if [ ! -f $(AE_STUDY)/summary.json ]; then mkdir -p $(AE_STUDY) && cp docs/data/images/autoencoder/* $(AE_STUDY)/; fi
+	($(MAKE) dit-aa && $(MAKE) dit-lane) & pid=$$!; sleep 20; $(MAKE) dit-lane && wait $$pid
+	$(PY) -m sparsedm report $(DIT_OUT)
+dit-aa: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m sparsedm train configs/study_openmoji_dit.yaml --out reports/study_dit_aa/dense-seed0 \
+	  --resume --no-progress sparse.method=dense seed=0 sparse.seed=0
+dit-lane: $(STAMP)
+	for n in 1 2 3; do \
+	  $(DIT) --seeds $$n --methods dense small-dense rigl --sparsities 0.9 --prune-rates 0.1 --block-sizes 1 16 || exit 1; \
+	done
+# Cut by the cost estimate: Small-Dense and RigL-DM (unstructured) at S = 0.75, in the same sweep folder (4.2 h).
+dit-study-s075: $(STAMP)
+	$(DIT) --seeds 3 --methods small-dense rigl --sparsities 0.75 --prune-rates 0.1
+	$(PY) -m sparsedm report $(DIT_OUT)
 
 # lint and format checks first (seconds), then the suite
 test: $(STAMP)
