@@ -23,10 +23,14 @@ in each Linear layer. `--tiny` shrinks all of them to seconds (the smoke test).
 `--block-sizes 1 32`: the DiTs get a row per block size b, masks of b x b tiles (sparse.block_size) for b > 1,
 named e.g. `dit-s2/b32`, where the block kernel (`linear:block`) races too; the sparse tensors the tiles do not cover (`block_excludes`: DiT's patch embedding
 and last projection) stay dense there. The default, 1, gives the unstructured rows alone.
+
+Each unstructured DiT row also times Small-Dense of its S and distribution (the DiT narrowed to the sparse one's
+non-zero count, tasks/width.py) in the same rounds: `small-dense hidden W: T`, T its time over the dense model's.
 """
 
 import argparse
 import copy
+import dataclasses
 import os
 import re
 import statistics
@@ -40,7 +44,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from torch import nn  # noqa: E402
 
 from sparsedm.models.chirodiff import ChiroDiffConfig, ChiroDiffDenoiser  # noqa: E402
-from sparsedm.models.dit import DiTConfig, build_dit, unconditional  # noqa: E402
+from sparsedm.models.dit import DiTConfig, allowed_hidden_sizes, build_dit, unconditional  # noqa: E402
 from sparsedm.models.unet import UNetConfig, build_unet  # noqa: E402
 from sparsedm.sparse import SparseConfig, SparseEngine  # noqa: E402
 from sparsedm.sparse.blocks import matrix_shape  # noqa: E402
@@ -49,6 +53,7 @@ from sparsedm.sparse.kernels.measure import clock  # noqa: E402
 from sparsedm.sparse.kernels.sampling import use_sparse_kernels  # noqa: E402
 from sparsedm.sparse.masks import random_mask  # noqa: E402
 from sparsedm.sparse.selection import select_sparse_parameters  # noqa: E402
+from sparsedm.tasks.width import match_width  # noqa: E402
 
 MODELS = ("cpu-ldm", "ldm4-small", "chirodiff", "cpu-dit", "dit-s2")
 BATCHES = [64, 4, 64, 64, 16]  # per model, in order
@@ -116,6 +121,20 @@ def block_excludes(model: nn.Module, block: int) -> list:
 def block_sizes(work: Workload, sizes) -> list:
     """(b, row label) per block size: the DiTs get every size, the other models b = 1."""
     return [(b, work.name if b == 1 else f"{work.name}/b{b}") for b in (sizes if work.dit else [1])]
+
+
+def small_dense_dit(work: Workload, sparsity: float, distribution: str):
+    """(model, width): Small-Dense of a DiT workload, its DiT narrowed to the non-zero count of S under
+    `distribution` (tasks/width.py), built as the workload's own (same seed, no adaLN-Zero)."""
+    channels = work.x.shape[1]
+
+    def build(width: int) -> nn.Module:
+        return build_dit(dataclasses.replace(work.dit_config, hidden_size=width), work.size, channels)
+
+    sparse = SparseConfig(method="rigl", distribution=distribution)
+    matched = match_width(build, allowed_hidden_sizes(work.dit_config), sparse, sparsity)
+    torch.manual_seed(0)
+    return build(matched.width).to(work.x.device), matched.width
 
 
 def masked_copy(model: nn.Module, sparsity: float, distribution: str, block: int = 1):
@@ -227,6 +246,10 @@ def main():
                 compressed = save_compressed(f"{tmp}/weights.safetensors", state, masks) / dense_bytes(state)
                 times = {"dense": [], "masked": [], "sparse": []}
                 models = {"dense": work.model, "masked": masked, "sparse": sparse}
+                if work.dit and block == 1:  # Small-Dense of S takes its turns with the other three
+                    models["small"], width = small_dense_dit(work, sparsity, distribution)
+                    models["small"].eval()
+                    times["small"] = []
                 for key, model in models.items():  # warm-up
                     sampling_run(work, model, 1)
                 for _ in range(args.rounds):
@@ -236,7 +259,12 @@ def main():
                 print(
                     f"{label:<11} {distribution:<8} {sparsity:>5.2f}  {masked_t / dense:>12.3f}  "
                     f"{sparse_t / dense:>12.3f}  {dense / sparse_t:>7.2f}x  {error:>7.1e}  {compressed:>10.3f}  "
-                    f"{kernel_counts(choices)}",
+                    f"{kernel_counts(choices)}"
+                    + (
+                        f"  small-dense hidden {width}: {statistics.median(times['small']) / dense:.3f}"
+                        if "small" in times
+                        else ""
+                    ),
                     flush=True,
                 )
                 del masked, sparse, models, state

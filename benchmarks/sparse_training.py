@@ -66,7 +66,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import sparseprop_kernels  # noqa: E402
 import torch  # noqa: E402
-from sparse_inference import BATCHES, MODELS, Workload, block_excludes, block_sizes  # noqa: E402  (benchmarks/ is the script's folder)
+from sparse_inference import BATCHES, MODELS, Workload, block_excludes, block_sizes, small_dense_dit  # noqa: E402  (benchmarks/ is the script's folder)
 from torch import nn  # noqa: E402
 from training_kernels import (  # noqa: E402
     MODULE,
@@ -78,14 +78,12 @@ from training_kernels import (  # noqa: E402
     use_sparse_training_kernels,
 )
 
-from sparsedm.models.dit import allowed_hidden_sizes, build_dit  # noqa: E402
 from sparsedm.sparse import EMA, SparseConfig, SparseEngine  # noqa: E402
 from sparsedm.sparse.kernel_plan import WAYS  # noqa: E402
 from sparsedm.sparse.kernels.compact_choice import compactable, fwd_bwd_call  # noqa: E402
 from sparsedm.sparse.kernels.compact_layers import CompactConv, CompactLinear  # noqa: E402
 from sparsedm.sparse.kernels.measure import best_of, capture_inputs, clock  # noqa: E402
 from sparsedm.sparse.masks import random_mask  # noqa: E402
-from sparsedm.tasks.width import match_width  # noqa: E402
 
 SIDE_BY_SIDE = {"torch": ("torch", "torch", "sampled"), "scipy": ("scipy", "scipy", "sampled")}
 NO_SYNC = lambda: None  # noqa: E731
@@ -228,19 +226,12 @@ def training_setup(
 def small_dense_setup(work: Workload, sparsity: float, distribution: str):
     """(setup, width) of Small-Dense for a DiT workload: its DiT narrowed to the non-zero count of RigL-DM at S
     (tasks/width.py), dense, with the same fused Adam and EMA as the other two."""
-    channels = work.x.shape[1]
-
-    def build(width: int) -> nn.Module:
-        return build_dit(dataclasses.replace(work.dit_config, hidden_size=width), work.size, channels)
-
-    sparse = SparseConfig(method="rigl", distribution=distribution)
-    matched = match_width(build, allowed_hidden_sizes(work.dit_config), sparse, sparsity)
-    torch.manual_seed(0)
-    model = build(matched.width).to(work.x.device).train()
+    model, width = small_dense_dit(work, sparsity, distribution)
+    model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
     ema = EMA(model, decay=0.999)
     engine = SparseEngine(model, optimizer, SparseConfig(method="dense"), total_steps=10**9, ema=ema)
-    return (model, optimizer, ema, engine), matched.width
+    return (model, optimizer, ema, engine), width
 
 
 def parameters_gradients_moments(setup) -> int:

@@ -65,6 +65,15 @@ def test_sparse_inference_benchmark_prints_every_model_and_sparsity():
     assert all(compressed[(m, "0.90")] < compressed[(m, "0.50")] for m in MODELS)
     assert all(re.search(r"(Conv2d 3x3|Linear) \d+/\d+", r[7]) for r in rows)  # the per-kind layer counts
     assert re.search(r"GRU layer 8 units, 12 steps, S = 0.9: CSR step loop / dense fused GRU [\d.]+", result.stdout)
+    # the DiTs' rows also time Small-Dense of their S: narrower than the tiny DiTs' 16, not wider at 0.9 (their dense
+    # timestep embedders hold most weights, so both S give 12 here)
+    small = {(r[0], r[1]): re.search(r"small-dense hidden (\d+): ([\d.]+)$", r[7]) for r in rows}
+    assert [key for key, found in small.items() if found] == [
+        (m, s) for m in ("cpu-dit", "dit-s2") for s in ("0.50", "0.90")
+    ]
+    widths = {key: int(found.group(1)) for key, found in small.items() if found}
+    assert all(widths[m, "0.90"] <= widths[m, "0.50"] < 16 for m in ("cpu-dit", "dit-s2"))
+    assert all(float(found.group(2)) > 0 for found in small.values() if found)
 
 
 def gpu_check_on_the_cpu(tmp_path, task: str) -> subprocess.CompletedProcess:
