@@ -1,11 +1,15 @@
 """The bytes a training run holds (train/state_bytes.py): each storage once, masked storage at the dense shape with
-its masks beside it, compact storage at the non-zeros with its indices."""
+its masks beside it, compact storage at the non-zeros with its indices, and summary.json's record of a run."""
 
+import json
 import math
 
+import pytest
 import torch
 from test_sparse_compact import Net, batches, compact, step
+from tiny_models import tiny_chirodiff
 
+from sparsedm.cli import main
 from sparsedm.sparse import EMA, SparseConfig, SparseEngine
 from sparsedm.train.state_bytes import held_bytes, training_state_bytes
 
@@ -55,3 +59,31 @@ def test_masked_storage_holds_the_dense_state_and_the_masks_compact_storage_the_
         masked["parameters"] + masked["gradients"] + masked["optimizer"]
     )
     assert held["total"] < dense["total"] < masked["total"]
+
+
+def train(out, cache, *extra):
+    common = ["train.steps=2", "train.val_batches=1", "sparse.method=rigl", "sparse.sparsity=0.9"]
+    args = ["train", "configs/chirodiff_kanjivg_cpu.yaml", "--out", str(out), "--no-progress"]
+    assert main([*args, *tiny_chirodiff(), cache, *common, *extra]) == 0
+    return json.loads((out / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def summaries(tmp_path_factory, tiny_cache):
+    out = tmp_path_factory.mktemp("state_bytes")
+    return {
+        kernels: train(out / kernels.replace("/", "-"), tiny_cache, f"sparse.kernels={kernels}")
+        for kernels in ("masked", "torch/torch/sampled")
+    }
+
+
+def test_a_run_records_its_training_state_bytes_in_the_summary(summaries):
+    masked, held = (summaries[k]["train_state_bytes"] for k in ("masked", "torch/torch/sampled"))
+    for record in (masked, held):
+        assert set(record) == PARTS and record["total"] == sum(v for k, v in record.items() if k != "total")
+    summary = summaries["masked"]
+    params = 4 * summary["params_total"]  # fp32
+    assert masked["parameters"] == masked["gradients"] == masked["ema"] == params and masked["optimizer"] > 2 * params
+    assert masked["masks"] == held["masks"] == 2 * sum(t["numel"] for t in summary["tensors"])
+    assert held["gradients"] < masked["gradients"] and held["optimizer"] < masked["optimizer"]
+    assert held["total"] < masked["total"]
