@@ -71,7 +71,6 @@ from torch import nn  # noqa: E402
 from training_kernels import (  # noqa: E402
     MODULE,
     candidate_training_layers,
-    held_bytes,
     make_layer,
     measure_plan,
     sparse_train_module,
@@ -84,6 +83,7 @@ from sparsedm.sparse.kernels.compact_choice import compactable, fwd_bwd_call  # 
 from sparsedm.sparse.kernels.compact_layers import CompactConv, CompactLinear  # noqa: E402
 from sparsedm.sparse.kernels.measure import best_of, capture_inputs, clock  # noqa: E402
 from sparsedm.sparse.masks import random_mask  # noqa: E402
+from sparsedm.train.state_bytes import training_state_bytes  # noqa: E402
 
 SIDE_BY_SIDE = {"torch": ("torch", "torch", "sampled"), "scipy": ("scipy", "scipy", "sampled")}
 NO_SYNC = lambda: None  # noqa: E731
@@ -234,12 +234,9 @@ def small_dense_setup(work: Workload, sparsity: float, distribution: str):
     return (model, optimizer, ema, engine), width
 
 
-def parameters_gradients_moments(setup) -> int:
-    model, optimizer, _, _ = setup
-    return held_bytes(
-        [*model.parameters(), *(p.grad for p in model.parameters())]
-        + [t for state in optimizer.state.values() for t in state.values()]
-    )
+def parameters_gradients_moments(memory: dict) -> int:
+    """The goal's quantity from a `training_state_bytes` record."""
+    return memory["parameters"] + memory["gradients"] + memory["optimizer"]
 
 
 def training_step(work: Workload, setup) -> None:
@@ -250,20 +247,6 @@ def training_step(work: Workload, setup) -> None:
     optimizer.step()
     engine.after_optimizer_step()
     ema.update(model)
-
-
-def held(setup) -> dict:
-    """Bytes held, by part: parameters (with compact layers' patterns), gradients, optimiser state, EMA, engine."""
-    model, optimizer, ema, engine = setup
-    compact = [m for m in model.modules() if isinstance(m, (CompactLinear, CompactConv))]
-    patterns = [t for layer in compact for t in layer.pattern.tensors()]
-    return {
-        "params": held_bytes(list(model.parameters()) + patterns),
-        "grads": held_bytes(p.grad for p in model.parameters()),
-        "optimizer": held_bytes(t for state in optimizer.state.values() for t in state.values()),
-        "ema": held_bytes(ema.module.parameters()),
-        "engine": held_bytes(list(engine.masks.values()) + list(engine.explored.ever_active.values())),
-    }
 
 
 def cycle_row(
@@ -295,14 +278,14 @@ def cycle_row(
             times[mode][kind] += now() - start
     masks = {mode: setups[mode][3].masks for mode in ("masked", "measure")}
     moved = sum(int((masks["masked"][n] != masks["measure"][n]).sum()) for n in masks["masked"])
-    memory = {mode: held(setups[mode]) for mode in ("masked", "measure")}
+    memory = {mode: training_state_bytes(*setups[mode]) for mode in setups}
     small = None
     if width is not None:
         masked_time = sum(times["masked"].values())
         small = {
             "width": width,
             "cycle": sum(times.pop("small").values()) / masked_time,
-            "pgo": parameters_gradients_moments(setups["small"]) / parameters_gradients_moments(setups["masked"]),
+            "pgo": parameters_gradients_moments(memory.pop("small")) / parameters_gradients_moments(memory["masked"]),
         }
     return {
         "times": times,
@@ -336,7 +319,7 @@ def print_cycles(args, batches) -> None:
                 row = cycle_row(work, sparsity, distribution, args.interval, args.cycles, tmp, block)
             t, mem = row["times"], row["memory"]
             total = {mode: sum(parts.values()) for mode, parts in t.items()}
-            pgo = {mode: m["params"] + m["grads"] + m["optimizer"] for mode, m in mem.items()}
+            pgo = {mode: parameters_gradients_moments(m) for mode, m in mem.items()}
             other = t["measure"]["other"] / t["masked"]["other"] if t["masked"]["other"] else float("nan")
             per_other = args.cycles * (args.interval - 1)
             long = {
@@ -349,7 +332,7 @@ def print_cycles(args, batches) -> None:
                 f"{long['measure'] / long['masked']:>7.3f} "
                 f"{total['masked'] / args.cycles:>14.2f} {pgo['measure'] / pgo['masked']:>8.3f} "
                 f"{mem['measure']['ema'] / mem['masked']['ema']:>6.3f} "
-                f"{mem['measure']['engine'] / mem['masked']['engine']:>7.3f} {pgo['masked'] / 2**20:>18.1f}  "
+                f"{mem['measure']['masks'] / mem['masked']['masks']:>7.3f} {pgo['masked'] / 2**20:>18.1f}  "
                 f"{row['layers']}"
                 + (f" (masks differ at {row['masks_differ']} positions)" if row["masks_differ"] else "")
                 + (

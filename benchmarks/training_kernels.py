@@ -231,17 +231,3 @@ def use_sparse_training_kernels(
     measurement (options: cache_dir, force, margin, repeats of `choose_training_plans`)."""
     inputs = inputs_of(model, candidate_training_layers(model, masks.keys()), run_example)
     return choose_training_plans(model, inputs, masks, **options)
-
-
-def held_bytes(tensors) -> int:
-    """Bytes held by distinct tensors' storages (each storage counted once)."""
-    seen, total = set(), 0
-    for t in tensors:
-        if t is None or not torch.is_tensor(t):
-            continue
-        storage = t.untyped_storage()
-        if storage.data_ptr() in seen:
-            continue
-        seen.add(storage.data_ptr())
-        total += storage.nbytes()
-    return total

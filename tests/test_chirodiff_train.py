@@ -31,6 +31,7 @@ SUMMARY_KEYS = {
     "wall_time_s",
     "train_cpu_s",
     "train_wall_s",
+    "train_state_bytes",
     "weights_sha256",
     "masks_sha256",
 }

@@ -252,7 +252,9 @@ def test_a_sweep_evaluates_and_reports_dit_runs(setup, tmp_path, capsys, monkeyp
         result = json.loads((out / "runs" / name / "eval.json").read_text())
         assert result["reference_key"].startswith("dit/") and np.isfinite(result["fid"])
         assert result["train_cpu_s"] > 0 and result["train_wall_s"] > 0  # the training steps' seconds
+        summary = json.loads((out / "runs" / name / "summary.json").read_text())
+        assert result["train_state_bytes_total"] == summary["train_state_bytes"]["total"] > 0
     capsys.readouterr()
     assert main(["report", str(out)]) == 0
     table = capsys.readouterr().out
-    assert "RigL" in table and "Dense" in table, table
+    assert "RigL" in table and "Dense" in table and "| Training state |" in table, table

@@ -60,6 +60,7 @@ EVAL_KEYS = {
     "flops_train_step_dense",
     "flops_train_total",
     "flops_sample",
+    "train_state_bytes_total",
     "eval_time_s",
     "fid_features",
     "sparse_kernels",
@@ -134,6 +135,7 @@ def test_evaluate_writes_eval_json_and_reuses_the_reference_statistics(trained, 
     assert result["block_size"] == 1  # the config's sparse.block_size: unstructured
     assert result["train_steps"] == 12 and result["flops_train_total"] == summary["flops_train_step"] * 16 * 12
     assert result["flops_sample"] == summary["flops_forward_sparse"] * 3
+    assert result["train_state_bytes_total"] == summary["train_state_bytes"]["total"]
     assert f"FID {result['fid']:.2f}, KID {result['kid']:.4f} (6 samples, 1 sampling seed(s)" in out.out
     with np.load(run / "samples" / "eval_samples.npz") as samples:
         assert samples["features"].shape[0] == 6

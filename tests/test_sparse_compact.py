@@ -5,9 +5,7 @@ do, to fp32 rounding, with every plan forced; parameters, gradients, Adam moment
 import copy
 import json
 import re
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,9 +22,7 @@ from sparsedm.sparse.kernels.compact_choice import choose_compact_plans
 from sparsedm.sparse.kernels.compact_layers import CompactConv, CompactLinear, compact_layer
 from sparsedm.sparse.methods import METHODS
 from sparsedm.sparse.storage.compact import CompactStorage
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-from training_kernels import held_bytes  # noqa: E402
+from sparsedm.train.state_bytes import held_bytes
 
 PLANS = ["compact", "torch/torch/sampled", "scipy/scipy/matmul", "matmul/torch/sampled", "torch/matmul/sampled"]
 PLAN_NAMES = {"/".join((f, x, w)) for f in WAYS["fwd"] for x in WAYS["dx"] for w in WAYS["dw"]}

@@ -110,8 +110,10 @@ def test_report_writes_the_table_the_csv_and_the_plots(sweep, capsys):
     assert lines[3] == "| Static-DM | 0.9 | – | 31.50 ± 2.12 | – | 2 | 1.9k (19.0%) | 100k (10.0%) | 11.5G (10.0%) |"
     assert lines[5] == "| RigL-DM | 0.5 | 0.5 | 20.00 | – | 1 | 5.5k (55.0%) | 500k (50.0%) | 58G (50.3%) |"
     assert "200 samples (DDIM, 50 steps) against the 170 images of the val split" in table
+    assert "Training state" not in table  # no run recorded it
     with open(sweep / "results.csv") as file:
         rows = list(csv.DictReader(file))
+    assert "train_state_bytes" not in rows[0]
     assert [(r["method"], r["sparsity"], r["prune_rate"], r["fid_std"], r["exploration_rate"]) for r in rows] == [
         ("dense", "", "", "2.0", ""),
         ("static", "0.9", "", str(math.sqrt(4.5)), "0.1"),
@@ -121,6 +123,30 @@ def test_report_writes_the_table_the_csv_and_the_plots(sweep, capsys):
     for name in names[2:]:
         with Image.open(sweep / name) as image:
             assert image.format == "PNG" and image.size[0] > 300
+
+
+def test_the_training_state_bytes_get_a_column_when_runs_recorded_them(tmp_path, capsys):
+    mib = 2**20
+    for seed, held in enumerate([10 * mib, 12 * mib]):
+        fake_run(tmp_path, f"dense-seed{seed}", "dense", 12.0, train_state_bytes_total=held)
+    for seed in range(2):
+        fake_run(tmp_path, f"rigl-S0.9-p0.1-seed{seed}", "rigl", 14.0, sparsity=0.9, train_state_bytes_total=2.75 * mib)
+    fake_run(tmp_path, "static-S0.9-seed0", "static", 30.0, sparsity=0.9, train_state_bytes_total=3 * mib)
+    fake_run(tmp_path, "static-S0.9-seed1", "static", 30.0, sparsity=0.9)  # trained before it was recorded
+    assert main(["report", str(tmp_path)]) == 0
+    lines = (tmp_path / "results.md").read_text().splitlines()
+    assert lines[0].endswith("| Training FLOPs | Training state |") and lines[1].count("---") == 10
+    assert lines[2].endswith("| 11.0 MiB (100.0%) |")  # the mean over seeds, and Dense's share of its own
+    assert lines[3].startswith("| Static-DM") and lines[3].endswith("| – |")  # one of its seeds has none
+    assert lines[4].startswith("| RigL-DM") and lines[4].endswith("| 2.8 MiB (25.0%) |")
+    assert any(line.startswith("Training state: the bytes one process holds") for line in lines)
+    with open(tmp_path / "results.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert [(r["train_state_bytes"], r["train_state_rel"]) for r in rows] == [
+        (str(11.0 * mib), "1.0"),
+        ("", ""),
+        (str(2.75 * mib), "0.25"),
+    ]
 
 
 def test_runs_of_another_protocol_are_not_mixed(sweep, capsys):

@@ -357,6 +357,8 @@ def evaluate_run(
         "flops_train_total": summary["flops_train_step"] * cfg.train.batch_size * step,  # up to the step scored
         # the training steps' process CPU and wall seconds up to the step scored (None: trained before recorded)
         **{key: state.get("step_seconds", {}).get(key) for key in ("train_cpu_s", "train_wall_s")},
+        # bytes of the training state (train/state_bytes.py; None: trained before it was recorded)
+        "train_state_bytes_total": summary.get("train_state_bytes", {}).get("total"),
         "flops_sample": sampling_flops(f_sparse, sampling.steps),
         **(memorisation(task, settings, features, images, device, progress) if settings.memorisation else {}),
         "sparse_kernels": kernels is not None,  # sampled with sparse kernels (--sparse-kernels)

@@ -92,6 +92,9 @@ class Row:
     small_delta_ci_low: Optional[float] = None
     small_delta_ci_high: Optional[float] = None
     small_verdict: Optional[str] = None
+    # bytes of the training state (train/state_bytes.py), mean over the runs; None unless every run recorded it
+    train_state_bytes: Optional[float] = None
+    train_state_rel: Optional[float] = None  # of Dense's; None without a Dense row that has it
 
 
 def read_runs(sweep_dir) -> List[dict]:
@@ -166,6 +169,7 @@ def _row(method: str, sparsity, prune_rate, block_size, runs: List[dict]) -> Row
     matched = [r["small_dense"] for r in runs if r.get("small_dense") is not None]
     full_params = [r["small_dense"]["full_params"] if r.get("small_dense") else r["params_total"] for r in runs]
     within = [_std(r["fid_by_sampling_seed"]) ** 2 for r in runs if len(r.get("fid_by_sampling_seed") or []) > 1]
+    state = [r["train_state_bytes_total"] for r in runs if r.get("train_state_bytes_total") is not None]
     return Row(
         method=method,
         sparsity=sparsity,
@@ -193,6 +197,7 @@ def _row(method: str, sparsity, prune_rate, block_size, runs: List[dict]) -> Row
         params_target_ratio=_mean([m["ratio"] for m in matched]) if matched else None,
         fid_sampling_std=math.sqrt(_mean(within)) if within else None,
         sampling_seeds=max(len(r.get("sampling_seeds") or [r.get("sample_seed")]) for r in runs),
+        train_state_bytes=_mean(state) if len(state) == len(runs) else None,  # as KID: every run's or none
     )
 
 
@@ -209,6 +214,8 @@ def aggregate(records: List[dict]) -> List[Row]:
             row.flops_forward_rel = row.flops_forward / dense.flops_forward
             row.flops_train_rel = row.flops_train / dense.flops_train
     for row in rows:
+        if row.train_state_bytes is not None and dense is not None and dense.train_state_bytes is not None:
+            row.train_state_rel = row.train_state_bytes / dense.train_state_bytes
         if dense is not None and row is not dense:
             paired = paired_difference(row.fid_by_seed, dense.fid_by_seed)
             row.delta_n, row.delta_mean, row.verdict = paired.n, paired.mean, paired.verdict
@@ -231,24 +238,29 @@ def has_blocks(rows: List[Row]) -> bool:
     return any((row.block_size or 1) > 1 for row in rows)
 
 
+def has_state_bytes(rows: List[Row]) -> bool:
+    """Whether any row has the training state's bytes: only then do the table and results.csv give them (runs
+    trained before they were recorded have none, and their files read as before)."""
+    return any(row.train_state_bytes is not None for row in rows)
+
+
 def write_csv(rows: List[Row], path: Path) -> None:
     """One line per row; the per-seed FIDs and KIDs as columns fid_seed0, ..., kid_seed0, ... (empty where a seed
-    is missing); block_size only where some row has b > 1. Written atomically: jobs of a sharded sweep may rebuild
-    the report at the same time."""
+    is missing); block_size only where some row has b > 1, the training state's bytes only where some row has
+    them. Written atomically: jobs of a sharded sweep may rebuild the report at the same time."""
     seeds = sorted({seed for row in rows for seed in row.fid_by_seed})
     blocks = has_blocks(rows)
     left_out = ("fid_by_seed", "kid_by_seed") + (() if blocks else ("block_size",))
+    left_out += () if has_state_bytes(rows) else ("train_state_bytes", "train_state_rel")
     columns = [f.name for f in fields(Row) if f.name not in left_out]
     columns += [f"{score}_seed{seed}" for score in ("fid", "kid") for seed in seeds]
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=columns)
     writer.writeheader()
     for row in rows:
-        record = asdict(row)
-        if not blocks:
-            del record["block_size"]
+        record = {k: v for k, v in asdict(row).items() if k in columns}
         for score in ("fid", "kid"):
-            by_seed = record.pop(f"{score}_by_seed")
+            by_seed = getattr(row, f"{score}_by_seed")
             record.update({f"{score}_seed{seed}": by_seed.get(seed) for seed in seeds})
         writer.writerow({k: "" if v is None else v for k, v in record.items()})
     write_text_atomically(path, text.getvalue())
@@ -293,13 +305,21 @@ def block_label(block_size: Optional[int]) -> str:
     return f", {block_cell(block_size)} blocks" if (block_size or 1) > 1 else ""
 
 
+def state_cell(row: Row) -> str:
+    """ "12.3 MiB (24.9%)": the training state's bytes and their share of Dense's; "–" without them."""
+    if row.train_state_bytes is None:
+        return "–"
+    return f"{row.train_state_bytes / 2**20:.1f} MiB ({_share(row.train_state_rel)})"
+
+
 def markdown_table(rows: List[Row]) -> str:
-    """The paper's table; a Blocks column after p where some row is block-structured."""
-    blocks = has_blocks(rows)
+    """The paper's table; a Blocks column after p where some row is block-structured, a Training state column
+    last where some row has its bytes."""
+    blocks, state = has_blocks(rows), has_state_bytes(rows)
     lines = [
         f"| Method | S | p |{' Blocks |' if blocks else ''} FID ↓ | KID ↓ | Seeds | Non-zero params | Forward FLOPs "
-        "| Training FLOPs |",
-        "|---|---|---|" + ("---|" if blocks else "") + "---|---|---|---|---|---|",
+        f"| Training FLOPs |{' Training state |' if state else ''}",
+        "|---|---|---|" + ("---|" if blocks else "") + "---|---|---|---|---|---|" + ("---|" if state else ""),
     ]
     for r in rows:
         lines.append(
@@ -308,9 +328,18 @@ def markdown_table(rows: List[Row]) -> str:
             f"|{f' {block_cell(r.block_size)} |' if blocks else ''} {fid_cell(r)} "
             f"| {mean_std(r.kid_mean, r.kid_std, 4)} | {r.seeds} "
             f"| {human(r.params_nonzero)} ({r.params_rel:.1%}) | {human(r.flops_forward)} ({_share(r.flops_forward_rel)}) "
-            f"| {human(r.flops_train)} ({_share(r.flops_train_rel)}) |"
+            f"| {human(r.flops_train)} ({_share(r.flops_train_rel)}) |" + (f" {state_cell(r)} |" if state else "")
         )
-    return "\n".join(lines) + "\n" + small_dense_note(rows)
+    return "\n".join(lines) + "\n" + small_dense_note(rows) + (STATE_NOTE if state else "")
+
+
+STATE_NOTE = (
+    "\nTraining state: the bytes one process holds between steps in parameters, gradients, optimiser state, EMA "
+    "and the engine's masks and exploration record, recorded after the first optimiser step "
+    "(sparsedm/train/state_bytes.py; activations, buffers and peaks not counted), mean over seeds, as a share "
+    "of Dense's. Masked storage (sparse.kernels=masked) holds every weight at the dense shape and the masks "
+    "beside it, so a sparse run there holds a little more than Dense; compact storage holds the non-zeros and their indices.\n"
+)
 
 
 def small_dense_note(rows: List[Row]) -> str:

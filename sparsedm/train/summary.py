@@ -9,6 +9,7 @@ is the final masks' FLOPs.
 import hashlib
 import math
 from dataclasses import asdict
+from typing import Optional
 
 import torch
 
@@ -39,10 +40,20 @@ def training_flops(model: torch.nn.Module, flops_inputs, engine: SparseEngine, s
 
 
 def build_summary(
-    cfg, task, model, engine: SparseEngine, flops_inputs, steps: int, losses: dict, wall: float, seconds: dict
+    cfg,
+    task,
+    model,
+    engine: SparseEngine,
+    flops_inputs,
+    steps: int,
+    losses: dict,
+    wall: float,
+    seconds: dict,
+    state_bytes: Optional[dict],
 ) -> dict:
     """The summary of a run trained to `steps`; `losses`: loss_final and val_loss_final; `seconds`: the training
-    steps' CPU and wall seconds (train/step_clock.py)."""
+    steps' CPU and wall seconds (train/step_clock.py); `state_bytes`: the training state's bytes by part
+    (train/state_bytes.py), None when this process took no step (then the summary has no `train_state_bytes`)."""
     sparse = engine.config
     flops = training_flops(model.eval(), flops_inputs, engine, steps)
     return {
@@ -64,6 +75,7 @@ def build_summary(
         **losses,
         "wall_time_s": wall,  # the whole run: steps, validation, checkpoints, logging
         **seconds,
+        **({} if state_bytes is None else {"train_state_bytes": state_bytes}),
         "weights_sha256": weights_fingerprint(model),
         "masks_sha256": engine.masks_fingerprint(),
         "tensors": [asdict(row) for row in engine.report()],  # per sparse tensor, in model order

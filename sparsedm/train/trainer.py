@@ -41,6 +41,7 @@ from sparsedm.sparse import EMA, SparseConfig, SparseEngine
 from sparsedm.sparse.methods import dense_method
 from sparsedm.tasks import build_task
 from sparsedm.train.loggers import RunLogger, sample_pictures
+from sparsedm.train.state_bytes import training_state_bytes
 from sparsedm.train.step_clock import StepClock
 from sparsedm.train.summary import build_summary
 
@@ -103,6 +104,7 @@ class Trainer:
         self.forward_model = self.model
         self.step, self.wall_before = 0, 0.0
         self.clock = StepClock()
+        self.state_bytes = None  # training_state_bytes after this process's first step
 
     def _use_kernels(self) -> None:
         """sparse.kernels other than masked: the engine makes sparse layers keep only their active weights, each
@@ -311,6 +313,8 @@ class Trainer:
             while self.step < stop_at and not self.stop_requested:
                 with self.clock:
                     loss, update, task_event = self.train_step()
+                if self.state_bytes is None:  # the first step made the gradients and Adam's moments
+                    self.state_bytes = training_state_bytes(self.model, self.optimizer, self.ema, self.engine)
                 window.append(loss)
                 self._after_step(update, task_event, window, bar, elapsed)
                 due = self.step % self.tc.checkpoint_every == 0 or self.step in self.tc.keep_steps
@@ -389,6 +393,7 @@ class Trainer:
             losses,
             wall,
             self.clock.record(),
+            self.state_bytes,
         )
         summary["provenance"] = provenance(self.device)
         self.task.finish(self.ema.module, self.run.path, summary)
