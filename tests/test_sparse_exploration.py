@@ -8,6 +8,7 @@ from tiny_models import TinyGRU, gru_loss, sparse_step
 
 from sparsedm.errors import UserError
 from sparsedm.sparse import SparseConfig, SparseEngine, format_report
+from sparsedm.sparse.exploration import ExploredPositions
 
 
 def engine_for(method, model=None, **options):
@@ -79,3 +80,20 @@ def test_load_masks_starts_the_record_from_the_loaded_topology():
     assert target.exploration_rate() < explored.exploration_rate()
     for name, seen in target.explored.ever_active.items():
         assert torch.equal(seen, explored.masks[name])
+
+
+@pytest.mark.parametrize("numel", [1, 7, 8, 9, 1000])
+def test_the_record_packs_eight_weights_to_a_byte_and_unpacks_them_exactly(numel):
+    from sparsedm.sparse.exploration import pack_bits, unpack_bits
+
+    mask = torch.rand(numel, generator=torch.Generator().manual_seed(numel)) < 0.3
+    bits = pack_bits(mask.view(1, -1))
+    assert bits.dtype == torch.uint8 and bits.numel() == -(-numel // 8)
+    assert torch.equal(unpack_bits(bits, (1, numel)), mask.view(1, -1))
+    record = ExploredPositions({"w": mask.view(1, -1)})
+    grown = (~mask).nonzero().squeeze(1)[:2]
+    record.add("w", grown)
+    expected = mask.clone()
+    expected[grown] = True
+    assert torch.equal(record.ever_active["w"].view(-1), expected)
+    assert record.rate() == pytest.approx(int(expected.sum()) / numel)

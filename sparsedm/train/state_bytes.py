@@ -5,7 +5,7 @@
     gradients   each parameter's .grad
     optimizer   the optimiser's state (Adam's two moments and step counters)
     ema         the EMA model's parameters
-    masks       the engine's masks and its exploration record (one bool per weight of each sparse tensor)
+    masks       the engine's masks (one bool per weight of each sparse tensor) and its exploration record (one bit)
 
 Each distinct storage is counted once, by the first part holding it, so the parts add up to `total`. Masked
 storage holds parameters, gradients, moments and EMA at the dense shape and the masks beside them; compact
@@ -49,7 +49,7 @@ def training_state_bytes(
         "gradients": [p.grad for p in params],
         "optimizer": [t for state in optimizer.state.values() for t in state.values()],
         "ema": list(ema.module.parameters()) if ema is not None else [],
-        "masks": list(engine.masks.values()) + list(engine.explored.ever_active.values()),
+        "masks": list(engine.masks.values()) + engine.explored.tensors(),
     }
     seen: Set[int] = set()
     counted = {part: held_bytes(tensors, seen) for part, tensors in parts.items()}
