@@ -453,6 +453,17 @@ def test_the_block_way_gives_the_masked_layers_outputs_and_gradients(plan, make,
     assert layer.pattern.block_size == block
 
 
+@pytest.mark.parametrize("block", [1, 4])
+def test_a_compact_layer_loads_a_dense_weight_state_dict(block):
+    """load_state_dict on a compact layer takes the dense `weight` of its state dict back into its values."""
+    module = nn.Linear(16, 8)
+    mask = block_masked(module, block, 0.5)
+    layer = compact_layer(copy.deepcopy(module), mask, LayerPlan.from_name("matmul/matmul/matmul"), block)
+    state = {"weight": torch.randn(8, 16), "bias": torch.zeros(8)}
+    layer.load_state_dict(state)
+    torch.testing.assert_close(layer.weight, state["weight"] * mask)
+
+
 @pytest.mark.parametrize("method", COMPACT_METHODS)
 @pytest.mark.parametrize("plan", ["block/block/block", "measure"])
 def test_a_tiny_dit_with_block_masks_trains_compact_as_masked(method, plan):

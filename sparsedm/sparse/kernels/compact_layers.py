@@ -62,7 +62,7 @@ class _Compact:
         self.dense_module = [module]  # given back by `to_module`; its weight is dropped (a list: not a submodule)
         module.weight = nn.Parameter(weight.new_empty(0), requires_grad=weight.requires_grad)
         self._register_state_dict_hook(_dense_weight_in_state_dict)
-        self._register_load_state_dict_pre_hook(_values_from_dense_weight)
+        self._register_load_state_dict_pre_hook(_values_from_dense_weight, with_module=True)
 
     @property
     def weight(self) -> torch.Tensor:
