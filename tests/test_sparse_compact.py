@@ -453,6 +453,47 @@ def test_the_block_way_gives_the_masked_layers_outputs_and_gradients(plan, make,
     assert layer.pattern.block_size == block
 
 
+@pytest.mark.parametrize("block", [1, 4])
+def test_a_compact_layer_loads_a_dense_weight_state_dict(block):
+    """load_state_dict on a compact layer takes the dense `weight` of its state dict back into its values."""
+    module = nn.Linear(16, 8)
+    mask = block_masked(module, block, 0.5)
+    layer = compact_layer(copy.deepcopy(module), mask, LayerPlan.from_name("matmul/matmul/matmul"), block)
+    state = {"weight": torch.randn(8, 16), "bias": torch.zeros(8)}
+    layer.load_state_dict(state)
+    torch.testing.assert_close(layer.weight, state["weight"] * mask)
+
+
+def _outputs_and_gradients(candidate, module, layer, mask, x):
+    xi = x.clone().requires_grad_(True)
+    y = candidate(xi)
+    y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(1)))
+    weight_grad = module.weight.grad * mask if candidate is module else layer.pattern.scatter(layer.values.grad)
+    return y.detach(), xi.grad, weight_grad.reshape(mask.shape)
+
+
+@pytest.mark.parametrize("plan", ["torch/torch/sampled", "scipy/scipy/matmul", "block/block/block"])
+def test_a_block_pattern_holds_indices_per_tile_and_builds_per_element_ones_only_for_other_ways(plan):
+    """Tiles of 8 x 8: on the block way the pattern's index tensors take under a tenth of nnz int32s (per tile,
+    not per element); torch, scipy and sampled build the per-element arrays they need, and all equal masked."""
+    torch.manual_seed(0)
+    module = nn.Linear(64, 48)
+    mask = block_masked(module, 8, 0.4)
+    layer = compact_layer(copy.deepcopy(module), mask, LayerPlan.from_name(plan), 8)
+    x = torch.randn(5, 64)
+    want = _outputs_and_gradients(module, module, layer, mask, x)
+    got = _outputs_and_gradients(layer, module, layer, mask, x)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+    layer.load_state_dict(layer.state_dict())  # the hooks: dense weight out, values back in CSR order
+    torch.testing.assert_close(layer.weight, module.weight * mask)
+    index_bytes = held_bytes(layer.pattern.tensors())
+    if plan == "block/block/block":
+        assert index_bytes < layer.pattern.nnz * 4 / 10
+    else:
+        assert index_bytes >= layer.pattern.nnz * 4  # at least the CSR column indices, int32 per non-zero
+
+
 @pytest.mark.parametrize("method", COMPACT_METHODS)
 @pytest.mark.parametrize("plan", ["block/block/block", "measure"])
 def test_a_tiny_dit_with_block_masks_trains_compact_as_masked(method, plan):

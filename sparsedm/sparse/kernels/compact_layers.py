@@ -1,7 +1,8 @@
 """Compact layers: a masked Linear / Conv1d / Conv2d that keeps only its active weights.
 
 A CompactLinear / CompactConv holds `values` (a Parameter of its non-zeros, in the CSR order of its mask's
-MaskPattern) and the original `bias`. Its product runs by its LayerPlan (kernel_plan.py): a way per product
+pattern: products.py's MaskPattern, or block_pattern.py's BlockPattern for b x b tiles) and the original `bias`.
+Its product runs by its LayerPlan (kernel_plan.py): a way per product
 (products.py: sparse forward, input gradient through the transposed sparse weight, weight gradient only at
 active positions), or its module's own operation on the weight scattered for that call (`module-op`).
 
@@ -18,6 +19,7 @@ from torch import nn
 
 from sparsedm.errors import UserError
 from sparsedm.sparse.kernel_plan import LayerPlan
+from sparsedm.sparse.kernels.block_pattern import mask_pattern
 from sparsedm.sparse.kernels.layers import ConvProduct, LinearProduct
 from sparsedm.sparse.kernels.products import MaskPattern
 
@@ -55,14 +57,14 @@ class _Compact:
         weight = module.weight
         self.plan = plan
         self.weight_shape = tuple(weight.shape)
-        self.pattern = MaskPattern(mask.reshape(weight.shape[0], -1), block_size)
+        self.pattern = mask_pattern(mask.reshape(weight.shape[0], -1), block_size)
         self.values = nn.Parameter(self.pattern.gather(weight.detach()).clone(), requires_grad=weight.requires_grad)
         self.bias = module.bias
         self.sink: Optional[Callable[[torch.Tensor], None]] = None
         self.dense_module = [module]  # given back by `to_module`; its weight is dropped (a list: not a submodule)
         module.weight = nn.Parameter(weight.new_empty(0), requires_grad=weight.requires_grad)
         self._register_state_dict_hook(_dense_weight_in_state_dict)
-        self._register_load_state_dict_pre_hook(_values_from_dense_weight)
+        self._register_load_state_dict_pre_hook(_values_from_dense_weight, with_module=True)
 
     @property
     def weight(self) -> torch.Tensor:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparsedm.sparse.blocks import BlockGrid, matrix_shape
+from sparsedm.sparse.kernels.block_pattern import BlockPattern
 from sparsedm.sparse.kernels.layers import conv_geometry, fits
 from sparsedm.sparse.kernels.measure import (
     DecisionCache,
@@ -43,7 +44,6 @@ from sparsedm.sparse.kernels.measure import (
     inputs_of,
     replace_module,
 )
-from sparsedm.sparse.kernels.products import MaskPattern
 
 CACHE_FILE = "sampling_kernels.json"
 KINDS = ("linear", "taps", "unfold")
@@ -109,7 +109,7 @@ class BlockLinear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         weight = linear.weight.detach()
         grid = BlockGrid(weight.shape, block)
-        self.pattern = MaskPattern(grid.expand_mask(grid.pool_mask(weight != 0)), block)
+        self.pattern = BlockPattern(grid.expand_mask(grid.pool_mask(weight != 0)), block)
         self.values = self.pattern.gather(weight)
         self.bias = None if linear.bias is None else linear.bias.detach()
 

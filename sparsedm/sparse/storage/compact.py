@@ -36,10 +36,10 @@ from torch import nn
 
 from sparsedm.errors import UserError
 from sparsedm.sparse.kernel_plan import LayerPlan
+from sparsedm.sparse.kernels.block_pattern import mask_pattern
 from sparsedm.sparse.kernels.compact_choice import compactable
 from sparsedm.sparse.kernels.compact_layers import compact_layer
 from sparsedm.sparse.kernels.measure import replace_module
-from sparsedm.sparse.kernels.products import MaskPattern
 from sparsedm.sparse.optim_state import MOMENT_KEYS
 from sparsedm.sparse.storage.base import DenseViews, Storage
 from sparsedm.sparse.storage.masked import MaskedStorage
@@ -192,8 +192,8 @@ class CompactStorage(Storage):
     @torch.no_grad()
     def _compact(self, name: str, mask: torch.Tensor, weight: torch.Tensor) -> None:
         layer, optimizer = self.layers[name], self.optimizer
-        pattern = MaskPattern(mask.reshape(layer.weight_shape[0], -1), self.block_size)
-        carry = _carry_over(layer.pattern.index, pattern.index)
+        pattern = mask_pattern(mask.reshape(layer.weight_shape[0], -1), self.block_size)
+        carry = _carry_over(layer.pattern.positions(), pattern.positions())
         layer.pattern = pattern
         values = pattern.gather(weight)
         state = optimizer.state.get(layer.values)
