@@ -70,7 +70,7 @@ class BlockPattern(MaskPattern):
     def _mask(self) -> torch.Tensor:
         b, (rows, cols) = self.block_size, self.shape
         tiles = torch.zeros(rows // b, cols // b, dtype=torch.bool, device=self.tile_col.device)
-        tiles[self._tile_rows(self.tile_crow), self.tile_col] = True
+        tiles[self._tile_row, self.tile_col] = True
         return BlockGrid(self.shape, b).expand_mask(tiles)
 
     def positions(self) -> torch.Tensor:
@@ -84,19 +84,22 @@ class BlockPattern(MaskPattern):
             held += self._elements.tensors()
         if "_transpose_tiles" in self.__dict__:
             held += list(self._transpose_tiles)
+        if "_tile_row" in self.__dict__:
+            held.append(self._tile_row)
         return held
 
     # -- per tile -----------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _tile_rows(tile_crow: torch.Tensor) -> torch.Tensor:
-        """The block-row of each tile."""
-        return torch.repeat_interleave(torch.arange(len(tile_crow) - 1, device=tile_crow.device), tile_crow.diff())
+    @cached_property
+    def _tile_row(self) -> torch.Tensor:
+        """The block-row of each tile (one int per tile, kept: module-op plans gather and scatter every call)."""
+        crow = self.tile_crow
+        return torch.repeat_interleave(torch.arange(len(crow) - 1, device=crow.device), crow.diff()).to(torch.int32)
 
     @cached_property
     def _transpose_tiles(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(tile_crow, tile_col) of Wᵀ's tiles, and `order`: the positions of W's tiles in Wᵀ's tile order."""
-        rows_of = self._tile_rows(self.tile_crow)
+        rows_of = self._tile_row
         order = torch.argsort(self.tile_col.long() * (self.shape[0] // self.block_size) + rows_of)
         counts = torch.bincount(self.tile_col, minlength=self.shape[1] // self.block_size)
         tile_crow_t = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
@@ -133,14 +136,14 @@ class BlockPattern(MaskPattern):
 
     def gather(self, weight: torch.Tensor) -> torch.Tensor:
         """The active values of a dense weight, in CSR order."""
-        return self._values(self._grid(weight)[self._tile_rows(self.tile_crow), :, self.tile_col])
+        return self._values(self._grid(weight)[self._tile_row, :, self.tile_col])
 
     def scatter(self, values: torch.Tensor) -> torch.Tensor:
         """The dense (out x K) tensor with `values` at the active positions and zeros elsewhere (differentiable:
         the gradient of `values` is the dense gradient gathered at the active positions)."""
         b, (rows, cols) = self.block_size, self.shape
         grid = values.new_zeros(rows // b, cols // b, b, b)  # (block-row, block-column, row, column)
-        grid = grid.index_put((self._tile_rows(self.tile_crow), self.tile_col), self._tiles(values))
+        grid = grid.index_put((self._tile_row, self.tile_col), self._tiles(values))
         return grid.transpose(1, 2).reshape(self.shape)
 
     # -- the block way ------------------------------------------------------------------------------------
