@@ -4,6 +4,7 @@ narrowed for Small-Dense, swept, evaluated and reported, and exported to a DiTPi
 diffusers what `sparsedm sample` samples."""
 
 import json
+import logging
 import os
 import subprocess
 
@@ -258,3 +259,11 @@ def test_a_sweep_evaluates_and_reports_dit_runs(setup, tmp_path, capsys, monkeyp
     assert main(["report", str(out)]) == 0
     table = capsys.readouterr().out
     assert "RigL" in table and "Dense" in table and "| Training state |" in table, table
+
+
+def test_compact_kernels_in_a_dense_run_are_said_to_have_nothing_to_act_on(setup, tmp_path, caplog):
+    # a sweep's config sets sparse.kernels for its sparse runs; its Dense and Small-Dense runs say it is unused
+    with caplog.at_level(logging.INFO, logger="sparsedm"):
+        assert train(setup, tmp_path / "dense", "sparse.method=dense", "sparse.kernels=measure", "train.steps=2") == 0
+    said = [r.getMessage() for r in caplog.records if "no sparse layer to act on" in r.getMessage()]
+    assert said == ["sparse.kernels=measure has no sparse layer to act on in a dense run: it trains as masked"]

@@ -111,6 +111,10 @@ class Trainer:
         on the plan forced or measured on a training batch (rank 0 measures, every rank takes its plans).
         After a restore, whose checkpoint is in the masked format; before DDP wraps the model."""
         plan = self.engine.config.kernel_plan
+        if plan.compact and not self.engine.masks:  # a dense run of a config shared with sparse ones (a sweep's)
+            log.info(
+                "sparse.kernels=%s has no sparse layer to act on in a dense run: it trains as masked", plan.spelling
+            )
         if not plan.compact or not self.engine.masks:
             return
         if self.tc.precision != "fp32":
